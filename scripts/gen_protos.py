@@ -1,0 +1,207 @@
+"""Regenerate the Python contracts and the API reference from protos/.
+
+Writes, for every package under protos/quartet/:
+- client/quartet/<domain>/v1/*_pb2.py, *_pb2_grpc.py and their mypy-protobuf stubs (*.pyi),
+  with __init__.py and py.typed files, each generated directory replaced wholesale;
+- docs/api.md, the reference generated from the comments in the .proto files.
+
+Usage: python scripts/gen_protos.py [--out ROOT]   (ROOT defaults to the repository; the freshness
+test writes to a temporary ROOT and compares it with the committed files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import grpc_tools
+from google.protobuf import descriptor_pb2
+
+REPO = Path(__file__).resolve().parent.parent
+PROTOS = REPO / "protos"
+HAND_WRITTEN = {"client"}  # directories under client/quartet/ that the generator must never touch
+PACKAGE_DOC = '"""Generated from protos/{path}. Do not edit; run scripts/gen_protos.py."""\n'
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO, help="root to write into")
+    root = parser.parse_args().out.resolve()
+    generate(root)
+
+
+def generate(root: Path) -> None:
+    """Write the Python modules to root/client/quartet and the reference to root/docs/api.md."""
+    proto_files = sorted(p.relative_to(PROTOS).as_posix() for p in PROTOS.rglob("*.proto"))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "quartet"
+        descriptor_set = Path(tmp) / "descriptors.binpb"
+        _protoc(proto_files, Path(tmp), descriptor_set)
+        _prune_empty_grpc_modules(out)
+        _write_package_files(out)
+        target = root / "client" / "quartet"
+        target.mkdir(parents=True, exist_ok=True)
+        for stale in target.iterdir():
+            if stale.is_dir() and stale.name not in HAND_WRITTEN:
+                shutil.rmtree(stale)
+        for generated in sorted(out.iterdir()):
+            shutil.copytree(generated, target / generated.name)
+        docs = root / "docs"
+        docs.mkdir(parents=True, exist_ok=True)
+        (docs / "api.md").write_text(render_reference(descriptor_set, proto_files))
+
+
+def _protoc(proto_files: list[str], out: Path, descriptor_set: Path) -> None:
+    bin_dir = Path(sysconfig.get_path("scripts"))
+    well_known = Path(grpc_tools.__file__).parent / "_proto"
+    command = [
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{PROTOS}",
+        f"-I{well_known}",
+        f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        f"--mypy_out=quiet:{out}",
+        f"--mypy_grpc_out=quiet:{out}",
+        f"--descriptor_set_out={descriptor_set}",
+        "--include_source_info",
+        *proto_files,
+    ]
+    subprocess.run(command, check=True, cwd=PROTOS)
+
+
+def _prune_empty_grpc_modules(out: Path) -> None:
+    """protoc writes a *_pb2_grpc module for every file; keep it only where a service is defined."""
+    for grpc_module in out.rglob("*_pb2_grpc.py"):
+        if "class " not in grpc_module.read_text():
+            grpc_module.unlink()
+            grpc_module.with_suffix(".pyi").unlink()
+
+
+def _write_package_files(out: Path) -> None:
+    for directory in [out, *(d for d in out.rglob("*") if d.is_dir())]:
+        if directory == out:
+            continue
+        relative = directory.relative_to(out.parent).as_posix()
+        (directory / "__init__.py").write_text(PACKAGE_DOC.format(path=relative))
+        (directory / "py.typed").write_text("")
+
+
+# --- API reference ---------------------------------------------------------------------------
+
+# Paths into FileDescriptorProto, per descriptor.proto's field numbers.
+_MESSAGE, _ENUM, _SERVICE = 4, 5, 6
+_FIELD, _NESTED, _NESTED_ENUM, _VALUE, _METHOD = 2, 3, 4, 2, 2
+
+_SCALARS = {
+    descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE: "double",
+    descriptor_pb2.FieldDescriptorProto.TYPE_FLOAT: "float",
+    descriptor_pb2.FieldDescriptorProto.TYPE_INT64: "int64",
+    descriptor_pb2.FieldDescriptorProto.TYPE_UINT64: "uint64",
+    descriptor_pb2.FieldDescriptorProto.TYPE_INT32: "int32",
+    descriptor_pb2.FieldDescriptorProto.TYPE_UINT32: "uint32",
+    descriptor_pb2.FieldDescriptorProto.TYPE_BOOL: "bool",
+    descriptor_pb2.FieldDescriptorProto.TYPE_STRING: "string",
+    descriptor_pb2.FieldDescriptorProto.TYPE_BYTES: "bytes",
+}
+
+
+def render_reference(descriptor_set: Path, proto_files: list[str]) -> str:
+    """Render the services, messages and enums of proto_files as Markdown, from their comments."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes()).file
+    ours = [f for f in files if f.name in proto_files]
+    lines = [
+        "# quartet API reference",
+        "",
+        "Generated from the comments in `protos/` by `scripts/gen_protos.py`; do not edit.",
+        "Errors are described in `quartet.errors.v1.ErrorReason` below and in the README.",
+        "",
+    ]
+    for file in sorted(ours, key=lambda f: f.name):
+        comments = {tuple(loc.path): loc.leading_comments for loc in file.source_code_info.location}
+        lines += [f"## `{file.package}` ({file.name})", ""]
+        for i, service in enumerate(file.service):
+            lines += [f"### service `{service.name}`", "", _text(comments, (_SERVICE, i)), ""]
+            lines += ["| method | request | response | description |", "|---|---|---|---|"]
+            for j, method in enumerate(service.method):
+                request = _stream(method.client_streaming) + _short(method.input_type)
+                response = _stream(method.server_streaming) + _short(method.output_type)
+                doc = _cell(comments, (_SERVICE, i, _METHOD, j))
+                lines.append(f"| `{method.name}` | `{request}` | `{response}` | {doc} |")
+            lines.append("")
+        for path, name, message in _messages(file.message_type, (_MESSAGE,), ""):
+            lines += [f"### message `{name}`", "", _text(comments, path), ""]
+            if message.field:
+                lines += ["| field | type | description |", "|---|---|---|"]
+                for k, field in enumerate(message.field):
+                    doc = _cell(comments, (*path, _FIELD, k))
+                    lines.append(f"| `{field.name}` | `{_field_type(field)}` | {doc} |")
+                lines.append("")
+            for k, enum in enumerate(message.enum_type):
+                lines += _enum(f"{name}.{enum.name}", enum, comments, (*path, _NESTED_ENUM, k))
+        for i, enum in enumerate(file.enum_type):
+            lines += _enum(enum.name, enum, comments, (_ENUM, i))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _messages(
+    messages: Iterable[descriptor_pb2.DescriptorProto], prefix: tuple[int, ...], parent: str
+) -> Iterator[tuple[tuple[int, ...], str, descriptor_pb2.DescriptorProto]]:
+    """Every message, nested ones after their parent: (source path, dotted name, descriptor)."""
+    for i, message in enumerate(messages):
+        path = (*prefix, i)
+        name = f"{parent}{message.name}"
+        yield path, name, message
+        yield from _messages(message.nested_type, (*path, _NESTED), f"{name}.")
+
+
+def _enum(
+    name: str,
+    enum: descriptor_pb2.EnumDescriptorProto,
+    comments: dict[tuple[int, ...], str],
+    path: tuple[int, ...],
+) -> list[str]:
+    lines = [f"### enum `{name}`", "", _text(comments, path), ""]
+    lines += ["| value | number | description |", "|---|---|---|"]
+    for k, value in enumerate(enum.value):
+        doc = _cell(comments, (*path, _VALUE, k))
+        lines.append(f"| `{value.name}` | {value.number} | {doc} |")
+    return [*lines, ""]
+
+
+def _text(comments: dict[tuple[int, ...], str], path: tuple[int, ...]) -> str:
+    return "\n".join(line.strip() for line in comments.get(path, "").strip().splitlines())
+
+
+def _cell(comments: dict[tuple[int, ...], str], path: tuple[int, ...]) -> str:
+    return " ".join(_text(comments, path).split()).replace("|", "\\|")
+
+
+def _short(type_name: str) -> str:
+    return type_name.lstrip(".")
+
+
+def _stream(streaming: bool) -> str:
+    return "stream " if streaming else ""
+
+
+def _field_type(field: descriptor_pb2.FieldDescriptorProto) -> str:
+    base = _SCALARS.get(field.type) or _short(field.type_name)
+    if field.label == descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED:
+        return f"repeated {base}"
+    if field.proto3_optional:
+        return f"optional {base}"
+    return base
+
+
+if __name__ == "__main__":
+    main()
