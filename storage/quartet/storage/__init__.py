@@ -1,0 +1,35 @@
+"""quartet's data layer: Peewee models, the database chosen by URL, connections and migrations.
+
+Import the domain modules (`quartet.storage.scores`, ...) for models and queries; this package
+re-exports only what the server needs to open, migrate and close a database.
+"""
+
+from quartet.storage.database import (
+    DEFAULT_SQLITE_PATH,
+    bind,
+    close,
+    default_database_url,
+    open_database,
+    ping,
+    redacted,
+)
+from quartet.storage.errors import DeadlineExceeded, RecordExists, RecordNotFound
+from quartet.storage.migrate import ALL_MODELS, migrate
+from quartet.storage.runner import DatabaseRunner, deadline
+
+__all__ = [
+    "ALL_MODELS",
+    "DEFAULT_SQLITE_PATH",
+    "DatabaseRunner",
+    "DeadlineExceeded",
+    "RecordExists",
+    "RecordNotFound",
+    "bind",
+    "close",
+    "deadline",
+    "default_database_url",
+    "migrate",
+    "open_database",
+    "ping",
+    "redacted",
+]

@@ -1,0 +1,105 @@
+"""Open the database named by a URL: SQLite (the default) or PostgreSQL, both pooled."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import peewee
+from playhouse.db_url import parse
+from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
+
+from quartet.storage.base import db
+
+DEFAULT_SQLITE_PATH = (
+    Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    / "quartet"
+    / "quartet.db"
+)
+
+# WAL lets readers run beside the one writer; the busy timeout makes a writer wait for the lock
+# instead of failing. synchronous=NORMAL in WAL mode cannot corrupt the database, and a committed
+# transaction survives a crash of the process (kill -9); only an OS crash or power loss can lose the
+# last commits. PostgreSQL is the choice when that matters too.
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "busy_timeout": 10_000,
+    "foreign_keys": 1,
+    "synchronous": "normal",
+    "cache_size": -32_000,
+}
+
+
+def default_database_url() -> str:
+    """The URL used when none is configured: an SQLite file in the user's data directory."""
+    return f"sqlite:///{DEFAULT_SQLITE_PATH}"
+
+
+def open_database(url: str, *, max_connections: int = 20) -> peewee.Database:
+    """Open (lazily: no connection is made yet) the database named by url.
+
+    `sqlite:///relative/path` and `sqlite:////absolute/path` give SQLite with WAL, a busy timeout
+    and foreign keys; the file's directory is created. `postgresql://user:password@host:port/name`
+    (or `postgres://`) gives a PostgreSQL connection pool. Query parameters go to the driver.
+    """
+    scheme = urlsplit(url).scheme
+    params = parse(url, unquote_password=True, unquote_user=True)
+    name = params.pop("database", "")
+    if scheme == "sqlite":
+        if not name or name == ":memory:":
+            raise ValueError(
+                f"{redacted(url)!r} names no database file; an in-memory SQLite database would "
+                "be a different, empty database on every connection. Use sqlite:///path/to.db."
+            )
+        Path(name).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        database: peewee.Database = PooledSqliteDatabase(
+            str(Path(name).expanduser()),
+            pragmas=SQLITE_PRAGMAS,
+            max_connections=max_connections,
+            timeout=30,
+            autoconnect=False,
+            check_same_thread=False,  # pooled connections move between threads
+            **params,
+        )
+        return database
+    if scheme in ("postgresql", "postgres"):
+        if not name:
+            raise ValueError(f"{redacted(url)!r} names no database: postgresql://host/name")
+        database = PooledPostgresqlDatabase(
+            name,
+            max_connections=max_connections,
+            stale_timeout=300,
+            timeout=30,
+            autoconnect=False,
+            **params,
+        )
+        return database
+    raise ValueError(
+        f"unsupported database URL {redacted(url)!r}: use sqlite:///path or postgresql://host/name"
+    )
+
+
+def close(database: peewee.Database) -> None:
+    """Close every pooled connection of database (those of all threads)."""
+    database.close_all()  # type: ignore[attr-defined]
+
+
+def ping(database: peewee.Database) -> None:
+    """Raise unless the database answers a trivial query."""
+    with database.connection_context():
+        database.execute_sql("SELECT 1")  # type: ignore[no-untyped-call]
+
+
+def bind(database: peewee.Database) -> None:
+    """Point every model at database (one database per process)."""
+    db.initialize(database)
+
+
+def redacted(url: str) -> str:
+    """url with its password masked, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

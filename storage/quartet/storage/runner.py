@@ -1,0 +1,55 @@
+"""Run blocking storage functions off the event loop, each inside its own pooled connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+
+import peewee
+
+from quartet.storage.database import close
+from quartet.storage.errors import DeadlineExceeded
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# The monotonic time by which the current call must finish, set by the server for each call. Work
+# that starts after it is skipped: the caller has already given up.
+deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
+
+
+class DatabaseRunner:
+    """A bounded thread pool for database work.
+
+    Peewee is synchronous, so the asyncio server hands each unit of database work to one of
+    `threads` threads. Each unit runs inside `connection_context()`, which takes a connection from
+    the pool and returns it afterwards; writes open their own `atomic()` block inside.
+    """
+
+    def __init__(self, database: peewee.Database, threads: int) -> None:
+        self.database = database
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="quartet-db")
+
+    async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run fn(*args, **kwargs) in a database thread and return its result."""
+        context = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, lambda: context.run(self._call, fn, *args, **kwargs)
+        )
+
+    def _call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        limit = deadline.get()
+        if limit is not None and time.monotonic() >= limit:
+            raise DeadlineExceeded("the deadline passed before the database work started")
+        with self.database.connection_context():
+            return fn(*args, **kwargs)
+
+    def close(self) -> None:
+        """Wait for running work, then close every pooled connection."""
+        self._executor.shutdown(wait=True)
+        close(self.database)

@@ -1,0 +1,123 @@
+"""Scores: computed values stored with their owner and time, and the admin view's queries."""
+
+from __future__ import annotations
+
+import datetime
+import math
+
+import peewee
+
+from quartet.storage.accounts import Account, account_exists
+from quartet.storage.base import BaseModel, db, utcnow
+from quartet.storage.errors import RecordExists, RecordNotFound
+
+
+class Score(BaseModel):
+    """One stored score. `request_id` is the client's idempotency key, unique when present."""
+
+    id = peewee.BigAutoField()
+    user = peewee.ForeignKeyField(Account, null=True, on_delete="CASCADE", backref="scores")
+    input_value = peewee.DoubleField()
+    value = peewee.DoubleField()
+    create_time = peewee.DateTimeField(default=utcnow)
+    request_id = peewee.CharField(max_length=64, null=True, unique=True)
+    user_id: int | None  # the raw foreign key, which Peewee adds beside `user`
+
+    class Meta:
+        indexes = (
+            # Newest-first listing, and its keyset pagination, overall and per user.
+            (("create_time", "id"), False),
+            (("user", "create_time", "id"), False),
+        )
+
+
+def create_score(
+    *, input_value: float, value: float, user_id: int | None, request_id: str | None
+) -> Score:
+    """Store a score. A repeated request_id returns the score stored the first time.
+
+    Raises RecordNotFound for an unknown user, and RecordExists when request_id was already used
+    for another owner's score.
+    """
+    with db.atomic():
+        if request_id:
+            previous = _replay(request_id, user_id)
+            if previous is not None:
+                return previous
+        if user_id is not None and not account_exists(user_id):
+            raise RecordNotFound("account", user_id)
+        try:
+            with db.atomic():
+                return Score.create(
+                    input_value=input_value,
+                    value=value,
+                    user=user_id,
+                    request_id=request_id or None,
+                )
+        except peewee.IntegrityError:
+            # A concurrent call with the same request_id won the race: answer as it did.
+            previous = _replay(request_id, user_id) if request_id else None
+            if previous is None:
+                raise
+            return previous
+
+
+def _replay(request_id: str, user_id: int | None) -> Score | None:
+    previous: Score | None = Score.get_or_none(Score.request_id == request_id)
+    if previous is not None and previous.user_id != user_id:
+        raise RecordExists("score request", request_id)
+    return previous
+
+
+def get_score(score_id: int) -> Score:
+    score: Score | None = Score.get_or_none(Score.id == score_id)
+    if score is None:
+        raise RecordNotFound("score", score_id)
+    return score
+
+
+def list_scores(
+    *,
+    limit: int,
+    after: tuple[datetime.datetime, int] | None = None,
+    score_greater_than: float | None = None,
+    user_id: int | None = None,
+    create_time_start: datetime.datetime | None = None,
+    create_time_end: datetime.datetime | None = None,
+    search: str = "",
+) -> list[Score]:
+    """Scores newest first (then highest id), after the keyset position `after`, at most limit."""
+    query = Score.select()
+    if score_greater_than is not None:
+        query = query.where(Score.value > score_greater_than)
+    if user_id is not None:
+        query = query.where(Score.user == user_id)
+    if create_time_start is not None:
+        query = query.where(Score.create_time >= create_time_start)
+    if create_time_end is not None:
+        query = query.where(Score.create_time < create_time_end)
+    if search:
+        query = query.join(Account, peewee.JOIN.LEFT_OUTER).where(_matches(search))
+    if after is not None:
+        query = query.where(peewee.Tuple(Score.create_time, Score.id) < peewee.Tuple(*after))
+    return list(query.order_by(Score.create_time.desc(), Score.id.desc()).limit(limit))
+
+
+def _matches(search: str) -> peewee.ColumnBase:
+    """The admin search: the owner's email contains the text, or the score equals it."""
+    escaped = search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    email_contains = peewee.NodeList(
+        (
+            peewee.fn.LOWER(Account.email),
+            peewee.SQL("LIKE"),
+            f"%{escaped}%",
+            peewee.SQL("ESCAPE '\\'"),
+        )
+    )
+    try:
+        number = float(search)
+    except ValueError:
+        return email_contains
+    if not math.isfinite(number):
+        return email_contains
+    return email_contains | (Score.value == number)
