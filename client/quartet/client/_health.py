@@ -1,0 +1,46 @@
+"""client.health: the standard gRPC health service, and a command for container health checks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from quartet.client._base import CallOptions, call
+
+
+class Health:
+    """The standard grpc.health.v1.Health service, through `Client.health`."""
+
+    def __init__(self, options: CallOptions, stub: health_pb2_grpc.HealthStub) -> None:
+        self._options = options
+        self._stub = stub
+
+    def check(self, service: str = "", *, timeout: float | None = None) -> bool:
+        """Whether service (a full name such as "quartet.score.v1.ScoreService", or "" for the
+        whole server) is SERVING. QuartetError if the server cannot be reached."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = call(self._options, self._stub.Check, request, timeout)
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def main() -> None:
+    """`python -m quartet.client.health [TARGET]`: exit 0 if the server is SERVING, else 1."""
+    from quartet.client._client import Client
+    from quartet.client._errors import QuartetError
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("target", nargs="?", default="127.0.0.1:50051")
+    parser.add_argument("--service", default="", help="a service's full name; default the server")
+    parser.add_argument("--timeout", type=float, default=3.0)
+    parser.add_argument("--tls", action="store_true", help="connect with TLS (system roots)")
+    args = parser.parse_args()
+    try:
+        with Client(args.target, tls=args.tls, timeout=args.timeout) as client:
+            serving = client.health.check(args.service)
+    except QuartetError as error:
+        print(f"unhealthy: {error}", file=sys.stderr)
+        sys.exit(1)
+    print("SERVING" if serving else "NOT_SERVING")
+    sys.exit(0 if serving else 1)

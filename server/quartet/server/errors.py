@@ -1,0 +1,159 @@
+"""Errors a servicer raises, and their one mapping to `google.rpc.Status` with rich details.
+
+Every error leaves the server as a status whose details hold an `ErrorInfo` (domain "quartet", a
+`quartet.errors.v1.ErrorReason` name as reason), plus a `BadRequest` listing field violations or a
+`ResourceInfo` naming the resource, as AIP-193 describes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeAlias
+
+import google.rpc.code_pb2 as code_pb2
+import google.rpc.error_details_pb2 as error_details_pb2
+import google.rpc.status_pb2 as status_pb2
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from grpc_status import rpc_status
+
+from quartet.errors.v1 import error_reason_pb2
+
+DOMAIN = "quartet"
+Reason: TypeAlias = error_reason_pb2.ErrorReason.ValueType
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid request field: its path (e.g. "events[2].timestamp") and what is wrong."""
+
+    field: str
+    description: str
+
+
+class ServiceError(Exception):
+    """An error the client caused or can act on; `code` is its gRPC status code."""
+
+    code = grpc.StatusCode.UNKNOWN
+    default_reason: Reason = error_reason_pb2.ERROR_REASON_UNSPECIFIED
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: Reason | None = None,
+        metadata: Mapping[str, str] | None = None,
+        violations: Sequence[FieldViolation] = (),
+        resource: tuple[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = self.default_reason if reason is None else reason
+        self.metadata = dict(metadata or {})
+        self.violations = list(violations)
+        self.resource = resource
+
+    def to_status(self) -> grpc.Status:
+        """This error as a gRPC status carrying google.rpc.Status details in its trailers."""
+        details: list[Message] = [
+            error_details_pb2.ErrorInfo(
+                reason=error_reason_pb2.ErrorReason.Name(self.reason),
+                domain=DOMAIN,
+                metadata=self.metadata,
+            )
+        ]
+        if self.violations:
+            details.append(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in self.violations
+                    ]
+                )
+            )
+        if self.resource is not None:
+            resource_type, resource_name = self.resource
+            details.append(
+                error_details_pb2.ResourceInfo(
+                    resource_type=resource_type, resource_name=resource_name
+                )
+            )
+        packed = []
+        for detail in details:
+            any_detail = any_pb2.Any()
+            any_detail.Pack(detail)
+            packed.append(any_detail)
+        status = status_pb2.Status(code=_CODES[self.code], message=self.message, details=packed)
+        return rpc_status.to_status(status)  # type: ignore[no-any-return]
+
+
+class InvalidArgument(ServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = error_reason_pb2.FIELD_INVALID
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+    default_reason = error_reason_pb2.RESOURCE_NOT_FOUND
+
+
+class AlreadyExists(ServiceError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = error_reason_pb2.RESOURCE_ALREADY_EXISTS
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unauthenticated(ServiceError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = error_reason_pb2.CREDENTIALS_INVALID
+
+
+class PermissionDenied(ServiceError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = error_reason_pb2.ROLE_NOT_ALLOWED
+
+
+class ResourceExhausted(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = error_reason_pb2.LIMIT_EXCEEDED
+
+
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Internal(ServiceError):
+    code = grpc.StatusCode.INTERNAL
+    default_reason = error_reason_pb2.INTERNAL_ERROR
+
+
+_CODES = {code: getattr(code_pb2, code.name) for code in grpc.StatusCode}
+
+
+class Violations:
+    """Collects every problem with a request, so the client learns them all in one answer."""
+
+    def __init__(self) -> None:
+        self._items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self._items.append(FieldViolation(field, description))
+
+    def check(self, ok: bool, field: str, description: str) -> None:
+        if not ok:
+            self.add(field, description)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def raise_if_any(self, message: str = "the request is invalid") -> None:
+        if self._items:
+            summary = "; ".join(f"{v.field}: {v.description}" for v in self._items)
+            raise InvalidArgument(f"{message}: {summary}", violations=self._items)

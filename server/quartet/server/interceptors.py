@@ -1,0 +1,129 @@
+"""The one server interceptor: every call's deadline, errors and access-log line, in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias
+
+import grpc
+
+from quartet import storage
+from quartet.server import errors
+
+access_log = logging.getLogger("quartet.access")
+logger = logging.getLogger(__name__)
+
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # grpc types are generic only in stubs
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every method handler once, so that each call:
+
+    - records its deadline, so that database work queued past it is skipped;
+    - turns a `ServiceError` (or a storage error a client caused) into a rich status, and anything
+      unexpected into INTERNAL with a generic message (the traceback goes to the log only);
+    - ends with one access-log line: method, status code, duration and peer.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, Handler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._wrapped[method] = self._wrap(method, handler)
+        return wrapped
+
+    def _wrap(self, method: str, handler: Handler) -> Handler:
+        kind = _kind(handler)
+        inner = getattr(handler, kind)
+        if inspect.isasyncgenfunction(inner):
+
+            async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                async with self._call(method, context):
+                    async for response in inner(request, context):
+                        yield response
+
+            behaviour: Callable[..., Any] = streaming
+        else:
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                async with self._call(method, context):
+                    return await inner(request, context)
+
+            behaviour = unary
+        factory = getattr(grpc, f"{kind}_rpc_method_handler")
+        return factory(  # type: ignore[no-any-return]
+            behaviour,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _call(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[None]:
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            remaining = context.time_remaining()
+            if remaining is not None:
+                # Each call runs in its own task, so this value lives exactly as long as the call.
+                storage.deadline.set(time.monotonic() + remaining)
+            yield
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            error = as_service_error(exc)
+            if isinstance(error, errors.Internal):
+                logger.exception("unexpected error in %s", method)
+            code = error.code
+            status = error.to_status()
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        finally:
+            access_log.info(
+                "call",
+                extra={
+                    "method": method,
+                    "code": code.name,
+                    "duration_ms": round((time.perf_counter() - start) * 1000, 3),
+                    "peer": context.peer(),
+                },
+            )
+
+
+def as_service_error(exc: Exception) -> errors.ServiceError:
+    """The status-carrying error for exc: storage errors are the client's; the rest is INTERNAL."""
+    if isinstance(exc, errors.ServiceError):
+        return exc
+    if isinstance(exc, storage.RecordNotFound):
+        return errors.NotFound(str(exc), resource=(exc.kind, str(exc.key)))
+    if isinstance(exc, storage.RecordExists):
+        return errors.AlreadyExists(str(exc), resource=(exc.kind, str(exc.key)))
+    if isinstance(exc, storage.DeadlineExceeded):
+        return errors.DeadlineExceeded(str(exc))
+    return errors.Internal("internal error; the server log has the details")
+
+
+def _kind(handler: Handler) -> str:
+    for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+        if getattr(handler, kind) is not None:
+            return kind
+    raise ValueError("method handler has no behaviour")

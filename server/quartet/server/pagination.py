@@ -1,0 +1,100 @@
+"""AIP-158 pagination: page sizes, and opaque page tokens bound to the request that issued them.
+
+A token carries the keyset position after the last item of its page and a fingerprint of the
+request's filters, so a token reused with other filters is refused instead of silently giving a
+wrong page. Tokens are not secret: they only say where a page ends, and every page is still
+filtered by what the caller may see.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import json
+from typing import Any, Protocol
+
+from google.protobuf.message import Message
+
+from quartet.errors.v1 import error_reason_pb2
+from quartet.server.errors import FieldViolation, InvalidArgument
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+_VERSION = 1
+
+Key = tuple[Any, ...]
+
+
+class PagedRequest(Protocol):
+    page_size: int
+    page_token: str
+
+
+def page_size(request: PagedRequest, default: int = DEFAULT_PAGE_SIZE) -> int:
+    """The effective page size: the default for 0, at most MAX_PAGE_SIZE; negative is invalid."""
+    if request.page_size < 0:
+        raise InvalidArgument(
+            "page_size must not be negative",
+            violations=[FieldViolation("page_size", "must be zero (the default) or positive")],
+        )
+    return min(request.page_size or default, MAX_PAGE_SIZE)
+
+
+def encode_page_token(request: Message, key: Key) -> str:
+    """A token for the page that starts after key, valid only with request's filters."""
+    payload = [_VERSION, _fingerprint(request), [_encode(v) for v in key]]
+    raw = json.dumps(payload, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(request: Message, types: tuple[type, ...]) -> Key | None:
+    """The keyset position in request.page_token (None for the first page), typed as `types`."""
+    token: str = request.page_token  # type: ignore[attr-defined]
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        version, fingerprint, values = json.loads(raw)
+        if version != _VERSION or len(values) != len(types):
+            raise ValueError("unknown token layout")
+        key = tuple(_decode(value, kind) for value, kind in zip(values, types, strict=True))
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise _invalid("page_token is malformed; pass back a next_page_token unchanged") from None
+    if fingerprint != _fingerprint(request):
+        raise _invalid("page_token was issued for a request with different filters")
+    return key
+
+
+def _fingerprint(request: Message) -> str:
+    filters = type(request)()
+    filters.CopyFrom(request)
+    filters.ClearField("page_token")
+    filters.ClearField("page_size")
+    return hashlib.sha256(filters.SerializeToString(deterministic=True)).hexdigest()[:16]
+
+
+def _encode(value: object) -> object:
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    return value
+
+
+def _decode(value: object, kind: type) -> object:
+    if kind is datetime.datetime and isinstance(value, str):
+        return datetime.datetime.fromisoformat(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is str and isinstance(value, str):
+        return value
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"expected {kind.__name__}")
+
+
+def _invalid(description: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"invalid page_token: {description}",
+        reason=error_reason_pb2.PAGE_TOKEN_INVALID,
+        violations=[FieldViolation("page_token", description)],
+    )

@@ -1,0 +1,109 @@
+"""ScoreService: compute scores from input values, store them, list them as the admin view did."""
+
+from __future__ import annotations
+
+import datetime
+import math
+from typing import Any
+
+import grpc
+
+from quartet.score.v1 import score_service_pb2, score_service_pb2_grpc
+from quartet.server.errors import Violations
+from quartet.server.pagination import decode_page_token, encode_page_token, page_size
+from quartet.server.timestamps import optional_timestamp, to_timestamp
+from quartet.storage import DatabaseRunner, scores
+
+Context = grpc.aio.ServicerContext[Any, Any]
+REQUEST_ID_MAX_LENGTH = 64
+
+
+def compute_score(input_value: float) -> float:
+    """The scoring formula, in one place so that it can change."""
+    return input_value + 1
+
+
+class ScoreServicer(score_service_pb2_grpc.ScoreServiceServicer):
+    """Validates requests, calls the storage layer in a database thread, and returns messages."""
+
+    def __init__(self, runner: DatabaseRunner) -> None:
+        self._db = runner
+
+    async def CreateScore(
+        self, request: score_service_pb2.CreateScoreRequest, context: Context
+    ) -> score_service_pb2.Score:
+        violations = Violations()
+        if not request.HasField("input_value"):
+            violations.add("input_value", "is required")
+        elif not math.isfinite(request.input_value):
+            violations.add("input_value", "must be a finite number, not NaN or infinite")
+        elif not math.isfinite(compute_score(request.input_value)):
+            violations.add("input_value", "is too large: its score is not a finite number")
+        user_id = request.user_id if request.HasField("user_id") else None
+        violations.check(user_id is None or user_id > 0, "user_id", "must be positive")
+        violations.check(
+            len(request.request_id) <= REQUEST_ID_MAX_LENGTH,
+            "request_id",
+            f"must be at most {REQUEST_ID_MAX_LENGTH} characters",
+        )
+        violations.raise_if_any()
+        row = await self._db.run(
+            scores.create_score,
+            input_value=request.input_value,
+            value=compute_score(request.input_value),
+            user_id=user_id,
+            request_id=request.request_id or None,
+        )
+        return to_message(row)
+
+    async def GetScore(
+        self, request: score_service_pb2.GetScoreRequest, context: Context
+    ) -> score_service_pb2.Score:
+        violations = Violations()
+        violations.check(request.id > 0, "id", "must be a positive score id")
+        violations.raise_if_any()
+        return to_message(await self._db.run(scores.get_score, request.id))
+
+    async def ListScores(
+        self, request: score_service_pb2.ListScoresRequest, context: Context
+    ) -> score_service_pb2.ListScoresResponse:
+        violations = Violations()
+        limit = page_size(request)
+        after = decode_page_token(request, (datetime.datetime, int))
+        start = optional_timestamp(request, "create_time_start", violations)
+        end = optional_timestamp(request, "create_time_end", violations)
+        threshold = request.score_greater_than if request.HasField("score_greater_than") else None
+        violations.check(
+            threshold is None or not math.isnan(threshold), "score_greater_than", "must be a number"
+        )
+        violations.check(len(request.search) <= 254, "search", "must be at most 254 characters")
+        violations.raise_if_any()
+        rows = await self._db.run(
+            scores.list_scores,
+            limit=limit + 1,
+            after=after,
+            score_greater_than=threshold,
+            user_id=request.user_id if request.HasField("user_id") else None,
+            create_time_start=start,
+            create_time_end=end,
+            search=request.search.strip(),
+        )
+        response = score_service_pb2.ListScoresResponse(
+            scores=[to_message(r) for r in rows[:limit]]
+        )
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            response.next_page_token = encode_page_token(request, (last.create_time, last.id))
+        return response
+
+
+def to_message(row: scores.Score) -> score_service_pb2.Score:
+    message = score_service_pb2.Score(
+        id=row.id,
+        input_value=row.input_value,
+        value=row.value,
+        create_time=to_timestamp(row.create_time),
+    )
+    if row.user_id is not None:
+        message.user_id = row.user_id
+    return message

@@ -1,0 +1,73 @@
+"""Server settings, read once from the environment; command-line flags override them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from quartet.storage import default_database_url
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server is configured with. Each field's metadata names its variable."""
+
+    database_url: str = field(
+        default_factory=default_database_url, metadata={"env": "DATABASE_URL"}
+    )
+    host: str = field(default="127.0.0.1", metadata={"env": "QUARTET_HOST"})
+    port: int = field(default=50051, metadata={"env": "QUARTET_PORT"})
+    db_threads: int = field(default=8, metadata={"env": "QUARTET_DB_THREADS"})
+    grace_seconds: float = field(default=10.0, metadata={"env": "QUARTET_GRACE_SECONDS"})
+    log_level: str = field(default="INFO", metadata={"env": "QUARTET_LOG_LEVEL"})
+    log_format: str = field(default="auto", metadata={"env": "QUARTET_LOG_FORMAT"})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from environment variables, defaults for the rest."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata["env"]
+            if environ.get(name):
+                values[f.name] = _cast(name, environ[name], _CASTS[str(f.type)])
+        return cls(**values).validated()
+
+    def validated(self) -> Settings:
+        """self, or SettingsError naming the first unusable value."""
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"port {self.port} is not between 0 and 65535")
+        if self.db_threads < 1:
+            raise SettingsError("db_threads must be at least 1")
+        if self.grace_seconds < 0:
+            raise SettingsError("grace_seconds must not be negative")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise SettingsError("log_level must be DEBUG, INFO, WARNING or ERROR")
+        if self.log_format not in ("auto", "json", "text"):
+            raise SettingsError("log_format must be auto, json or text")
+        return self
+
+    @property
+    def address(self) -> str:
+        """host:port in the form gRPC binds (IPv6 hosts in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+# Field annotations are strings under `from __future__ import annotations`.
+_CASTS: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float}
+
+
+def _cast(name: str, raw: str, cast: Callable[[str], T]) -> T:
+    try:
+        return cast(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid value") from None

@@ -1,0 +1,39 @@
+"""Conversions between protobuf Timestamps and the naive UTC datetimes stored in the database."""
+
+from __future__ import annotations
+
+import datetime
+
+from google.protobuf import timestamp_pb2
+
+from quartet.server.errors import Violations
+
+# Timestamp's own valid range (0001-01-01 to 9999-12-31), per google/protobuf/timestamp.proto.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+def to_timestamp(value: datetime.datetime) -> timestamp_pb2.Timestamp:
+    timestamp = timestamp_pb2.Timestamp()
+    timestamp.FromDatetime(value)  # a naive datetime is read as UTC
+    return timestamp
+
+
+def from_timestamp(
+    timestamp: timestamp_pb2.Timestamp, field: str, violations: Violations
+) -> datetime.datetime | None:
+    """The UTC datetime of timestamp, or None (with a violation added) if it is out of range."""
+    if not (_MIN_SECONDS <= timestamp.seconds <= _MAX_SECONDS) or not (
+        0 <= timestamp.nanos < 1_000_000_000
+    ):
+        violations.add(field, "is not a valid timestamp (year 1 to 9999, nanos 0 to 999999999)")
+        return None
+    return timestamp.ToDatetime()
+
+
+def optional_timestamp(
+    message: object, name: str, violations: Violations, prefix: str = ""
+) -> datetime.datetime | None:
+    """The datetime of message's Timestamp field `name`, or None when it is not set."""
+    if not message.HasField(name):  # type: ignore[attr-defined]
+        return None
+    return from_timestamp(getattr(message, name), prefix + name, violations)
