@@ -1,0 +1,163 @@
+"""Fixtures: a real quartet server on a free port, over SQLite and (when configured) PostgreSQL.
+
+Every test that takes `client` (or `database_url`) runs once per backend. SQLite always runs; set
+QUARTET_TEST_POSTGRES_URL to an existing PostgreSQL database (the CI does) and each such test also
+runs against a database created for this session. If that server cannot be reached the tests
+error: a configured backend is never skipped silently.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import peewee
+import psycopg2
+import pytest
+
+from quartet import storage
+from quartet.client import Client
+from quartet.server.settings import Settings
+from quartet.server.testing import running_server
+
+T = TypeVar("T")
+
+POSTGRES_URL = os.environ.get("QUARTET_TEST_POSTGRES_URL", "")
+BACKENDS = ["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"]
+
+
+def _with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+class PostgresServer:
+    """Creates scratch databases on the configured server and drops them at the end."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.created: list[str] = []
+        try:
+            self._admin = psycopg2.connect(url, connect_timeout=5)
+        except psycopg2.OperationalError as exc:
+            raise RuntimeError(
+                f"QUARTET_TEST_POSTGRES_URL={url!r} is set but unreachable: {exc}".strip()
+            ) from exc
+        self._admin.autocommit = True
+
+    def create(self) -> str:
+        name = f"quartet_test_{uuid.uuid4().hex[:12]}"
+        with self._admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        self.created.append(name)
+        return _with_database(self.url, name)
+
+    def drop_all(self) -> None:
+        with self._admin.cursor() as cursor:
+            for name in self.created:
+                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self._admin.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    if not POSTGRES_URL:
+        raise RuntimeError("set QUARTET_TEST_POSTGRES_URL to run the PostgreSQL tests")
+    server = PostgresServer(POSTGRES_URL)
+    yield server
+    server.drop_all()
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite file migrated once; each test gets a copy instead of migrating again."""
+    path = tmp_path_factory.mktemp("template") / "quartet.db"
+    database = storage.open_database(f"sqlite:///{path}")
+    storage.migrate(database)
+    storage.close(database)
+    return path
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres_url(postgres: PostgresServer) -> str:
+    """A PostgreSQL database migrated once for the session; tests empty it between them."""
+    url = postgres.create()
+    database = storage.open_database(url)
+    storage.migrate(database)
+    storage.close(database)
+    return url
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a migrated database holding no rows but the reference data."""
+    if backend == "sqlite":
+        template: Path = request.getfixturevalue("migrated_sqlite_template")
+        shutil.copyfile(template, tmp_path / "quartet.db")
+        yield f"sqlite:///{tmp_path / 'quartet.db'}"
+        return
+    url: str = request.getfixturevalue("migrated_postgres_url")
+    yield url
+    _empty(url)
+
+
+@pytest.fixture
+def empty_database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a database with no tables at all, for migration tests."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'empty.db'}"
+    postgres: PostgresServer = request.getfixturevalue("postgres")
+    return postgres.create()
+
+
+def _empty(url: str) -> None:
+    database = storage.open_database(url)
+    tables = [m._meta.table_name for m in storage.ALL_MODELS]
+    with database.connection_context():
+        sql = f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"
+        database.execute_sql(sql)  # type: ignore[no-untyped-call]
+    storage.close(database)
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, grace_seconds=0, db_threads=4)
+
+
+@pytest.fixture
+def target(settings: Settings) -> Iterator[str]:
+    """The host:port of a real quartet server serving `settings`."""
+    with running_server(settings) as address:
+        yield address
+
+
+@pytest.fixture
+def client(target: str) -> Iterator[Client]:
+    with Client(target) as client:
+        yield client
+
+
+@pytest.fixture
+def db(target: str) -> peewee.Database:
+    """The server's own database, for arranging rows a test needs and checking what was stored."""
+    return storage.base.db.obj  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def run_in_db(db: peewee.Database) -> Any:
+    """Call a storage function inside a connection of the server's database."""
+
+    def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with db.connection_context():
+            return fn(*args, **kwargs)
+
+    return run

@@ -1,0 +1,284 @@
+"""ScoreService through the SDK: the seed's seven tests, then what the seed got wrong or lacked."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import struct
+from typing import Any
+
+import grpc
+import pytest
+
+from quartet.client import Client, FieldViolation, QuartetError
+from quartet.score.v1 import score_service_pb2
+from quartet.storage import accounts, scores
+
+CREATE = "/quartet.score.v1.ScoreService/CreateScore"
+
+
+def raw_create(client: Client, payload: bytes) -> score_service_pb2.Score:
+    """Send hand-made bytes as a CreateScoreRequest, as a client with another contract might."""
+    method: grpc.UnaryUnaryMultiCallable[bytes, score_service_pb2.Score] = (
+        client.channel.unary_unary(
+            CREATE,
+            request_serializer=None,
+            response_deserializer=score_service_pb2.Score.FromString,
+        )
+    )
+    try:
+        return method(payload, timeout=5)
+    except grpc.RpcError as error:
+        raise QuartetError.from_rpc_error(error) from None
+
+
+def assert_invalid(error: QuartetError, field: str) -> None:
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.reason == "FIELD_INVALID"
+    assert field in [v.field for v in error.field_violations]
+
+
+# --- the seed's tests (scores/tests.py), on the gRPC contract -------------------------------
+
+
+def test_created_response(client: Client) -> None:
+    score = client.scores.create(1)
+    assert score.id > 0
+    assert score.value == 2
+
+
+def test_no_data(client: Client) -> None:
+    with pytest.raises(QuartetError) as caught:
+        raw_create(client, b"")
+    assert_invalid(caught.value, "input_value")
+    assert caught.value.field_violations == [FieldViolation("input_value", "is required")]
+
+
+def test_wrong_parameter_name(client: Client) -> None:
+    # {"input_values": 1}: a field the contract does not know, so input_value is still missing.
+    unknown_field_15 = bytes([15 << 3 | 1]) + struct.pack("<d", 1.0)
+    with pytest.raises(QuartetError) as caught:
+        raw_create(client, unknown_field_15)
+    assert_invalid(caught.value, "input_value")
+
+
+def test_string_input_is_refused_before_sending(client: Client) -> None:
+    # The seed coerced "1" to 1.0; the typed contract makes it a client-side error...
+    with pytest.raises(TypeError):
+        client.scores.create("1")  # type: ignore[arg-type]
+    # ... and a string sent on the wire anyway never parses as the number field.
+    string_in_field_1 = bytes([1 << 3 | 2, 1]) + b"a"
+    with pytest.raises(QuartetError) as caught:
+        raw_create(client, string_in_field_1)
+    assert_invalid(caught.value, "input_value")
+
+
+def test_anonymous_user(client: Client) -> None:
+    score = client.scores.create(1)
+    assert not score.HasField("user_id")
+
+
+@pytest.mark.parametrize(
+    ("input_value", "expected"), [(0, 1), (1, 2), (-1, 0), (-99999, -99998), (99999, 100000)]
+)
+def test_formula(client: Client, input_value: float, expected: float) -> None:
+    assert client.scores.create(input_value).value == expected
+
+
+# --- beyond the seed ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_input_is_invalid_and_stores_nothing(client: Client, bad: float) -> None:
+    # The seed answered 500 for NaN (SQLite stored it as NULL and broke a constraint).
+    with pytest.raises(QuartetError) as caught:
+        client.scores.create(bad)
+    assert_invalid(caught.value, "input_value")
+    assert list(client.scores.iter()) == []
+
+
+def test_score_is_stored_with_input_owner_and_time(client: Client, run_in_db: Any) -> None:
+    owner = run_in_db(accounts.create_account, "Alice@Example.com")
+    before = datetime.datetime.now(datetime.UTC)
+    score = client.scores.create(1.5, user_id=owner.id)
+    after = datetime.datetime.now(datetime.UTC)
+    assert (score.user_id, score.input_value, score.value) == (owner.id, 1.5, 2.5)
+    assert before <= score.create_time.ToDatetime(datetime.UTC) <= after
+    assert client.scores.get(score.id) == score
+
+
+def test_unknown_user_is_not_found_and_stores_nothing(client: Client) -> None:
+    with pytest.raises(QuartetError) as caught:
+        client.scores.create(1, user_id=999)
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
+    assert caught.value.reason == "RESOURCE_NOT_FOUND"
+    assert caught.value.resource == ("account", "999")
+    assert list(client.scores.iter()) == []
+
+
+def test_non_positive_user_id_is_invalid(client: Client) -> None:
+    with pytest.raises(QuartetError) as caught:
+        client.scores.create(1, user_id=0)
+    assert_invalid(caught.value, "user_id")
+
+
+def test_get_unknown_score_is_not_found(client: Client) -> None:
+    with pytest.raises(QuartetError) as caught:
+        client.scores.get(12345)
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
+    assert caught.value.resource == ("score", "12345")
+
+
+def test_same_request_id_stores_once(client: Client) -> None:
+    first = client.scores.create(7, request_id="9b1f6a1e-retry")
+    again = client.scores.create(7, request_id="9b1f6a1e-retry")
+    assert again == first
+    assert [s.id for s in client.scores.iter()] == [first.id]
+
+
+def test_request_id_of_another_owner_is_already_exists(client: Client, run_in_db: Any) -> None:
+    owner = run_in_db(accounts.create_account, "bob@example.com")
+    client.scores.create(7, request_id="shared-key", user_id=owner.id)
+    with pytest.raises(QuartetError) as caught:
+        client.scores.create(7, request_id="shared-key")
+    assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert caught.value.reason == "RESOURCE_ALREADY_EXISTS"
+
+
+def test_overlong_request_id_is_invalid(client: Client) -> None:
+    with pytest.raises(QuartetError) as caught:
+        client.scores.create(1, request_id="x" * 65)
+    assert_invalid(caught.value, "request_id")
+
+
+# --- listing: the admin view's filters and pagination -------------------------------------------
+
+
+@pytest.fixture
+def stored(client: Client, run_in_db: Any) -> dict[str, Any]:
+    """Scores 2, 101 and 1001 for alice, 5 for bob, 0.5 anonymous; in that order."""
+    alice = run_in_db(accounts.create_account, "alice@example.com")
+    bob = run_in_db(accounts.create_account, "bob@example.org")
+    made = [
+        client.scores.create(1, user_id=alice.id),
+        client.scores.create(100, user_id=alice.id),
+        client.scores.create(1000, user_id=alice.id),
+        client.scores.create(4, user_id=bob.id),
+        client.scores.create(-0.5),
+    ]
+    return {"alice": alice.id, "bob": bob.id, "scores": made}
+
+
+def values(page: Any) -> list[float]:
+    return [s.value for s in page]
+
+
+def test_list_is_newest_first(client: Client, stored: dict[str, Any]) -> None:
+    assert values(client.scores.list().scores) == [0.5, 5, 1001, 101, 2]
+
+
+@pytest.mark.parametrize(
+    ("threshold", "expected"), [(1, [5, 1001, 101, 2]), (100, [1001, 101]), (1000, [1001])]
+)
+def test_score_greater_than(
+    client: Client, stored: dict[str, Any], threshold: float, expected: list[float]
+) -> None:
+    assert values(client.scores.iter(score_greater_than=threshold)) == expected
+
+
+def test_by_user(client: Client, stored: dict[str, Any]) -> None:
+    assert values(client.scores.iter(user_id=stored["bob"])) == [5]
+    assert values(client.scores.iter(user_id=stored["alice"], score_greater_than=100)) == [
+        1001,
+        101,
+    ]
+
+
+def test_by_time_range(client: Client, stored: dict[str, Any]) -> None:
+    made = stored["scores"]
+    second = made[1].create_time.ToDatetime(datetime.UTC)
+    fourth = made[3].create_time.ToDatetime(datetime.UTC)
+    between = client.scores.iter(created_after=second, created_before=fourth)
+    assert values(between) == [1001, 101]
+    assert values(client.scores.iter(created_after=fourth)) == [0.5, 5]
+    future = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
+    assert values(client.scores.iter(created_after=future)) == []
+
+
+def test_search_by_email_or_value(client: Client, stored: dict[str, Any]) -> None:
+    assert values(client.scores.iter(search="ALICE@")) == [1001, 101, 2]
+    assert values(client.scores.iter(search="example.org")) == [5]
+    assert values(client.scores.iter(search="101")) == [101]
+    assert values(client.scores.iter(search="%")) == []  # LIKE wildcards are literal
+
+
+def test_pages_cover_everything_once(client: Client, stored: dict[str, Any]) -> None:
+    first = client.scores.list(page_size=2)
+    second = client.scores.list(page_size=2, page_token=first.next_page_token)
+    third = client.scores.list(page_size=2, page_token=second.next_page_token)
+    assert values(first.scores) + values(second.scores) + values(third.scores) == [
+        0.5,
+        5,
+        1001,
+        101,
+        2,
+    ]
+    assert first.next_page_token and second.next_page_token
+    assert third.next_page_token == ""
+    assert values(client.scores.iter(page_size=1)) == [0.5, 5, 1001, 101, 2]
+
+
+def test_page_survives_new_scores(client: Client, stored: dict[str, Any]) -> None:
+    first = client.scores.list(page_size=2)
+    client.scores.create(999)  # newer than everything: must not shift the next page
+    second = client.scores.list(page_size=2, page_token=first.next_page_token)
+    assert values(second.scores) == [1001, 101]
+
+
+def test_token_for_other_filters_is_refused(client: Client, stored: dict[str, Any]) -> None:
+    token = client.scores.list(page_size=1).next_page_token
+    with pytest.raises(QuartetError) as caught:
+        client.scores.list(page_size=1, page_token=token, score_greater_than=1)
+    assert caught.value.reason == "PAGE_TOKEN_INVALID"
+    # The page size may change between pages (AIP-158).
+    assert len(client.scores.list(page_size=3, page_token=token).scores) == 3
+
+
+@pytest.mark.parametrize("token", ["garbage", "e30", "W10", "WzEsIngiLFtdXQ"])
+def test_malformed_token_is_invalid(client: Client, token: str) -> None:
+    with pytest.raises(QuartetError) as caught:
+        client.scores.list(page_token=token)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.reason == "PAGE_TOKEN_INVALID"
+    assert [v.field for v in caught.value.field_violations] == ["page_token"]
+
+
+def test_negative_page_size_is_invalid(client: Client) -> None:
+    with pytest.raises(QuartetError) as caught:
+        client.scores.list(page_size=-1)
+    assert_invalid(caught.value, "page_size")
+
+
+def test_page_size_is_capped_at_1000(client: Client, run_in_db: Any) -> None:
+    run_in_db(
+        lambda: scores.Score.insert_many(
+            [{"input_value": i, "value": i + 1} for i in range(1001)]
+        ).execute()
+    )
+    page = client.scores.list(page_size=5000)
+    assert len(page.scores) == 1000
+    assert len(client.scores.list(page_token=page.next_page_token).scores) == 1
+
+
+def test_nan_threshold_and_bad_times_are_invalid(client: Client) -> None:
+    stub_request = score_service_pb2.ListScoresRequest(score_greater_than=math.nan)
+    stub_request.create_time_start.seconds = 10**12  # beyond year 9999
+    method = client.channel.unary_unary(
+        "/quartet.score.v1.ScoreService/ListScores",
+        request_serializer=score_service_pb2.ListScoresRequest.SerializeToString,
+        response_deserializer=score_service_pb2.ListScoresResponse.FromString,
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        method(stub_request, timeout=5)
+    error = QuartetError.from_rpc_error(caught.value)
+    assert {v.field for v in error.field_violations} == {"score_greater_than", "create_time_start"}
