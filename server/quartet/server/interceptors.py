@@ -78,6 +78,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     ) -> AsyncIterator[None]:
         start = time.perf_counter()
         code = grpc.StatusCode.OK
+        failure: grpc.Status | None = None
         try:
             remaining = context.time_remaining()
             if remaining is not None:
@@ -95,9 +96,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             if isinstance(error, errors.Internal):
                 logger.exception("unexpected error in %s", method)
             code = error.code
-            status = error.to_status()
-            await context.abort(status.code, status.details, status.trailing_metadata)
+            failure = error.to_status()
         finally:
+            # Logged before the status is sent, so the line exists once the client has its answer.
             access_log.info(
                 "call",
                 extra={
@@ -107,6 +108,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     "peer": context.peer(),
                 },
             )
+        if failure is not None:
+            await context.abort(failure.code, failure.details, failure.trailing_metadata)
 
 
 def as_service_error(exc: Exception) -> errors.ServiceError:

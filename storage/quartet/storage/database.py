@@ -60,6 +60,10 @@ def open_database(url: str, *, max_connections: int = 20) -> peewee.Database:
             timeout=30,
             autoconnect=False,
             check_same_thread=False,  # pooled connections move between threads
+            # Transactions are only opened to write. Taking the write lock at BEGIN makes a writer
+            # wait (busy_timeout) for another one; a deferred BEGIN that read first would instead
+            # fail at once with SQLITE_BUSY when its snapshot went stale.
+            lock_type="IMMEDIATE",
             **params,
         )
         return database

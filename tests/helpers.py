@@ -1,0 +1,105 @@
+"""Small helpers shared by several test modules."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import psycopg2
+
+
+@contextlib.contextmanager
+def table_locked(database_url: str, table: str) -> Iterator[None]:
+    """Hold a lock that makes every write to `table` wait, from another connection.
+
+    SQLite has one writer at a time, so its write lock covers every table; PostgreSQL gets an
+    exclusive lock on the one table.
+    """
+    if database_url.startswith("sqlite"):
+        connection = sqlite3.connect(urlsplit(database_url).path[1:], isolation_level=None)
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            connection.execute("ROLLBACK")
+            connection.close()
+        return
+    pg = psycopg2.connect(database_url)
+    try:
+        with pg.cursor() as cursor:
+            cursor.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            yield
+        pg.rollback()
+    finally:
+        pg.close()
+
+
+class Background(threading.Thread):
+    """Run a call in a thread and keep its result or exception for join_result()."""
+
+    def __init__(self, target: object) -> None:
+        super().__init__(daemon=True)
+        self._call = target
+        self.result: object = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self._call()  # type: ignore[operator]
+        except BaseException as exc:
+            self.error = exc
+
+    def join_result(self, timeout: float = 30) -> object:
+        self.join(timeout)
+        assert not self.is_alive(), "the background call did not finish"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+SERVE = [sys.executable, "-m", "quartet.server", "serve", "--log-format", "json"]
+
+
+@dataclasses.dataclass
+class ServerProcess:
+    """A `quartet-server serve` subprocess: its Popen, its address, and its log lines so far."""
+
+    process: subprocess.Popen[str]
+    address: str
+    log: list[str]
+
+
+@contextlib.contextmanager
+def server_process(*args: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """Start `quartet-server serve --port 0 ARGS...`, wait until it listens, kill it on exit.
+
+    Its stderr is read continuously (so that a full pipe never blocks the server) into `log`.
+    """
+    process = subprocess.Popen(
+        [*SERVE, "--port", "0", *args], stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert process.stderr is not None
+    log: list[str] = []
+    address = ""
+    for line in process.stderr:
+        log.append(line)
+        if "listening on" in line:
+            address = line.split("listening on ")[1].split(" ")[0]
+            break
+    drain = threading.Thread(target=lambda: log.extend(process.stderr or ()), daemon=True)
+    drain.start()
+    try:
+        assert address, "the server exited before listening:\n" + "".join(log)
+        yield ServerProcess(process, address, log)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        drain.join()
+        process.stderr.close()

@@ -1,0 +1,31 @@
+"""The committed generated code and API reference are exactly what scripts/gen_protos.py makes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def generated_files(root: Path) -> dict[str, bytes]:
+    files = {
+        path.relative_to(root).as_posix(): path.read_bytes()
+        for path in (root / "client" / "quartet").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.parts[-2:][0] != "client"
+    }
+    files["docs/api.md"] = (root / "docs" / "api.md").read_bytes()
+    return {k: v for k, v in files.items() if not k.startswith("client/quartet/client/")}
+
+
+def test_generated_code_is_fresh(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "gen_protos.py"), "--out", str(tmp_path)],
+        check=True,
+    )
+    fresh = generated_files(tmp_path)
+    committed = generated_files(REPO)
+    names = fresh.keys() | committed.keys()
+    stale = sorted(name for name in names if fresh.get(name) != committed.get(name))
+    assert not stale, f"run `python scripts/gen_protos.py` and commit; stale: {stale}"

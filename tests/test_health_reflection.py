@@ -1,0 +1,68 @@
+"""Health checking per service, and server reflection (what grpcurl and ghz rely on)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from quartet import storage
+from quartet.client import Client, QuartetError
+from quartet.server.app import SERVICE_NAMES, build_server
+from quartet.server.settings import Settings
+
+
+def test_every_service_and_the_server_are_serving(client: Client) -> None:
+    assert client.health.check()
+    for name in SERVICE_NAMES:
+        assert client.health.check(name), name
+
+
+def test_unknown_service_is_not_found(client: Client) -> None:
+    with pytest.raises(QuartetError) as caught:
+        client.health.check("quartet.nothing.v1.NothingService")
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_lists_and_describes_every_service(client: Client) -> None:
+    database = ProtoReflectionDescriptorDatabase(client.channel)
+    services = set(database.get_services())
+    assert {*SERVICE_NAMES, "grpc.health.v1.Health"} <= services
+    pool = DescriptorPool(database)
+    service = pool.FindServiceByName("quartet.score.v1.ScoreService")
+    method = service.methods_by_name["CreateScore"]
+    assert method.input_type.full_name == "quartet.score.v1.CreateScoreRequest"
+    assert "input_value" in method.input_type.fields_by_name
+
+
+def test_unreachable_database_turns_services_not_serving() -> None:
+    async def scenario() -> list[int]:
+        unreachable = storage.open_database(
+            "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"
+        )
+        server = build_server(Settings(port=0), unreachable)
+        await server.start()
+        watchdog = asyncio.create_task(server.watch_database(interval=0.05))
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                score_service = health_pb2.HealthCheckRequest(service=SERVICE_NAMES[0])
+                for _ in range(100):
+                    reply = await stub.Check(score_service)
+                    if reply.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                        break
+                    await asyncio.sleep(0.05)
+                requests = [health_pb2.HealthCheckRequest(service=n) for n in ("", *SERVICE_NAMES)]
+                return [(await stub.Check(r)).status for r in requests]
+        finally:
+            watchdog.cancel()
+            await server.stop(0)
+
+    statuses = asyncio.run(scenario())
+    assert set(statuses) == {health_pb2.HealthCheckResponse.NOT_SERVING}

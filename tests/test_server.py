@@ -1,0 +1,131 @@
+"""The server process: port conflicts, graceful shutdown, deadlines, errors and the access log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from quartet import storage
+from quartet.client import Client, QuartetError
+from quartet.server.app import PortInUse, build_server
+from quartet.server.settings import Settings
+from quartet.server.testing import running_server
+from tests.helpers import SERVE, Background, server_process, table_locked
+
+
+def test_port_in_use_is_refused_not_shared(settings: Settings, target: str) -> None:
+    port = int(target.rsplit(":", 1)[1])
+
+    async def second_server() -> None:
+        build_server(Settings(port=port), storage.open_database(settings.database_url))
+
+    # With grpc's defaults a second server would silently share the port and half the traffic.
+    with pytest.raises(PortInUse, match=f"cannot listen on 127.0.0.1:{port}"):
+        asyncio.run(second_server())
+
+
+def test_command_exits_with_a_clear_message_when_the_port_is_taken(
+    target: str, tmp_path: Path
+) -> None:
+    port = target.rsplit(":", 1)[1]
+    result = subprocess.run(
+        [*SERVE, "--port", port, "--database-url", f"sqlite:///{tmp_path}/other.db"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_sigterm_reports_not_serving_and_finishes_in_flight_calls(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/quartet.db"
+    with server_process("--database-url", url, "--grace-seconds", "20") as server:
+        with Client(server.address) as client:
+            watch = health_pb2_grpc.HealthStub(client.channel).Watch(
+                health_pb2.HealthCheckRequest(service="quartet.score.v1.ScoreService")
+            )
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            with table_locked(url, "score"):
+                in_flight = Background(lambda: client.scores.create(41, timeout=30))
+                in_flight.start()
+                time.sleep(0.5)  # the call is now waiting for the write lock
+                server.process.send_signal(signal.SIGTERM)
+                assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+                assert server.process.poll() is None  # still finishing the call
+            score: Any = in_flight.join_result()
+            assert score.value == 42
+        assert server.process.wait(timeout=20) == 0
+    stored = sqlite3.connect(tmp_path / "quartet.db").execute("SELECT value FROM score").fetchall()
+    assert stored == [(42.0,)]
+
+
+def test_call_whose_deadline_passed_in_the_queue_does_no_database_work(
+    database_url: str, client: Client
+) -> None:
+    settings = Settings(database_url=database_url, db_threads=1, grace_seconds=0)
+    with running_server(settings) as target, Client(target) as one_thread:
+        with table_locked(database_url, "score"):
+            first = Background(lambda: one_thread.scores.create(1, timeout=30))
+            first.start()
+            time.sleep(0.3)  # the only database thread is now blocked on the lock
+            with pytest.raises(QuartetError) as caught:
+                one_thread.scores.create(2, timeout=0.3)
+            assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        first.join_result()
+        time.sleep(0.2)  # let the queued call reach its database thread
+        assert [s.input_value for s in one_thread.scores.iter()] == [1]
+
+
+def test_every_call_logs_one_line(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="quartet.access"):
+        client.scores.create(1)
+        with pytest.raises(QuartetError):
+            client.scores.get(404)
+    lines = [r for r in caplog.records if r.name == "quartet.access"]
+    assert [(r.method, r.code) for r in lines] == [  # type: ignore[attr-defined]
+        ("/quartet.score.v1.ScoreService/CreateScore", "OK"),
+        ("/quartet.score.v1.ScoreService/GetScore", "NOT_FOUND"),
+    ]
+    for record in lines:
+        assert record.duration_ms >= 0  # type: ignore[attr-defined]
+        assert record.peer.startswith("ipv4:127.0.0.1:")  # type: ignore[attr-defined]
+
+
+def test_server_failure_is_internal_without_leaking_details(
+    empty_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(database_url=empty_database_url, grace_seconds=0)
+    with running_server(settings) as target, Client(target) as client:
+        database = storage.base.db.obj
+        with database.connection_context():
+            database.execute_sql("DROP TABLE score")
+        with caplog.at_level(logging.ERROR), pytest.raises(QuartetError) as caught:
+            client.scores.list()
+    assert caught.value.code == grpc.StatusCode.INTERNAL
+    assert caught.value.reason == "INTERNAL_ERROR"
+    assert "score" not in caught.value.message  # the table name stays in the log
+    assert any(r.exc_info for r in caplog.records if "ListScores" in r.getMessage())
+
+
+def test_json_log_lines(tmp_path: Path) -> None:
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/q.db"}
+    with server_process(env=env) as server:
+        server.process.terminate()
+        assert server.process.wait(timeout=20) == 0
+    started = next(line for line in server.log if "listening on" in line)
+    record = json.loads(started)
+    assert record["level"] == "INFO" and record["logger"] == "quartet.server.app"
+    assert record["message"].startswith("quartet listening on 127.0.0.1:")
