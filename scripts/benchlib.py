@@ -1,0 +1,269 @@
+"""Shared benchmark machinery: servers in their own processes, load generators, and reporting.
+
+Each benchmark compares quartet with a bare grpcio server measured in the same run, because on a
+shared 2-core machine absolute figures drift 15-30% between runs while ratios hold. The load comes
+from h2load (Debian's nghttp2-client) when it is installed: it costs about 26 µs per call, so it
+leaves the cores to the server. Otherwise a Python grpc.aio client drives the load; it costs about
+190 µs per call and caps what can be measured near 4,500 calls/s on this machine. The tool is
+printed beside each figure.
+
+h2load sees HTTP status only, never grpc-status, so a failed call looks like a success to it.
+Benchmarks therefore count failures from the server's side: rows stored, or response bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import multiprocessing
+import os
+import re
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import grpc
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass
+class Result:
+    """What one load run measured."""
+
+    label: str
+    tool: str
+    calls: int
+    seconds: float
+    errors: int
+    latencies_ms: list[float]
+    items_per_call: int = 1
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def print_table(results: Sequence[Result], baseline: Result | None = None) -> None:
+    """Print results as a Markdown table, with each rate as a share of the baseline's."""
+    print()
+    print("| scenario | tool | calls/s | items/s | p50 ms | p99 ms | errors | vs bare |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        ratio = f"{r.rate / baseline.rate:.2f}" if baseline and baseline.rate else "-"
+        print(
+            f"| {r.label} | {r.tool} | {r.rate:,.0f} | {r.rate * r.items_per_call:,.0f} "
+            f"| {r.percentile(50):.1f} | {r.percentile(99):.1f} | {r.errors} | {ratio} |"
+        )
+    print()
+
+
+# --- servers ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bare_server() -> Iterator[str]:
+    """A bare grpc.aio server in its own process that answers every unary call with an empty
+    message: the cost of gRPC itself, the floor under every quartet call."""
+    code = (
+        "import asyncio, grpc\n"
+        "def handler(request, context):\n"
+        "    return b''\n"
+        "class Any(grpc.GenericRpcHandler):\n"
+        "    def service(self, details):\n"
+        "        return grpc.unary_unary_rpc_method_handler(handler)\n"
+        "async def main():\n"
+        "    server = grpc.aio.server(options=[('grpc.so_reuseport', 0)])\n"
+        "    server.add_generic_rpc_handlers([Any()])\n"
+        "    port = server.add_insecure_port('127.0.0.1:0')\n"
+        "    await server.start()\n"
+        "    print(port, flush=True)\n"
+        "    await server.wait_for_termination()\n"
+        "asyncio.run(main())\n"
+    )
+    with _process([sys.executable, "-c", code], ready=lambda line: line.strip().isdigit()) as line:
+        yield f"127.0.0.1:{line.strip()}"
+
+
+@contextlib.contextmanager
+def quartet_server(database_url: str, *args: str) -> Iterator[str]:
+    """`quartet-server serve` in its own process, as deployed (access log on, to a file)."""
+    command = [
+        sys.executable, "-m", "quartet.server", "serve", "--port", "0",
+        "--database-url", database_url, "--log-format", "json", *args,
+    ]  # fmt: skip
+    with _process(command, ready=lambda line: "listening on" in line) as line:
+        yield line.split("listening on ")[1].split(" ")[0]
+
+
+@contextlib.contextmanager
+def _process(command: list[str], ready: Callable[[str], bool]) -> Iterator[str]:
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
+        )
+        assert process.stdout is not None
+        try:
+            for line in process.stdout:
+                if ready(line):
+                    break
+            else:
+                raise RuntimeError(f"{command[:4]} exited before it was ready")
+            # Keep draining its output so that a full pipe never slows the server down.
+            threading.Thread(
+                target=shutil.copyfileobj, args=(process.stdout, log), daemon=True
+            ).start()
+            yield line
+        finally:
+            process.terminate()
+            process.wait(30)
+
+
+def sqlite_url(directory: Path) -> str:
+    return f"sqlite:///{directory / 'bench.db'}"
+
+
+# --- load: h2load -----------------------------------------------------------------------------
+
+
+def have_h2load() -> bool:
+    return shutil.which("h2load") is not None
+
+
+def frame(message: bytes) -> bytes:
+    """A gRPC length-prefixed message: uncompressed flag, big-endian length, bytes."""
+    return b"\x00" + struct.pack(">I", len(message)) + message
+
+
+def h2load(
+    label: str,
+    target: str,
+    method: str,
+    request: bytes,
+    *,
+    seconds: float = 10,
+    connections: int = 10,
+    streams: int = 5,
+    headers: Sequence[str] = (),
+) -> tuple[Result, int]:
+    """Drive one unary method with h2load; return the result and the response data bytes seen.
+
+    `errors` is left at 0: h2load cannot see gRPC failures, so the caller derives them (from rows
+    stored, or from the response bytes against the expected framed size).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        body, log = Path(tmp) / "request.bin", Path(tmp) / "log.tsv"
+        body.write_bytes(frame(request))
+        command = [
+            "h2load", "-H", "content-type: application/grpc", "-H", "te: trailers",
+            *(arg for header in headers for arg in ("-H", header)),
+            "-d", str(body), "-c", str(connections), "-m", str(streams), "-t", "1",
+            "-D", str(round(seconds)), "--log-file", str(log), f"http://{target}/{method.lstrip('/')}",
+        ]  # fmt: skip
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        latencies = [int(row.split("\t")[2]) / 1000 for row in log.read_text().splitlines() if row]
+    done = int(_field(output, r"requests: \d+ total, \d+ started, (\d+) done"))
+    data = int(_field(output, r"traffic: .*?\((\d+)\) data"))
+    elapsed = float(_field(output, r"finished in ([\d.]+)s"))
+    return Result(label, "h2load", done, elapsed, 0, latencies), data
+
+
+def _field(text: str, pattern: str) -> str:
+    match = re.search(pattern, text)
+    if match is None:
+        raise RuntimeError(f"unexpected h2load output:\n{text}")
+    return match.group(1)
+
+
+# --- load: a Python grpc.aio client in several processes ----------------------------------------
+
+
+def python_load(
+    label: str,
+    target: str,
+    make_call: Callable[[grpc.aio.Channel], Callable[[int], object]],
+    *,
+    seconds: float = 10,
+    concurrency: int = 50,
+    processes: int = 2,
+    items_per_call: int = 1,
+) -> Result:
+    """Drive calls from `processes` processes with `concurrency` callers in all.
+
+    make_call(channel) returns an async function of a sequence number that makes one call (it runs
+    in the worker processes, so it must be a module-level function).
+    """
+    per_process = max(1, concurrency // processes)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(processes) as pool:
+        parts = pool.starmap(
+            _load_worker, [(target, make_call, seconds, per_process, i) for i in range(processes)]
+        )
+    calls = sum(p[0] for p in parts)
+    errors = sum(p[1] for p in parts)
+    latencies = [x for p in parts for x in p[2]]
+    elapsed = max(p[3] for p in parts)
+    return Result(label, "python", calls, elapsed, errors, latencies, items_per_call)
+
+
+def _load_worker(
+    target: str,
+    make_call: Callable[[grpc.aio.Channel], Callable[[int], object]],
+    seconds: float,
+    concurrency: int,
+    worker: int,
+) -> tuple[int, int, list[float], float]:
+    return asyncio.run(_load(target, make_call, seconds, concurrency, worker))
+
+
+async def _load(
+    target: str,
+    make_call: Callable[[grpc.aio.Channel], Callable[[int], object]],
+    seconds: float,
+    concurrency: int,
+    worker: int,
+) -> tuple[int, int, list[float], float]:
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(worker * 10**9, (worker + 1) * 10**9))
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = make_call(channel)
+        start = time.perf_counter()
+        stop = start + seconds
+
+        async def caller() -> None:
+            nonlocal errors
+            while time.perf_counter() < stop:
+                began = time.perf_counter()
+                try:
+                    await call(next(counter))  # type: ignore[misc]
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                    continue
+                latencies.append((time.perf_counter() - began) * 1000)
+
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return len(latencies) + errors, errors, latencies, elapsed
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0))
