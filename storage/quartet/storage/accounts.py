@@ -1,11 +1,15 @@
-"""Accounts: the people (and services) that own scores and call quartet."""
+"""Accounts (people and services that log in) and their single-use refresh tokens."""
 
 from __future__ import annotations
+
+import datetime
 
 import peewee
 
 from quartet.storage.base import BaseModel, db, utcnow
-from quartet.storage.errors import RecordExists
+from quartet.storage.errors import RecordExists, RecordNotFound
+
+ROLES = ("user", "analyst", "admin")
 
 
 class Account(BaseModel):
@@ -14,6 +18,20 @@ class Account(BaseModel):
     id = peewee.BigAutoField()
     email = peewee.CharField(max_length=254, unique=True)
     create_time = peewee.DateTimeField(default=utcnow)
+    password_hash = peewee.CharField(max_length=200, null=True)
+    role = peewee.CharField(max_length=16, default="user")
+
+
+class RefreshToken(BaseModel):
+    """An issued refresh token. `family` links every token descended from one login."""
+
+    jti = peewee.CharField(max_length=32, primary_key=True)
+    account = peewee.ForeignKeyField(Account, on_delete="CASCADE")
+    family = peewee.CharField(max_length=32, index=True)
+    create_time = peewee.DateTimeField(default=utcnow)
+    expire_time = peewee.DateTimeField()
+    use_time = peewee.DateTimeField(null=True)
+    account_id: int
 
 
 def normalize_email(email: str) -> str:
@@ -21,15 +39,84 @@ def normalize_email(email: str) -> str:
     return email.strip().lower()
 
 
-def create_account(email: str) -> Account:
+def create_account(email: str, password_hash: str | None = None, role: str = "user") -> Account:
     """Create an account; RecordExists if the email is taken."""
     email = normalize_email(email)
     try:
         with db.atomic():
-            return Account.create(email=email)
+            return Account.create(email=email, password_hash=password_hash, role=role)
     except peewee.IntegrityError:
         raise RecordExists("account", email) from None
 
 
 def account_exists(account_id: int) -> bool:
     return Account.select().where(Account.id == account_id).exists()
+
+
+def get_account(account_id: int) -> Account:
+    account: Account | None = Account.get_or_none(Account.id == account_id)
+    if account is None:
+        raise RecordNotFound("account", account_id)
+    return account
+
+
+def find_account(email: str) -> Account | None:
+    account: Account | None = Account.get_or_none(Account.email == normalize_email(email))
+    return account
+
+
+def set_role(account_id: int, role: str) -> Account:
+    with db.atomic():
+        if not Account.update(role=role).where(Account.id == account_id).execute():
+            raise RecordNotFound("account", account_id)
+    return get_account(account_id)
+
+
+def set_password_hash(account_id: int, password_hash: str) -> None:
+    with db.atomic():
+        Account.update(password_hash=password_hash).where(Account.id == account_id).execute()
+
+
+def list_accounts(*, limit: int, after_id: int | None = None) -> list[Account]:
+    query = Account.select().order_by(Account.id)
+    if after_id is not None:
+        query = query.where(Account.id > after_id)
+    return list(query.limit(limit))
+
+
+def record_refresh_token(
+    jti: str, account_id: int, family: str, expire_time: datetime.datetime
+) -> None:
+    with db.atomic():
+        RefreshToken.create(jti=jti, account=account_id, family=family, expire_time=expire_time)
+
+
+def use_refresh_token(
+    jti: str, now: datetime.datetime
+) -> tuple[RefreshToken | None, Account | None]:
+    """Mark the token used and return it with its account.
+
+    Returns (None, None) for a token never issued or expired. A token already used means it leaked
+    (its legitimate holder rotated it): every unused token of its family is used up at once, and
+    (token, None) is returned so the caller refuses the exchange.
+    """
+    with db.atomic():
+        token: RefreshToken | None = RefreshToken.get_or_none(RefreshToken.jti == jti)
+        if token is None or token.expire_time <= now:
+            return None, None
+        if token.use_time is not None:
+            (
+                RefreshToken.update(use_time=now)
+                .where((RefreshToken.family == token.family) & RefreshToken.use_time.is_null())
+                .execute()
+            )
+            return token, None
+        claimed = (
+            RefreshToken.update(use_time=now)
+            .where((RefreshToken.jti == jti) & RefreshToken.use_time.is_null())
+            .execute()
+        )
+        if not claimed:  # a concurrent exchange of the same token won
+            return token, None
+        account: Account | None = Account.get_or_none(Account.id == token.account_id)
+        return token, account

@@ -69,8 +69,13 @@ def _replay(request_id: str, user_id: int | None) -> Score | None:
     return previous
 
 
-def get_score(score_id: int) -> Score:
+def find_score(score_id: int) -> Score | None:
     score: Score | None = Score.get_or_none(Score.id == score_id)
+    return score
+
+
+def get_score(score_id: int) -> Score:
+    score = find_score(score_id)
     if score is None:
         raise RecordNotFound("score", score_id)
     return score
