@@ -8,6 +8,9 @@ error: a configured backend is never skipped silently.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import itertools
 import os
 import shutil
 import uuid
@@ -22,8 +25,11 @@ import pytest
 
 from quartet import storage
 from quartet.client import Client
+from quartet.server.auth import TokenIssuer
 from quartet.server.settings import Settings
 from quartet.server.testing import running_server
+from quartet.storage import accounts
+from quartet.storage.base import utcnow
 
 T = TypeVar("T")
 
@@ -128,9 +134,12 @@ def _empty(url: str) -> None:
     storage.close(database)
 
 
+SECRET = "test-secret-long-enough-for-production-and-for-signing-with-hs512-too"
+
+
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, grace_seconds=0, db_threads=4)
+    return Settings(database_url=database_url, grace_seconds=0, db_threads=4, secret=SECRET)
 
 
 @pytest.fixture
@@ -140,8 +149,56 @@ def target(settings: Settings) -> Iterator[str]:
         yield address
 
 
+def mint_token(account_id: int, role: str, secret: str = SECRET) -> str:
+    """An access token as the server issues them, without a login (scrypt is slow by design)."""
+    issuer = TokenIssuer(secret, datetime.timedelta(minutes=15), datetime.timedelta(days=1))
+    return issuer.access(account_id, role, utcnow()).token
+
+
+@dataclasses.dataclass
+class Principal:
+    """A client signed in as an account of some role."""
+
+    account: accounts.Account
+    client: Client
+
+    @property
+    def id(self) -> int:
+        return int(self.account.id)
+
+
 @pytest.fixture
-def client(target: str) -> Iterator[Client]:
+def sign_in(target: str, run_in_db: Any) -> Iterator[Callable[..., Principal]]:
+    """sign_in(role="user", email=None): a new account of that role and a client using it."""
+    opened: list[Client] = []
+    counter = itertools.count(1)
+
+    def sign_in(role: str = "user", email: str | None = None) -> Principal:
+        email = email or f"{role}{next(counter)}@example.com"
+        account = run_in_db(accounts.create_account, email, None, role)
+        client = Client(target, token=mint_token(account.id, role))
+        opened.append(client)
+        return Principal(account, client)
+
+    yield sign_in
+    for client in opened:
+        client.close()
+
+
+@pytest.fixture
+def admin(sign_in: Callable[..., Principal]) -> Principal:
+    return sign_in("admin", "admin@example.net")
+
+
+@pytest.fixture
+def client(admin: Principal) -> Client:
+    """A client signed in as an admin, who may call everything."""
+    return admin.client
+
+
+@pytest.fixture
+def anonymous(target: str) -> Iterator[Client]:
+    """A client that sends no credentials."""
     with Client(target) as client:
         yield client
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import math
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -13,6 +14,7 @@ import pytest
 from quartet.client import Client, FieldViolation, QuartetError
 from quartet.score.v1 import score_service_pb2
 from quartet.storage import accounts, scores
+from tests.conftest import Principal
 
 CREATE = "/quartet.score.v1.ScoreService/CreateScore"
 
@@ -27,7 +29,7 @@ def raw_create(client: Client, payload: bytes) -> score_service_pb2.Score:
         )
     )
     try:
-        return method(payload, timeout=5)
+        return method(payload, timeout=5, metadata=client.metadata)
     except grpc.RpcError as error:
         raise QuartetError.from_rpc_error(error) from None
 
@@ -73,9 +75,12 @@ def test_string_input_is_refused_before_sending(client: Client) -> None:
     assert_invalid(caught.value, "input_value")
 
 
-def test_anonymous_user(client: Client) -> None:
-    score = client.scores.create(1)
-    assert not score.HasField("user_id")
+def test_anonymous_user(anonymous: Client) -> None:
+    # The seed stored scores without a user; with accounts, every call carries credentials.
+    with pytest.raises(QuartetError) as caught:
+        anonymous.scores.create(1)
+    assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert caught.value.reason == "CREDENTIALS_MISSING"
 
 
 @pytest.mark.parametrize(
@@ -97,14 +102,50 @@ def test_non_finite_input_is_invalid_and_stores_nothing(client: Client, bad: flo
     assert list(client.scores.iter()) == []
 
 
-def test_score_is_stored_with_input_owner_and_time(client: Client, run_in_db: Any) -> None:
-    owner = run_in_db(accounts.create_account, "Alice@Example.com")
+def test_score_is_stored_with_input_owner_and_time(sign_in: Callable[..., Principal]) -> None:
+    alice = sign_in("user")
     before = datetime.datetime.now(datetime.UTC)
-    score = client.scores.create(1.5, user_id=owner.id)
+    score = alice.client.scores.create(1.5)
     after = datetime.datetime.now(datetime.UTC)
-    assert (score.user_id, score.input_value, score.value) == (owner.id, 1.5, 2.5)
+    assert (score.user_id, score.input_value, score.value) == (alice.id, 1.5, 2.5)
     assert before <= score.create_time.ToDatetime(datetime.UTC) <= after
-    assert client.scores.get(score.id) == score
+    assert alice.client.scores.get(score.id) == score
+
+
+def test_admin_stores_a_score_for_another_account(client: Client, run_in_db: Any) -> None:
+    owner = run_in_db(accounts.create_account, "Alice@Example.com")
+    assert client.scores.create(1, user_id=owner.id).user_id == owner.id
+
+
+# --- who may see what ---------------------------------------------------------------------------
+
+
+def test_users_see_only_their_own_scores(sign_in: Callable[..., Principal]) -> None:
+    alice, bob = sign_in("user"), sign_in("user")
+    mine = alice.client.scores.create(1)
+    theirs = bob.client.scores.create(2)
+    assert [s.id for s in alice.client.scores.iter()] == [mine.id]
+    for attempt in (
+        lambda: alice.client.scores.get(theirs.id),
+        lambda: alice.client.scores.get(999_999),  # existence is not revealed either
+        lambda: alice.client.scores.list(user_id=bob.id),
+        lambda: alice.client.scores.create(5, user_id=bob.id),
+    ):
+        with pytest.raises(QuartetError) as caught:
+            attempt()
+        assert caught.value.code == grpc.StatusCode.PERMISSION_DENIED
+        assert caught.value.reason == "ROLE_NOT_ALLOWED"
+    assert [s.id for s in bob.client.scores.iter()] == [theirs.id]
+
+
+def test_analysts_read_every_score(sign_in: Callable[..., Principal]) -> None:
+    alice, analyst = sign_in("user"), sign_in("analyst")
+    score = alice.client.scores.create(1)
+    assert analyst.client.scores.get(score.id) == score
+    assert [s.id for s in analyst.client.scores.iter(user_id=alice.id)] == [score.id]
+    with pytest.raises(QuartetError) as caught:
+        analyst.client.scores.create(1, user_id=alice.id)
+    assert caught.value.code == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_unknown_user_is_not_found_and_stores_nothing(client: Client) -> None:
@@ -279,6 +320,6 @@ def test_nan_threshold_and_bad_times_are_invalid(client: Client) -> None:
         response_deserializer=score_service_pb2.ListScoresResponse.FromString,
     )
     with pytest.raises(grpc.RpcError) as caught:
-        method(stub_request, timeout=5)
+        method(stub_request, timeout=5, metadata=client.metadata)
     error = QuartetError.from_rpc_error(caught.value)
     assert {v.field for v in error.field_violations} == {"score_greater_than", "create_time_start"}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from quartet.client import Client, QuartetError
 from quartet.server.app import PortInUse, build_server
 from quartet.server.settings import Settings
 from quartet.server.testing import running_server
+from quartet.storage import accounts
+from tests.conftest import SECRET, Principal, mint_token
 from tests.helpers import SERVE, Background, server_process, table_locked
 
 
@@ -52,8 +56,12 @@ def test_command_exits_with_a_clear_message_when_the_port_is_taken(
 
 def test_sigterm_reports_not_serving_and_finishes_in_flight_calls(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/quartet.db"
-    with server_process("--database-url", url, "--grace-seconds", "20") as server:
+    env = {**os.environ, "QUARTET_ADMIN_PASSWORD": "correct horse", "QUARTET_SECRET": SECRET}
+    admin = [sys.executable, "-m", "quartet.server", "create-admin", "ops@example.com"]
+    subprocess.run([*admin, "--database-url", url], env=env, check=True, capture_output=True)
+    with server_process("--database-url", url, "--grace-seconds", "20", env=env) as server:
         with Client(server.address) as client:
+            client.login("ops@example.com", "correct horse")
             watch = health_pb2_grpc.HealthStub(client.channel).Watch(
                 health_pb2.HealthCheckRequest(service="quartet.score.v1.ScoreService")
             )
@@ -73,11 +81,12 @@ def test_sigterm_reports_not_serving_and_finishes_in_flight_calls(tmp_path: Path
 
 
 def test_call_whose_deadline_passed_in_the_queue_does_no_database_work(
-    database_url: str, client: Client
+    settings: Settings, admin: Principal
 ) -> None:
-    settings = Settings(database_url=database_url, db_threads=1, grace_seconds=0)
-    with running_server(settings) as target, Client(target) as one_thread:
-        with table_locked(database_url, "score"):
+    settings = dataclasses.replace(settings, db_threads=1)
+    token = mint_token(admin.id, "admin")
+    with running_server(settings) as target, Client(target, token=token) as one_thread:
+        with table_locked(settings.database_url, "score"):
             first = Background(lambda: one_thread.scores.create(1, timeout=30))
             first.start()
             time.sleep(0.3)  # the only database thread is now blocked on the lock
@@ -99,6 +108,8 @@ def test_every_call_logs_one_line(client: Client, caplog: pytest.LogCaptureFixtu
         ("/quartet.score.v1.ScoreService/CreateScore", "OK"),
         ("/quartet.score.v1.ScoreService/GetScore", "NOT_FOUND"),
     ]
+    admin = client.auth.current_account()
+    assert {r.caller for r in lines} == {f"account:{admin.id}"}  # type: ignore[attr-defined]
     for record in lines:
         assert record.duration_ms >= 0  # type: ignore[attr-defined]
         assert record.peer.startswith("ipv4:127.0.0.1:")  # type: ignore[attr-defined]
@@ -107,11 +118,13 @@ def test_every_call_logs_one_line(client: Client, caplog: pytest.LogCaptureFixtu
 def test_server_failure_is_internal_without_leaking_details(
     empty_database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = Settings(database_url=empty_database_url, grace_seconds=0)
+    settings = Settings(database_url=empty_database_url, grace_seconds=0, secret=SECRET)
     with running_server(settings) as target, Client(target) as client:
         database = storage.base.db.obj
         with database.connection_context():
+            admin = accounts.create_account("admin@example.com", None, "admin")
             database.execute_sql("DROP TABLE score")
+        client.set_token(mint_token(admin.id, "admin"))
         with caplog.at_level(logging.ERROR), pytest.raises(QuartetError) as caught:
             client.scores.list()
     assert caught.value.code == grpc.StatusCode.INTERNAL

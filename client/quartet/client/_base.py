@@ -1,8 +1,9 @@
-"""What every service wrapper shares: calling with deadlines and credentials, and paging."""
+"""What every service wrapper shares: the transport (deadlines, credentials, errors) and paging."""
 
 from __future__ import annotations
 
 import datetime
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -16,28 +17,80 @@ Response = TypeVar("Response")
 Item = TypeVar("Item")
 
 
-class CallOptions(Protocol):
-    """What a service wrapper needs from the Client that owns it."""
+class TokenSource(Protocol):
+    """Something that can trade a refresh token for a new TokenPair (the AuthService stub)."""
 
-    timeout: float
-    metadata: tuple[tuple[str, str], ...]
+    def __call__(self, refresh_token: str) -> Any: ...
 
 
-def call(
-    options: CallOptions,
-    method: grpc.UnaryUnaryMultiCallable[Request, Response],
-    request: Request,
-    timeout: float | None,
-) -> Response:
-    """Call a unary method with the client's credentials and deadline; raise QuartetError."""
-    try:
-        return method(
-            request,
-            timeout=options.timeout if timeout is None else timeout,
-            metadata=options.metadata,
-        )
-    except grpc.RpcError as error:
-        raise QuartetError.from_rpc_error(error) from None
+class Transport:
+    """One channel and the credentials sent on it.
+
+    With a static token (an API key, or an access token you manage), every call sends it. After
+    `use_tokens(pair)` (what `Client.login` does) an expired access token is refreshed once,
+    transparently, and the call retried; the refresh token rotates each time.
+    """
+
+    def __init__(self, channel: grpc.Channel, timeout: float) -> None:
+        self.channel = channel
+        self.timeout = timeout
+        self.metadata: tuple[tuple[str, str], ...] = ()
+        self._refresh_token = ""
+        self._refresh: TokenSource | None = None
+        self._lock = threading.Lock()
+
+    def set_token(self, token: str | None) -> None:
+        with self._lock:
+            self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+            self._refresh_token = ""
+
+    def use_tokens(self, pair: Any, refresh: TokenSource) -> None:
+        """Send pair.access_token from now on, and refresh it with `refresh` when it expires."""
+        with self._lock:
+            self.metadata = (("authorization", f"Bearer {pair.access_token}"),)
+            self._refresh_token = pair.refresh_token
+            self._refresh = refresh
+
+    def invoke(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[Request, Response],
+        request: Request,
+        timeout: float | None,
+    ) -> Response:
+        """Call a unary method with the credentials and a deadline; raise QuartetError."""
+        metadata = self.metadata
+        try:
+            return self._call(method, request, timeout, metadata)
+        except QuartetError as error:
+            if error.reason != "CREDENTIALS_EXPIRED" or not self._refreshed(metadata):
+                raise
+        return self._call(method, request, timeout, self.metadata)
+
+    def _call(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[Request, Response],
+        request: Request,
+        timeout: float | None,
+        metadata: tuple[tuple[str, str], ...],
+    ) -> Response:
+        try:
+            return method(
+                request, timeout=self.timeout if timeout is None else timeout, metadata=metadata
+            )
+        except grpc.RpcError as error:
+            raise QuartetError.from_rpc_error(error) from None
+
+    def _refreshed(self, failed_with: tuple[tuple[str, str], ...]) -> bool:
+        """Refresh the access token unless another thread already did; False if we cannot."""
+        with self._lock:
+            if self.metadata != failed_with:
+                return True  # refreshed meanwhile by another call
+            if not self._refresh_token or self._refresh is None:
+                return False
+            pair = self._refresh(self._refresh_token)
+            self.metadata = (("authorization", f"Bearer {pair.access_token}"),)
+            self._refresh_token = pair.refresh_token
+            return True
 
 
 def pages(

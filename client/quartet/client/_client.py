@@ -8,11 +8,12 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2_grpc
 
+from quartet.auth.v1 import auth_service_pb2
+from quartet.client._auth import Auth
+from quartet.client._base import Transport
 from quartet.client._health import Health
 from quartet.client._scores import Scores
-from quartet.score.v1 import score_service_pb2_grpc
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -22,6 +23,10 @@ DEFAULT_TIMEOUT = 10.0
 _RETRYABLE: list[dict[str, str]] = [
     {"service": "grpc.health.v1.Health", "method": "Check"},
     {"service": "quartet.score.v1.ScoreService"},
+    {"service": "quartet.auth.v1.AuthService", "method": "Login"},
+    {"service": "quartet.auth.v1.AuthService", "method": "GetCurrentAccount"},
+    {"service": "quartet.auth.v1.AuthService", "method": "ListAccounts"},
+    {"service": "quartet.auth.v1.AuthService", "method": "ListApplications"},
 ]
 _SERVICE_CONFIG = {
     "methodConfig": [
@@ -44,8 +49,8 @@ class Client:
 
     Args:
         target: the server's "host:port".
-        token: an access token (from `auth.login`) or an application API key, sent as
-            `authorization: Bearer <token>` on every call.
+        token: an application's API key, or an access token, sent as
+            `authorization: Bearer <token>` on every call. Or call `login()` instead.
         tls: False for plaintext; True for TLS with the system's root certificates; or the PEM
             bytes of the root certificate(s) to trust (for a private CA or a self-signed server).
         timeout: the default deadline of every call, in seconds.
@@ -63,28 +68,39 @@ class Client:
     ) -> None:
         channel_options = [("grpc.service_config", json.dumps(_SERVICE_CONFIG)), *options]
         if tls is False:
-            self._channel = grpc.insecure_channel(target, options=channel_options)
+            channel = grpc.insecure_channel(target, options=channel_options)
         else:
             roots = tls if isinstance(tls, bytes) else None
             credentials = grpc.ssl_channel_credentials(root_certificates=roots)
-            self._channel = grpc.secure_channel(target, credentials, options=channel_options)
-        self.timeout = timeout
-        self.metadata: tuple[tuple[str, str], ...] = ()
-        self.set_token(token)
-        self.health = Health(self, health_pb2_grpc.HealthStub(self._channel))
-        self.scores = Scores(self, score_service_pb2_grpc.ScoreServiceStub(self._channel))
+            channel = grpc.secure_channel(target, credentials, options=channel_options)
+        self._transport = Transport(channel, timeout)
+        self._transport.set_token(token)
+        self.auth = Auth(self._transport)
+        self.health = Health(self._transport)
+        self.scores = Scores(self._transport)
 
     @property
     def channel(self) -> grpc.Channel:
         """The underlying gRPC channel, for calling generated stubs directly."""
-        return self._channel
+        return self._transport.channel
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The credentials metadata this client sends, to pass to a generated stub's calls."""
+        return self._transport.metadata
+
+    def login(self, email: str, password: str) -> auth_service_pb2.TokenPair:
+        """Log in and send the access token on every later call, refreshing it when it expires."""
+        pair = self.auth.login(email, password)
+        self._transport.use_tokens(pair, self.auth.refresh)
+        return pair
 
     def set_token(self, token: str | None) -> None:
-        """Use token (or no credentials, for None) on every later call."""
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        """Send this API key or access token on every later call (None: no credentials)."""
+        self._transport.set_token(token)
 
     def close(self) -> None:
-        self._channel.close()
+        self._transport.channel.close()
 
     def __enter__(self) -> Client:
         return self

@@ -7,21 +7,21 @@ import sys
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from quartet.client._base import CallOptions, call
+from quartet.client._base import Transport
 
 
 class Health:
     """The standard grpc.health.v1.Health service, through `Client.health`."""
 
-    def __init__(self, options: CallOptions, stub: health_pb2_grpc.HealthStub) -> None:
-        self._options = options
-        self._stub = stub
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+        self._stub = health_pb2_grpc.HealthStub(transport.channel)
 
     def check(self, service: str = "", *, timeout: float | None = None) -> bool:
         """Whether service (a full name such as "quartet.score.v1.ScoreService", or "" for the
         whole server) is SERVING. QuartetError if the server cannot be reached."""
         request = health_pb2.HealthCheckRequest(service=service)
-        response = call(self._options, self._stub.Check, request, timeout)
+        response = self._transport.invoke(self._stub.Check, request, timeout)
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
 

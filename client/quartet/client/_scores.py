@@ -6,7 +6,7 @@ import datetime
 import uuid
 from collections.abc import Iterator
 
-from quartet.client._base import CallOptions, call, fields, pages, timestamp
+from quartet.client._base import Transport, fields, pages, timestamp
 from quartet.score.v1 import score_service_pb2, score_service_pb2_grpc
 
 Score = score_service_pb2.Score
@@ -15,9 +15,9 @@ Score = score_service_pb2.Score
 class Scores:
     """The ScoreService, through `Client.scores`."""
 
-    def __init__(self, options: CallOptions, stub: score_service_pb2_grpc.ScoreServiceStub) -> None:
-        self._options = options
-        self._stub = stub
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+        self._stub = score_service_pb2_grpc.ScoreServiceStub(transport.channel)
 
     def create(
         self,
@@ -29,21 +29,21 @@ class Scores:
     ) -> Score:
         """Compute and store the score of input_value.
 
-        A request_id is generated when none is given, so the automatic retry of a call that failed
-        in transit never stores the score twice. Pass your own to make retries across processes
-        safe too.
+        The score belongs to the caller, or to user_id (admins only). A request_id is generated
+        when none is given, so the automatic retry of a call that failed in transit never stores
+        the score twice. Pass your own to make retries across processes safe too.
         """
         request = score_service_pb2.CreateScoreRequest(
             input_value=input_value,
             request_id=request_id or str(uuid.uuid4()),
             **fields(user_id=user_id),
         )
-        return call(self._options, self._stub.CreateScore, request, timeout)
+        return self._transport.invoke(self._stub.CreateScore, request, timeout)
 
     def get(self, score_id: int, *, timeout: float | None = None) -> Score:
         """The stored score with this id; QuartetError NOT_FOUND if there is none."""
         request = score_service_pb2.GetScoreRequest(id=score_id)
-        return call(self._options, self._stub.GetScore, request, timeout)
+        return self._transport.invoke(self._stub.GetScore, request, timeout)
 
     def list(
         self,
@@ -69,7 +69,7 @@ class Scores:
                 create_time_end=timestamp(created_before),
             ),
         )
-        return call(self._options, self._stub.ListScores, request, timeout)
+        return self._transport.invoke(self._stub.ListScores, request, timeout)
 
     def iter(
         self,

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime
 import logging
+import secrets
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import peewee
@@ -15,7 +19,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from quartet import storage
+from quartet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from quartet.score.v1 import score_service_pb2, score_service_pb2_grpc
+from quartet.server.auth import Authenticator, AuthServicer, TokenIssuer
 from quartet.server.interceptors import CallInterceptor
 from quartet.server.score import ScoreServicer
 from quartet.server.settings import Settings
@@ -23,7 +29,10 @@ from quartet.server.settings import Settings
 logger = logging.getLogger(__name__)
 
 # The full names of the services this server offers, as health checks and reflection know them.
-SERVICE_NAMES = (score_service_pb2.DESCRIPTOR.services_by_name["ScoreService"].full_name,)
+SERVICE_NAMES = (
+    auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+    score_service_pb2.DESCRIPTOR.services_by_name["ScoreService"].full_name,
+)
 HEALTH_CHECK_INTERVAL = 10.0  # seconds between database pings of the health watchdog
 
 
@@ -83,9 +92,18 @@ def build_server(settings: Settings, database: peewee.Database) -> Server:
     grpc.so_reuseport=0 makes a second bind fail instead of silently sharing the port.
     """
     runner = storage.DatabaseRunner(database, settings.db_threads)
+    issuer = TokenIssuer(
+        settings.secret,
+        access_ttl=datetime.timedelta(minutes=settings.access_token_minutes),
+        refresh_ttl=datetime.timedelta(days=settings.refresh_token_days),
+    )
+    authenticator = Authenticator(issuer, runner)
     server = grpc.aio.server(
-        interceptors=[CallInterceptor()],
+        interceptors=[CallInterceptor(authenticator)],
         options=[("grpc.so_reuseport", 0)],
+    )
+    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(
+        AuthServicer(runner, authenticator), server
     )
     score_service_pb2_grpc.add_ScoreServiceServicer_to_server(ScoreServicer(runner), server)
     health_servicer = health.aio.HealthServicer()
@@ -94,11 +112,22 @@ def build_server(settings: Settings, database: peewee.Database) -> Server:
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(settings.address)
+        if settings.tls:
+            credentials = grpc.ssl_server_credentials([_key_pair(settings)])
+            port = server.add_secure_port(settings.address, credentials)
+        else:
+            port = server.add_insecure_port(settings.address)
     except RuntimeError as exc:
         runner.close()
         raise PortInUse(f"cannot listen on {settings.address}: is the port in use?") from exc
     return Server(server, port, health_servicer, runner)
+
+
+def _key_pair(settings: Settings) -> tuple[bytes, bytes]:
+    try:
+        return Path(settings.tls_key_file).read_bytes(), Path(settings.tls_cert_file).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read the TLS key or certificate: {exc}") from None
 
 
 def open_database(settings: Settings) -> peewee.Database:
@@ -112,9 +141,22 @@ def open_database(settings: Settings) -> peewee.Database:
     return database
 
 
+def with_secret(settings: Settings) -> Settings:
+    """settings, with a secret generated for this run if none is configured (development only:
+    production settings without a secret do not validate)."""
+    if settings.secret:
+        return settings
+    logger.warning(
+        "QUARTET_SECRET is not set: tokens are signed with a secret generated for this run and "
+        "stop working when the server restarts. Set QUARTET_SECRET (production requires it)."
+    )
+    return dataclasses.replace(settings, secret=secrets.token_urlsafe(48))
+
+
 @contextlib.asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Server]:
     """Open the database, then start the server; on exit, stop it gracefully."""
+    settings = with_secret(settings)
     database = open_database(settings)
     server = build_server(settings, database)
     await server.start()

@@ -1,18 +1,22 @@
-"""`quartet-server`: serve quartet, or apply its migrations."""
+"""`quartet-server`: serve quartet, apply its migrations, create the first admin."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import dataclasses
+import getpass
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from quartet import storage
 from quartet.server import logs
 from quartet.server.app import PortInUse, serve
+from quartet.server.auth.passwords import hash_password
 from quartet.server.settings import Settings, SettingsError
+from quartet.storage import accounts
 
 logger = logging.getLogger("quartet.server")
 
@@ -27,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logs.configure(settings.log_level, settings.log_format)
     try:
         args.command(settings, args)
-    except (PortInUse, ValueError) as exc:
+    except (PortInUse, ValueError, storage.RecordExists) as exc:
         logger.error("%s", exc)
         sys.exit(1)
 
@@ -40,6 +44,42 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> None:
     database = storage.open_database(settings.database_url)
     applied = storage.migrate(database)
     print(f"applied: {', '.join(applied)}" if applied else "the database is up to date")
+
+
+def _create_admin(settings: Settings, args: argparse.Namespace) -> None:
+    """Create an admin account, or make an existing account an admin with this password."""
+    password = _admin_password(args)
+    if not 8 <= len(password) <= 128:
+        raise ValueError("the password must be 8 to 128 characters")
+    database = storage.open_database(settings.database_url)
+    storage.migrate(database)
+    storage.bind(database)
+    password_hash = hash_password(password)
+    with database.connection_context(), database.atomic():
+        account = accounts.find_account(args.email)
+        if account is None:
+            account = accounts.create_account(args.email, password_hash, role="admin")
+            verb = "created"
+        else:
+            accounts.set_password_hash(account.id, password_hash)
+            accounts.set_role(account.id, "admin")
+            verb = "made admin"
+    storage.close(database)
+    print(f"{verb}: {account.email} (account {account.id}); log in with this email and password")
+
+
+def _admin_password(args: argparse.Namespace) -> str:
+    if args.password_file:
+        with open(args.password_file) as file:
+            return file.read().strip()
+    if os.environ.get("QUARTET_ADMIN_PASSWORD"):
+        return os.environ["QUARTET_ADMIN_PASSWORD"]
+    if not sys.stdin.isatty():
+        raise ValueError("give the password with --password-file or QUARTET_ADMIN_PASSWORD")
+    password = getpass.getpass("password for the admin account: ")
+    if getpass.getpass("again: ") != password:
+        raise ValueError("the passwords differ")
+    return password
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,6 +123,15 @@ def _parser() -> argparse.ArgumentParser:
         "migrate", parents=[database], help="apply pending migrations and exit"
     )
     migrate_parser.set_defaults(command=_migrate)
+    admin_parser = commands.add_parser(
+        "create-admin",
+        parents=[database],
+        help="create the first admin account (or promote an existing one)",
+        description="The password comes from --password-file, QUARTET_ADMIN_PASSWORD, or a prompt.",
+    )
+    admin_parser.set_defaults(command=_create_admin)
+    admin_parser.add_argument("email")
+    admin_parser.add_argument("--password-file", metavar="FILE")
     return parser
 
 

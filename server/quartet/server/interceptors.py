@@ -13,7 +13,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from quartet import storage
-from quartet.server import errors
+from quartet.server import auth, errors
 
 access_log = logging.getLogger("quartet.access")
 logger = logging.getLogger(__name__)
@@ -25,12 +25,14 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every method handler once, so that each call:
 
     - records its deadline, so that database work queued past it is skipped;
+    - authenticates the caller and checks the method's rule (`quartet.server.auth.policy`);
     - turns a `ServiceError` (or a storage error a client caused) into a rich status, and anything
       unexpected into INTERNAL with a generic message (the traceback goes to the log only);
     - ends with one access-log line: method, status code, duration and peer.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, authenticator: auth.Authenticator) -> None:
+        self._authenticator = authenticator
         self._wrapped: dict[str, Handler] = {}
 
     async def intercept_service(
@@ -79,11 +81,16 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         failure: grpc.Status | None = None
+        caller: auth.Caller | None = None
         try:
             remaining = context.time_remaining()
             if remaining is not None:
                 # Each call runs in its own task, so this value lives exactly as long as the call.
                 storage.deadline.set(time.monotonic() + remaining)
+            rule = auth.rule_for(method)
+            if rule.credentials != "none":
+                caller = await self._authenticator.authenticate(context.invocation_metadata() or ())
+            auth.admit(rule, caller)
             yield
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
@@ -106,6 +113,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     "code": code.name,
                     "duration_ms": round((time.perf_counter() - start) * 1000, 3),
                     "peer": context.peer(),
+                    "caller": str(caller) if caller else "",
                 },
             )
         if failure is not None:

@@ -9,7 +9,8 @@ from typing import Any
 import grpc
 
 from quartet.score.v1 import score_service_pb2, score_service_pb2_grpc
-from quartet.server.errors import Violations
+from quartet.server.auth import require_caller
+from quartet.server.errors import PermissionDenied, Violations
 from quartet.server.pagination import decode_page_token, encode_page_token, page_size
 from quartet.server.timestamps import optional_timestamp, to_timestamp
 from quartet.storage import DatabaseRunner, scores
@@ -24,7 +25,11 @@ def compute_score(input_value: float) -> float:
 
 
 class ScoreServicer(score_service_pb2_grpc.ScoreServiceServicer):
-    """Validates requests, calls the storage layer in a database thread, and returns messages."""
+    """Validates requests, calls the storage layer in a database thread, and returns messages.
+
+    A score belongs to the account that created it, unless an admin names another owner. Users
+    read only their own scores; analysts and admins read everyone's.
+    """
 
     def __init__(self, runner: DatabaseRunner) -> None:
         self._db = runner
@@ -47,11 +52,14 @@ class ScoreServicer(score_service_pb2_grpc.ScoreServiceServicer):
             f"must be at most {REQUEST_ID_MAX_LENGTH} characters",
         )
         violations.raise_if_any()
+        caller = require_caller()
+        if user_id is not None and user_id != caller.id and not caller.may("admin"):
+            raise PermissionDenied("only an admin may store a score for another account")
         row = await self._db.run(
             scores.create_score,
             input_value=request.input_value,
             value=compute_score(request.input_value),
-            user_id=user_id,
+            user_id=caller.id if user_id is None else user_id,
             request_id=request.request_id or None,
         )
         return to_message(row)
@@ -62,7 +70,14 @@ class ScoreServicer(score_service_pb2_grpc.ScoreServiceServicer):
         violations = Violations()
         violations.check(request.id > 0, "id", "must be a positive score id")
         violations.raise_if_any()
-        return to_message(await self._db.run(scores.get_score, request.id))
+        caller = require_caller()
+        if caller.may("analyst"):
+            return to_message(await self._db.run(scores.get_score, request.id))
+        # AIP-211: without access, whether the score exists is not the caller's business either.
+        row = await self._db.run(scores.find_score, request.id)
+        if row is None or row.user_id != caller.id:
+            raise PermissionDenied(f"score {request.id} is not one of yours")
+        return to_message(row)
 
     async def ListScores(
         self, request: score_service_pb2.ListScoresRequest, context: Context
@@ -78,12 +93,18 @@ class ScoreServicer(score_service_pb2_grpc.ScoreServiceServicer):
         )
         violations.check(len(request.search) <= 254, "search", "must be at most 254 characters")
         violations.raise_if_any()
+        user_id = request.user_id if request.HasField("user_id") else None
+        caller = require_caller()
+        if not caller.may("analyst"):
+            if user_id not in (None, caller.id):
+                raise PermissionDenied("you may list only your own scores")
+            user_id = caller.id
         rows = await self._db.run(
             scores.list_scores,
             limit=limit + 1,
             after=after,
             score_greater_than=threshold,
-            user_id=request.user_id if request.HasField("user_id") else None,
+            user_id=user_id,
             create_time_start=start,
             create_time_end=end,
             search=request.search.strip(),

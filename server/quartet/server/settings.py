@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 from quartet.storage import default_database_url
 
 T = TypeVar("T")
+
+MIN_SECRET_LENGTH = 32
 
 
 class SettingsError(ValueError):
@@ -29,6 +32,18 @@ class Settings:
     grace_seconds: float = field(default=10.0, metadata={"env": "QUARTET_GRACE_SECONDS"})
     log_level: str = field(default="INFO", metadata={"env": "QUARTET_LOG_LEVEL"})
     log_format: str = field(default="auto", metadata={"env": "QUARTET_LOG_FORMAT"})
+    environment: str = field(default="development", metadata={"env": "QUARTET_ENV"})
+    # The key that signs access and refresh tokens: from QUARTET_SECRET or the file named by
+    # QUARTET_SECRET_FILE. Never printed (repr=False).
+    secret: str = field(
+        default="", repr=False, metadata={"env": "QUARTET_SECRET", "file": "QUARTET_SECRET_FILE"}
+    )
+    access_token_minutes: float = field(
+        default=15.0, metadata={"env": "QUARTET_ACCESS_TOKEN_MINUTES"}
+    )
+    refresh_token_days: float = field(default=7.0, metadata={"env": "QUARTET_REFRESH_TOKEN_DAYS"})
+    tls_cert_file: str = field(default="", metadata={"env": "QUARTET_TLS_CERT_FILE"})
+    tls_key_file: str = field(default="", metadata={"env": "QUARTET_TLS_KEY_FILE"})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -39,6 +54,9 @@ class Settings:
             name = f.metadata["env"]
             if environ.get(name):
                 values[f.name] = _cast(name, environ[name], _CASTS[str(f.type)])
+            file_variable = f.metadata.get("file")
+            if file_variable and environ.get(file_variable):
+                values[f.name] = _read(file_variable, environ[file_variable])
         return cls(**values).validated()
 
     def validated(self) -> Settings:
@@ -53,7 +71,22 @@ class Settings:
             raise SettingsError("log_level must be DEBUG, INFO, WARNING or ERROR")
         if self.log_format not in ("auto", "json", "text"):
             raise SettingsError("log_format must be auto, json or text")
+        if self.environment not in ("development", "production"):
+            raise SettingsError("QUARTET_ENV must be development or production")
+        if self.environment == "production" and len(self.secret) < MIN_SECRET_LENGTH:
+            raise SettingsError(
+                f"in production QUARTET_SECRET (or QUARTET_SECRET_FILE) must hold at least "
+                f"{MIN_SECRET_LENGTH} random characters, e.g. from `openssl rand -base64 48`"
+            )
+        if self.access_token_minutes <= 0 or self.refresh_token_days <= 0:
+            raise SettingsError("token lifetimes must be positive")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise SettingsError("TLS needs both a certificate file and a key file")
         return self
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
 
     @property
     def address(self) -> str:
@@ -64,6 +97,13 @@ class Settings:
 
 # Field annotations are strings under `from __future__ import annotations`.
 _CASTS: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float}
+
+
+def _read(name: str, path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"{name}={path!r} cannot be read: {exc.strerror}") from None
 
 
 def _cast(name: str, raw: str, cast: Callable[[str], T]) -> T:

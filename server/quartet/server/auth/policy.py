@@ -1,0 +1,112 @@
+"""Who may call what: the one table of method rules, and the caller of the current call."""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+
+from quartet.errors.v1 import error_reason_pb2
+from quartet.server.errors import PermissionDenied, Unauthenticated
+
+# What each kind of caller is allowed, by grant. Each account role includes the ones below it;
+# an admin holds every grant (so it may also send events); an application may only send events
+# and read reference data.
+GRANTS: dict[str, frozenset[str]] = {
+    "user": frozenset({"user"}),
+    "analyst": frozenset({"user", "analyst"}),
+    "admin": frozenset({"user", "analyst", "admin", "application"}),
+    "application": frozenset({"application"}),
+}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: an account (with its role) or an application."""
+
+    kind: str  # "account" or "application"
+    id: int
+    role: str  # an account's role, or "application"
+
+    def may(self, grant: str) -> bool:
+        return grant in GRANTS.get(self.role, frozenset())
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.id}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Any one of `grants` admits a caller. `credentials`: "required", "optional" (used when
+    sent: CreateAccount lets an admin pick the role) or "none" (never read)."""
+
+    grants: frozenset[str] = frozenset()
+    credentials: str = "required"
+
+
+OPEN = Rule(credentials="none")
+OPTIONAL = Rule(credentials="optional")
+USERS = Rule(frozenset({"user"}))
+ANALYSTS = Rule(frozenset({"analyst"}))
+ADMINS = Rule(frozenset({"admin"}))
+APPLICATIONS = Rule(frozenset({"application"}))
+SIGNED_IN = Rule(frozenset({"user", "application"}))
+
+RULES: dict[str, Rule] = {
+    "/grpc.health.v1.Health/Check": OPEN,
+    "/grpc.health.v1.Health/Watch": OPEN,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": OPEN,
+    "/quartet.auth.v1.AuthService/CreateAccount": OPTIONAL,
+    "/quartet.auth.v1.AuthService/Login": OPEN,
+    "/quartet.auth.v1.AuthService/RefreshToken": OPEN,
+    "/quartet.auth.v1.AuthService/GetCurrentAccount": USERS,
+    "/quartet.auth.v1.AuthService/ListAccounts": ADMINS,
+    "/quartet.auth.v1.AuthService/SetAccountRole": ADMINS,
+    "/quartet.auth.v1.AuthService/CreateApplication": ADMINS,
+    "/quartet.auth.v1.AuthService/ListApplications": ADMINS,
+    "/quartet.auth.v1.AuthService/CreateApiKey": ADMINS,
+    "/quartet.auth.v1.AuthService/RevokeApiKey": ADMINS,
+    # Users compute and read their own scores; analysts and admins read everyone's (the servicer
+    # enforces ownership).
+    "/quartet.score.v1.ScoreService/CreateScore": USERS,
+    "/quartet.score.v1.ScoreService/GetScore": USERS,
+    "/quartet.score.v1.ScoreService/ListScores": USERS,
+}
+
+# A method missing from RULES is an oversight; it is admins-only until someone decides.
+UNLISTED = ADMINS
+
+_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)
+
+
+def rule_for(method: str) -> Rule:
+    return RULES.get(method, UNLISTED)
+
+
+def admit(rule: Rule, caller: Caller | None) -> None:
+    """Record caller for this call, or raise if rule does not admit it."""
+    if caller is None:
+        if rule.credentials == "required":
+            raise Unauthenticated(
+                "this method needs `authorization: Bearer <token or API key>` metadata",
+                reason=error_reason_pb2.CREDENTIALS_MISSING,
+            )
+    elif rule.grants and not any(caller.may(grant) for grant in rule.grants):
+        raise PermissionDenied(
+            f"{caller.kind} with role {caller.role} may not call this method",
+            metadata={"role": caller.role},
+        )
+    _caller.set(caller)
+
+
+def current_caller() -> Caller | None:
+    """The authenticated caller of the current call (None if the method needs no credentials)."""
+    return _caller.get()
+
+
+def require_caller() -> Caller:
+    caller = _caller.get()
+    if caller is None:  # only reachable if a rule and its servicer disagree
+        raise Unauthenticated(
+            "this method needs credentials", reason=error_reason_pb2.CREDENTIALS_MISSING
+        )
+    return caller

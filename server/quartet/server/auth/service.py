@@ -1,0 +1,230 @@
+"""AuthService: accounts, logins and tokens, applications and their API keys."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import grpc
+from email_validator import EmailNotValidError, validate_email
+
+from quartet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from quartet.errors.v1 import error_reason_pb2
+from quartet.server.auth.authenticator import Authenticator
+from quartet.server.auth.passwords import hash_password, needs_rehash, verify_password
+from quartet.server.auth.policy import current_caller, require_caller
+from quartet.server.auth.tokens import TokenIssuer, new_api_key
+from quartet.server.errors import PermissionDenied, Unauthenticated, Violations
+from quartet.server.pagination import decode_page_token, encode_page_token, page_size
+from quartet.server.timestamps import to_timestamp
+from quartet.storage import DatabaseRunner, accounts, applications
+from quartet.storage.base import utcnow
+
+Context = grpc.aio.ServicerContext[Any, Any]
+pb = auth_service_pb2
+
+ROLES = {"user": pb.ROLE_USER, "analyst": pb.ROLE_ANALYST, "admin": pb.ROLE_ADMIN}
+ROLE_NAMES = {value: name for name, value in ROLES.items()}
+PASSWORD_LENGTH = (8, 128)
+APPLICATION_NAME_LENGTH = 100
+LOGIN_FAILED = "the email and password do not match an account"
+
+
+class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
+    def __init__(self, runner: DatabaseRunner, authenticator: Authenticator) -> None:
+        self._db = runner
+        self._authenticator = authenticator
+        self._issuer: TokenIssuer = authenticator.issuer
+
+    async def CreateAccount(
+        self, request: pb.CreateAccountRequest, context: Context
+    ) -> pb.CreateAccountResponse:
+        violations = Violations()
+        email = _valid_email(request.email, violations)
+        _check_password(request.password, violations)
+        violations.check(
+            request.role in ROLE_NAMES or request.role == pb.ROLE_UNSPECIFIED,
+            "role",
+            "is not a known role",
+        )
+        violations.raise_if_any()
+        role = ROLE_NAMES.get(request.role, "user")
+        caller = current_caller()
+        if role != "user" and (caller is None or not caller.may("admin")):
+            raise PermissionDenied(f"only an admin may create an account with role {role}")
+        password_hash = await asyncio.to_thread(hash_password, request.password)
+        account = await self._db.run(accounts.create_account, email, password_hash, role)
+        return pb.CreateAccountResponse(
+            account=account_message(account), tokens=await self._tokens(account)
+        )
+
+    async def Login(self, request: pb.LoginRequest, context: Context) -> pb.TokenPair:
+        account = await self._db.run(accounts.find_account, request.email)
+        encoded = account.password_hash if account else None
+        if not await asyncio.to_thread(verify_password, request.password, encoded):
+            raise Unauthenticated(LOGIN_FAILED, reason=error_reason_pb2.LOGIN_FAILED)
+        assert account is not None and encoded is not None
+        if needs_rehash(encoded):
+            rehashed = await asyncio.to_thread(hash_password, request.password)
+            await self._db.run(accounts.set_password_hash, account.id, rehashed)
+        return await self._tokens(account)
+
+    async def RefreshToken(self, request: pb.RefreshTokenRequest, context: Context) -> pb.TokenPair:
+        claims = self._issuer.verify_refresh(request.refresh_token)
+        token, account = await self._db.run(accounts.use_refresh_token, claims.jti, utcnow())
+        if token is None:
+            raise Unauthenticated("the refresh token is not valid")
+        if account is None:
+            raise Unauthenticated(
+                "the refresh token was already used, so it leaked: every token of this login is "
+                "now revoked; log in again",
+                reason=error_reason_pb2.CREDENTIALS_REVOKED,
+            )
+        return await self._tokens(account, family=token.family)
+
+    async def GetCurrentAccount(
+        self, request: pb.GetCurrentAccountRequest, context: Context
+    ) -> pb.Account:
+        return account_message(await self._db.run(accounts.get_account, require_caller().id))
+
+    async def ListAccounts(
+        self, request: pb.ListAccountsRequest, context: Context
+    ) -> pb.ListAccountsResponse:
+        limit = page_size(request)
+        after = decode_page_token(request, (int,))
+        rows = await self._db.run(
+            accounts.list_accounts, limit=limit + 1, after_id=after[0] if after else None
+        )
+        response = pb.ListAccountsResponse(accounts=[account_message(a) for a in rows[:limit]])
+        if len(rows) > limit:
+            response.next_page_token = encode_page_token(request, (rows[limit - 1].id,))
+        return response
+
+    async def SetAccountRole(
+        self, request: pb.SetAccountRoleRequest, context: Context
+    ) -> pb.Account:
+        violations = Violations()
+        violations.check(request.account_id > 0, "account_id", "must be a positive account id")
+        violations.check(request.role in ROLE_NAMES, "role", "must be a role, not ROLE_UNSPECIFIED")
+        violations.raise_if_any()
+        account = await self._db.run(
+            accounts.set_role, request.account_id, ROLE_NAMES[request.role]
+        )
+        return account_message(account)
+
+    async def CreateApplication(
+        self, request: pb.CreateApplicationRequest, context: Context
+    ) -> pb.CreateApplicationResponse:
+        name = request.name.strip()
+        violations = Violations()
+        violations.check(
+            0 < len(name) <= APPLICATION_NAME_LENGTH,
+            "name",
+            f"must be 1 to {APPLICATION_NAME_LENGTH} characters",
+        )
+        violations.raise_if_any()
+        full_key, key_id, secret_hash = new_api_key()
+        application, key = await self._db.run(
+            applications.create_application, name, key_id, secret_hash
+        )
+        return pb.CreateApplicationResponse(
+            application=application_message(application, [key]), api_key=full_key
+        )
+
+    async def ListApplications(
+        self, request: pb.ListApplicationsRequest, context: Context
+    ) -> pb.ListApplicationsResponse:
+        limit = page_size(request)
+        after = decode_page_token(request, (int,))
+        rows = await self._db.run(
+            applications.list_applications, limit=limit + 1, after_id=after[0] if after else None
+        )
+        response = pb.ListApplicationsResponse(
+            applications=[application_message(app, keys) for app, keys in rows[:limit]]
+        )
+        if len(rows) > limit:
+            response.next_page_token = encode_page_token(request, (rows[limit - 1][0].id,))
+        return response
+
+    async def CreateApiKey(
+        self, request: pb.CreateApiKeyRequest, context: Context
+    ) -> pb.CreateApiKeyResponse:
+        violations = Violations()
+        violations.check(request.application_id > 0, "application_id", "must be positive")
+        violations.raise_if_any()
+        full_key, key_id, secret_hash = new_api_key()
+        key = await self._db.run(
+            applications.add_api_key, request.application_id, key_id, secret_hash
+        )
+        return pb.CreateApiKeyResponse(key=api_key_message(key), api_key=full_key)
+
+    async def RevokeApiKey(self, request: pb.RevokeApiKeyRequest, context: Context) -> pb.ApiKey:
+        violations = Violations()
+        violations.check(bool(request.key_id.strip()), "key_id", "is required")
+        violations.raise_if_any()
+        key = await self._db.run(applications.revoke_api_key, request.key_id.strip())
+        self._authenticator.forget_key(key.id)
+        return api_key_message(key)
+
+    async def _tokens(self, account: accounts.Account, family: str | None = None) -> pb.TokenPair:
+        now = utcnow()
+        access = self._issuer.access(account.id, account.role, now)
+        refresh, claims = self._issuer.refresh(account.id, family or uuid.uuid4().hex, now)
+        await self._db.run(
+            accounts.record_refresh_token,
+            claims.jti,
+            account.id,
+            claims.family,
+            refresh.expire_time,
+        )
+        return pb.TokenPair(
+            access_token=access.token,
+            access_token_expire_time=to_timestamp(access.expire_time),
+            refresh_token=refresh.token,
+            refresh_token_expire_time=to_timestamp(refresh.expire_time),
+        )
+
+
+def _valid_email(email: str, violations: Violations) -> str:
+    try:
+        return validate_email(email.strip(), check_deliverability=False).normalized.lower()
+    except EmailNotValidError as error:
+        violations.add("email", str(error))
+        return ""
+
+
+def _check_password(password: str, violations: Violations) -> None:
+    low, high = PASSWORD_LENGTH
+    violations.check(
+        low <= len(password) <= high, "password", f"must be {low} to {high} characters"
+    )
+
+
+def account_message(account: accounts.Account) -> pb.Account:
+    return pb.Account(
+        id=account.id,
+        email=account.email,
+        role=ROLES.get(account.role, pb.ROLE_UNSPECIFIED),
+        create_time=to_timestamp(account.create_time),
+    )
+
+
+def api_key_message(key: applications.ApiKey) -> pb.ApiKey:
+    message = pb.ApiKey(
+        id=key.id, application_id=key.application_id, create_time=to_timestamp(key.create_time)
+    )
+    if key.revoke_time is not None:
+        message.revoke_time.CopyFrom(to_timestamp(key.revoke_time))
+    return message
+
+
+def application_message(
+    application: applications.Application, keys: list[applications.ApiKey]
+) -> pb.Application:
+    return pb.Application(
+        id=application.id,
+        name=application.name,
+        create_time=to_timestamp(application.create_time),
+        api_keys=[api_key_message(k) for k in keys],
+    )

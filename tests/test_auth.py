@@ -1,0 +1,472 @@
+"""Accounts, tokens, applications and the rules every method enforces, through the SDK."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jwt
+import pytest
+import trustme
+from google.protobuf import descriptor_pool, message_factory
+
+from quartet.auth.v1 import auth_service_pb2 as pb
+from quartet.client import Client, QuartetError
+from quartet.server.app import SERVICE_NAMES
+from quartet.server.auth import RULES
+from quartet.server.settings import Settings
+from quartet.server.testing import running_server
+from tests.conftest import SECRET, Principal, mint_token
+from tests.helpers import server_process
+
+PASSWORD = "correct horse battery"
+
+
+def expect(
+    code: grpc.StatusCode, reason: str, call: Callable[..., object], *args: Any
+) -> QuartetError:
+    """Assert that call(*args) fails with this code and reason; return the error."""
+    with pytest.raises(QuartetError) as caught:
+        call(*args)
+    assert (caught.value.code, caught.value.reason) == (code, reason), caught.value
+    return caught.value
+
+
+# --- the seed's account tests (accounts/tests.py), on the contract -------------------------------
+
+
+def test_valid_account_can_be_created(anonymous: Client) -> None:
+    created = anonymous.auth.create_account("Peter@Example.com", PASSWORD)
+    assert created.account.email == "peter@example.com"
+    assert created.account.role == pb.ROLE_USER
+    assert created.tokens.access_token and created.tokens.refresh_token
+
+
+def test_account_cannot_be_created_twice(anonymous: Client) -> None:
+    anonymous.auth.create_account("peter@example.com", PASSWORD)
+    error = expect(
+        grpc.StatusCode.ALREADY_EXISTS,
+        "RESOURCE_ALREADY_EXISTS",
+        lambda: anonymous.auth.create_account("PETER@example.com ", "another password"),
+    )
+    assert error.resource == ("account", "peter@example.com")
+
+
+def test_user_can_login(anonymous: Client) -> None:
+    anonymous.auth.create_account("peter@example.com", PASSWORD)
+    pair = anonymous.login("peter@example.com", PASSWORD)
+    assert pair.access_token and pair.refresh_token
+    assert anonymous.auth.current_account().email == "peter@example.com"
+
+
+def test_non_existing_user_cannot_login(anonymous: Client) -> None:
+    anonymous.auth.create_account("peter@example.com", PASSWORD)
+    unknown = expect(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "LOGIN_FAILED",
+        lambda: anonymous.auth.login("nobody@example.com", PASSWORD),
+    )
+    wrong = expect(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "LOGIN_FAILED",
+        lambda: anonymous.auth.login("peter@example.com", "wrong password"),
+    )
+    assert unknown.message == wrong.message  # no hint which one was wrong
+
+
+def test_user_can_refresh_token(anonymous: Client, target: str) -> None:
+    tokens = anonymous.auth.create_account("peter@example.com", PASSWORD).tokens
+    refreshed = anonymous.auth.refresh(tokens.refresh_token)
+    assert refreshed.access_token and refreshed.refresh_token != tokens.refresh_token
+    with Client(target, token=refreshed.access_token) as client:
+        assert client.auth.current_account().email == "peter@example.com"
+
+
+def test_non_existing_user_cannot_refresh_token(anonymous: Client) -> None:
+    expect(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "CREDENTIALS_INVALID",
+        lambda: anonymous.auth.refresh("not-a-token"),
+    )
+    forged = jwt.encode({"sub": "1", "typ": "refresh", "jti": "x"}, "another secret " * 3)
+    expect(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "CREDENTIALS_INVALID",
+        lambda: anonymous.auth.refresh(forged),
+    )
+
+
+# The seed's three asset tests exercised an owned resource with a unique name; quartet's owned
+# resource is the score and its uniquely named one the application.
+
+
+def test_user_can_create_an_owned_resource(sign_in: Callable[..., Principal]) -> None:
+    user = sign_in("user")
+    assert user.client.scores.create(1).user_id == user.id
+
+
+def test_user_cannot_duplicate_a_unique_name(client: Client) -> None:
+    client.auth.create_application("checkout-web")
+    expect(
+        grpc.StatusCode.ALREADY_EXISTS,
+        "RESOURCE_ALREADY_EXISTS",
+        lambda: client.auth.create_application("checkout-web"),
+    )
+
+
+def test_unauthenticated_user_cannot_create(anonymous: Client) -> None:
+    expect(
+        grpc.StatusCode.UNAUTHENTICATED, "CREDENTIALS_MISSING", lambda: anonymous.scores.create(1)
+    )
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("email", "password", "fields"),
+    [
+        ("not-an-email", PASSWORD, {"email"}),
+        ("a@example.com", "short", {"password"}),
+        ("", "", {"email", "password"}),
+        ("a@example.com", "x" * 129, {"password"}),
+    ],
+)
+def test_invalid_account_fields(
+    anonymous: Client, email: str, password: str, fields: set[str]
+) -> None:
+    error = expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "FIELD_INVALID",
+        lambda: anonymous.auth.create_account(email, password),
+    )
+    assert {v.field for v in error.field_violations} == fields
+
+
+def test_only_admins_create_privileged_accounts(
+    anonymous: Client, sign_in: Callable[..., Principal], client: Client
+) -> None:
+    for caller in (anonymous, sign_in("user").client, sign_in("analyst").client):
+        expect(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ROLE_NOT_ALLOWED",
+            functools.partial(caller.auth.create_account, role=pb.ROLE_ADMIN),
+            "x@example.com",
+            PASSWORD,
+        )
+    made = client.auth.create_account("analyst@example.com", PASSWORD, role=pb.ROLE_ANALYST)
+    assert made.account.role == pb.ROLE_ANALYST
+
+
+def test_admin_sets_roles_and_lists_accounts(
+    client: Client, sign_in: Callable[..., Principal]
+) -> None:
+    user = sign_in("user")
+    assert client.auth.set_role(user.id, pb.ROLE_ANALYST).role == pb.ROLE_ANALYST
+    expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "FIELD_INVALID",
+        lambda: client.auth.set_role(user.id, pb.ROLE_UNSPECIFIED),
+    )
+    expect(
+        grpc.StatusCode.NOT_FOUND,
+        "RESOURCE_NOT_FOUND",
+        lambda: client.auth.set_role(9999, pb.ROLE_USER),
+    )
+    emails = [a.email for a in client.auth.iter_accounts(page_size=1)]
+    assert emails == ["admin@example.net", "user1@example.com"]
+
+
+# --- tokens ---------------------------------------------------------------------------------------
+
+
+def test_refresh_token_is_single_use_and_reuse_revokes_the_login(anonymous: Client) -> None:
+    first = anonymous.auth.create_account("peter@example.com", PASSWORD).tokens
+    second = anonymous.auth.refresh(first.refresh_token)
+    # Someone replays the first refresh token: it leaked, so the whole login is revoked...
+    expect(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "CREDENTIALS_REVOKED",
+        lambda: anonymous.auth.refresh(first.refresh_token),
+    )
+    # ... including the token its legitimate holder got by rotating.
+    expect(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "CREDENTIALS_REVOKED",
+        lambda: anonymous.auth.refresh(second.refresh_token),
+    )
+    # A fresh login is unaffected.
+    assert anonymous.auth.login("peter@example.com", PASSWORD).access_token
+
+
+def bad_tokens(account_id: int) -> dict[str, tuple[str, str]]:
+    """Credentials that must be refused, and the reason for each."""
+    now = datetime.datetime.now(datetime.UTC)
+    claims = {"sub": str(account_id), "role": "admin", "typ": "access", "iss": "quartet"}
+    good = mint_token(account_id, "admin")
+    header, payload, signature = good.split(".")
+    tampered = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    tampered["sub"] = str(account_id + 1)
+    tampered_payload = base64.urlsafe_b64encode(json.dumps(tampered).encode()).decode().rstrip("=")
+    unsigned_header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').decode().rstrip("=")
+    return {
+        "expired": (
+            jwt.encode(
+                {
+                    **claims,
+                    "iat": now - datetime.timedelta(hours=2),
+                    "exp": now - datetime.timedelta(hours=1),
+                },
+                SECRET,
+            ),
+            "CREDENTIALS_EXPIRED",
+        ),
+        "tampered": (f"{header}.{tampered_payload}.{signature}", "CREDENTIALS_INVALID"),
+        "other secret": (
+            jwt.encode({**claims, "iat": now, "exp": now + datetime.timedelta(hours=1)}, "x" * 40),
+            "CREDENTIALS_INVALID",
+        ),
+        "wrong algorithm": (
+            jwt.encode(
+                {**claims, "iat": now, "exp": now + datetime.timedelta(hours=1)},
+                SECRET,
+                algorithm="HS512",
+            ),
+            "CREDENTIALS_INVALID",
+        ),
+        "alg none": (f"{unsigned_header}.{payload}.", "CREDENTIALS_INVALID"),
+        "refresh as access": (
+            jwt.encode(
+                {**claims, "typ": "refresh", "iat": now, "exp": now + datetime.timedelta(hours=1)},
+                SECRET,
+            ),
+            "CREDENTIALS_INVALID",
+        ),
+        "garbage": ("garbage", "CREDENTIALS_INVALID"),
+        "unknown api key": ("qk_0123456789abcdef_secret", "CREDENTIALS_INVALID"),
+    }
+
+
+def protected_methods() -> list[str]:
+    return [name for name, rule in RULES.items() if rule.credentials == "required"]
+
+
+def call_raw(client: Client, method: str, metadata: tuple[tuple[str, str], ...]) -> None:
+    """Call any method with an empty request and the given metadata; raise QuartetError."""
+    service, name = method.lstrip("/").split("/")
+    descriptor = descriptor_pool.Default().FindServiceByName(service).methods_by_name[name]
+    request = message_factory.GetMessageClass(descriptor.input_type)()
+    kind = (
+        ("stream" if descriptor.client_streaming else "unary")
+        + "_"
+        + ("stream" if descriptor.server_streaming else "unary")
+    )
+    callable_ = getattr(client.channel, kind)(
+        method, request_serializer=lambda m: m.SerializeToString(), response_deserializer=None
+    )
+    argument = iter([request]) if descriptor.client_streaming else request
+    try:
+        result = callable_(argument, timeout=5, metadata=metadata)
+        if descriptor.server_streaming:
+            list(result)
+    except grpc.RpcError as error:
+        raise QuartetError.from_rpc_error(error) from None
+
+
+def test_every_method_has_a_rule() -> None:
+    registered = {
+        f"/{service}/{method.name}"
+        for service in SERVICE_NAMES
+        for method in descriptor_pool.Default().FindServiceByName(service).methods
+    }
+    assert registered <= RULES.keys(), registered - RULES.keys()
+
+
+def test_every_protected_method_refuses_missing_and_bad_credentials(
+    anonymous: Client, admin: Principal
+) -> None:
+    for method in protected_methods():
+        expect(
+            grpc.StatusCode.UNAUTHENTICATED, "CREDENTIALS_MISSING", call_raw, anonymous, method, ()
+        )
+        for kind, (token, reason) in bad_tokens(admin.id).items():
+            metadata = (("authorization", f"Bearer {token}"),)
+            error = expect(
+                grpc.StatusCode.UNAUTHENTICATED, reason, call_raw, anonymous, method, metadata
+            )
+            assert error.message, (method, kind)
+
+
+def test_malformed_authorization_metadata(anonymous: Client, admin: Principal) -> None:
+    token = mint_token(admin.id, "admin")
+    for value in (token, f"Basic {token}", "Bearer", "Bearer  "):
+        metadata = (("authorization", value),)
+        method = "/quartet.auth.v1.AuthService/GetCurrentAccount"
+        expect(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "CREDENTIALS_INVALID",
+            call_raw,
+            anonymous,
+            method,
+            metadata,
+        )
+
+
+def test_roles_are_enforced_on_every_admin_method(sign_in: Callable[..., Principal]) -> None:
+    admin_only = [name for name, rule in RULES.items() if rule.grants == frozenset({"admin"})]
+    assert admin_only
+    for role in ("user", "analyst"):
+        principal = sign_in(role)
+        for method in admin_only:
+            client = principal.client
+            expect(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "ROLE_NOT_ALLOWED",
+                call_raw,
+                client,
+                method,
+                client.metadata,
+            )
+
+
+def test_expired_access_token_is_refreshed_by_the_sdk(settings: Settings) -> None:
+    short = dataclasses.replace(settings, access_token_minutes=1 / 60)  # one second
+    with running_server(short) as target, Client(target) as client:
+        client.auth.create_account("peter@example.com", PASSWORD)
+        client.login("peter@example.com", PASSWORD)
+        first = client.metadata
+        time.sleep(1.5)
+        assert client.auth.current_account().email == "peter@example.com"
+        assert client.metadata != first  # a new access token was fetched and is used
+
+
+# --- applications and API keys -----------------------------------------------------------------
+
+
+def test_application_keys_identify_the_application_until_revoked(
+    client: Client, target: str
+) -> None:
+    created = client.auth.create_application("checkout-web")
+    assert created.api_key.startswith("qk_")
+    (key,) = created.application.api_keys
+    assert created.api_key.startswith(f"qk_{key.id}_")
+    with Client(target, token=created.api_key) as app:
+        # Authenticated as the application, which may not read accounts.
+        error = expect(
+            grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_ALLOWED", app.auth.current_account
+        )
+        assert error.metadata == {"role": "application"}
+        revoked = client.auth.revoke_api_key(key.id)
+        assert revoked.HasField("revoke_time")
+        expect(grpc.StatusCode.UNAUTHENTICATED, "CREDENTIALS_REVOKED", app.auth.current_account)
+    rotated = client.auth.create_api_key(created.application.id)
+    with Client(target, token=rotated.api_key) as app:
+        expect(grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_ALLOWED", app.auth.current_account)
+    with Client(target, token=rotated.api_key[:-2] + "xx") as forger:
+        expect(grpc.StatusCode.UNAUTHENTICATED, "CREDENTIALS_INVALID", forger.auth.current_account)
+
+
+def test_listed_applications_never_show_secrets(client: Client) -> None:
+    created = client.auth.create_application("checkout-web")
+    client.auth.create_api_key(created.application.id)
+    (listed,) = client.auth.iter_applications()
+    assert listed.name == "checkout-web" and len(listed.api_keys) == 2
+    assert created.api_key not in str(listed)
+    expect(grpc.StatusCode.NOT_FOUND, "RESOURCE_NOT_FOUND", lambda: client.auth.create_api_key(999))
+    expect(
+        grpc.StatusCode.NOT_FOUND, "RESOURCE_NOT_FOUND", lambda: client.auth.revoke_api_key("nope")
+    )
+    error = expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "FIELD_INVALID",
+        lambda: client.auth.create_application(" "),
+    )
+    assert [v.field for v in error.field_violations] == ["name"]
+
+
+# --- TLS, secrets and the first admin -----------------------------------------------------------
+
+
+def test_tls_round_trip(settings: Settings, tmp_path: Path, admin: Principal) -> None:
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1", "localhost")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certificate.cert_chain_pems[0].write_to_path(str(cert_file))
+    certificate.private_key_pem.write_to_path(str(key_file))
+    tls = dataclasses.replace(settings, tls_cert_file=str(cert_file), tls_key_file=str(key_file))
+    token = mint_token(admin.id, "admin")
+    with running_server(tls) as target:
+        with Client(target, tls=authority.cert_pem.bytes(), token=token) as client:
+            assert client.scores.create(41).value == 42
+            assert client.health.check()
+        with Client(target, token=token, timeout=2) as plaintext:
+            error = expect(grpc.StatusCode.UNAVAILABLE, "", plaintext.health.check)
+            assert error.reason == ""
+
+
+def test_production_refuses_to_start_without_a_real_secret(tmp_path: Path) -> None:
+    env = {**os.environ, "QUARTET_ENV": "production", "DATABASE_URL": f"sqlite:///{tmp_path}/q.db"}
+    env.pop("QUARTET_SECRET", None)
+    for secret in ("", "change-me"):
+        result = subprocess.run(
+            [sys.executable, "-m", "quartet.server", "serve", "--port", "0"],
+            env={**env, "QUARTET_SECRET": secret},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 2
+        assert "QUARTET_SECRET" in result.stderr
+
+
+def test_production_reads_the_secret_from_a_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    env = {
+        **os.environ,
+        "QUARTET_ENV": "production",
+        "QUARTET_SECRET_FILE": str(secret_file),
+        "DATABASE_URL": f"sqlite:///{tmp_path}/q.db",
+    }
+    with server_process(env=env) as server:
+        assert not any("QUARTET_SECRET is not set" in line for line in server.log)
+
+
+def test_development_warns_loudly_when_it_generates_a_secret(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUARTET_")}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path}/q.db"
+    with server_process(env=env) as server:
+        warnings = [json.loads(line) for line in server.log if "QUARTET_SECRET" in line]
+    assert warnings and warnings[0]["level"] == "WARNING"
+
+
+def test_create_admin_command_bootstraps_the_first_admin(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/q.db"
+    command = [sys.executable, "-m", "quartet.server", "create-admin", "Ops@Example.com"]
+    env = {**os.environ, "QUARTET_ADMIN_PASSWORD": PASSWORD}
+    made = subprocess.run(
+        [*command, "--database-url", url], env=env, capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith("created: ops@example.com")
+    short = subprocess.run(
+        [*command, "--database-url", url],
+        env={**os.environ, "QUARTET_ADMIN_PASSWORD": "short"},
+        capture_output=True,
+        text=True,
+    )
+    assert short.returncode == 1 and "8 to 128" in short.stderr
+    with running_server(Settings(database_url=url, secret=SECRET)) as target, Client(target) as c:
+        c.login("ops@example.com", PASSWORD)
+        assert c.auth.current_account().role == pb.ROLE_ADMIN
