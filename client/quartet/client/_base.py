@@ -66,6 +66,42 @@ class Transport:
                 raise
         return self._call(method, request, timeout, self.metadata)
 
+    def invoke_stream_unary(
+        self,
+        method: grpc.StreamUnaryMultiCallable[Request, Response],
+        requests: Iterator[Request],
+        timeout: float | None,
+    ) -> Response:
+        """Send a stream of requests, get one response; raise QuartetError."""
+        try:
+            return method(
+                requests,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self.metadata,
+            )
+        except grpc.RpcError as error:
+            raise QuartetError.from_rpc_error(error) from None
+
+    def invoke_streaming(
+        self,
+        method: grpc.StreamStreamMultiCallable[Request, Response]
+        | grpc.UnaryStreamMultiCallable[Request, Response],
+        request: Request | Iterator[Request],
+        timeout: float | None,
+    ) -> Iterator[Response]:
+        """Call a method that answers with a stream; iterate its responses, raise QuartetError.
+
+        `timeout` bounds the whole call, so give long transfers (imports) a generous one.
+        """
+        try:
+            yield from method(
+                request,  # type: ignore[arg-type]
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self.metadata,
+            )
+        except grpc.RpcError as error:
+            raise QuartetError.from_rpc_error(error) from None
+
     def _call(
         self,
         method: grpc.UnaryUnaryMultiCallable[Request, Response],

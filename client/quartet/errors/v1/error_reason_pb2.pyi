@@ -57,6 +57,9 @@ class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     "PAGE_TOKEN_INVALID"). Errors about request fields also carry a `google.rpc.BadRequest` listing
     each field violation; errors about a named resource carry a `google.rpc.ResourceInfo`.
     Clients should branch on the reason, never on the message text.
+
+    Numbers are grouped: 1-19 apply to every service, 20-29 to events, 30-39 to experiments and
+    40-49 to regions.
     """
 
 ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
