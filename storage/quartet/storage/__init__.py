@@ -10,16 +10,17 @@ from quartet.storage.database import (
     close,
     default_database_url,
     open_database,
-    ping,
     redacted,
 )
 from quartet.storage.errors import DeadlineExceeded, RecordExists, RecordNotFound
 from quartet.storage.migrate import ALL_MODELS, migrate
 from quartet.storage.runner import DatabaseRunner, deadline
+from quartet.storage.writer import BatchWriter
 
 __all__ = [
     "ALL_MODELS",
     "DEFAULT_SQLITE_PATH",
+    "BatchWriter",
     "DatabaseRunner",
     "DeadlineExceeded",
     "RecordExists",
@@ -30,6 +31,5 @@ __all__ = [
     "default_database_url",
     "migrate",
     "open_database",
-    "ping",
     "redacted",
 ]

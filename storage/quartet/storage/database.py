@@ -89,12 +89,6 @@ def close(database: peewee.Database) -> None:
     database.close_all()  # type: ignore[attr-defined]
 
 
-def ping(database: peewee.Database) -> None:
-    """Raise unless the database answers a trivial query."""
-    with database.connection_context():
-        database.execute_sql("SELECT 1")  # type: ignore[no-untyped-call]
-
-
 def bind(database: peewee.Database) -> None:
     """Point every model at database (one database per process)."""
     db.initialize(database)

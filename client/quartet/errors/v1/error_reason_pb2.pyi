@@ -48,6 +48,20 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The caller is authenticated, but its role may not call this method or touch this resource."""
     LIMIT_EXCEEDED: _ErrorReason.ValueType  # 12
     """The server is at its limit of concurrent calls or of a per-request size; retry later or send less."""
+    EVENT_REJECTED: _ErrorReason.ValueType  # 20
+    """An event failed validation and was kept among the rejected events; each field violation
+    carries its own reason.
+    """
+    EVENT_TYPE_UNKNOWN: _ErrorReason.ValueType  # 21
+    """No schema is registered for the event's category and name, and the server rejects events of
+    unknown types (QUARTET_UNKNOWN_EVENT_TYPES=reject, the default).
+    """
+    EVENT_PAYLOAD_INVALID: _ErrorReason.ValueType  # 22
+    """The event's data does not satisfy its type's JSON Schema."""
+    EVENT_TIME_IN_FUTURE: _ErrorReason.ValueType  # 23
+    """The event's occur_time is further in the future than the allowed clock skew."""
+    EVENT_TOO_LARGE: _ErrorReason.ValueType  # 24
+    """The event is larger than the server's limit per event."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the machine-readable causes quartet puts in `google.rpc.ErrorInfo.reason`.
@@ -88,4 +102,18 @@ ROLE_NOT_ALLOWED: ErrorReason.ValueType  # 11
 """The caller is authenticated, but its role may not call this method or touch this resource."""
 LIMIT_EXCEEDED: ErrorReason.ValueType  # 12
 """The server is at its limit of concurrent calls or of a per-request size; retry later or send less."""
+EVENT_REJECTED: ErrorReason.ValueType  # 20
+"""An event failed validation and was kept among the rejected events; each field violation
+carries its own reason.
+"""
+EVENT_TYPE_UNKNOWN: ErrorReason.ValueType  # 21
+"""No schema is registered for the event's category and name, and the server rejects events of
+unknown types (QUARTET_UNKNOWN_EVENT_TYPES=reject, the default).
+"""
+EVENT_PAYLOAD_INVALID: ErrorReason.ValueType  # 22
+"""The event's data does not satisfy its type's JSON Schema."""
+EVENT_TIME_IN_FUTURE: ErrorReason.ValueType  # 23
+"""The event's occur_time is further in the future than the allowed clock skew."""
+EVENT_TOO_LARGE: ErrorReason.ValueType  # 24
+"""The event is larger than the server's limit per event."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

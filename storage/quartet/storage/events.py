@@ -1,0 +1,287 @@
+"""Events, rejected events and event types: the models, the bulk writes, and the queries."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import peewee
+
+from quartet.storage.base import BaseModel, db, utcnow
+from quartet.storage.errors import RecordNotFound
+
+
+class EventType(BaseModel):
+    """One version of the JSON Schema for events of a category and name."""
+
+    id = peewee.BigAutoField()
+    category = peewee.CharField(max_length=100)
+    name = peewee.CharField(max_length=100)
+    version = peewee.IntegerField()
+    schema = peewee.TextField()  # JSON
+    create_time = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("category", "name", "version"), True),)
+
+
+class Event(BaseModel):
+    """A stored event. `seq` is the arrival order; `id` the sender's (or our) UUID, unique, so a
+    resent event is recognised by the database itself."""
+
+    seq = peewee.BigAutoField()
+    id = peewee.CharField(max_length=36, unique=True)
+    application_id = peewee.BigIntegerField()
+    session_id = peewee.CharField(max_length=36)
+    category = peewee.CharField(max_length=100)
+    name = peewee.CharField(max_length=100)
+    data = peewee.TextField()  # JSON
+    occur_time = peewee.DateTimeField()
+    receive_time = peewee.DateTimeField()
+    schema_version = peewee.IntegerField(default=0)
+
+    class Meta:
+        indexes = (
+            # One per query the data team runs, each ending in the page order (occur_time, seq).
+            (("session_id", "occur_time", "seq"), False),
+            (("category", "name", "occur_time", "seq"), False),
+            (("occur_time", "seq"), False),
+            (("application_id", "occur_time", "seq"), False),
+        )
+
+
+class RejectedEvent(BaseModel):
+    """An event that failed validation: the event as sent (JSON), its violations (JSON) and the
+    distinct reasons as ",A,B," so that a reason can be matched with LIKE."""
+
+    id = peewee.BigAutoField()
+    application_id = peewee.BigIntegerField()
+    event = peewee.TextField()
+    violations = peewee.TextField()
+    reasons = peewee.CharField(max_length=500)
+    reject_time = peewee.DateTimeField()
+
+    class Meta:
+        indexes = (
+            (("reject_time", "id"), False),
+            (("application_id", "reject_time", "id"), False),
+        )
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """A validated event, ready to store."""
+
+    id: str
+    application_id: int
+    session_id: str
+    category: str
+    name: str
+    data: str  # JSON
+    occur_time: datetime.datetime
+    schema_version: int
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A rejected event, ready to store."""
+
+    application_id: int
+    event: str  # JSON of the event as sent
+    violations: list[dict[str, str]]
+
+
+_COLUMNS = (
+    "id, application_id, session_id, category, name, data, occur_time, receive_time, schema_version"
+)
+
+
+def store(
+    events: Sequence[NewEvent], rejections: Sequence[Rejection], now: datetime.datetime
+) -> set[str]:
+    """Insert the events that are new and every rejection, in the caller's transaction.
+
+    Returns the ids actually inserted: an id already stored, or repeated within `events`, is a
+    resend and inserts nothing. The unique index on `event.id` is what guarantees it; the insert
+    skips conflicts instead of failing, so one resent event never fails its whole batch.
+    """
+    database = db.obj
+    fresh: dict[str, NewEvent] = {}
+    for event in events:
+        fresh.setdefault(event.id, event)
+    rows = [
+        (e.id, e.application_id, e.session_id, e.category, e.name, e.data, e.occur_time, now,
+         e.schema_version)
+        for e in fresh.values()
+    ]  # fmt: skip
+    inserted: set[str] = set()
+    if rows and isinstance(database, peewee.PostgresqlDatabase):
+        from psycopg2.extras import execute_values
+
+        returned = execute_values(
+            database.cursor(),  # type: ignore[no-untyped-call]
+            f"INSERT INTO event ({_COLUMNS}) VALUES %s ON CONFLICT (id) DO NOTHING RETURNING id",
+            rows,
+            page_size=1000,
+            fetch=True,
+        )
+        inserted = {row[0] for row in returned}
+    elif rows:
+        # SQLite: the write lock is held since BEGIN IMMEDIATE, so no other writer can insert an
+        # id between this check and the insert.
+        existing = _existing_ids(database, list(fresh))
+        new_rows = [row for row in rows if row[0] not in existing]
+        database.cursor().executemany(
+            f"INSERT INTO event ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*row[:6], _sqlite_time(row[6]), _sqlite_time(row[7]), row[8]) for row in new_rows],
+        )
+        inserted = {row[0] for row in new_rows}
+    if rejections:
+        RejectedEvent.insert_many(
+            [
+                {
+                    "application_id": r.application_id,
+                    "event": r.event,
+                    "violations": json.dumps(r.violations),
+                    "reasons": _reason_list(r.violations),
+                    "reject_time": now,
+                }
+                for r in rejections
+            ]
+        ).execute()
+    return inserted
+
+
+def _existing_ids(database: peewee.Database, ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        cursor = database.cursor()  # type: ignore[no-untyped-call]
+        cursor.execute(f"SELECT id FROM event WHERE id IN ({marks})", chunk)
+        found.update(row[0] for row in cursor.fetchall())
+    return found
+
+
+def _sqlite_time(value: datetime.datetime) -> str:
+    """The text Peewee itself stores for a datetime on SQLite, so that both sort the same."""
+    return value.isoformat(" ")
+
+
+def _reason_list(violations: list[dict[str, str]]) -> str:
+    reasons = sorted({v["reason"] for v in violations})
+    return f",{','.join(reasons)},"[:500]
+
+
+def get_event(event_id: str) -> Event:
+    event: Event | None = Event.get_or_none(Event.id == event_id)
+    if event is None:
+        raise RecordNotFound("event", event_id)
+    return event
+
+
+EventKey = tuple[datetime.datetime, int]
+
+
+def list_events(
+    *,
+    limit: int,
+    after: EventKey | None = None,
+    session_id: str = "",
+    category: str = "",
+    name: str = "",
+    application_id: int = 0,
+    occur_time_start: datetime.datetime | None = None,
+    occur_time_end: datetime.datetime | None = None,
+    newest_first: bool = False,
+) -> list[Event]:
+    """Events in (occur_time, seq) order, or its reverse, after the keyset position `after`."""
+    query = Event.select()
+    if session_id:
+        query = query.where(Event.session_id == session_id)
+    if category:
+        query = query.where(Event.category == category)
+    if name:
+        query = query.where(Event.name == name)
+    if application_id:
+        query = query.where(Event.application_id == application_id)
+    if occur_time_start is not None:
+        query = query.where(Event.occur_time >= occur_time_start)
+    if occur_time_end is not None:
+        query = query.where(Event.occur_time < occur_time_end)
+    position = peewee.Tuple(Event.occur_time, Event.seq)
+    if after is not None:
+        query = query.where(
+            position < peewee.Tuple(*after) if newest_first else position > peewee.Tuple(*after)
+        )
+    if newest_first:
+        query = query.order_by(Event.occur_time.desc(), Event.seq.desc())
+    else:
+        query = query.order_by(Event.occur_time, Event.seq)
+    return list(query.limit(limit))
+
+
+def list_rejected(
+    *,
+    limit: int,
+    after: tuple[datetime.datetime, int] | None = None,
+    reason: str = "",
+    application_id: int = 0,
+    reject_time_start: datetime.datetime | None = None,
+    reject_time_end: datetime.datetime | None = None,
+) -> list[RejectedEvent]:
+    """Rejected events newest first, after the keyset position `after`."""
+    query = RejectedEvent.select()
+    if reason:
+        query = query.where(RejectedEvent.reasons.contains(f",{reason},"))
+    if application_id:
+        query = query.where(RejectedEvent.application_id == application_id)
+    if reject_time_start is not None:
+        query = query.where(RejectedEvent.reject_time >= reject_time_start)
+    if reject_time_end is not None:
+        query = query.where(RejectedEvent.reject_time < reject_time_end)
+    if after is not None:
+        position = peewee.Tuple(RejectedEvent.reject_time, RejectedEvent.id)
+        query = query.where(position < peewee.Tuple(*after))
+    query = query.order_by(RejectedEvent.reject_time.desc(), RejectedEvent.id.desc())
+    return list(query.limit(limit))
+
+
+def latest_event_types() -> list[EventType]:
+    """Every event type at its latest version, ordered by category and name."""
+    latest = (
+        EventType.select(
+            EventType.category, EventType.name, peewee.fn.MAX(EventType.version).alias("v")
+        )
+        .group_by(EventType.category, EventType.name)
+        .alias("latest")
+    )
+    return list(
+        EventType.select()
+        .join(
+            latest,
+            on=(
+                (EventType.category == latest.c.category)
+                & (EventType.name == latest.c.name)
+                & (EventType.version == latest.c.v)
+            ),
+        )
+        .order_by(EventType.category, EventType.name)
+    )
+
+
+def add_event_type(category: str, name: str, schema: dict[str, Any]) -> EventType:
+    """Register schema as the next version of the type (version 1 for a new type)."""
+    with db.atomic():
+        current = (
+            EventType.select(peewee.fn.MAX(EventType.version))
+            .where((EventType.category == category) & (EventType.name == name))
+            .scalar()
+        )
+        event_type: EventType = EventType.create(
+            category=category, name=name, version=(current or 0) + 1, schema=json.dumps(schema)
+        )
+        return event_type
