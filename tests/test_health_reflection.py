@@ -48,7 +48,7 @@ def test_unreachable_database_turns_services_not_serving() -> None:
         )
         server = build_server(Settings(port=0), unreachable)
         await server.start()
-        watchdog = asyncio.create_task(server.watch_database(interval=0.05))
+        watchdog = asyncio.create_task(server.watch(interval=0.05))
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
                 stub = health_pb2_grpc.HealthStub(channel)

@@ -50,7 +50,13 @@ def test_sdk_imports_without_server_dependencies(tmp_path: Path) -> None:
 def test_public_sdk_surface() -> None:
     import quartet.client
 
-    assert quartet.client.__all__ == ["Client", "FieldViolation", "QuartetError"]
+    assert quartet.client.__all__ == [
+        "BufferedSender",
+        "Client",
+        "FieldViolation",
+        "QuartetError",
+        "event",
+    ]
 
 
 def test_no_proto_package_shadows_a_hand_written_one() -> None:

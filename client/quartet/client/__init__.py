@@ -11,5 +11,6 @@ The messages returned are the generated protobuf classes of `quartet.<domain>.v1
 
 from quartet.client._client import Client
 from quartet.client._errors import FieldViolation, QuartetError
+from quartet.client._events import BufferedSender, event
 
-__all__ = ["Client", "FieldViolation", "QuartetError"]
+__all__ = ["BufferedSender", "Client", "FieldViolation", "QuartetError", "event"]

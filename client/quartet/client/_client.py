@@ -12,6 +12,7 @@ import grpc
 from quartet.auth.v1 import auth_service_pb2
 from quartet.client._auth import Auth
 from quartet.client._base import Transport
+from quartet.client._events import Events
 from quartet.client._health import Health
 from quartet.client._scores import Scores
 
@@ -23,6 +24,7 @@ DEFAULT_TIMEOUT = 10.0
 _RETRYABLE: list[dict[str, str]] = [
     {"service": "grpc.health.v1.Health", "method": "Check"},
     {"service": "quartet.score.v1.ScoreService"},
+    {"service": "quartet.events.v1.EventService"},  # every event sent by the SDK has an id
     {"service": "quartet.auth.v1.AuthService", "method": "Login"},
     {"service": "quartet.auth.v1.AuthService", "method": "GetCurrentAccount"},
     {"service": "quartet.auth.v1.AuthService", "method": "ListAccounts"},
@@ -78,6 +80,7 @@ class Client:
         self.auth = Auth(self._transport)
         self.health = Health(self._transport)
         self.scores = Scores(self._transport)
+        self.events = Events(self._transport)
 
     @property
     def channel(self) -> grpc.Channel:

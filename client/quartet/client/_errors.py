@@ -18,6 +18,8 @@ class FieldViolation:
     """The field's path in the request, such as "input_value" or "events[2].timestamp"."""
     description: str
     """What is wrong with it, for people."""
+    reason: str = ""
+    """Its own machine-readable cause (an ErrorReason name), when the server gives one."""
 
 
 @dataclass
@@ -66,7 +68,8 @@ class QuartetError(Exception):
                 bad_request = error_details_pb2.BadRequest()
                 detail.Unpack(bad_request)
                 result.field_violations = [
-                    FieldViolation(v.field, v.description) for v in bad_request.field_violations
+                    FieldViolation(v.field, v.description, v.reason)
+                    for v in bad_request.field_violations
                 ]
             elif detail.Is(error_details_pb2.ResourceInfo.DESCRIPTOR):
                 info_ = error_details_pb2.ResourceInfo()

@@ -12,6 +12,7 @@ import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import peewee
@@ -20,11 +21,14 @@ from grpc_reflection.v1alpha import reflection
 
 from quartet import storage
 from quartet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from quartet.events.v1 import event_service_pb2, event_service_pb2_grpc
 from quartet.score.v1 import score_service_pb2, score_service_pb2_grpc
+from quartet.server import events
 from quartet.server.auth import Authenticator, AuthServicer, TokenIssuer
 from quartet.server.interceptors import CallInterceptor
 from quartet.server.score import ScoreServicer
 from quartet.server.settings import Settings
+from quartet.storage.events import latest_event_types
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +36,11 @@ logger = logging.getLogger(__name__)
 SERVICE_NAMES = (
     auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     score_service_pb2.DESCRIPTOR.services_by_name["ScoreService"].full_name,
+    event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
 )
-HEALTH_CHECK_INTERVAL = 10.0  # seconds between database pings of the health watchdog
+# Seconds between refreshes: reloading the event types (so that a schema registered through
+# another process is used here too) doubles as the database check behind every service's health.
+REFRESH_INTERVAL = 10.0
 
 
 class PortInUse(RuntimeError):
@@ -48,41 +55,53 @@ class Server:
     port: int
     health: health.aio.HealthServicer
     runner: storage.DatabaseRunner
+    event_writer: storage.BatchWriter[Any, Any]
+    event_types: events.Registry
+    _serving: bool = False
 
     async def start(self) -> None:
         await self.grpc_server.start()
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._serving = await self.refresh()
+        await self._set_health(_status(self._serving))
 
     async def stop(self, grace: float | None) -> None:
         """Report NOT_SERVING, let in-flight calls finish for up to grace seconds, then release."""
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace)
+        # In-flight sends waited for their commits above; now nothing can queue any more.
+        self.event_writer.close()
         self.runner.close()
 
-    async def watch_database(self, interval: float = HEALTH_CHECK_INTERVAL) -> None:
-        """Keep the health status of every service in step with the database's reachability."""
-        serving = True
+    async def refresh(self) -> bool:
+        """Reload the event types from the database; False if it cannot be reached."""
+        try:
+            self.event_types.replace(await self.runner.run(latest_event_types))
+        except Exception as exc:
+            logger.warning("database unreachable: %s", exc)
+            return False
+        return True
+
+    async def watch(self, interval: float = REFRESH_INTERVAL) -> None:
+        """Refresh every interval; keep every service's health in step with the database."""
         while True:
             await asyncio.sleep(interval)
-            try:
-                await self.runner.run(storage.ping, self.runner.database)
-                ok = True
-            except Exception:
-                ok = False
-            if ok != serving:
-                serving = ok
-                logger.warning("database %s", "reachable again" if ok else "unreachable")
-                await self._set_health(
-                    health_pb2.HealthCheckResponse.SERVING
-                    if ok
-                    else health_pb2.HealthCheckResponse.NOT_SERVING
-                )
+            serving = await self.refresh()
+            if serving != self._serving:
+                self._serving = serving
+                logger.warning("database %s", "reachable again" if serving else "unreachable")
+                await self._set_health(_status(serving))
 
     async def _set_health(
         self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
     ) -> None:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
+
+
+def _status(serving: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+    if serving:
+        return health_pb2.HealthCheckResponse.SERVING
+    return health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def build_server(settings: Settings, database: peewee.Database) -> Server:
@@ -106,6 +125,17 @@ def build_server(settings: Settings, database: peewee.Database) -> Server:
         AuthServicer(runner, authenticator), server
     )
     score_service_pb2_grpc.add_ScoreServiceServicer_to_server(ScoreServicer(runner), server)
+    registry = events.Registry()  # loaded by Server.start()
+    policy = events.Policy(
+        accept_unknown_types=settings.unknown_event_types == "accept",
+        clock_skew=datetime.timedelta(seconds=settings.event_clock_skew_seconds),
+        max_event_bytes=settings.max_event_bytes,
+    )
+    event_writer = storage.BatchWriter(database, events.write_batch, name="quartet-events")
+    event_service_pb2_grpc.add_EventServiceServicer_to_server(
+        events.EventServicer(runner, event_writer, registry, events.EventChecker(registry, policy)),
+        server,
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -118,9 +148,10 @@ def build_server(settings: Settings, database: peewee.Database) -> Server:
         else:
             port = server.add_insecure_port(settings.address)
     except RuntimeError as exc:
+        event_writer.close()
         runner.close()
         raise PortInUse(f"cannot listen on {settings.address}: is the port in use?") from exc
-    return Server(server, port, health_servicer, runner)
+    return Server(server, port, health_servicer, runner, event_writer, registry)
 
 
 def _key_pair(settings: Settings) -> tuple[bytes, bytes]:
@@ -138,6 +169,15 @@ def open_database(settings: Settings) -> peewee.Database:
     applied = storage.migrate(database)
     if applied:
         logger.info("applied migrations %s", ", ".join(applied))
+    if settings.event_types_file:
+        registered = events.register_file(database, Path(settings.event_types_file))
+        for event_type in registered:
+            logger.info(
+                "registered event type %s/%s version %d",
+                event_type.category,
+                event_type.name,
+                event_type.version,
+            )
     return database
 
 
@@ -160,7 +200,7 @@ async def running(settings: Settings) -> AsyncIterator[Server]:
     database = open_database(settings)
     server = build_server(settings, database)
     await server.start()
-    watchdog = asyncio.create_task(server.watch_database())
+    watchdog = asyncio.create_task(server.watch())
     try:
         yield server
     finally:

@@ -27,10 +27,12 @@ Reason: TypeAlias = error_reason_pb2.ErrorReason.ValueType
 
 @dataclass(frozen=True)
 class FieldViolation:
-    """One invalid request field: its path (e.g. "events[2].timestamp") and what is wrong."""
+    """One invalid request field: its path (e.g. "events[2].occur_time"), what is wrong, and
+    optionally a reason of its own (an ErrorReason name) when violations differ in cause."""
 
     field: str
     description: str
+    reason: str = ""
 
 
 class ServiceError(Exception):
@@ -69,7 +71,7 @@ class ServiceError(Exception):
                 error_details_pb2.BadRequest(
                     field_violations=[
                         error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
+                            field=v.field, description=v.description, reason=v.reason
                         )
                         for v in self.violations
                     ]
@@ -143,12 +145,16 @@ class Violations:
     def __init__(self) -> None:
         self._items: list[FieldViolation] = []
 
-    def add(self, field: str, description: str) -> None:
-        self._items.append(FieldViolation(field, description))
+    def add(self, field: str, description: str, reason: str = "") -> None:
+        self._items.append(FieldViolation(field, description, reason))
 
     def check(self, ok: bool, field: str, description: str) -> None:
         if not ok:
             self.add(field, description)
+
+    @property
+    def items(self) -> list[FieldViolation]:
+        return list(self._items)
 
     def __bool__(self) -> bool:
         return bool(self._items)

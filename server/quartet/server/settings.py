@@ -44,6 +44,17 @@ class Settings:
     refresh_token_days: float = field(default=7.0, metadata={"env": "QUARTET_REFRESH_TOKEN_DAYS"})
     tls_cert_file: str = field(default="", metadata={"env": "QUARTET_TLS_CERT_FILE"})
     tls_key_file: str = field(default="", metadata={"env": "QUARTET_TLS_KEY_FILE"})
+    # Events of a category and name without a registered schema: "reject" (kept among the
+    # rejected events, reason EVENT_TYPE_UNKNOWN) or "accept" (stored unvalidated).
+    unknown_event_types: str = field(
+        default="reject", metadata={"env": "QUARTET_UNKNOWN_EVENT_TYPES"}
+    )
+    event_clock_skew_seconds: float = field(
+        default=60.0, metadata={"env": "QUARTET_EVENT_CLOCK_SKEW_SECONDS"}
+    )
+    max_event_bytes: int = field(default=65536, metadata={"env": "QUARTET_MAX_EVENT_BYTES"})
+    # A JSON file of event types to register at start-up: [{"category", "name", "schema"}].
+    event_types_file: str = field(default="", metadata={"env": "QUARTET_EVENT_TYPES_FILE"})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -80,6 +91,10 @@ class Settings:
             )
         if self.access_token_minutes <= 0 or self.refresh_token_days <= 0:
             raise SettingsError("token lifetimes must be positive")
+        if self.unknown_event_types not in ("reject", "accept"):
+            raise SettingsError("QUARTET_UNKNOWN_EVENT_TYPES must be reject or accept")
+        if self.event_clock_skew_seconds < 0 or self.max_event_bytes < 1:
+            raise SettingsError("the event clock skew and size limit must be positive")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise SettingsError("TLS needs both a certificate file and a key file")
         return self

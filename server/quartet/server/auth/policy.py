@@ -70,6 +70,16 @@ RULES: dict[str, Rule] = {
     "/quartet.score.v1.ScoreService/CreateScore": USERS,
     "/quartet.score.v1.ScoreService/GetScore": USERS,
     "/quartet.score.v1.ScoreService/ListScores": USERS,
+    # Events are sent with an application's key (the servicer refuses other callers, so that
+    # the sender is recorded) and read by analysts.
+    "/quartet.events.v1.EventService/SendEvent": APPLICATIONS,
+    "/quartet.events.v1.EventService/SendEvents": APPLICATIONS,
+    "/quartet.events.v1.EventService/StreamEvents": APPLICATIONS,
+    "/quartet.events.v1.EventService/GetEvent": ANALYSTS,
+    "/quartet.events.v1.EventService/ListEvents": ANALYSTS,
+    "/quartet.events.v1.EventService/ListRejectedEvents": ANALYSTS,
+    "/quartet.events.v1.EventService/CreateEventType": ADMINS,
+    "/quartet.events.v1.EventService/ListEventTypes": SIGNED_IN,
 }
 
 # A method missing from RULES is an oversight; it is admins-only until someone decides.

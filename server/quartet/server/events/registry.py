@@ -1,0 +1,121 @@
+"""The event types' JSON Schemas, compiled once and kept in memory for every event checked."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fastjsonschema
+import jsonschema
+import peewee
+
+from quartet.storage import events
+
+
+class SchemaInvalid(ValueError):
+    """A schema document is not a valid JSON Schema (draft 2020-12)."""
+
+
+@dataclass(frozen=True)
+class Schema:
+    """One version of an event type's schema.
+
+    `accepts` is fastjsonschema's compiled check (about 1 µs per event, against about 27 µs for
+    jsonschema), used on every event. `problems` uses jsonschema, slower but able to list every
+    violation, and runs only for events that are rejected anyway.
+    """
+
+    version: int
+    document: dict[str, Any]
+    _fast: Callable[[Any], Any] = field(repr=False)
+    _full: jsonschema.protocols.Validator = field(repr=False)
+
+    @classmethod
+    def compile(cls, version: int, document: dict[str, Any]) -> Schema:
+        try:
+            jsonschema.Draft202012Validator.check_schema(document)
+            fast = fastjsonschema.compile(document)
+        except (jsonschema.SchemaError, fastjsonschema.JsonSchemaDefinitionException) as error:
+            raise SchemaInvalid(str(getattr(error, "message", error))) from None
+        return cls(version, document, fast, jsonschema.Draft202012Validator(document))
+
+    def accepts(self, data: Any) -> bool:
+        try:
+            self._fast(data)
+        except fastjsonschema.JsonSchemaValueException:
+            return False
+        return True
+
+    def problems(self, data: Any) -> list[tuple[str, str]]:
+        """(path, message) for every violation, paths like "form.first_name" ("" for the root).
+
+        A missing or unexpected property is reported at its own path, not its parent's.
+        """
+        found = []
+        for error in self._full.iter_errors(data):
+            path = [str(p) for p in error.absolute_path]
+            names = _properties_named(error)
+            found += [(".".join([*path, name]), error.message) for name in names]
+            if not names:
+                found.append((".".join(path), error.message))
+        return sorted(found)
+
+
+def _properties_named(error: jsonschema.ValidationError) -> list[str]:
+    """The properties a `required` or `additionalProperties` error is about."""
+    instance, rule = error.instance, error.validator_value
+    if not isinstance(instance, dict):
+        return []
+    if error.validator == "required" and isinstance(rule, list):
+        return [p for p in rule if p not in instance and repr(p) in error.message]
+    if error.validator == "additionalProperties" and rule is False:
+        known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+        return sorted(k for k in instance if k not in known and repr(k) in error.message)
+    return []
+
+
+class Registry:
+    """The latest schema of every event type, by (category, name)."""
+
+    def __init__(self) -> None:
+        self._schemas: dict[tuple[str, str], Schema] = {}
+
+    def replace(self, rows: Iterable[events.EventType]) -> None:
+        """Use exactly these event types from now on."""
+        self._schemas = {
+            (row.category, row.name): Schema.compile(row.version, json.loads(row.schema))
+            for row in rows
+        }
+
+    def add(self, row: events.EventType) -> None:
+        self._schemas[(row.category, row.name)] = Schema.compile(
+            row.version, json.loads(row.schema)
+        )
+
+    def get(self, category: str, name: str) -> Schema | None:
+        return self._schemas.get((category, name))
+
+
+def register_file(database: peewee.Database, path: Path) -> list[events.EventType]:
+    """Register the event types of an operator's JSON file, a list of {"category", "name",
+    "schema"} objects: each whose schema differs from its type's latest version becomes a new
+    version. Running it again with the same file registers nothing. ValueError if it is invalid."""
+    try:
+        entries = json.loads(path.read_text())
+        wanted = {(e["category"], e["name"]): e["schema"] for e in entries}
+        for (category, name), schema in wanted.items():
+            if not (isinstance(category, str) and isinstance(name, str) and category and name):
+                raise ValueError("category and name must be non-empty strings")
+            Schema.compile(0, schema)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"event types file {path}: {error}") from None
+    registered = []
+    with database.connection_context():
+        latest = {(t.category, t.name): json.loads(t.schema) for t in events.latest_event_types()}
+        for (category, name), schema in wanted.items():
+            if latest.get((category, name)) != schema:
+                registered.append(events.add_event_type(category, name, schema))
+    return registered

@@ -1,0 +1,135 @@
+"""The rules every sent event must pass, before it is stored or kept as rejected."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import uuid
+from dataclasses import dataclass
+
+from google.protobuf import json_format
+
+from quartet.errors.v1 import error_reason_pb2
+from quartet.events.v1 import event_service_pb2 as pb
+from quartet.server.errors import FieldViolation, Violations
+from quartet.server.events.registry import Registry
+from quartet.server.timestamps import from_timestamp
+from quartet.storage.events import NewEvent, Rejection
+
+TEXT_LENGTH = 100  # category and name
+_FIELD = error_reason_pb2.ErrorReason.Name(error_reason_pb2.FIELD_INVALID)
+_REASON = error_reason_pb2.ErrorReason.Name
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the operator configured (see Settings)."""
+
+    accept_unknown_types: bool
+    clock_skew: datetime.timedelta
+    max_event_bytes: int
+
+
+class EventChecker:
+    """Turns a sent event into a NewEvent to store, or a Rejection with every problem found."""
+
+    def __init__(self, registry: Registry, policy: Policy) -> None:
+        self._registry = registry
+        self._policy = policy
+
+    def check(
+        self, event: pb.Event, application_id: int, now: datetime.datetime
+    ) -> NewEvent | Rejection:
+        problems = Violations()
+        size = event.ByteSize()
+        if size > self._policy.max_event_bytes:
+            problems.add(
+                "",
+                f"is {size} bytes; at most {self._policy.max_event_bytes} are accepted",
+                _REASON(error_reason_pb2.EVENT_TOO_LARGE),
+            )
+            return self._rejected(event, application_id, problems)
+        event_id = canonical_uuid(event.id, "id", problems, required=False) or str(uuid.uuid4())
+        session_id = canonical_uuid(event.session_id, "session_id", problems, required=True)
+        for field in ("category", "name"):
+            text = getattr(event, field)
+            if not text.strip() or len(text) > TEXT_LENGTH:
+                problems.add(field, f"must be 1 to {TEXT_LENGTH} characters", _FIELD)
+        occur_time = self._occur_time(event, now, problems)
+        data = json_format.MessageToDict(event.data) if event.HasField("data") else {}
+        schema = self._registry.get(event.category, event.name)
+        if schema is None and not self._policy.accept_unknown_types:
+            problems.add(
+                "name",
+                f'no schema is registered for category "{event.category}" and name '
+                f'"{event.name}", and events of unknown types are rejected',
+                _REASON(error_reason_pb2.EVENT_TYPE_UNKNOWN),
+            )
+        elif schema is not None and not schema.accepts(data):
+            for path, message in schema.problems(data):
+                problems.add(
+                    f"data.{path}" if path else "data",
+                    message,
+                    _REASON(error_reason_pb2.EVENT_PAYLOAD_INVALID),
+                )
+        if problems or occur_time is None:
+            return self._rejected(event, application_id, problems)
+        return NewEvent(
+            id=event_id,
+            application_id=application_id,
+            session_id=session_id,
+            category=event.category,
+            name=event.name,
+            data=json.dumps(data, separators=(",", ":")),
+            occur_time=occur_time,
+            schema_version=schema.version if schema else 0,
+        )
+
+    def _occur_time(
+        self, event: pb.Event, now: datetime.datetime, problems: Violations
+    ) -> datetime.datetime | None:
+        if not event.HasField("occur_time"):
+            problems.add("occur_time", "is required", _FIELD)
+            return None
+        occur_time = from_timestamp(event.occur_time, "occur_time", problems)
+        if occur_time is not None and occur_time > now + self._policy.clock_skew:
+            skew = self._policy.clock_skew.total_seconds()
+            problems.add(
+                "occur_time",
+                f"{occur_time.isoformat()}Z is in the future (more than {skew:g} s after the "
+                f"server's clock, {now.isoformat()}Z)",
+                _REASON(error_reason_pb2.EVENT_TIME_IN_FUTURE),
+            )
+        return occur_time
+
+    @staticmethod
+    def _rejected(event: pb.Event, application_id: int, problems: Violations) -> Rejection:
+        return Rejection(
+            application_id=application_id,
+            event=json_format.MessageToJson(event, indent=None),
+            violations=[
+                {"field": v.field, "reason": v.reason, "description": v.description}
+                for v in problems.items
+            ],
+        )
+
+
+def canonical_uuid(value: str, field: str, problems: Violations, *, required: bool) -> str:
+    """The canonical form of a UUID field ("" when absent and optional; a violation if bad)."""
+    if not value:
+        if required:
+            problems.add(field, "is required (a UUID)", _FIELD)
+        return ""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        problems.add(field, f"{value[:80]!r} is not a UUID", _FIELD)
+        return ""
+
+
+def violations_of(rejection: Rejection, prefix: str = "") -> list[FieldViolation]:
+    """A rejection's problems as field violations, their paths under prefix (e.g. "events[3].")."""
+    return [
+        FieldViolation(f"{prefix}{v['field']}".rstrip("."), v["description"], v["reason"])
+        for v in rejection.violations
+    ]

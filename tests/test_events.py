@@ -1,0 +1,564 @@
+"""EventService through the SDK: validation, rejected events, idempotency, queries, durability."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import signal
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from quartet import storage
+from quartet.client import Client, QuartetError, event
+from quartet.events.v1 import event_service_pb2 as pb
+from quartet.server.auth.tokens import new_api_key
+from quartet.server.settings import Settings
+from quartet.server.testing import running_server
+from quartet.storage import applications, events
+from tests.conftest import Principal, mint_token
+from tests.helpers import server_process
+
+SESSION = "e2085be5-9137-4e4e-80b5-f1ffddc25423"
+WHEN = "2021-01-01 09:15:27.243860"  # the challenge's own timestamp format (UTC)
+UTC = datetime.UTC
+
+
+def pageview(**changes: Any) -> pb.Event:
+    fields: dict[str, Any] = {
+        "session_id": SESSION,
+        "category": "page interaction",
+        "name": "pageview",
+        "data": {"host": "www.ca.com", "path": "/"},
+        "occurred_at": WHEN,
+    }
+    return event(**{**fields, **changes})
+
+
+def at(seconds: float) -> datetime.datetime:
+    return datetime.datetime(2021, 1, 1, 9, 0, tzinfo=UTC) + datetime.timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def app(client: Client, target: str) -> Iterator[Client]:
+    """A client sending with an application's API key."""
+    with Client(target, token=client.auth.create_application("web").api_key) as sender:
+        yield sender
+
+
+def rejected_with(app: Client, message: pb.Event) -> QuartetError:
+    with pytest.raises(QuartetError) as caught:
+        app.events.send(message)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.reason == "EVENT_REJECTED"
+    return caught.value
+
+
+# --- the challenge's three examples --------------------------------------------------------------
+
+
+SEED_EXAMPLES = [
+    ("page interaction", "pageview", {"host": "www.ca.com", "path": "/"}),
+    (
+        "page interaction",
+        "cta click",
+        {"host": "www.ca.com", "path": "/", "element": "chat bubble"},
+    ),
+    (
+        "form interaction",
+        "submit",
+        {"host": "www.ca.com", "path": "/", "form": {"first_name": "John", "last_name": "Doe"}},
+    ),
+]
+
+
+@pytest.mark.parametrize(("category", "name", "data"), SEED_EXAMPLES)
+def test_seed_examples_are_stored(
+    app: Client, client: Client, category: str, name: str, data: dict[str, Any]
+) -> None:
+    sent = event(session_id=SESSION, category=category, name=name, data=data, occurred_at=WHEN)
+    reply = app.events.send(sent)
+    assert not reply.duplicate
+    stored = client.events.get(sent.id)
+    assert stored == reply.event
+    assert (stored.session_id, stored.category, stored.name) == (SESSION, category, name)
+    assert json_format.MessageToDict(stored.data) == data
+    assert stored.occur_time.ToDatetime(UTC) == datetime.datetime(
+        2021, 1, 1, 9, 15, 27, 243860, UTC
+    )
+    assert stored.schema_version == 1
+    assert stored.application_id == client.auth.list_applications().applications[0].id
+    assert stored.receive_time.ToDatetime(UTC) > stored.occur_time.ToDatetime(UTC)
+
+
+# --- everything that gets an event rejected, and kept --------------------------------------------
+
+FUTURE = datetime.datetime.now(UTC) + datetime.timedelta(hours=1)
+INVALID = {
+    "missing host": (pageview(data={"path": "/"}), "data.host", "EVENT_PAYLOAD_INVALID"),
+    "path not absolute": (
+        pageview(data={"host": "h", "path": "home"}),
+        "data.path",
+        "EVENT_PAYLOAD_INVALID",
+    ),
+    "unexpected field": (
+        pageview(data={"host": "h", "path": "/", "x": 1}),
+        "data.x",
+        "EVENT_PAYLOAD_INVALID",
+    ),
+    "wrong type": (pageview(data={"host": 42, "path": "/"}), "data.host", "EVENT_PAYLOAD_INVALID"),
+    "no data": (pageview(data=None), "data.host", "EVENT_PAYLOAD_INVALID"),
+    "cta without element": (
+        pageview(name="cta click", data={"host": "h", "path": "/"}),
+        "data.element",
+        "EVENT_PAYLOAD_INVALID",
+    ),
+    "form not an object": (
+        event(
+            session_id=SESSION,
+            category="form interaction",
+            name="submit",
+            data={"host": "h", "path": "/", "form": "John"},
+            occurred_at=WHEN,
+        ),
+        "data.form",
+        "EVENT_PAYLOAD_INVALID",
+    ),
+    "unknown type": (pageview(category="video", name="play"), "name", "EVENT_TYPE_UNKNOWN"),
+    "future time": (pageview(occurred_at=FUTURE), "occur_time", "EVENT_TIME_IN_FUTURE"),
+    "session not a UUID": (pageview(session_id="session-1"), "session_id", "FIELD_INVALID"),
+    "no session": (pageview(session_id=""), "session_id", "FIELD_INVALID"),
+    "no category": (pageview(category=""), "category", "FIELD_INVALID"),
+    "name too long": (pageview(name="n" * 101), "name", "FIELD_INVALID"),
+    "id not a UUID": (pageview(event_id="abc"), "id", "FIELD_INVALID"),
+    "too large": (pageview(data={"host": "h" * 70_000, "path": "/"}), "", "EVENT_TOO_LARGE"),
+}
+
+
+@pytest.mark.parametrize("case", INVALID)
+def test_invalid_events_are_rejected_and_kept(app: Client, client: Client, case: str) -> None:
+    message, field, reason = INVALID[case]
+    error = rejected_with(app, message)
+    assert (f"event.{field}".rstrip("."), reason) in [
+        (v.field, v.reason) for v in error.field_violations
+    ]
+    assert list(client.events.iter()) == []  # nothing stored as an event
+    (kept,) = client.events.iter_rejected(reason=reason)
+    assert (field, reason) in [(v.field, v.reason) for v in kept.violations]
+    assert kept.event.session_id == message.session_id  # the payload as it was sent
+    assert kept.event.data == message.data
+    assert kept.application_id == client.auth.list_applications().applications[0].id
+
+
+def test_missing_occur_time_is_rejected(app: Client) -> None:
+    message = pageview()
+    message.ClearField("occur_time")
+    error = rejected_with(app, message)
+    assert ("event.occur_time", "FIELD_INVALID") in [
+        (v.field, v.reason) for v in error.field_violations
+    ]
+
+
+def test_every_problem_is_reported_at_once(app: Client) -> None:
+    error = rejected_with(app, pageview(session_id="x", data={"host": 1}, occurred_at=FUTURE))
+    assert {(v.field, v.reason) for v in error.field_violations} == {
+        ("event.session_id", "FIELD_INVALID"),
+        ("event.occur_time", "EVENT_TIME_IN_FUTURE"),
+        ("event.data.host", "EVENT_PAYLOAD_INVALID"),
+        ("event.data.path", "EVENT_PAYLOAD_INVALID"),
+    }
+
+
+def test_small_clock_skew_is_tolerated(app: Client) -> None:
+    soon = datetime.datetime.now(UTC) + datetime.timedelta(seconds=30)
+    assert app.events.send(pageview(occurred_at=soon)).event.id
+
+
+def test_rejected_events_are_filtered_and_paged(app: Client, client: Client, target: str) -> None:
+    other = client.auth.create_application("mobile")
+    with Client(target, token=other.api_key) as mobile:
+        for sender in (app, mobile, app):
+            with pytest.raises(QuartetError):
+                sender.events.send(pageview(occurred_at=FUTURE))
+        with pytest.raises(QuartetError):
+            mobile.events.send(pageview(session_id="x"))
+    by_reason = list(client.events.iter_rejected(reason="EVENT_TIME_IN_FUTURE", page_size=1))
+    assert len(by_reason) == 3
+    assert [r.id for r in by_reason] == sorted((r.id for r in by_reason), reverse=True)
+    assert len(list(client.events.iter_rejected(application_id=other.application.id))) == 2
+    assert len(list(client.events.iter_rejected(reason="FIELD_INVALID"))) == 1
+    later = datetime.datetime.now(UTC) + datetime.timedelta(minutes=1)
+    assert list(client.events.iter_rejected(rejected_after=later)) == []
+    with pytest.raises(QuartetError) as caught:
+        client.events.list_rejected(reason="NOT_A_REASON")
+    assert [v.field for v in caught.value.field_violations] == ["reason"]
+
+
+# --- idempotency ---------------------------------------------------------------------------------
+
+
+def test_resending_an_event_stores_it_once(app: Client, client: Client) -> None:
+    message = pageview()
+    first = app.events.send(message)
+    again = app.events.send(message)
+    assert again.duplicate and again.event == first.event
+    batch = app.events.send_batch([message, pageview(), message])
+    assert [r.status for r in batch.results] == [
+        pb.EVENT_STATUS_DUPLICATE,
+        pb.EVENT_STATUS_STORED,
+        pb.EVENT_STATUS_DUPLICATE,
+    ]
+    streamed = app.events.stream([message, message])
+    assert (streamed.stored_count, streamed.duplicate_count) == (0, 2)
+    assert len(list(client.events.iter())) == 2
+
+
+def test_a_batch_stores_the_valid_and_keeps_the_rest(app: Client, client: Client) -> None:
+    good, bad = pageview(), pageview(occurred_at=FUTURE)
+    results = app.events.send_batch([good, bad]).results
+    assert [(r.event_id, r.status) for r in results] == [
+        (good.id, pb.EVENT_STATUS_STORED),
+        (bad.id, pb.EVENT_STATUS_REJECTED),
+    ]
+    assert [v.reason for v in results[1].violations] == ["EVENT_TIME_IN_FUTURE"]
+    assert [e.id for e in client.events.iter()] == [good.id]
+    assert len(list(client.events.iter_rejected())) == 1
+
+
+@pytest.mark.parametrize("size", [0, 1001])
+def test_batch_size_limits(app: Client, client: Client, size: int) -> None:
+    with pytest.raises(QuartetError) as caught:
+        app.events.send_batch([pageview() for _ in range(size)])
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in caught.value.field_violations] == ["events"]
+    assert list(client.events.iter()) == [] and list(client.events.iter_rejected()) == []
+
+
+def test_stream_reports_rejections_by_position(app: Client, client: Client) -> None:
+    sent = [pageview() for _ in range(25)]
+    sent[3] = pageview(occurred_at=FUTURE)
+    sent[20] = pageview(category="unknown")
+    reply = app.events.stream(sent, batch_size=7)
+    assert reply.stored_count == 23 and reply.duplicate_count == 0
+    assert [(r.index, r.event_id) for r in reply.rejected] == [(3, sent[3].id), (20, sent[20].id)]
+    assert len(list(client.events.iter())) == 23
+
+
+# --- concurrency and order -----------------------------------------------------------------------
+
+
+def test_concurrent_senders_on_one_session(client: Client, target: str) -> None:
+    keys = [client.auth.create_application(name).api_key for name in ("web", "mobile")]
+    sent: list[list[str]] = [[], []]
+
+    def send(index: int) -> None:
+        with Client(target, token=keys[index]) as sender:
+            for n in range(60):
+                message = pageview(occurred_at=at(n))
+                if n % 3:
+                    sender.events.send(message)
+                else:
+                    sender.events.send_batch([message])
+                sent[index].append(message.id)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    listed = list(client.events.iter(session_id=SESSION, page_size=37))
+    assert sorted(e.id for e in listed) == sorted(sent[0] + sent[1])
+    times = [e.occur_time.ToDatetime(UTC) for e in listed]
+    assert times == sorted(times)
+    assert {e.application_id for e in listed} == {1, 2}
+
+
+def test_order_is_occurrence_time_then_arrival(app: Client, client: Client) -> None:
+    late, early = pageview(occurred_at=at(10)), pageview(occurred_at=at(5))
+    same = [pageview(occurred_at=at(7)) for _ in range(3)]
+    for message in (late, early, *same):
+        app.events.send(message)
+    listed = [e.id for e in client.events.iter(session_id=SESSION)]
+    assert listed == [early.id, *(m.id for m in same), late.id]
+    newest = [e.id for e in client.events.iter(session_id=SESSION, newest_first=True, page_size=2)]
+    assert newest == list(reversed(listed))
+
+
+# --- queries -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def history(app: Client, client: Client, target: str) -> dict[str, Any]:
+    """30 events: 2 sessions x (pageviews, cta clicks) over 30 seconds; 5 from a second app."""
+    other = str(uuid.uuid4())
+    messages = []
+    for n in range(25):
+        name = "pageview" if n % 2 else "cta click"
+        data = {"host": "h", "path": "/"} | ({} if n % 2 else {"element": "button"})
+        messages.append(
+            event(
+                session_id=SESSION if n < 20 else other,
+                category="page interaction",
+                name=name,
+                data=data,
+                occurred_at=at(n),
+            )
+        )
+    app.events.send_batch(messages)
+    mobile_key = client.auth.create_application("mobile").api_key
+    with Client(target, token=mobile_key) as mobile:
+        mobile.events.send_batch(
+            [pageview(occurred_at=at(100 + n), session_id=other) for n in range(5)]
+        )
+    return {"other": other, "mobile": 2}
+
+
+def count(client: Client, **filters: Any) -> int:
+    return len(list(client.events.iter(**filters)))
+
+
+def test_every_filter(client: Client, history: dict[str, Any]) -> None:
+    assert count(client) == 30
+    assert count(client, session_id=SESSION) == 20
+    assert count(client, session_id=history["other"]) == 10
+    assert count(client, category="page interaction") == 30
+    assert count(client, category="page interaction", name="cta click") == 13
+    assert count(client, category="form interaction") == 0
+    assert count(client, application_id=history["mobile"]) == 5
+    assert count(client, occurred_after=at(10), occurred_before=at(20)) == 10
+    assert count(client, occurred_before=at(0)) == 0
+    assert (
+        count(
+            client,
+            session_id=SESSION,
+            category="page interaction",
+            name="pageview",
+            occurred_after=at(10),
+        )
+        == 5
+    )
+
+
+def test_pages_walk_everything_once(client: Client, history: dict[str, Any]) -> None:
+    first = client.events.list(page_size=10)
+    ids = [e.id for e in first.events]
+    token = first.next_page_token
+    while token:
+        page = client.events.list(page_size=10, page_token=token)
+        ids += [e.id for e in page.events]
+        token = page.next_page_token
+    assert len(ids) == len(set(ids)) == 30
+    with pytest.raises(QuartetError) as caught:
+        client.events.list(page_size=10, page_token=first.next_page_token, category="x")
+    assert caught.value.reason == "PAGE_TOKEN_INVALID"
+
+
+@pytest.mark.parametrize(
+    ("filters", "field"),
+    [
+        ({"session_id": "not-a-uuid"}, "session_id"),
+        ({"name": "pageview"}, "name"),
+        ({"application_id": -1}, "application_id"),
+        ({"page_size": -5}, "page_size"),
+    ],
+)
+def test_invalid_filters(client: Client, filters: dict[str, Any], field: str) -> None:
+    with pytest.raises(QuartetError) as caught:
+        client.events.list(**filters)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in caught.value.field_violations] == [field]
+
+
+def test_get_unknown_or_malformed_event(client: Client) -> None:
+    with pytest.raises(QuartetError) as missing:
+        client.events.get(str(uuid.uuid4()))
+    assert missing.value.code == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(QuartetError) as malformed:
+        client.events.get("42")
+    assert malformed.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# --- event types ---------------------------------------------------------------------------------
+
+
+VIDEO = {
+    "type": "object",
+    "properties": {"video_id": {"type": "string"}, "seconds": {"type": "number", "minimum": 0}},
+    "required": ["video_id"],
+}
+
+
+def test_seed_types_are_registered(app: Client) -> None:
+    types = app.events.list_types()
+    assert [(t.category, t.name, t.version) for t in types] == [
+        ("form interaction", "submit", 1),
+        ("page interaction", "cta click", 1),
+        ("page interaction", "pageview", 1),
+    ]
+
+
+def test_registering_types_and_versions(client: Client, app: Client) -> None:
+    play = {"category": "video", "name": "play"}
+    assert client.events.create_type("video", "play", VIDEO).version == 1
+    assert app.events.send(pageview(**play, data={"video_id": "v1", "seconds": 3})).event
+    rejected_with(app, pageview(**play, data={"seconds": -1}))
+    stricter = {**VIDEO, "required": ["video_id", "seconds"]}
+    assert client.events.create_type("video", "play", stricter).version == 2
+    error = rejected_with(app, pageview(**play, data={"video_id": "v1"}))
+    assert ("event.data.seconds", "EVENT_PAYLOAD_INVALID") in [
+        (v.field, v.reason) for v in error.field_violations
+    ]
+    stored = app.events.send(pageview(**play, data={"video_id": "v1", "seconds": 1})).event
+    assert stored.schema_version == 2
+
+
+@pytest.mark.parametrize(
+    ("category", "schema", "field"),
+    [("video", {"type": "nonsense"}, "schema"), ("", VIDEO, "category"), ("video", {}, "schema")],
+)
+def test_invalid_event_types(
+    client: Client, category: str, schema: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(QuartetError) as caught:
+        client.events.create_type(category, "play", schema)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in [v.field for v in caught.value.field_violations]
+
+
+def test_unknown_types_can_be_accepted(settings: Settings, admin: Principal) -> None:
+    accepting = dataclasses.replace(settings, unknown_event_types="accept")
+    with running_server(accepting) as target:
+        with Client(target, token=mint_token(admin.id, "admin")) as admin_client:
+            api_key = admin_client.auth.create_application("web").api_key
+        with Client(target, token=api_key) as sender:
+            stored = sender.events.send(pageview(category="video", name="play", data={"a": 1}))
+            assert stored.event.schema_version == 0
+            rejected_with(sender, pageview(data={"path": "/"}))  # known types still validate
+
+
+def test_event_types_file_registers_at_start(
+    settings: Settings, tmp_path: Path, admin: Principal
+) -> None:
+    path = tmp_path / "types.json"
+    path.write_text(json.dumps([{"category": "video", "name": "play", "schema": VIDEO}]))
+    with_file = dataclasses.replace(settings, event_types_file=str(path))
+    token = mint_token(admin.id, "admin")
+    for _ in range(2):  # the second start finds the same schema and registers nothing
+        with running_server(with_file) as target, Client(target, token=token) as client:
+            types = {(t.category, t.name): t.version for t in client.events.list_types()}
+            assert types[("video", "play")] == 1
+
+
+# --- who may send and read -----------------------------------------------------------------------
+
+
+def test_only_applications_send(
+    sign_in: Callable[..., Principal], client: Client, anonymous: Client
+) -> None:
+    for caller in (sign_in("user").client, sign_in("analyst").client, client):
+        with pytest.raises(QuartetError) as caught:
+            caller.events.send(pageview())
+        assert caught.value.code == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(QuartetError) as unauthenticated:
+        anonymous.events.send(pageview())
+    assert unauthenticated.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_only_analysts_read(app: Client, sign_in: Callable[..., Principal]) -> None:
+    app.events.send(pageview())
+    for caller in (app, sign_in("user").client):
+        with pytest.raises(QuartetError) as caught:
+            caller.events.list()
+        assert caught.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert len(sign_in("analyst").client.events.list().events) == 1
+
+
+# --- the buffered sender -------------------------------------------------------------------------
+
+
+def test_buffered_sender_batches_flushes_and_reports_rejections(
+    app: Client, client: Client
+) -> None:
+    rejected: list[str] = []
+    with app.events.buffered(
+        batch_size=100, flush_interval=30, on_rejected=lambda m, r: rejected.append(m.id)
+    ) as sender:
+        for n in range(250):
+            sender.add(pageview(occurred_at=at(n)))
+        bad = pageview(occurred_at=FUTURE)
+        sender.add(bad)
+        sender.flush()  # well before flush_interval: flush sends the partial batch now
+        assert count(client) == 250
+        sender.add(pageview())
+    assert count(client) == 251  # close() flushed the last one
+    assert rejected == [bad.id]
+    assert sender.sent == 251 and [m.id for m, _ in sender.rejected] == [bad.id]
+
+
+def test_buffered_sender_surfaces_permanent_failures(target: str) -> None:
+    with Client(target, token="qk_0000000000000000_nope") as forged:
+        sender = forged.events.buffered(batch_size=10)
+        sender.add(pageview())
+        with pytest.raises(QuartetError) as caught:
+            sender.flush()
+        assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(QuartetError):
+            sender.close()
+
+
+# --- durability ----------------------------------------------------------------------------------
+
+
+def test_acknowledged_events_survive_kill_9(database_url: str) -> None:
+    """Send from several threads, kill -9 the server mid-stream, and find every acknowledged
+    event in the database: an acknowledgement is only sent after the commit."""
+    full_key, key_id, secret_hash = new_api_key()
+    database = storage.open_database(database_url)
+    storage.bind(database)
+    with database.connection_context():
+        applications.create_application("durable", key_id, secret_hash)
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    env = {**os.environ, "DATABASE_URL": database_url}
+    with server_process(env=env) as server:
+
+        def send(batch: bool) -> None:
+            with Client(server.address, token=full_key, timeout=5) as sender:
+                while not stop.is_set():
+                    messages = [pageview(occurred_at=at(len(acknowledged)))]
+                    try:
+                        if batch:
+                            messages += [pageview() for _ in range(49)]
+                            sender.events.send_batch(messages)
+                        else:
+                            sender.events.send(messages[0])
+                    except QuartetError:
+                        return  # the server is gone
+                    with lock:
+                        acknowledged.extend(m.id for m in messages)
+
+        senders = [threading.Thread(target=send, args=(n % 2 == 0,)) for n in range(4)]
+        for thread in senders:
+            thread.start()
+        while len(acknowledged) < 2000:
+            threading.Event().wait(0.01)
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+        stop.set()
+        for thread in senders:
+            thread.join()
+    with database.connection_context():
+        stored = {row.id for row in events.Event.select(events.Event.id)}
+    storage.close(database)
+    missing = set(acknowledged) - stored
+    assert not missing, f"{len(missing)} acknowledged events were lost"
+    assert len(acknowledged) >= 2000
