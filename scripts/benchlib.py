@@ -159,15 +159,19 @@ def h2load(
     connections: int = 10,
     streams: int = 5,
     headers: Sequence[str] = (),
+    framed: bool = False,
 ) -> tuple[Result, int]:
-    """Drive one unary method with h2load; return the result and the response data bytes seen.
+    """Drive one method with h2load; return the result and the response data bytes seen.
+
+    `request` is one serialized message, or (framed=True) a body of framed messages, which is
+    how h2load drives a client-streaming method: every call sends the same messages.
 
     `errors` is left at 0: h2load cannot see gRPC failures, so the caller derives them (from rows
     stored, or from the response bytes against the expected framed size).
     """
     with tempfile.TemporaryDirectory() as tmp:
         body, log = Path(tmp) / "request.bin", Path(tmp) / "log.tsv"
-        body.write_bytes(frame(request))
+        body.write_bytes(request if framed else frame(request))
         command = [
             "h2load", "-H", "content-type: application/grpc", "-H", "te: trailers",
             *(arg for header in headers for arg in ("-H", header)),

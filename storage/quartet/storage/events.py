@@ -71,7 +71,7 @@ class RejectedEvent(BaseModel):
         )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: frozen dataclasses are slow to build, and this is per event
 class NewEvent:
     """A validated event, ready to store."""
 
@@ -85,7 +85,7 @@ class NewEvent:
     schema_version: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Rejection:
     """A rejected event, ready to store."""
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import re
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 
 from quartet.errors.v1 import error_reason_pb2
 from quartet.events.v1 import event_service_pb2 as pb
@@ -17,6 +20,7 @@ from quartet.server.timestamps import from_timestamp
 from quartet.storage.events import NewEvent, Rejection
 
 TEXT_LENGTH = 100  # category and name
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _FIELD = error_reason_pb2.ErrorReason.Name(error_reason_pb2.FIELD_INVALID)
 _REASON = error_reason_pb2.ErrorReason.Name
 
@@ -36,6 +40,15 @@ class EventChecker:
     def __init__(self, registry: Registry, policy: Policy) -> None:
         self._registry = registry
         self._policy = policy
+        self._random = b""
+
+    def _new_id(self) -> str:
+        """A random (version 4) UUID. Reading 16 random bytes costs a system call, so they are
+        read 256 ids at a time: on the event loop thread, which alone calls this."""
+        if not self._random:
+            self._random = os.urandom(16 * 256)
+        raw, self._random = self._random[:16], self._random[16:]
+        return str(uuid.UUID(bytes=raw, version=4))
 
     def check(
         self, event: pb.Event, application_id: int, now: datetime.datetime
@@ -49,14 +62,14 @@ class EventChecker:
                 _REASON(error_reason_pb2.EVENT_TOO_LARGE),
             )
             return self._rejected(event, application_id, problems)
-        event_id = canonical_uuid(event.id, "id", problems, required=False) or str(uuid.uuid4())
+        event_id = canonical_uuid(event.id, "id", problems, required=False) or self._new_id()
         session_id = canonical_uuid(event.session_id, "session_id", problems, required=True)
         for field in ("category", "name"):
             text = getattr(event, field)
             if not text.strip() or len(text) > TEXT_LENGTH:
                 problems.add(field, f"must be 1 to {TEXT_LENGTH} characters", _FIELD)
         occur_time = self._occur_time(event, now, problems)
-        data = json_format.MessageToDict(event.data) if event.HasField("data") else {}
+        data = struct_to_dict(event.data)
         schema = self._registry.get(event.category, event.name)
         if schema is None and not self._policy.accept_unknown_types:
             problems.add(
@@ -116,6 +129,8 @@ class EventChecker:
 
 def canonical_uuid(value: str, field: str, problems: Violations, *, required: bool) -> str:
     """The canonical form of a UUID field ("" when absent and optional; a violation if bad)."""
+    if _CANONICAL_UUID.match(value):  # what the SDK sends: skip parsing it (µs per event)
+        return value
     if not value:
         if required:
             problems.add(field, "is required (a UUID)", _FIELD)
@@ -125,6 +140,22 @@ def canonical_uuid(value: str, field: str, problems: Violations, *, required: bo
     except ValueError:
         problems.add(field, f"{value[:80]!r} is not a UUID", _FIELD)
         return ""
+
+
+def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """The JSON object a Struct holds (faster than json_format.MessageToDict, which is generic)."""
+    return {key: _value(value) for key, value in struct.fields.items()}
+
+
+def _value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value(item) for item in value.list_value.values]
+    if kind == "null_value" or kind is None:
+        return None
+    return getattr(value, kind)
 
 
 def violations_of(rejection: Rejection, prefix: str = "") -> list[FieldViolation]:
