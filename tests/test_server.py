@@ -140,5 +140,5 @@ def test_json_log_lines(tmp_path: Path) -> None:
         assert server.process.wait(timeout=20) == 0
     started = next(line for line in server.log if "listening on" in line)
     record = json.loads(started)
-    assert record["level"] == "INFO" and record["logger"] == "quartet.server.app"
+    assert record["level"] == "INFO" and record["logger"] == "quartet.server"
     assert record["message"].startswith("quartet listening on 127.0.0.1:")

@@ -8,7 +8,6 @@ import dataclasses
 import datetime
 import logging
 import secrets
-import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,11 +103,14 @@ def _status(serving: bool) -> health_pb2.HealthCheckResponse.ServingStatus.Value
     return health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def build_server(settings: Settings, database: peewee.Database) -> Server:
+def build_server(
+    settings: Settings, database: peewee.Database, *, reuse_port: bool = False
+) -> Server:
     """Register every service, health and reflection on a new server bound to settings.address.
 
     Must run inside the event loop that will serve. Raises PortInUse if the address is taken:
-    grpc.so_reuseport=0 makes a second bind fail instead of silently sharing the port.
+    grpc.so_reuseport=0 makes a second bind fail instead of silently sharing the port. Worker
+    processes pass reuse_port=True to share it, after their supervisor checked it was free.
     """
     runner = storage.DatabaseRunner(database, settings.db_threads)
     issuer = TokenIssuer(
@@ -119,7 +121,8 @@ def build_server(settings: Settings, database: peewee.Database) -> Server:
     authenticator = Authenticator(issuer, runner)
     server = grpc.aio.server(
         interceptors=[CallInterceptor(authenticator)],
-        options=[("grpc.so_reuseport", 0)],
+        options=_options(settings, reuse_port),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(
         AuthServicer(runner, authenticator), server
@@ -152,6 +155,22 @@ def build_server(settings: Settings, database: peewee.Database) -> Server:
         runner.close()
         raise PortInUse(f"cannot listen on {settings.address}: is the port in use?") from exc
     return Server(server, port, health_servicer, runner, event_writer, registry)
+
+
+def _options(settings: Settings, reuse_port: bool) -> list[tuple[str, int]]:
+    return [
+        ("grpc.so_reuseport", int(reuse_port)),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Ping idle connections every minute and drop those that do not answer within 20 s, so
+        # that clients gone without a goodbye (NAT, crashed hosts) do not hold resources.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Accept client keepalive pings every 10 s at most; a client pinging faster is cut off.
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
 
 
 def _key_pair(settings: Settings) -> tuple[bytes, bytes]:
@@ -194,11 +213,21 @@ def with_secret(settings: Settings) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Server]:
-    """Open the database, then start the server; on exit, stop it gracefully."""
-    settings = with_secret(settings)
-    database = open_database(settings)
-    server = build_server(settings, database)
+async def running(settings: Settings, *, worker: bool = False) -> AsyncIterator[Server]:
+    """Open the database, then start the server; on exit, stop it gracefully.
+
+    A worker (one of several processes on one port) finds the database already prepared by its
+    supervisor and shares the port.
+    """
+    if worker:
+        database = storage.open_database(
+            settings.database_url, max_connections=settings.db_threads + 2
+        )
+        storage.bind(database)
+    else:
+        settings = with_secret(settings)
+        database = open_database(settings)
+    server = build_server(settings, database, reuse_port=worker)
     await server.start()
     watchdog = asyncio.create_task(server.watch())
     try:
@@ -206,24 +235,3 @@ async def running(settings: Settings) -> AsyncIterator[Server]:
     finally:
         watchdog.cancel()
         await server.stop(settings.grace_seconds)
-
-
-async def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    async with running(settings) as server:
-        host = settings.host if ":" not in settings.host else f"[{settings.host}]"
-        logger.info(
-            "quartet listening on %s:%d (database %s)",
-            host,
-            server.port,
-            storage.redacted(settings.database_url),
-        )
-        await stop.wait()
-        logger.info(
-            "shutting down: finishing in-flight calls for up to %ss", settings.grace_seconds
-        )
-    logger.info("stopped")

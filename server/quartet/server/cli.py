@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import dataclasses
 import getpass
 import logging
 import os
+import shutil
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from quartet import storage
 from quartet.server import logs
-from quartet.server.app import PortInUse, serve
 from quartet.server.auth.passwords import hash_password
 from quartet.server.settings import Settings, SettingsError
 from quartet.storage import accounts
+
+# NOTE: quartet.server.app (and with it prometheus_client) is imported inside the commands, after
+# _metrics_directory() has set PROMETHEUS_MULTIPROC_DIR: prometheus_client reads it at import.
 
 logger = logging.getLogger("quartet.server")
 
@@ -30,14 +35,34 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(str(exc))
     logs.configure(settings.log_level, settings.log_format)
     try:
-        args.command(settings, args)
-    except (PortInUse, ValueError, storage.RecordExists) as exc:
+        status = args.command(settings, args)
+    except (RuntimeError, ValueError, storage.RecordExists) as exc:  # PortInUse is a RuntimeError
         logger.error("%s", exc)
         sys.exit(1)
+    sys.exit(status or 0)
 
 
-def _serve(settings: Settings, args: argparse.Namespace) -> None:
-    asyncio.run(serve(settings))
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    with _metrics_directory():
+        from quartet.server import workers
+
+        return workers.serve(settings)
+
+
+@contextlib.contextmanager
+def _metrics_directory() -> Iterator[None]:
+    """Give the workers' metrics a shared directory for this run, emptied first (a directory
+    named by PROMETHEUS_MULTIPROC_DIR is used, and kept, instead of a temporary one)."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    directory = given or tempfile.mkdtemp(prefix="quartet-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    for stale in Path(directory).glob("*.db"):
+        stale.unlink()
+    try:
+        yield
+    finally:
+        if not given:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> None:
@@ -102,6 +127,19 @@ def _parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--host", help="address to listen on (QUARTET_HOST; 127.0.0.1)")
     serve_parser.add_argument(
         "--port", type=int, help="port, 0 for any free one (QUARTET_PORT; 50051)"
+    )
+    serve_parser.add_argument(
+        "--workers", type=int, help="server processes sharing the port (QUARTET_WORKERS; cores)"
+    )
+    serve_parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics over HTTP on this port (QUARTET_METRICS_PORT; 0: none)",
+    )
+    serve_parser.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        help="calls per worker before RESOURCE_EXHAUSTED (QUARTET_MAX_CONCURRENT_RPCS; 1000)",
     )
     serve_parser.add_argument(
         "--db-threads", type=int, help="threads doing database work (QUARTET_DB_THREADS; 8)"

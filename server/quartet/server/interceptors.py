@@ -13,7 +13,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from quartet import storage
-from quartet.server import auth, errors
+from quartet.server import auth, errors, metrics
 
 access_log = logging.getLogger("quartet.access")
 logger = logging.getLogger(__name__)
@@ -28,7 +28,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     - authenticates the caller and checks the method's rule (`quartet.server.auth.policy`);
     - turns a `ServiceError` (or a storage error a client caused) into a rich status, and anything
       unexpected into INTERNAL with a generic message (the traceback goes to the log only);
-    - ends with one access-log line: method, status code, duration and peer.
+    - ends with one access-log line (method, status code, duration, peer, caller) and the
+      Prometheus counts (started, handled by code, latency, in flight).
     """
 
     def __init__(self, authenticator: auth.Authenticator) -> None:
@@ -52,10 +53,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, handler: Handler) -> Handler:
         kind = _kind(handler)
         inner = getattr(handler, kind)
+        counts = _MethodMetrics(method, kind)
         if inspect.isasyncgenfunction(inner):
 
             async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                async with self._call(method, context):
+                async with self._call(method, context, counts):
                     async for response in inner(request, context):
                         yield response
 
@@ -63,7 +65,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         else:
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                async with self._call(method, context):
+                async with self._call(method, context, counts):
                     return await inner(request, context)
 
             behaviour = unary
@@ -76,8 +78,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     @contextlib.asynccontextmanager
     async def _call(
-        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any], counts: _MethodMetrics
     ) -> AsyncIterator[None]:
+        counts.start()
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         failure: grpc.Status | None = None
@@ -105,13 +108,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             code = error.code
             failure = error.to_status()
         finally:
+            duration = time.perf_counter() - start
+            counts.finish(code, duration)
             # Logged before the status is sent, so the line exists once the client has its answer.
             access_log.info(
                 "call",
                 extra={
                     "method": method,
                     "code": code.name,
-                    "duration_ms": round((time.perf_counter() - start) * 1000, 3),
+                    "duration_ms": round(duration * 1000, 3),
                     "peer": context.peer(),
                     "caller": str(caller) if caller else "",
                 },
@@ -131,6 +136,38 @@ def as_service_error(exc: Exception) -> errors.ServiceError:
     if isinstance(exc, storage.DeadlineExceeded):
         return errors.DeadlineExceeded(str(exc))
     return errors.Internal("internal error; the server log has the details")
+
+
+_TYPES = {
+    "unary_unary": "unary",
+    "unary_stream": "server_stream",
+    "stream_unary": "client_stream",
+    "stream_stream": "bidi_stream",
+}
+
+
+class _MethodMetrics:
+    """One method's Prometheus series, looked up once instead of on every call."""
+
+    def __init__(self, method: str, kind: str) -> None:
+        service, _, name = method.lstrip("/").rpartition("/")
+        self._labels = (service, name, _TYPES[kind])
+        self._started = metrics.started.labels(*self._labels)
+        self._in_flight = metrics.in_flight.labels(*self._labels)
+        self._seconds = metrics.handling_seconds.labels(*self._labels)
+        self._handled: dict[grpc.StatusCode, Any] = {}
+
+    def start(self) -> None:
+        self._started.inc()
+        self._in_flight.inc()
+
+    def finish(self, code: grpc.StatusCode, seconds: float) -> None:
+        self._in_flight.dec()
+        self._seconds.observe(seconds)
+        handled = self._handled.get(code)
+        if handled is None:
+            handled = self._handled[code] = metrics.handled.labels(*self._labels, code.name)
+        handled.inc()
 
 
 def _kind(handler: Handler) -> str:

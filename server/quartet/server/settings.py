@@ -28,6 +28,16 @@ class Settings:
     )
     host: str = field(default="127.0.0.1", metadata={"env": "QUARTET_HOST"})
     port: int = field(default=50051, metadata={"env": "QUARTET_PORT"})
+    # Server processes sharing the port (SO_REUSEPORT); by default one per core available.
+    workers: int = field(default_factory=lambda: cpu_count(), metadata={"env": "QUARTET_WORKERS"})
+    # Prometheus metrics over HTTP on this port (same host); 0 serves none.
+    metrics_port: int = field(default=0, metadata={"env": "QUARTET_METRICS_PORT"})
+    # Calls handled at once per worker; more are refused with RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = field(default=1000, metadata={"env": "QUARTET_MAX_CONCURRENT_RPCS"})
+    # The largest message accepted or sent (a batch of 1000 events needs a few MiB).
+    max_message_bytes: int = field(
+        default=16 * 1024 * 1024, metadata={"env": "QUARTET_MAX_MESSAGE_BYTES"}
+    )
     db_threads: int = field(default=8, metadata={"env": "QUARTET_DB_THREADS"})
     grace_seconds: float = field(default=10.0, metadata={"env": "QUARTET_GRACE_SECONDS"})
     log_level: str = field(default="INFO", metadata={"env": "QUARTET_LOG_LEVEL"})
@@ -72,8 +82,12 @@ class Settings:
 
     def validated(self) -> Settings:
         """self, or SettingsError naming the first unusable value."""
-        if not 0 <= self.port <= 65535:
-            raise SettingsError(f"port {self.port} is not between 0 and 65535")
+        if not 0 <= self.port <= 65535 or not 0 <= self.metrics_port <= 65535:
+            raise SettingsError("ports must be between 0 and 65535")
+        if self.workers < 1 or self.max_concurrent_rpcs < 1 or self.max_message_bytes < 1024:
+            raise SettingsError(
+                "workers and max_concurrent_rpcs must be at least 1, max_message_bytes 1024"
+            )
         if self.db_threads < 1:
             raise SettingsError("db_threads must be at least 1")
         if self.grace_seconds < 0:
@@ -112,6 +126,11 @@ class Settings:
 
 # Field annotations are strings under `from __future__ import annotations`.
 _CASTS: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float}
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity, which containers may narrow)."""
+    return len(os.sched_getaffinity(0))
 
 
 def _read(name: str, path: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 import json
 from collections.abc import AsyncIterator, Sequence
@@ -14,6 +15,7 @@ from google.protobuf import json_format, struct_pb2
 from quartet.errors.v1 import error_reason_pb2
 from quartet.events.v1 import event_service_pb2 as pb
 from quartet.events.v1 import event_service_pb2_grpc
+from quartet.server import metrics
 from quartet.server.auth import require_caller
 from quartet.server.errors import FieldViolation, InvalidArgument, PermissionDenied, Violations
 from quartet.server.events.registry import Registry, Schema, SchemaInvalid
@@ -55,11 +57,15 @@ def write_batch(items: list[NewEvent | Rejection]) -> list[tuple[str, datetime.d
     for item in items:
         if isinstance(item, Rejection):
             results.append((REJECTED, now))
+            for reason in {v["reason"] for v in item.violations}:
+                metrics.event_rejections.labels(reason).inc()
         elif item.id in inserted:
             inserted.discard(item.id)  # a second copy in the same batch is a duplicate
             results.append((STORED, now))
         else:
             results.append((DUPLICATE, now))
+    for outcome, count in collections.Counter(status for status, _ in results).items():
+        metrics.events.labels(outcome).inc(count)
     return results
 
 
