@@ -13,17 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import benchlib
-import grpc
 
-from quartet import storage
 from quartet.events.v1 import event_service_pb2 as pb
-from quartet.events.v1 import event_service_pb2_grpc
-from quartet.server.auth.tokens import new_api_key
-from quartet.storage import applications, events
+from quartet.storage.events import Event
 
 SERVICE = "/quartet.events.v1.EventService/"
 STREAM_MESSAGES = 10  # messages per streamed call, each holding one batch
@@ -34,20 +29,26 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--batch", type=int, default=500, help="events per batch or message")
     parser.add_argument("--postgres", default=os.environ.get("QUARTET_BENCH_POSTGRES_URL", ""))
+    parser.add_argument(
+        "--workers", default=f"1,{benchlib.cpu_count()}", help="worker counts to measure, e.g. 1,2"
+    )
     args = parser.parse_args()
     tool = "h2load" if benchlib.have_h2load() else "python (install nghttp2-client for h2load)"
     print(f"load generator: {tool}; {args.seconds:g} s per scenario; {benchlib.cpu_count()} cores")
 
     single = pb.SendEventRequest(event=pageview()).SerializeToString()
     with benchlib.bare_server() as target:
-        baseline = load("bare grpcio, empty reply", target, "SendEvent", single, args.seconds, "")
+        baseline, _ = benchlib.load(
+            "bare grpcio, empty reply", target, SERVICE + "SendEvent", single, seconds=args.seconds
+        )
     results = [baseline]
     with tempfile.TemporaryDirectory() as tmp:
         backends = [("sqlite", benchlib.sqlite_url(Path(tmp)))]
         if args.postgres:
             backends.append(("postgresql", args.postgres))
         for name, url in backends:
-            results += scenarios(name, url, args.seconds, args.batch)
+            for workers in benchlib.worker_counts(args.workers):
+                results += scenarios(name, url, args.seconds, args.batch, workers)
     benchlib.print_table(results, baseline)
 
 
@@ -62,8 +63,10 @@ def pageview() -> pb.Event:
     return message
 
 
-def scenarios(backend: str, url: str, seconds: float, batch: int) -> list[benchlib.Result]:
-    key = application_key(url)
+def scenarios(
+    backend: str, url: str, seconds: float, batch: int, workers: int
+) -> list[benchlib.Result]:
+    key = benchlib.application_key(url)
     batch_request = pb.SendEventsRequest(events=[pageview()] * batch).SerializeToString()
     stream_message = pb.StreamEventsRequest(events=[pageview()] * batch).SerializeToString()
     # Single events come from many small senders (50 calls in flight); batches and streams
@@ -71,93 +74,28 @@ def scenarios(backend: str, url: str, seconds: float, batch: int) -> list[benchl
     cases = [
         ("SendEvent", pb.SendEventRequest(event=pageview()).SerializeToString(), 1, 1, (10, 5)),
         ("SendEvents", batch_request, batch, 1, (4, 2)),
-        ("StreamEvents", stream_message, batch * STREAM_MESSAGES, STREAM_MESSAGES, (4, 2)),
+        ("StreamEvents", stream_message, batch * STREAM_MESSAGES, STREAM_MESSAGES, (4, 1)),
     ]
     results = []
-    with benchlib.quartet_server(url) as target:
+    with benchlib.quartet_server(url, "--workers", str(workers)) as target:
         for method, request, per_call, messages, concurrency in cases:
-            before = count_events(url)
-            label = f"{method} ({per_call} per call), {backend}"
-            result = load(label, target, method, request, seconds, key, messages, concurrency)
-            stored = count_events(url) - before
+            before = benchlib.count_rows(url, Event)
+            result, _ = benchlib.load(
+                f"{method} ({per_call} per call), {backend}, {workers} worker(s)",
+                target,
+                SERVICE + method,
+                request,
+                seconds=seconds,
+                token=key,
+                messages=messages,
+                concurrency=concurrency,
+            )
+            stored = benchlib.count_rows(url, Event) - before
             result.items_per_call = per_call
             # h2load cuts calls off at the end that the server may still complete.
             result.errors = max(0, result.calls - stored // per_call)
             results.append(result)
     return results
-
-
-def application_key(url: str) -> str:
-    """Register a benchmark application straight in the database; its API key."""
-    full_key, key_id, secret_hash = new_api_key()
-    database = storage.open_database(url)
-    storage.migrate(database)
-    storage.bind(database)
-    with database.connection_context():
-        applications.create_application(f"bench-{key_id}", key_id, secret_hash)
-    storage.close(database)
-    return full_key
-
-
-def count_events(url: str) -> int:
-    database = storage.open_database(url)
-    storage.bind(database)
-    try:
-        with database.connection_context():
-            return int(events.Event.select().count())
-    finally:
-        storage.close(database)
-
-
-def load(
-    label: str,
-    target: str,
-    method: str,
-    request: bytes,
-    seconds: float,
-    key: str,
-    messages: int = 1,
-    concurrency: tuple[int, int] = (10, 5),
-) -> benchlib.Result:
-    connections, streams = concurrency
-    if benchlib.have_h2load():
-        body = benchlib.frame(request) * messages
-        headers = [f"authorization: Bearer {key}"] if key else []
-        result, _ = benchlib.h2load(
-            label,
-            target,
-            SERVICE + method,
-            body,
-            seconds=seconds,
-            connections=connections,
-            streams=streams,
-            headers=headers,
-            framed=True,
-        )
-        return result
-    caller = _Caller(method, key, request, messages)
-    return benchlib.python_load(
-        label, target, caller, seconds=seconds, concurrency=connections * streams
-    )
-
-
-class _Caller:
-    """Fallback load (no h2load): makes the call in the worker processes (so it pickles)."""
-
-    def __init__(self, method: str, key: str, request: bytes, messages: int) -> None:
-        self.method, self.key, self.request, self.messages = method, key, request, messages
-
-    def __call__(self, channel: grpc.aio.Channel) -> Callable[[int], object]:
-        stub = event_service_pb2_grpc.EventServiceStub(channel)
-        metadata = (("authorization", f"Bearer {self.key}"),)
-        if self.method == "StreamEvents":
-            message = pb.StreamEventsRequest.FromString(self.request)
-            return lambda n: stub.StreamEvents(iter([message] * self.messages), metadata=metadata)
-        if self.method == "SendEvents":
-            batch = pb.SendEventsRequest.FromString(self.request)
-            return lambda n: stub.SendEvents(batch, metadata=metadata)
-        single = pb.SendEventRequest.FromString(self.request)
-        return lambda n: stub.SendEvent(single, metadata=metadata)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import multiprocessing
 import os
 import re
@@ -31,6 +32,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
+import peewee
+
+from quartet import storage
+from quartet.server.auth import TokenIssuer
+from quartet.server.auth.tokens import new_api_key
+from quartet.storage import accounts, applications
+from quartet.storage.base import utcnow
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -133,8 +141,54 @@ def _process(command: list[str], ready: Callable[[str], bool]) -> Iterator[str]:
             process.wait(30)
 
 
+# --- credentials and counts, straight in the database ---------------------------------------
+
+
+def secret() -> str:
+    """The token secret, shared with the server subprocesses through the environment."""
+    return os.environ.setdefault("QUARTET_SECRET", "benchmark-" + "s" * 40)
+
+
+def admin_token(url: str) -> str:
+    """Migrate url, add an admin account, and return an access token for it."""
+    with _database(url):
+        admin = accounts.create_account(f"bench-{time.monotonic_ns()}@example.com", None, "admin")
+    issuer = TokenIssuer(secret(), datetime.timedelta(hours=2), datetime.timedelta(hours=2))
+    return issuer.access(admin.id, "admin", utcnow()).token
+
+
+def application_key(url: str) -> str:
+    """Migrate url, register an application, and return its API key."""
+    full_key, key_id, secret_hash = new_api_key()
+    with _database(url):
+        applications.create_application(f"bench-{key_id}", key_id, secret_hash)
+    return full_key
+
+
+def count_rows(url: str, model: type[peewee.Model]) -> int:
+    with _database(url):
+        return int(model.select().count())
+
+
+@contextlib.contextmanager
+def _database(url: str) -> Iterator[None]:
+    database = storage.open_database(url)
+    storage.migrate(database)
+    storage.bind(database)
+    try:
+        with database.connection_context():
+            yield
+    finally:
+        storage.close(database)
+
+
 def sqlite_url(directory: Path) -> str:
     return f"sqlite:///{directory / 'bench.db'}"
+
+
+def worker_counts(text: str) -> list[int]:
+    """--workers "1,2" -> [1, 2]: the server configurations to measure in one run."""
+    return [int(part) for part in text.split(",") if part.strip()]
 
 
 # --- load: h2load -----------------------------------------------------------------------------
@@ -191,6 +245,65 @@ def _field(text: str, pattern: str) -> str:
     if match is None:
         raise RuntimeError(f"unexpected h2load output:\n{text}")
     return match.group(1)
+
+
+def load(
+    label: str,
+    target: str,
+    method: str,
+    request: bytes,
+    *,
+    seconds: float,
+    token: str = "",
+    messages: int = 1,
+    concurrency: tuple[int, int] = (10, 5),
+) -> tuple[Result, int]:
+    """Drive `method` with the serialized `request` (sent `messages` times per call, for a client
+    stream) from h2load, or the Python client without it; the result and the response bytes
+    (-1 when the Python client counted failures itself)."""
+    connections, streams = concurrency
+    if have_h2load():
+        return h2load(
+            label,
+            target,
+            method,
+            frame(request) * messages,
+            seconds=seconds,
+            connections=connections,
+            streams=streams,
+            headers=[f"authorization: Bearer {token}"] if token else [],
+            framed=True,
+        )
+    caller = RawCaller(method, request, token, messages if messages > 1 else 0)
+    return python_load(
+        label, target, caller, seconds=seconds, concurrency=connections * streams
+    ), -1
+
+
+def failed_calls(result: Result, data_bytes: int, reply: bytes) -> int:
+    """Calls without their full reply: h2load counts a gRPC error as a success, bytes do not."""
+    if data_bytes < 0:  # the Python client counted its failures itself
+        return result.errors
+    return max(0, result.calls - data_bytes // len(frame(reply)))
+
+
+class RawCaller:
+    """Calls a method with ready-serialized bytes (picklable, for the load processes)."""
+
+    def __init__(self, method: str, request: bytes, token: str, stream_messages: int) -> None:
+        self.method, self.request, self.token = method, request, token
+        self.stream_messages = stream_messages
+
+    def __call__(self, channel: grpc.aio.Channel) -> Callable[[int], object]:
+        metadata = (("authorization", f"Bearer {self.token}"),) if self.token else ()
+        if self.stream_messages:
+            stream: grpc.aio.StreamUnaryMultiCallable[bytes, bytes] = channel.stream_unary(
+                self.method
+            )
+            body = [self.request] * self.stream_messages
+            return lambda n: stream(iter(body), metadata=metadata)
+        unary: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(self.method)
+        return lambda n: unary(self.request, metadata=metadata)
 
 
 # --- load: a Python grpc.aio client in several processes ----------------------------------------

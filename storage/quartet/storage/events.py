@@ -112,33 +112,9 @@ def store(
     fresh: dict[str, NewEvent] = {}
     for event in events:
         fresh.setdefault(event.id, event)
-    rows = [
-        (e.id, e.application_id, e.session_id, e.category, e.name, e.data, e.occur_time, now,
-         e.schema_version)
-        for e in fresh.values()
-    ]  # fmt: skip
     inserted: set[str] = set()
-    if rows and isinstance(database, peewee.PostgresqlDatabase):
-        from psycopg2.extras import execute_values
-
-        returned = execute_values(
-            database.cursor(),  # type: ignore[no-untyped-call]
-            f"INSERT INTO event ({_COLUMNS}) VALUES %s ON CONFLICT (id) DO NOTHING RETURNING id",
-            rows,
-            page_size=1000,
-            fetch=True,
-        )
-        inserted = {row[0] for row in returned}
-    elif rows:
-        # SQLite: the write lock is held since BEGIN IMMEDIATE, so no other writer can insert an
-        # id between this check and the insert.
-        existing = _existing_ids(database, list(fresh))
-        new_rows = [row for row in rows if row[0] not in existing]
-        database.cursor().executemany(
-            f"INSERT INTO event ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(*row[:6], _sqlite_time(row[6]), _sqlite_time(row[7]), row[8]) for row in new_rows],
-        )
-        inserted = {row[0] for row in new_rows}
+    if fresh:
+        inserted = _insert_new(database, list(fresh.values()), now)
     if rejections:
         RejectedEvent.insert_many(
             [
@@ -155,20 +131,42 @@ def store(
     return inserted
 
 
-def _existing_ids(database: peewee.Database, ids: list[str]) -> set[str]:
-    found: set[str] = set()
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        marks = ", ".join("?" * len(chunk))
-        cursor = database.cursor()  # type: ignore[no-untyped-call]
-        cursor.execute(f"SELECT id FROM event WHERE id IN ({marks})", chunk)
-        found.update(row[0] for row in cursor.fetchall())
-    return found
+# Rows per INSERT statement: 9 parameters each stays far below SQLite's limit of 32766.
+_CHUNK = 500
 
 
-def _sqlite_time(value: datetime.datetime) -> str:
-    """The text Peewee itself stores for a datetime on SQLite, so that both sort the same."""
-    return value.isoformat(" ")
+def _insert_new(
+    database: peewee.Database, events: list[NewEvent], now: datetime.datetime
+) -> set[str]:
+    """Insert the events, skipping ids already stored; the ids actually inserted.
+
+    One multi-row INSERT per chunk, whose ON CONFLICT DO NOTHING RETURNING reports exactly the
+    new rows (SQLite 3.35+, PostgreSQL), so no query for existing ids is needed.
+    """
+    sqlite = not isinstance(database, peewee.PostgresqlDatabase)
+    # SQLite gets the text Peewee itself stores for a datetime there, so both sort alike.
+    stamp: Any = (lambda t: t.isoformat(" ")) if sqlite else (lambda t: t)
+    received = stamp(now)
+    row = f"({', '.join([database.param] * 9)})"
+    cursor = database.cursor()  # type: ignore[no-untyped-call]
+    inserted: set[str] = set()
+    for start in range(0, len(events), _CHUNK):
+        chunk = events[start : start + _CHUNK]
+        values = [
+            value
+            for e in chunk
+            for value in (
+                e.id, e.application_id, e.session_id, e.category, e.name, e.data,
+                stamp(e.occur_time), received, e.schema_version,
+            )
+        ]  # fmt: skip
+        cursor.execute(
+            f"INSERT INTO event ({_COLUMNS}) VALUES {', '.join([row] * len(chunk))} "
+            "ON CONFLICT (id) DO NOTHING RETURNING id",
+            values,
+        )
+        inserted.update(found[0] for found in cursor.fetchall())
+    return inserted
 
 
 def _reason_list(violations: list[dict[str, str]]) -> str:
