@@ -8,6 +8,7 @@ its ENV (only the /data path and the port moved) until its HEALTHCHECK command r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -17,8 +18,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import venv
 from pathlib import Path
+
+import yaml
+
+from quartet.server.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -113,6 +119,8 @@ def test_the_dockerfile_commands_build_install_serve_and_pass_the_healthcheck(
     env = {"PATH": path, "HOME": str(tmp_path), **env_of(runtime)}
     env["DATABASE_URL"] = env["DATABASE_URL"].replace("/data", str(tmp_path / "data"))
     env["QUARTET_HOST"], env["QUARTET_PORT"] = "127.0.0.1", str(free_port())
+    env["QUARTET_METRICS_PORT"] = str(free_port())
+    env["QUARTET_SECRET"] = "s" * 48  # what `docker run -e QUARTET_SECRET=...` provides
     (cmd,) = [exec_form(rest) for keyword, rest in runtime if keyword == "CMD"]
     (healthcheck,) = [rest for keyword, rest in runtime if keyword == "HEALTHCHECK"]
     probe = exec_form(healthcheck.split(" CMD ", 1)[1])
@@ -130,6 +138,9 @@ def test_the_dockerfile_commands_build_install_serve_and_pass_the_healthcheck(
                 time.sleep(0.5)
             assert check.returncode == 0, check.stdout + check.stderr
             assert check.stdout.strip() == "SERVING"
+            metrics_url = f"http://127.0.0.1:{env['QUARTET_METRICS_PORT']}/metrics"
+            with urllib.request.urlopen(metrics_url, timeout=10) as response:
+                assert 'grpc_method="Check"' in response.read().decode()
         finally:
             server.send_signal(signal.SIGTERM)
             _, log = server.communicate(timeout=30)
@@ -141,3 +152,19 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def test_every_setting_named_in_the_dockerfile_and_compose_file_exists() -> None:
+    known = {f.metadata["env"] for f in dataclasses.fields(Settings)}
+    known |= {f.metadata["file"] for f in dataclasses.fields(Settings) if "file" in f.metadata}
+    _, runtime = stages()
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    quartet = compose["services"]["quartet"]
+    named = set(env_of(runtime)) | set(quartet["environment"])
+    settings_named = {n for n in named if n.startswith("QUARTET_") or n == "DATABASE_URL"}
+    assert settings_named <= known, settings_named - known
+    assert quartet["build"] == "."
+    assert "postgres" in quartet["depends_on"]
+    assert quartet["environment"]["DATABASE_URL"].startswith("postgresql://")
+    exposed = {int(p) for k, v in runtime if k == "EXPOSE" for p in v.split()}
+    assert {int(p.split(":")[1]) for p in quartet["ports"]} == exposed
