@@ -29,7 +29,7 @@ SQLITE_PRAGMAS = {
     "busy_timeout": 10_000,
     "foreign_keys": 1,
     "synchronous": "normal",
-    "cache_size": -32_000,
+    "cache_size": -8_000,  # 8 MB per pooled connection (SQLite's default is 2 MB)
     "wal_autocheckpoint": 10_000,
 }
 
