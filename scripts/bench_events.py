@@ -10,8 +10,6 @@ counts as failed unless all its events reached the database.
 
 from __future__ import annotations
 
-import argparse
-import os
 import tempfile
 from pathlib import Path
 
@@ -25,31 +23,21 @@ STREAM_MESSAGES = 10  # messages per streamed call, each holding one batch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10)
+    parser = benchlib.arguments(__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=500, help="events per batch or message")
-    parser.add_argument("--postgres", default=os.environ.get("QUARTET_BENCH_POSTGRES_URL", ""))
-    parser.add_argument(
-        "--workers", default=f"1,{benchlib.cpu_count()}", help="worker counts to measure, e.g. 1,2"
-    )
     args = parser.parse_args()
-    tool = "h2load" if benchlib.have_h2load() else "python (install nghttp2-client for h2load)"
-    print(f"load generator: {tool}; {args.seconds:g} s per scenario; {benchlib.cpu_count()} cores")
-
+    benchlib.announce(args.seconds)
     single = pb.SendEventRequest(event=pageview()).SerializeToString()
     with benchlib.bare_server() as target:
-        baseline, _ = benchlib.load(
+        bare, _ = benchlib.load(
             "bare grpcio, empty reply", target, SERVICE + "SendEvent", single, seconds=args.seconds
         )
-    results = [baseline]
+    results = [bare]
     with tempfile.TemporaryDirectory() as tmp:
-        backends = [("sqlite", benchlib.sqlite_url(Path(tmp)))]
-        if args.postgres:
-            backends.append(("postgresql", args.postgres))
-        for name, url in backends:
+        for name, url in benchlib.backends(args.postgres, Path(tmp)):
             for workers in benchlib.worker_counts(args.workers):
                 results += scenarios(name, url, args.seconds, args.batch, workers)
-    benchlib.print_table(results, baseline)
+    benchlib.print_table(results, bare)
 
 
 def pageview() -> pb.Event:

@@ -7,8 +7,6 @@ Prints a Markdown table; docs/performance.md records the figures and the command
 
 from __future__ import annotations
 
-import argparse
-import os
 import tempfile
 from pathlib import Path
 
@@ -22,30 +20,23 @@ SERVICE = "/quartet.score.v1.ScoreService/"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--postgres", default=os.environ.get("QUARTET_BENCH_POSTGRES_URL", ""))
-    parser.add_argument(
-        "--workers", default=f"1,{benchlib.cpu_count()}", help="worker counts to measure, e.g. 1,2"
-    )
-    args = parser.parse_args()
-    tool = "h2load" if benchlib.have_h2load() else "python (install nghttp2-client for h2load)"
-    print(f"load generator: {tool}; {args.seconds:g} s per scenario; {benchlib.cpu_count()} cores")
-
+    args = benchlib.arguments(__doc__.splitlines()[0]).parse_args()
+    benchlib.announce(args.seconds)
     create = pb.CreateScoreRequest(input_value=41).SerializeToString()
     with benchlib.bare_server() as target:
-        bare = benchlib.load(
-            "bare grpcio, empty reply", target, SERVICE, create, seconds=args.seconds
+        bare, _ = benchlib.load(
+            "bare grpcio, empty reply",
+            target,
+            SERVICE + "CreateScore",
+            create,
+            seconds=args.seconds,
         )
-    results = [bare[0]]
+    results = [bare]
     with tempfile.TemporaryDirectory() as tmp:
-        backends = [("sqlite", benchlib.sqlite_url(Path(tmp)))]
-        if args.postgres:
-            backends.append(("postgresql", args.postgres))
-        for name, url in backends:
+        for name, url in benchlib.backends(args.postgres, Path(tmp)):
             for workers in benchlib.worker_counts(args.workers):
                 results += scenarios(f"{name}, {workers} worker(s)", url, args.seconds, workers)
-    benchlib.print_table(results, results[0])
+    benchlib.print_table(results, bare)
 
 
 def scenarios(backend: str, url: str, seconds: float, workers: int) -> list[benchlib.Result]:

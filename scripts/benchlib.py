@@ -13,6 +13,7 @@ Benchmarks therefore count failures from the server's side: rows stored, or resp
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -199,6 +200,31 @@ def _database(url: str) -> Iterator[None]:
 
 def sqlite_url(directory: Path) -> str:
     return f"sqlite:///{directory / 'bench.db'}"
+
+
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes: --seconds, --postgres, --workers."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seconds", type=float, default=10, help="per scenario")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("QUARTET_BENCH_POSTGRES_URL", ""),
+        help="also measure on this PostgreSQL database ($QUARTET_BENCH_POSTGRES_URL)",
+    )
+    parser.add_argument(
+        "--workers", default=f"1,{cpu_count()}", help="worker counts to measure, e.g. 1,2"
+    )
+    return parser
+
+
+def backends(postgres: str, directory: Path) -> list[tuple[str, str]]:
+    """(name, database URL) to measure: SQLite in directory, and PostgreSQL if given."""
+    return [("sqlite", sqlite_url(directory))] + ([("postgresql", postgres)] if postgres else [])
+
+
+def announce(seconds: float) -> None:
+    tool = "h2load" if have_h2load() else "python (install nghttp2-client for h2load)"
+    print(f"load generator: {tool}; {seconds:g} s per scenario; {cpu_count()} cores")
 
 
 def worker_counts(text: str) -> list[int]:

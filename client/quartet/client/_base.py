@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol, TypeVar
+from types import TracebackType
+from typing import Any, Protocol, Self, TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -15,6 +16,24 @@ from quartet.client._errors import QuartetError
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 Item = TypeVar("Item")
+
+
+class Closable:
+    """A context manager that calls close() on exit."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class TokenSource(Protocol):

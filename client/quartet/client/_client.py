@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any
 
 import grpc
 
 from quartet.auth.v1 import auth_service_pb2
 from quartet.client._auth import Auth
-from quartet.client._base import Transport
+from quartet.client._base import Closable, Transport
 from quartet.client._events import Events
 from quartet.client._health import Health
 from quartet.client._scores import Scores
@@ -46,7 +45,7 @@ _SERVICE_CONFIG = {
 }
 
 
-class Client:
+class Client(Closable):
     """A connection to quartet. Use it as a context manager, or call close().
 
     Args:
@@ -104,14 +103,3 @@ class Client:
 
     def close(self) -> None:
         self._transport.channel.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

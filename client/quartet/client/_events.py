@@ -9,13 +9,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from types import TracebackType
 from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
 
-from quartet.client._base import Transport, fields, pages, timestamp
+from quartet.client._base import Closable, Transport, fields, pages, timestamp
 from quartet.client._errors import QuartetError
 from quartet.events.v1 import event_service_pb2 as pb
 from quartet.events.v1 import event_service_pb2_grpc
@@ -214,7 +213,7 @@ class Events:
 _TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
-class BufferedSender:
+class BufferedSender(Closable):
     """Batches events in a background thread and sends them, for senders that must not wait.
 
     `add()` returns at once (blocking only while max_pending events are unsent). A batch goes
@@ -282,17 +281,6 @@ class BufferedSender:
             self._condition.notify_all()
         self._thread.join()
         self._raise_if_failed()
-
-    def __enter__(self) -> BufferedSender:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:

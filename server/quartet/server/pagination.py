@@ -12,7 +12,8 @@ import base64
 import datetime
 import hashlib
 import json
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import Message
 
@@ -24,6 +25,7 @@ MAX_PAGE_SIZE = 1000
 _VERSION = 1
 
 Key = tuple[Any, ...]
+Row = TypeVar("Row")
 
 
 class PagedRequest(Protocol):
@@ -39,6 +41,16 @@ def page_size(request: PagedRequest, default: int = DEFAULT_PAGE_SIZE) -> int:
             violations=[FieldViolation("page_size", "must be zero (the default) or positive")],
         )
     return min(request.page_size or default, MAX_PAGE_SIZE)
+
+
+def paged(
+    request: Message, rows: Sequence[Row], limit: int, key: Callable[[Row], Key]
+) -> tuple[Sequence[Row], str]:
+    """The rows of the page and the token of the next ("" if none), given up to limit + 1 rows
+    fetched after the request's position: the extra row only says another page exists."""
+    if len(rows) <= limit:
+        return rows, ""
+    return rows[:limit], encode_page_token(request, key(rows[limit - 1]))
 
 
 def encode_page_token(request: Message, key: Key) -> str:

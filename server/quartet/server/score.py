@@ -11,7 +11,7 @@ import grpc
 from quartet.score.v1 import score_service_pb2, score_service_pb2_grpc
 from quartet.server.auth import require_caller
 from quartet.server.errors import PermissionDenied, Violations
-from quartet.server.pagination import decode_page_token, encode_page_token, page_size
+from quartet.server.pagination import decode_page_token, page_size, paged
 from quartet.server.timestamps import optional_timestamp, to_timestamp
 from quartet.storage import DatabaseRunner, scores
 
@@ -109,13 +109,10 @@ class ScoreServicer(score_service_pb2_grpc.ScoreServiceServicer):
             create_time_end=end,
             search=request.search.strip(),
         )
-        response = score_service_pb2.ListScoresResponse(
-            scores=[to_message(r) for r in rows[:limit]]
+        page, token = paged(request, rows, limit, lambda row: (row.create_time, row.id))
+        return score_service_pb2.ListScoresResponse(
+            scores=[to_message(row) for row in page], next_page_token=token
         )
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            response.next_page_token = encode_page_token(request, (last.create_time, last.id))
-        return response
 
 
 def to_message(row: scores.Score) -> score_service_pb2.Score:

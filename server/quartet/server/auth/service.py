@@ -16,7 +16,7 @@ from quartet.server.auth.passwords import hash_password, needs_rehash, verify_pa
 from quartet.server.auth.policy import current_caller, require_caller
 from quartet.server.auth.tokens import TokenIssuer, new_api_key
 from quartet.server.errors import PermissionDenied, Unauthenticated, Violations
-from quartet.server.pagination import decode_page_token, encode_page_token, page_size
+from quartet.server.pagination import decode_page_token, page_size, paged
 from quartet.server.timestamps import to_timestamp
 from quartet.storage import DatabaseRunner, accounts, applications
 from quartet.storage.base import utcnow
@@ -96,10 +96,10 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         rows = await self._db.run(
             accounts.list_accounts, limit=limit + 1, after_id=after[0] if after else None
         )
-        response = pb.ListAccountsResponse(accounts=[account_message(a) for a in rows[:limit]])
-        if len(rows) > limit:
-            response.next_page_token = encode_page_token(request, (rows[limit - 1].id,))
-        return response
+        page, token = paged(request, rows, limit, lambda row: (row.id,))
+        return pb.ListAccountsResponse(
+            accounts=[account_message(a) for a in page], next_page_token=token
+        )
 
     async def SetAccountRole(
         self, request: pb.SetAccountRoleRequest, context: Context
@@ -140,12 +140,11 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         rows = await self._db.run(
             applications.list_applications, limit=limit + 1, after_id=after[0] if after else None
         )
-        response = pb.ListApplicationsResponse(
-            applications=[application_message(app, keys) for app, keys in rows[:limit]]
+        page, token = paged(request, rows, limit, lambda row: (row[0].id,))
+        return pb.ListApplicationsResponse(
+            applications=[application_message(app, keys) for app, keys in page],
+            next_page_token=token,
         )
-        if len(rows) > limit:
-            response.next_page_token = encode_page_token(request, (rows[limit - 1][0].id,))
-        return response
 
     async def CreateApiKey(
         self, request: pb.CreateApiKeyRequest, context: Context

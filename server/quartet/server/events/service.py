@@ -25,7 +25,7 @@ from quartet.server.events.validation import (
     canonical_uuid,
     violations_of,
 )
-from quartet.server.pagination import decode_page_token, encode_page_token, page_size
+from quartet.server.pagination import decode_page_token, page_size, paged
 from quartet.server.timestamps import optional_timestamp, to_timestamp
 from quartet.storage import DatabaseRunner, events
 from quartet.storage.base import utcnow
@@ -186,11 +186,10 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             occur_time_end=end,
             newest_first=request.newest_first,
         )
-        response = pb.ListEventsResponse(events=[event_message(row) for row in rows[:limit]])
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            response.next_page_token = encode_page_token(request, (last.occur_time, last.seq))
-        return response
+        page, token = paged(request, rows, limit, lambda row: (row.occur_time, row.seq))
+        return pb.ListEventsResponse(
+            events=[event_message(row) for row in page], next_page_token=token
+        )
 
     async def ListRejectedEvents(
         self, request: pb.ListRejectedEventsRequest, context: Context
@@ -216,13 +215,10 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             reject_time_start=start,
             reject_time_end=end,
         )
-        response = pb.ListRejectedEventsResponse(
-            rejected_events=[rejected_message(row) for row in rows[:limit]]
+        page, token = paged(request, rows, limit, lambda row: (row.reject_time, row.id))
+        return pb.ListRejectedEventsResponse(
+            rejected_events=[rejected_message(row) for row in page], next_page_token=token
         )
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            response.next_page_token = encode_page_token(request, (last.reject_time, last.id))
-        return response
 
     async def CreateEventType(
         self, request: pb.CreateEventTypeRequest, context: Context
