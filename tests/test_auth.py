@@ -296,11 +296,14 @@ def test_every_method_has_a_rule() -> None:
 def test_every_protected_method_refuses_missing_and_bad_credentials(
     anonymous: Client, admin: Principal
 ) -> None:
+    created = admin.client.auth.create_application("revoked")
+    admin.client.auth.revoke_api_key(created.application.api_keys[0].id)
+    refused = {**bad_tokens(admin.id), "revoked key": (created.api_key, "CREDENTIALS_REVOKED")}
     for method in protected_methods():
         expect(
             grpc.StatusCode.UNAUTHENTICATED, "CREDENTIALS_MISSING", call_raw, anonymous, method, ()
         )
-        for kind, (token, reason) in bad_tokens(admin.id).items():
+        for kind, (token, reason) in refused.items():
             metadata = (("authorization", f"Bearer {token}"),)
             error = expect(
                 grpc.StatusCode.UNAUTHENTICATED, reason, call_raw, anonymous, method, metadata

@@ -72,9 +72,9 @@ def up(migrator: SchemaMigrator, db: peewee.Database) -> None:
             table_name = "event"
             indexes = (
                 (("session_id", "occur_time", "seq"), False),
+                (("category", "occur_time", "seq"), False),
                 (("category", "name", "occur_time", "seq"), False),
                 (("occur_time", "seq"), False),
-                (("application_id", "occur_time", "seq"), False),
             )
 
     class RejectedEvent(peewee.Model):
