@@ -7,7 +7,7 @@ import math
 
 import peewee
 
-from quartet.storage.accounts import Account, account_exists
+from quartet.storage.accounts import Account
 from quartet.storage.base import BaseModel, db, utcnow
 from quartet.storage.errors import RecordExists, RecordNotFound
 
@@ -36,30 +36,37 @@ def create_score(
 ) -> Score:
     """Store a score. A repeated request_id returns the score stored the first time.
 
-    Raises RecordNotFound for an unknown user, and RecordExists when request_id was already used
-    for another owner's score.
+    The database decides, in one statement: the unique request_id makes a repeat insert nothing
+    (no check-then-insert race), and the foreign key refuses an unknown user. Raises
+    RecordNotFound for an unknown user, and RecordExists when request_id was already used for
+    another owner's score.
     """
-    with db.atomic():
-        if request_id:
-            previous = _replay(request_id, user_id)
-            if previous is not None:
-                return previous
-        if user_id is not None and not account_exists(user_id):
-            raise RecordNotFound("account", user_id)
-        try:
-            with db.atomic():
-                return Score.create(
-                    input_value=input_value,
-                    value=value,
-                    user=user_id,
-                    request_id=request_id or None,
-                )
-        except peewee.IntegrityError:
-            # A concurrent call with the same request_id won the race: answer as it did.
-            previous = _replay(request_id, user_id) if request_id else None
-            if previous is None:
-                raise
-            return previous
+    now = utcnow()
+    insert = Score.insert(
+        input_value=input_value,
+        value=value,
+        user=user_id,
+        create_time=now,
+        request_id=request_id or None,
+    )
+    try:
+        with db.atomic():
+            inserted = list(insert.on_conflict_ignore().returning(Score.id).execute())
+    except peewee.IntegrityError:  # the only constraint left to break is the user's foreign key
+        raise RecordNotFound("account", user_id) from None
+    if inserted:
+        return Score(
+            id=inserted[0].id,
+            input_value=input_value,
+            value=value,
+            user=user_id,
+            create_time=now,
+            request_id=request_id or None,
+        )
+    assert request_id, "only a request_id conflict inserts nothing"
+    previous = _replay(request_id, user_id)
+    assert previous is not None
+    return previous
 
 
 def _replay(request_id: str, user_id: int | None) -> Score | None:
