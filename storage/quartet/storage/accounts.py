@@ -49,9 +49,6 @@ def create_account(email: str, password_hash: str | None = None, role: str = "us
         raise RecordExists("account", email) from None
 
 
-def account_exists(account_id: int) -> bool:
-    return Account.select().where(Account.id == account_id).exists()
-
 
 def get_account(account_id: int) -> Account:
     account: Account | None = Account.get_or_none(Account.id == account_id)

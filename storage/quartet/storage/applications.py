@@ -63,13 +63,6 @@ def find_api_key(key_id: str) -> ApiKey | None:
     return key
 
 
-def get_application(application_id: int) -> Application:
-    application: Application | None = Application.get_or_none(Application.id == application_id)
-    if application is None:
-        raise RecordNotFound("application", application_id)
-    return application
-
-
 def list_applications(
     *, limit: int, after_id: int | None = None
 ) -> list[tuple[Application, list[ApiKey]]]:
@@ -87,12 +80,3 @@ def list_applications(
     for key in keys:
         by_application.setdefault(key.application_id, []).append(key)
     return [(a, by_application.get(a.id, [])) for a in applications]
-
-
-def keys_of(application: Application) -> list[ApiKey]:
-    """The keys of an application, oldest first."""
-    return list(
-        ApiKey.select()
-        .where(ApiKey.application == application.id)
-        .order_by(ApiKey.create_time, ApiKey.id)
-    )
