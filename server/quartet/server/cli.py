@@ -93,6 +93,21 @@ def _create_admin(settings: Settings, args: argparse.Namespace) -> None:
     print(f"{verb}: {account.email} (account {account.id}); log in with this email and password")
 
 
+def _demo_data(settings: Settings, args: argparse.Namespace) -> None:
+    from quartet.server import demo
+
+    database = storage.open_database(settings.database_url)
+    storage.migrate(database)
+    storage.bind(database)
+    filled = demo.fill(database, users=args.users, sessions=args.sessions, seed=args.seed)
+    storage.close(database)
+    print(
+        f"added {filled.users} users (password {demo.DEMO_PASSWORD!r}) with {filled.scores} "
+        f"scores, and {filled.events} events ({filled.rejected} rejected) sent by an application "
+        f"whose API key is {filled.api_key}"
+    )
+
+
 def _admin_password(args: argparse.Namespace) -> str:
     if args.password_file:
         with open(args.password_file) as file:
@@ -170,6 +185,15 @@ def _parser() -> argparse.ArgumentParser:
     admin_parser.set_defaults(command=_create_admin)
     admin_parser.add_argument("email")
     admin_parser.add_argument("--password-file", metavar="FILE")
+    demo_parser = commands.add_parser(
+        "demo-data",
+        parents=[database],
+        help="fill the database with realistic fake users, scores and events",
+    )
+    demo_parser.set_defaults(command=_demo_data)
+    demo_parser.add_argument("--users", type=int, default=50)
+    demo_parser.add_argument("--sessions", type=int, default=200, help="visits with events")
+    demo_parser.add_argument("--seed", type=int, help="make the data reproducible")
     return parser
 
 

@@ -49,7 +49,6 @@ def create_account(email: str, password_hash: str | None = None, role: str = "us
         raise RecordExists("account", email) from None
 
 
-
 def get_account(account_id: int) -> Account:
     account: Account | None = Account.get_or_none(Account.id == account_id)
     if account is None:
