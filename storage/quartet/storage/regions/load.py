@@ -103,7 +103,9 @@ def load(
             )
         if current != dataset.checksum:
             RegionDataset.delete().execute(database)
-            RegionDataset.insert(checksum=dataset.checksum, load_time=utcnow()).execute(database)
+            RegionDataset.insert(
+                checksum=dataset.checksum, load_time=utcnow()
+            ).as_rowcount().execute(database)
     report = LoadReport(dataset.checksum, tables)
     if report.changed:
         logger.info("loaded %s", report)
@@ -167,7 +169,9 @@ def _add_and_update(
 ) -> tuple[int, int]:
     new = [row for key, row in want.items() if key not in have]
     for chunk in _chunks(new):
-        model.insert_many(chunk).execute(database)
+        # as_rowcount: no RETURNING, which the model's bound database (maybe another kind than
+        # `database`) would otherwise have asked for.
+        model.insert_many(chunk).as_rowcount().execute(database)
     updated = 0
     for key, row in want.items():
         changed = {k: v for k, v in row.items() if key in have and have[key][k] != v}

@@ -28,6 +28,7 @@ class Province(BaseModel):
     name_en = peewee.CharField(max_length=200)
     name_fr = peewee.CharField(max_length=200)
     region = peewee.ForeignKeyField(Region, on_delete="RESTRICT")
+    region_id: int  # the raw foreign key, which Peewee adds beside `region`
 
 
 class HealthRegion(BaseModel):
@@ -35,6 +36,7 @@ class HealthRegion(BaseModel):
 
     hr_uid = peewee.IntegerField(primary_key=True)
     province = peewee.ForeignKeyField(Province, on_delete="RESTRICT")
+    province_id: int
     name_en = peewee.CharField(max_length=200)
     name_fr = peewee.CharField(max_length=200)
     short_name = peewee.CharField(max_length=200)
@@ -50,6 +52,7 @@ class Fsa(BaseModel):
 
     code = peewee.CharField(max_length=3, primary_key=True)
     province = peewee.ForeignKeyField(Province, on_delete="RESTRICT")
+    province_id: int
 
 
 class FsaHealthRegion(BaseModel):
@@ -58,6 +61,8 @@ class FsaHealthRegion(BaseModel):
     fsa = peewee.ForeignKeyField(Fsa, on_delete="CASCADE")
     health_region = peewee.ForeignKeyField(HealthRegion, on_delete="RESTRICT")
     estimated_population = peewee.BigIntegerField(null=True)
+    fsa_id: str
+    health_region_id: int
 
     class Meta:
         primary_key = peewee.CompositeKey("fsa", "health_region")
