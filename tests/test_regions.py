@@ -279,6 +279,12 @@ def test_batch_answers_each_fsa_on_its_own(client: Client) -> None:
     assert "starts with D" in results[3].error.description
 
 
+def test_batch_never_echoes_more_than_64_characters(client: Client) -> None:
+    (valid, junk) = client.regions.lookup_fsas(["K1A" + " " * 100_000, "K" * 100_000])
+    assert valid.query == "K1A" + " " * 61 and valid.fsa.code == "K1A"
+    assert junk.query == "K" * 64 and junk.error.reason == "FSA_INVALID"
+
+
 def test_batch_size_limits(client: Client) -> None:
     assert len(client.regions.lookup_fsas(["K1A"] * 1000)) == 1000
     for size in (0, 1001):

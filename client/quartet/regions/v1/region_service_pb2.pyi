@@ -544,7 +544,9 @@ class FsaLookupResult(_message.Message):
     FSA_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     query: _builtins.str
-    """The FSA or postal code as it was sent."""
+    """The FSA or postal code as it was sent; only its first 64 characters if it was longer (it is
+    malformed then anyway), so that a reply never grows with junk in the request.
+    """
     @_builtins.property
     def fsa(self) -> Global___Fsa:
         """The FSA, as LookupFsa would return it."""

@@ -17,6 +17,7 @@ from quartet.server.regions.postal import InvalidFsa, parse_fsa
 
 Context = grpc.aio.ServicerContext[Any, Any]
 MAX_BATCH = 1000
+MAX_QUERY_ECHO = 64  # characters of a batch item repeated in its result
 FSA_INVALID = error_reason_pb2.ErrorReason.Name(error_reason_pb2.FSA_INVALID)
 NOT_FOUND = error_reason_pb2.ErrorReason.Name(error_reason_pb2.RESOURCE_NOT_FOUND)
 _ALPHA_CODE = re.compile(r"[A-Z]{2}")
@@ -105,18 +106,19 @@ class RegionServicer(region_service_pb2_grpc.RegionServiceServicer):
         return pb.BatchLookupFsasResponse(results=[self._result(query) for query in request.fsas])
 
     def _result(self, query: str) -> pb.FsaLookupResult:
+        result = pb.FsaLookupResult(query=query[:MAX_QUERY_ECHO])
         try:
             code = parse_fsa(query)
         except InvalidFsa as exc:
-            error = pb.FsaLookupError(reason=FSA_INVALID, description=str(exc))
-            return pb.FsaLookupResult(query=query, error=error)
+            result.error.reason, result.error.description = FSA_INVALID, str(exc)
+            return result
         found = self._index.fsas.get(code)
         if found is None:
-            error = pb.FsaLookupError(
-                reason=NOT_FOUND, description=f"FSA {code} is not in the data"
-            )
-            return pb.FsaLookupResult(query=query, error=error)
-        return pb.FsaLookupResult(query=query, fsa=found)
+            result.error.reason = NOT_FOUND
+            result.error.description = f"FSA {code} is not in the data"
+        else:
+            result.fsa.CopyFrom(found)
+        return result
 
     def _province(self, field: str, value: int | str) -> pb.Province:
         """The province named by a geo-code or alpha-code field (GetProvince's or a filter's)."""
