@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
+import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,7 +19,8 @@ from quartet.client import Client, QuartetError
 from quartet.regions.v1 import region_service_pb2 as pb
 from quartet.regions.v1 import region_service_pb2_grpc
 from quartet.storage import regions
-from tests.conftest import Principal
+from tests.conftest import SECRET, Principal, mint_token
+from tests.helpers import server_process
 
 # N0B and the population of its part in each of its seven health regions, largest first.
 N0B = [(3565, 32341), (3566, 29786), (3575, 3700), (3527, 1438), (3537, 1001), (3539, 923)]
@@ -344,3 +349,28 @@ def test_applications_may_read(client: Client, target: str) -> None:
     with Client(target, token=key) as application:
         assert [r.fsa.code for r in application.regions.lookup_fsas(["N0B"])] == ["N0B"]
         assert application.regions.get_province("QC").name_fr == "Québec"
+
+
+# --- a real multi-worker server -------------------------------------------------------------
+
+
+def test_every_worker_of_a_served_process_answers_lookups(tmp_path: Path) -> None:
+    env = {**os.environ, "QUARTET_SECRET": SECRET, "DATABASE_URL": f"sqlite:///{tmp_path}/q.db"}
+    token = mint_token(1, "user")
+    with server_process("--workers", "2", env=env) as server:
+        served: set[object] = set()
+        for _ in range(200):  # new connections, until the kernel has given both workers some
+            with Client(server.address, token=token) as client:
+                found = client.regions.lookup_fsa("N0B")
+            assert [
+                (p.health_region.hr_uid, p.estimated_population) for p in found.health_regions
+            ] == N0B
+            lines = [json.loads(line) for line in server.log if line.startswith("{")]
+            served = {r["pid"] for r in lines if str(r.get("method", "")).endswith("LookupFsa")}
+            if len(served) == 2:
+                break
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
+    assert len(served) == 2 and server.process.pid not in served
+    # The supervisor loaded the database once; the workers only built their index.
+    assert sum("loaded regions dataset" in str(r["message"]) for r in lines) == 1
