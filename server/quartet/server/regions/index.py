@@ -34,7 +34,8 @@ class RegionIndex:
     def __init__(self, dataset: Dataset | None = None) -> None:
         dataset = dataset or packaged()
         self.regions = {
-            r.id: pb.Region(id=r.id, name_en=r.name_en, name_fr=r.name_fr) for r in dataset.regions
+            r.id: pb.Region(id=r.id, name_en=r.name_en, name_fr=r.name_fr)
+            for r in sorted(dataset.regions, key=lambda r: r.id)
         }
         self.provinces = {
             p.geo_code: pb.Province(
