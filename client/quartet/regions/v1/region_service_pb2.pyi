@@ -109,19 +109,18 @@ class HealthRegion(_message.Message):
     VACCINE_WEBSITE_EN_FIELD_NUMBER: _builtins.int
     VACCINE_WEBSITE_FR_FIELD_NUMBER: _builtins.int
     hr_uid: _builtins.int
-    """The health region's identifier as Statistics Canada numbers it (HR_UID). Its leading digits
-    are the province's geographic code: 3595 is Toronto, in Ontario (35).
+    """The health region's identifier (HR_UID), as Statistics Canada numbers health regions; British
+    Columbia and Saskatchewan have the coarser regions COVID-19 reporting used (591 to 595, 471 to
+    476). Its leading digits are the province's geographic code: 3595 is Toronto, in Ontario (35).
     """
     province_geo_code: _builtins.int
     """The geographic code of the province or territory the health region is in."""
     name_en: _builtins.str
-    """Statistics Canada's official English name, such as "City of Toronto Health Unit". Where
-    Statistics Canada gives one name for both languages, `name_en` and `name_fr` are equal.
+    """The official English name, such as "City of Toronto Health Unit". Where the region has one
+    name in both languages (as in Quebec), `name_en` and `name_fr` are equal.
     """
     name_fr: _builtins.str
-    """Statistics Canada's official French name, such as "Circonscription sanitaire de la cité de
-    Toronto".
-    """
+    """The official French name, such as "Circonscription sanitaire de la cité de Toronto"."""
     short_name: _builtins.str
     """The short name COVID-19 dashboards use, such as "Toronto" (the same in both languages)."""
     population: _builtins.int

@@ -30,9 +30,9 @@ class RegionServiceStub:
     13 provinces and territories, the 92 health regions, and which health regions each forward
     sortation area (FSA, the first three characters of a postal code) lies in.
 
-    The answers come from reference data shipped with quartet (Statistics Canada's 2018 FSA to
-    health region concordance, as the COVIDTrends project published it; docs/regions.md lists its
-    source and every correction made to it). The data never changes while a server runs, so every
+    The answers come from reference data shipped with quartet (an FSA to health region concordance
+    on Statistics Canada's 2018 health regions, as the COVIDTrends project published it;
+    docs/regions.md lists its source and every correction made to it). The data never changes while a server runs, so every
     method answers from memory. Any signed-in account or application may call every method.
     """
 
@@ -84,9 +84,9 @@ class RegionServiceServicer:
     13 provinces and territories, the 92 health regions, and which health regions each forward
     sortation area (FSA, the first three characters of a postal code) lies in.
 
-    The answers come from reference data shipped with quartet (Statistics Canada's 2018 FSA to
-    health region concordance, as the COVIDTrends project published it; docs/regions.md lists its
-    source and every correction made to it). The data never changes while a server runs, so every
+    The answers come from reference data shipped with quartet (an FSA to health region concordance
+    on Statistics Canada's 2018 health regions, as the COVIDTrends project published it;
+    docs/regions.md lists its source and every correction made to it). The data never changes while a server runs, so every
     method answers from memory. Any signed-in account or application may call every method.
     """
 
@@ -195,9 +195,9 @@ class RegionService:
     13 provinces and territories, the 92 health regions, and which health regions each forward
     sortation area (FSA, the first three characters of a postal code) lies in.
 
-    The answers come from reference data shipped with quartet (Statistics Canada's 2018 FSA to
-    health region concordance, as the COVIDTrends project published it; docs/regions.md lists its
-    source and every correction made to it). The data never changes while a server runs, so every
+    The answers come from reference data shipped with quartet (an FSA to health region concordance
+    on Statistics Canada's 2018 health regions, as the COVIDTrends project published it;
+    docs/regions.md lists its source and every correction made to it). The data never changes while a server runs, so every
     method answers from memory. Any signed-in account or application may call every method.
     """
 

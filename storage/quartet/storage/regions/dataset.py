@@ -49,7 +49,7 @@ class ProvinceRow:
 
 @dataclasses.dataclass(frozen=True)
 class HealthRegionRow:
-    """A health region (HR_UID as Statistics Canada numbers it). None is unknown."""
+    """A health region, by HR_UID. None is unknown."""
 
     hr_uid: int
     province_geo_code: int
@@ -207,7 +207,7 @@ def _check(data: Dataset) -> Dataset:
         _require(_ALPHA_CODE.fullmatch(province.alpha_code), f"alpha code {province.alpha_code}")
         _require(province.region_id in region_ids, f"region of province {province.geo_code}")
     for hr in data.health_regions:
-        # Statistics Canada's HR_UID starts with its province's geographic code.
+        # An HR_UID starts with its province's geographic code.
         _require(
             hr.province_geo_code in province_codes
             and str(hr.hr_uid).startswith(str(hr.province_geo_code)),

@@ -40,7 +40,7 @@ PROVINCE_NAMES_FR = {11: "Île-du-Prince-Édouard", 12: "Nouvelle-Écosse", 24: 
 REGION_NAMES_FR = {2: "Québec"}
 
 # 3. Health region names. hr_websites.csv has one short name per region ("Toronto"), the same in
-#    both languages; Statistics Canada's official names, in English and in French, are in the
+#    both languages; the official names, in English and in French, are in the
 #    concordance's ENGNAME and FRENAME columns, so name_en and name_fr come from there and the
 #    short name is kept beside them. Nunavik (2417) is the one health region no FSA row names:
 #    its official name is supplied here.

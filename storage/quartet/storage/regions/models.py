@@ -32,7 +32,7 @@ class Province(BaseModel):
 
 
 class HealthRegion(BaseModel):
-    """A health region, keyed by Statistics Canada's HR_UID. NULL is unknown."""
+    """A health region, keyed by its HR_UID. NULL is unknown."""
 
     hr_uid = peewee.IntegerField(primary_key=True)
     province = peewee.ForeignKeyField(Province, on_delete="RESTRICT")
