@@ -13,6 +13,7 @@ from quartet.client._auth import Auth
 from quartet.client._base import Closable, Transport
 from quartet.client._events import Events
 from quartet.client._health import Health
+from quartet.client._regions import Regions
 from quartet.client._scores import Scores
 
 DEFAULT_TIMEOUT = 10.0
@@ -24,6 +25,7 @@ _RETRYABLE: list[dict[str, str]] = [
     {"service": "grpc.health.v1.Health", "method": "Check"},
     {"service": "quartet.score.v1.ScoreService"},
     {"service": "quartet.events.v1.EventService"},  # every event sent by the SDK has an id
+    {"service": "quartet.regions.v1.RegionService"},  # reads only
     {"service": "quartet.auth.v1.AuthService", "method": "Login"},
     {"service": "quartet.auth.v1.AuthService", "method": "GetCurrentAccount"},
     {"service": "quartet.auth.v1.AuthService", "method": "ListAccounts"},
@@ -80,6 +82,7 @@ class Client(Closable):
         self.health = Health(self._transport)
         self.scores = Scores(self._transport)
         self.events = Events(self._transport)
+        self.regions = Regions(self._transport)
 
     @property
     def channel(self) -> grpc.Channel:

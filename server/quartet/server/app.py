@@ -21,8 +21,9 @@ from grpc_reflection.v1alpha import reflection
 from quartet import storage
 from quartet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from quartet.events.v1 import event_service_pb2, event_service_pb2_grpc
+from quartet.regions.v1 import region_service_pb2, region_service_pb2_grpc
 from quartet.score.v1 import score_service_pb2, score_service_pb2_grpc
-from quartet.server import events
+from quartet.server import events, regions
 from quartet.server.auth import Authenticator, AuthServicer, TokenIssuer
 from quartet.server.interceptors import CallInterceptor
 from quartet.server.score import ScoreServicer
@@ -36,6 +37,7 @@ SERVICE_NAMES = (
     auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     score_service_pb2.DESCRIPTOR.services_by_name["ScoreService"].full_name,
     event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+    region_service_pb2.DESCRIPTOR.services_by_name["RegionService"].full_name,
 )
 # Seconds between refreshes: reloading the event types (so that a schema registered through
 # another process is used here too) doubles as the database check behind every service's health.
@@ -138,6 +140,9 @@ def build_server(
     event_service_pb2_grpc.add_EventServiceServicer_to_server(
         events.EventServicer(runner, event_writer, registry, events.EventChecker(registry, policy)),
         server,
+    )
+    region_service_pb2_grpc.add_RegionServiceServicer_to_server(
+        regions.RegionServicer(regions.RegionIndex()), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -18,7 +18,7 @@ from quartet import storage
 from quartet.server import logs
 from quartet.server.auth.passwords import hash_password
 from quartet.server.settings import Settings, SettingsError
-from quartet.storage import accounts
+from quartet.storage import accounts, regions
 
 # NOTE: quartet.server.app (and with it prometheus_client) is imported inside the commands, after
 # _metrics_directory() has set PROMETHEUS_MULTIPROC_DIR: prometheus_client reads it at import.
@@ -69,6 +69,20 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> None:
     database = storage.open_database(settings.database_url)
     applied = storage.migrate(database)
     print(f"applied: {', '.join(applied)}" if applied else "the database is up to date")
+
+
+def _load_regions(settings: Settings, args: argparse.Namespace) -> None:
+    """Migrate, then make the regions tables hold exactly the packaged dataset again."""
+    database = storage.open_database(settings.database_url)
+    storage.migrate(database)  # loads the dataset, if the database lacks it, and logs that
+    report = regions.load(database, force=True)
+    storage.close(database)
+    print(f"regions dataset {report.checksum[:12]} loaded; this run compared every row:")
+    for table, changes in report.tables.items():
+        print(
+            f"  {table:<18} {changes.rows:>5} rows: {changes.added} added, "
+            f"{changes.updated} updated, {changes.removed} removed"
+        )
 
 
 def _create_admin(settings: Settings, args: argparse.Namespace) -> None:
@@ -176,6 +190,15 @@ def _parser() -> argparse.ArgumentParser:
         "migrate", parents=[database], help="apply pending migrations and exit"
     )
     migrate_parser.set_defaults(command=_migrate)
+    regions_parser = commands.add_parser(
+        "load-regions",
+        parents=[database],
+        help="reload the packaged regions data, repairing any row changed by hand",
+        description="migrate does this too when the database lacks this version's data; this "
+        "command also compares every row. Running servers need no restart: they serve the same "
+        "packaged data from memory.",
+    )
+    regions_parser.set_defaults(command=_load_regions)
     admin_parser = commands.add_parser(
         "create-admin",
         parents=[database],

@@ -13,13 +13,14 @@ from quartet.storage.database import (
     redacted,
 )
 from quartet.storage.errors import DeadlineExceeded, RecordExists, RecordNotFound
-from quartet.storage.migrate import ALL_MODELS, migrate
+from quartet.storage.migrate import ALL_MODELS, REFERENCE_MODELS, migrate
 from quartet.storage.runner import DatabaseRunner, deadline
 from quartet.storage.writer import BatchWriter
 
 __all__ = [
     "ALL_MODELS",
     "DEFAULT_SQLITE_PATH",
+    "REFERENCE_MODELS",
     "BatchWriter",
     "DatabaseRunner",
     "DeadlineExceeded",

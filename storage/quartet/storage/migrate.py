@@ -7,6 +7,7 @@ from pathlib import Path
 import peewee
 from playhouse import migrations
 
+from quartet.storage import regions
 from quartet.storage.accounts import Account, RefreshToken
 from quartet.storage.applications import ApiKey, Application
 from quartet.storage.events import Event, EventType, RejectedEvent
@@ -24,7 +25,11 @@ ALL_MODELS: list[type[peewee.Model]] = [
     EventType,
     Event,
     RejectedEvent,
+    *regions.MODELS,
 ]
+# Reference data: shipped with quartet and loaded by migrate(), never written by a call, so test
+# cleanups leave it in place.
+REFERENCE_MODELS: list[type[peewee.Model]] = [*regions.MODELS]
 
 # Any constant works: it only has to be the same in every quartet process.
 _PG_MIGRATION_LOCK = 0x71A27E7
@@ -33,14 +38,23 @@ _PG_MIGRATION_LOCK = 0x71A27E7
 def migrate(database: peewee.Database, target: str | None = None) -> list[str]:
     """Apply pending migrations (up to and including target) and return the names applied.
 
-    On PostgreSQL an advisory lock makes concurrent starts (several replicas) migrate one at a time.
+    Without a target, also load the reference data of this version (regions) unless the database
+    already holds it. On PostgreSQL an advisory lock makes concurrent starts (several replicas)
+    migrate one at a time.
     """
     with database.connection_context():
         runner = migrations.Runner(database, str(MIGRATIONS))
         if isinstance(database, peewee.PostgresqlDatabase):
             database.execute_sql("SELECT pg_advisory_lock(%s)", (_PG_MIGRATION_LOCK,))  # type: ignore[no-untyped-call]
             try:
-                return list(runner.up(target))
+                return _up(runner, database, target)
             finally:
                 database.execute_sql("SELECT pg_advisory_unlock(%s)", (_PG_MIGRATION_LOCK,))  # type: ignore[no-untyped-call]
-        return list(runner.up(target))
+        return _up(runner, database, target)
+
+
+def _up(runner: migrations.Runner, database: peewee.Database, target: str | None) -> list[str]:
+    applied = list(runner.up(target))
+    if target is None:
+        regions.load(database)
+    return applied

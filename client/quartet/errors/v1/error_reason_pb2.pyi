@@ -62,6 +62,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The event's occur_time is further in the future than the allowed clock skew."""
     EVENT_TOO_LARGE: _ErrorReason.ValueType  # 24
     """The event is larger than the server's limit per event."""
+    FSA_INVALID: _ErrorReason.ValueType  # 40
+    """The text given as an FSA is neither an FSA ("K1A") nor a postal code ("K1A 0B1"): wrong
+    length or pattern, or a letter Canada Post never uses there. The field violation says which.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the machine-readable causes quartet puts in `google.rpc.ErrorInfo.reason`.
@@ -116,4 +120,8 @@ EVENT_TIME_IN_FUTURE: ErrorReason.ValueType  # 23
 """The event's occur_time is further in the future than the allowed clock skew."""
 EVENT_TOO_LARGE: ErrorReason.ValueType  # 24
 """The event is larger than the server's limit per event."""
+FSA_INVALID: ErrorReason.ValueType  # 40
+"""The text given as an FSA is neither an FSA ("K1A") nor a postal code ("K1A 0B1"): wrong
+length or pattern, or a letter Canada Post never uses there. The field violation says which.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

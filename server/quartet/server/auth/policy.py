@@ -80,6 +80,14 @@ RULES: dict[str, Rule] = {
     "/quartet.events.v1.EventService/ListRejectedEvents": ANALYSTS,
     "/quartet.events.v1.EventService/CreateEventType": ADMINS,
     "/quartet.events.v1.EventService/ListEventTypes": SIGNED_IN,
+    # Reference data: any signed-in account or application reads it.
+    "/quartet.regions.v1.RegionService/ListRegions": SIGNED_IN,
+    "/quartet.regions.v1.RegionService/ListProvinces": SIGNED_IN,
+    "/quartet.regions.v1.RegionService/GetProvince": SIGNED_IN,
+    "/quartet.regions.v1.RegionService/ListHealthRegions": SIGNED_IN,
+    "/quartet.regions.v1.RegionService/GetHealthRegion": SIGNED_IN,
+    "/quartet.regions.v1.RegionService/LookupFsa": SIGNED_IN,
+    "/quartet.regions.v1.RegionService/BatchLookupFsas": SIGNED_IN,
 }
 
 # A method missing from RULES is an oversight; it is admins-only until someone decides.
