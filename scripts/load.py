@@ -55,6 +55,7 @@ CREDENTIALS = {
     "create_score": "admin",
     "send_event": "application",
     "send_events": "application",
+    "lookup_fsa": "admin",
     "list_session_events": "admin",
 }
 SEEDED_SESSION = "5e55b0a2-1d1f-4a6b-9d3c-0a7e2b9c4f10"  # list_session_events.json reads it

@@ -11,7 +11,7 @@ from quartet.errors.v1 import error_reason_pb2
 from quartet.regions.v1 import region_service_pb2 as pb
 from quartet.regions.v1 import region_service_pb2_grpc
 from quartet.server.errors import FieldViolation, InvalidArgument, NotFound
-from quartet.server.pagination import decode_page_token, encode_page_token, page_size
+from quartet.server.pagination import decode_page_token, page_size, paged
 from quartet.server.regions.index import RegionIndex
 from quartet.server.regions.postal import InvalidFsa, parse_fsa
 
@@ -65,10 +65,8 @@ class RegionServicer(region_service_pb2_grpc.RegionServiceServicer):
         found = self._index.health_regions_after(
             province.geo_code if province else None, after[0] if after else None, limit + 1
         )
-        response = pb.ListHealthRegionsResponse(health_regions=found[:limit])
-        if len(found) > limit:
-            response.next_page_token = encode_page_token(request, (found[limit - 1].hr_uid,))
-        return response
+        page, token = paged(request, found, limit, lambda region: (region.hr_uid,))
+        return pb.ListHealthRegionsResponse(health_regions=page, next_page_token=token)
 
     async def GetHealthRegion(
         self, request: pb.GetHealthRegionRequest, context: Context
