@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from quartet import storage
 from quartet.client import Client, QuartetError
-from quartet.server.app import SERVICE_NAMES, build_server
+from quartet.server.app import DATABASE_SERVICES, MEMORY_SERVICES, SERVICE_NAMES, build_server
 from quartet.server.settings import Settings
 
 
@@ -41,8 +41,8 @@ def test_reflection_lists_and_describes_every_service(client: Client) -> None:
     assert "input_value" in method.input_type.fields_by_name
 
 
-def test_unreachable_database_turns_services_not_serving() -> None:
-    async def scenario() -> list[int]:
+def test_unreachable_database_turns_database_services_not_serving() -> None:
+    async def scenario() -> dict[str, int]:
         unreachable = storage.open_database(
             "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"
         )
@@ -52,17 +52,20 @@ def test_unreachable_database_turns_services_not_serving() -> None:
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
-                score_service = health_pb2.HealthCheckRequest(service=SERVICE_NAMES[0])
-                for _ in range(100):
-                    reply = await stub.Check(score_service)
-                    if reply.status == health_pb2.HealthCheckResponse.NOT_SERVING:
-                        break
-                    await asyncio.sleep(0.05)
-                requests = [health_pb2.HealthCheckRequest(service=n) for n in ("", *SERVICE_NAMES)]
-                return [(await stub.Check(r)).status for r in requests]
+                names = ("", *SERVICE_NAMES)
+                requests = [health_pb2.HealthCheckRequest(service=n) for n in names]
+                return {
+                    n: (await stub.Check(r)).status for n, r in zip(names, requests, strict=True)
+                }
         finally:
             watchdog.cancel()
             await server.stop(0)
 
     statuses = asyncio.run(scenario())
-    assert set(statuses) == {health_pb2.HealthCheckResponse.NOT_SERVING}
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    assert {statuses[n] for n in ("", *DATABASE_SERVICES)} == {not_serving}
+    # Lookups are answered from memory, so regions stay available without the database.
+    assert {statuses[n] for n in MEMORY_SERVICES} == {serving}

@@ -32,15 +32,18 @@ from quartet.storage.events import latest_event_types
 
 logger = logging.getLogger(__name__)
 
-# The full names of the services this server offers, as health checks and reflection know them.
-SERVICE_NAMES = (
+# The full names of the services this server offers, as health checks and reflection know them:
+# those that need the database, and those that answer from memory (serving whatever it does).
+DATABASE_SERVICES = (
     auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     score_service_pb2.DESCRIPTOR.services_by_name["ScoreService"].full_name,
     event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
-    region_service_pb2.DESCRIPTOR.services_by_name["RegionService"].full_name,
 )
+MEMORY_SERVICES = (region_service_pb2.DESCRIPTOR.services_by_name["RegionService"].full_name,)
+SERVICE_NAMES = (*DATABASE_SERVICES, *MEMORY_SERVICES)
 # Seconds between refreshes: reloading the event types (so that a schema registered through
-# another process is used here too) doubles as the database check behind every service's health.
+# another process is used here too) doubles as the database check behind the health of the
+# server ("") and of every service that needs the database.
 REFRESH_INTERVAL = 10.0
 
 
@@ -62,6 +65,8 @@ class Server:
 
     async def start(self) -> None:
         await self.grpc_server.start()
+        for name in MEMORY_SERVICES:
+            await self.health.set(name, _status(True))
         self._serving = await self.refresh()
         await self._set_health(_status(self._serving))
 
@@ -95,7 +100,7 @@ class Server:
     async def _set_health(
         self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
     ) -> None:
-        for name in ("", *SERVICE_NAMES):
+        for name in ("", *DATABASE_SERVICES):
             await self.health.set(name, status)
 
 
