@@ -48,6 +48,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The caller is authenticated, but its role may not call this method or touch this resource."""
     LIMIT_EXCEEDED: _ErrorReason.ValueType  # 12
     """The server is at its limit of concurrent calls or of a per-request size; retry later or send less."""
+    IMPORT_FILES_INVALID: _ErrorReason.ValueType  # 30
+    """The files of an experiment data import have problems, so nothing was imported.
+    `google.rpc.BadRequest` lists them, each with its field set to `file:line:column` (or to the file
+    alone); the metadata's "problem_count" says how many there are and "reported_count" how many
+    are listed (at most 50, fewer when their text would not fit in gRPC's 8 KiB of trailers).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the machine-readable causes quartet puts in `google.rpc.ErrorInfo.reason`.
@@ -88,4 +94,10 @@ ROLE_NOT_ALLOWED: ErrorReason.ValueType  # 11
 """The caller is authenticated, but its role may not call this method or touch this resource."""
 LIMIT_EXCEEDED: ErrorReason.ValueType  # 12
 """The server is at its limit of concurrent calls or of a per-request size; retry later or send less."""
+IMPORT_FILES_INVALID: ErrorReason.ValueType  # 30
+"""The files of an experiment data import have problems, so nothing was imported.
+`google.rpc.BadRequest` lists them, each with its field set to `file:line:column` (or to the file
+alone); the metadata's "problem_count" says how many there are and "reported_count" how many
+are listed (at most 50, fewer when their text would not fit in gRPC's 8 KiB of trailers).
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
