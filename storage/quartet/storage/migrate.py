@@ -9,12 +9,23 @@ from playhouse import migrations
 
 from quartet.storage.accounts import Account, RefreshToken
 from quartet.storage.applications import ApiKey, Application
+from quartet.storage.experiments import Compound, Experiment, ExperimentCompound, ExperimentUser
 from quartet.storage.scores import Score
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 # Every model, in dependency order; the drift test compares them with the migrated schema.
-ALL_MODELS: list[type[peewee.Model]] = [Account, Score, RefreshToken, Application, ApiKey]
+ALL_MODELS: list[type[peewee.Model]] = [
+    Account,
+    Score,
+    RefreshToken,
+    Application,
+    ApiKey,
+    ExperimentUser,
+    Compound,
+    Experiment,
+    ExperimentCompound,
+]
 
 # Any constant works: it only has to be the same in every quartet process.
 _PG_MIGRATION_LOCK = 0x71A27E7
