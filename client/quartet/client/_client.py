@@ -12,6 +12,7 @@ import grpc
 from quartet.auth.v1 import auth_service_pb2
 from quartet.client._auth import Auth
 from quartet.client._base import Transport
+from quartet.client._experiments import Experiments
 from quartet.client._health import Health
 from quartet.client._scores import Scores
 
@@ -23,6 +24,8 @@ DEFAULT_TIMEOUT = 10.0
 _RETRYABLE: list[dict[str, str]] = [
     {"service": "grpc.health.v1.Health", "method": "Check"},
     {"service": "quartet.score.v1.ScoreService"},
+    # An import replaces the whole data set, so repeating one is harmless too.
+    {"service": "quartet.experiments.v1.ExperimentService"},
     {"service": "quartet.auth.v1.AuthService", "method": "Login"},
     {"service": "quartet.auth.v1.AuthService", "method": "GetCurrentAccount"},
     {"service": "quartet.auth.v1.AuthService", "method": "ListAccounts"},
@@ -78,6 +81,7 @@ class Client:
         self.auth = Auth(self._transport)
         self.health = Health(self._transport)
         self.scores = Scores(self._transport)
+        self.experiments = Experiments(self._transport)
 
     @property
     def channel(self) -> grpc.Channel:

@@ -20,8 +20,10 @@ from grpc_reflection.v1alpha import reflection
 
 from quartet import storage
 from quartet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from quartet.experiments.v1 import experiment_service_pb2, experiment_service_pb2_grpc
 from quartet.score.v1 import score_service_pb2, score_service_pb2_grpc
 from quartet.server.auth import Authenticator, AuthServicer, TokenIssuer
+from quartet.server.experiments import ExperimentServicer
 from quartet.server.interceptors import CallInterceptor
 from quartet.server.score import ScoreServicer
 from quartet.server.settings import Settings
@@ -32,6 +34,7 @@ logger = logging.getLogger(__name__)
 SERVICE_NAMES = (
     auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     score_service_pb2.DESCRIPTOR.services_by_name["ScoreService"].full_name,
+    experiment_service_pb2.DESCRIPTOR.services_by_name["ExperimentService"].full_name,
 )
 HEALTH_CHECK_INTERVAL = 10.0  # seconds between database pings of the health watchdog
 
@@ -106,6 +109,9 @@ def build_server(settings: Settings, database: peewee.Database) -> Server:
         AuthServicer(runner, authenticator), server
     )
     score_service_pb2_grpc.add_ScoreServiceServicer_to_server(ScoreServicer(runner), server)
+    experiment_service_pb2_grpc.add_ExperimentServiceServicer_to_server(
+        ExperimentServicer(runner), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

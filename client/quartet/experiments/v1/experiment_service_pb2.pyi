@@ -294,6 +294,7 @@ class UserReport(_message.Message):
     EXPERIMENT_COUNT_FIELD_NUMBER: _builtins.int
     FAVOURITE_COMPOUND_FIELD_NUMBER: _builtins.int
     FAVOURITE_COMPOUND_USES_FIELD_NUMBER: _builtins.int
+    SIGNUP_DATE_FIELD_NUMBER: _builtins.int
     user_id: _builtins.int
     """The user's id in the data set."""
     name: _builtins.str
@@ -304,6 +305,8 @@ class UserReport(_message.Message):
     """How many experiments the user ran; 0 if none."""
     favourite_compound_uses: _builtins.int
     """How many times the favourite compound appears in the user's experiments; 0 if none."""
+    signup_date: _builtins.str
+    """The day the user signed up, as in users.csv (ISO 8601, YYYY-MM-DD)."""
     @_builtins.property
     def favourite_compound(self) -> Global___Compound:
         """The compound the user's experiments used most often, counting each appearance in an
@@ -321,10 +324,11 @@ class UserReport(_message.Message):
         experiment_count: _builtins.int = ...,
         favourite_compound: Global___Compound | None = ...,
         favourite_compound_uses: _builtins.int = ...,
+        signup_date: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["favourite_compound", b"favourite_compound"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "experiment_count", b"experiment_count", "favourite_compound", b"favourite_compound", "favourite_compound_uses", b"favourite_compound_uses", "name", b"name", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "experiment_count", b"experiment_count", "favourite_compound", b"favourite_compound", "favourite_compound_uses", b"favourite_compound_uses", "name", b"name", "signup_date", b"signup_date", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

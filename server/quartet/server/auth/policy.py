@@ -70,6 +70,12 @@ RULES: dict[str, Rule] = {
     "/quartet.score.v1.ScoreService/CreateScore": USERS,
     "/quartet.score.v1.ScoreService/GetScore": USERS,
     "/quartet.score.v1.ScoreService/ListScores": USERS,
+    # Importing replaces the whole experiment data set; its report is for analysts.
+    "/quartet.experiments.v1.ExperimentService/ImportExperimentData": ADMINS,
+    "/quartet.experiments.v1.ExperimentService/GetExperimentReport": ANALYSTS,
+    "/quartet.experiments.v1.ExperimentService/ListUserReports": ANALYSTS,
+    "/quartet.experiments.v1.ExperimentService/GetUserReport": ANALYSTS,
+    "/quartet.experiments.v1.ExperimentService/ListExperiments": ANALYSTS,
 }
 
 # A method missing from RULES is an oversight; it is admins-only until someone decides.

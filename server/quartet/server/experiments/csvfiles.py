@@ -1,0 +1,434 @@
+"""Reading the data set's three CSV files from chunks of bytes: every quirk of the original files,
+and a problem (file, line, column, reason) for every cell that does not parse.
+
+What is accepted, as the original ETL accepted it: a comma followed by any whitespace (the files
+use `,` + tab) as the separator, cells stripped of surrounding whitespace, blank and
+whitespace-only lines anywhere, an optional header row, no newline after the last line, LF or
+CRLF line ends, and `;`-separated compound ids. What the original silently skipped is a problem
+here: a row whose id is not a number was dropped without a word; now it rejects the import.
+"""
+
+from __future__ import annotations
+
+import abc
+import codecs
+import datetime
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+from quartet.experiments.v1 import experiment_service_pb2 as pb
+from quartet.storage import experiment_import as staged
+from quartet.storage.experiments import (
+    EMAIL_LENGTH,
+    MAX_COMPOUNDS_PER_EXPERIMENT,
+    NAME_LENGTH,
+    STRUCTURE_LENGTH,
+)
+
+DataFile: TypeAlias = pb.DataFile.ValueType
+
+FILE_NAMES: dict[DataFile, str] = {
+    pb.DATA_FILE_USERS: "users.csv",
+    pb.DATA_FILE_COMPOUNDS: "compounds.csv",
+    pb.DATA_FILE_EXPERIMENTS: "user_experiments.csv",
+}
+COLUMNS: dict[DataFile, tuple[str, ...]] = {
+    pb.DATA_FILE_USERS: ("user_id", "name", "email", "signup_date"),
+    pb.DATA_FILE_COMPOUNDS: ("compound_id", "compound_name", "compound_structure"),
+    pb.DATA_FILE_EXPERIMENTS: (
+        "experiment_id",
+        "user_id",
+        "experiment_compound_ids",
+        "experiment_run_time",
+    ),
+}
+MAX_LINE_LENGTH = 65_536  # characters; bounds the memory one line can take
+MAX_ID = 2**63 - 1  # ids are stored as BIGINT
+SHOWN_LENGTH = 32  # how much of a bad value a problem quotes
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+", re.ASCII)
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """Something wrong with a file: `line` 0 means the whole file, `column` "" the whole line.
+    Problems sort by file, line and column."""
+
+    file: DataFile
+    line: int
+    column_index: int
+    column: str = field(compare=False)
+    description: str = field(compare=False)
+
+    @classmethod
+    def of(cls, file: DataFile, line: int, column: str, description: str) -> Problem:
+        columns = COLUMNS[file]
+        index = columns.index(column) if column in columns else -1
+        return cls(file, line, index, column, description)
+
+    @property
+    def location(self) -> str:
+        """`file:line:column`, as compilers print it (shorter when line or column is not set)."""
+        parts = [FILE_NAMES[self.file]]
+        if self.line:
+            parts.append(str(self.line))
+            if self.column:
+                parts.append(self.column)
+        return ":".join(parts)
+
+
+class Problems:
+    """Every problem is counted; the first `keep` of each file are kept, in line order."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.count = 0
+        self._kept: dict[DataFile, list[Problem]] = {}
+
+    def add(self, file: DataFile, line: int, column: str, description: str) -> None:
+        self.count += 1
+        kept = self._kept.setdefault(file, [])
+        if len(kept) < self.keep:
+            kept.append(Problem.of(file, line, column, description))
+
+    def first(self, extra: Sequence[Problem] = ()) -> list[Problem]:
+        """The kept problems and `extra`, ordered by file, line and column."""
+        return sorted([*(p for kept in self._kept.values() for p in kept), *extra])
+
+
+def shown(text: str) -> str:
+    """text quoted for a problem's description: ASCII only, and short."""
+    quoted = ascii(text)
+    return quoted if len(quoted) <= SHOWN_LENGTH else quoted[: SHOWN_LENGTH - 4] + "...'"
+
+
+class Lines:
+    """Complete lines from chunks of bytes, decoded as UTF-8 (a leading BOM is dropped).
+
+    A line longer than MAX_LINE_LENGTH comes out as None, and what follows it up to its newline is
+    dropped as it arrives, so it never sits in memory whole.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
+        self._partial = ""  # the start of a line whose newline has not arrived yet
+        self._too_long = False  # the pending line is already over the limit
+        self.bytes_read = 0
+        self.next_line = 1
+
+    def feed(self, data: bytes, *, final: bool = False) -> tuple[int, list[str | None]]:
+        """The number of the first line completed by data, and the lines it completes.
+
+        With final, the last line counts as complete even without a newline.
+        """
+        self.bytes_read += len(data)
+        pieces = self._decoder.decode(data, final).split("\n")
+        tail = pieces.pop()
+        lines: list[str | None] = []
+        if pieces:
+            lines.append(None if self._too_long else self._partial + pieces[0])
+            lines += pieces[1:]
+            self._partial, self._too_long = tail, False
+        elif not self._too_long:
+            self._partial += tail
+        if final and (self._partial or self._too_long):
+            lines.append(None if self._too_long else self._partial)
+            self._partial, self._too_long = "", False
+        lines = [None if line is None or len(line) > MAX_LINE_LENGTH else line for line in lines]
+        if len(self._partial) > MAX_LINE_LENGTH:
+            self._partial, self._too_long = "", True
+        first = self.next_line
+        self.next_line += len(lines)
+        return first, lines
+
+
+def split_cells(line: str) -> list[str] | None:
+    """The cells of one line (not yet stripped), or None if a quote is not closed.
+
+    A cell may be quoted (RFC 4180: wrapped in `"`, with `""` for a quote inside) to hold a comma;
+    whitespace around a quoted cell is ignored, as around any other.
+    """
+    if '"' not in line:
+        return line.split(",")
+    cells: list[str] = []
+    start = 0
+    while True:
+        begin = start
+        while begin < len(line) and line[begin] in " \t":
+            begin += 1
+        if begin < len(line) and line[begin] == '"':
+            cell, end = _quoted(line, begin + 1)
+            if end < 0:
+                return None
+            cells.append(cell)
+            if end == len(line):
+                return cells
+            start = end + 1
+            continue
+        comma = line.find(",", begin)
+        if comma < 0:
+            cells.append(line[start:])
+            return cells
+        cells.append(line[start:comma])
+        start = comma + 1
+
+
+def _quoted(line: str, start: int) -> tuple[str, int]:
+    """The quoted cell that starts at `start` (after its opening quote), and the index of the comma
+    that ends it (len(line) at the end of the line); -1 if malformed."""
+    parts: list[str] = []
+    while True:
+        quote = line.find('"', start)
+        if quote < 0:
+            return "", -1
+        parts.append(line[start:quote])
+        if line.startswith('"', quote + 1):  # "" is a quote inside the cell
+            parts.append('"')
+            start = quote + 2
+            continue
+        end = quote + 1
+        while end < len(line) and line[end] in " \t\r":
+            end += 1
+        if end < len(line) and line[end] != ",":
+            return "", -1
+        return "".join(parts), end
+
+
+class Reader(abc.ABC):
+    """Turns one file's chunks into staged rows. Subclasses parse one kind of row each."""
+
+    def __init__(self, file: DataFile, problems: Problems) -> None:
+        self.file = file
+        self.problems = problems
+        self.rows_read = 0
+        self.rows_stored = 0
+        self.complete = False
+        self._lines = Lines()
+        self._columns: tuple[int, ...] | None = None  # where each expected column is in a row
+        self._width = 0
+        self._unusable = False  # the header lacks a column: no row can be read
+
+    @property
+    def bytes_read(self) -> int:
+        return self._lines.bytes_read
+
+    @property
+    def name(self) -> str:
+        return FILE_NAMES[self.file]
+
+    def feed(self, data: bytes, *, final: bool = False) -> None:
+        first, lines = self._lines.feed(data, final=final)
+        for number, line in enumerate(lines, first):
+            if line is None:
+                self.problem(number, "", f"is longer than {MAX_LINE_LENGTH:,} characters")
+            elif line and not line.isspace():
+                self._line(number, line)
+        self.complete = final
+
+    @abc.abstractmethod
+    def pending(self) -> int:
+        """How many parsed rows wait to be staged."""
+        ...
+
+    @abc.abstractmethod
+    def stage(self, staging: staged.Staging) -> None:
+        """Write the parsed rows to the staging area."""
+        ...
+
+    @abc.abstractmethod
+    def parse(self, number: int, cells: list[str]) -> None:
+        """Parse one data row's cells (in COLUMNS order, stripped), collecting its problems."""
+        ...
+
+    def problem(self, line: int, column: str, description: str) -> None:
+        self.problems.add(self.file, line, column, description)
+
+    def _line(self, number: int, line: str) -> None:
+        if self._unusable:
+            return
+        if "\ufffd" in line:
+            self.problem(number, "", "is not valid UTF-8")
+            return
+        cells = split_cells(line)
+        if cells is None:
+            self.problem(number, "", "has a quote that is not closed")
+            return
+        expected = COLUMNS[self.file]
+        if self._columns is None:
+            self._width = len(cells)
+            header = [cell.strip().lower() for cell in cells]
+            if header[0] in expected:
+                self._read_header(number, header)
+                return
+            self._columns = tuple(range(len(expected)))
+            self._width = len(expected)
+        self.rows_read += 1
+        if len(cells) != self._width:
+            self.problem(number, "", f"has {len(cells)} cells; expected {self._width}")
+            return
+        self.parse(number, [cells[i].strip() for i in self._columns])
+
+    def _read_header(self, number: int, header: list[str]) -> None:
+        missing = [name for name in COLUMNS[self.file] if name not in header]
+        for name in missing:
+            self.problem(number, "", f"the header has no column {name!r}")
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        for name in repeated:
+            self.problem(number, "", f"the header has column {name!r} more than once")
+        if missing or repeated:
+            self._unusable = True
+            return
+        self._columns = tuple(header.index(name) for name in COLUMNS[self.file])
+
+    # --- cell parsers: the value, or None after recording the problem ---
+
+    def id_cell(self, number: int, column: str, text: str) -> int | None:
+        if text.isascii() and text.isdigit():
+            value = int(text)
+            if 0 < value <= MAX_ID:
+                return value
+            self.problem(number, column, f"{text} is not between 1 and {MAX_ID}")
+            return None
+        self.problem(number, column, f"{shown(text)} is not a whole number")
+        return None
+
+    def text_cell(self, number: int, column: str, text: str, limit: int) -> str | None:
+        if not text:
+            self.problem(number, column, "is empty")
+            return None
+        if len(text) > limit:
+            self.problem(number, column, f"is longer than {limit} characters")
+            return None
+        return text
+
+
+class UsersReader(Reader):
+    def __init__(self, problems: Problems) -> None:
+        super().__init__(pb.DATA_FILE_USERS, problems)
+        self._rows: list[staged.UserRow] = []
+
+    def parse(self, number: int, cells: list[str]) -> None:
+        user_id, name, email, signup = cells
+        parsed_id = self.id_cell(number, "user_id", user_id)
+        row = (
+            number,
+            parsed_id,
+            self.text_cell(number, "name", name, NAME_LENGTH),
+            self.text_cell(number, "email", email, EMAIL_LENGTH),
+            self._date(number, signup),
+        )
+        if parsed_id is not None:
+            self._rows.append(row)  # type: ignore[arg-type]
+
+    def _date(self, number: int, text: str) -> str | None:
+        if len(text) == 10 and text[4] == "-" and text[7] == "-":
+            try:
+                return datetime.date.fromisoformat(text).isoformat()
+            except ValueError:
+                pass
+        self.problem(number, "signup_date", f"{shown(text)} is not a date (YYYY-MM-DD)")
+        return None
+
+    def pending(self) -> int:
+        return len(self._rows)
+
+    def stage(self, staging: staged.Staging) -> None:
+        staging.add_users(self._rows)
+        self.rows_stored += len(self._rows)
+        self._rows = []
+
+
+class CompoundsReader(Reader):
+    def __init__(self, problems: Problems) -> None:
+        super().__init__(pb.DATA_FILE_COMPOUNDS, problems)
+        self._rows: list[staged.CompoundRow] = []
+
+    def parse(self, number: int, cells: list[str]) -> None:
+        compound_id, name, structure = cells
+        parsed_id = self.id_cell(number, "compound_id", compound_id)
+        row = (
+            number,
+            parsed_id,
+            self.text_cell(number, "compound_name", name, NAME_LENGTH),
+            self.text_cell(number, "compound_structure", structure, STRUCTURE_LENGTH),
+        )
+        if parsed_id is not None:
+            self._rows.append(row)  # type: ignore[arg-type]
+
+    def pending(self) -> int:
+        return len(self._rows)
+
+    def stage(self, staging: staged.Staging) -> None:
+        staging.add_compounds(self._rows)
+        self.rows_stored += len(self._rows)
+        self._rows = []
+
+
+class ExperimentsReader(Reader):
+    def __init__(self, problems: Problems) -> None:
+        super().__init__(pb.DATA_FILE_EXPERIMENTS, problems)
+        self._rows: list[staged.ExperimentRow] = []
+        self._links: list[staged.LinkRow] = []
+
+    def parse(self, number: int, cells: list[str]) -> None:
+        experiment_id, user_id, compound_ids, run_time = cells
+        parsed_id = self.id_cell(number, "experiment_id", experiment_id)
+        parsed_user = self.id_cell(number, "user_id", user_id)
+        compounds = self._compounds(number, compound_ids)
+        parsed_time = self._run_time(number, run_time)
+        if parsed_id is None:
+            return
+        self._rows.append((number, parsed_id, parsed_user, parsed_time))
+        self._links += [
+            (number, parsed_id, position, compound)
+            for position, compound in enumerate(compounds)
+            if compound is not None
+        ]
+
+    def _compounds(self, number: int, text: str) -> list[int | None]:
+        column = "experiment_compound_ids"
+        if not text:
+            self.problem(number, column, "is empty: an experiment uses at least one compound")
+            return []
+        parts = text.split(";")
+        if len(parts) > MAX_COMPOUNDS_PER_EXPERIMENT:
+            self.problem(
+                number, column, f"lists more than {MAX_COMPOUNDS_PER_EXPERIMENT} compounds"
+            )
+            return []
+        ids: list[int | None] = []
+        for part in parts:
+            part = part.strip()
+            if not part:
+                self.problem(number, column, f"{shown(text)} has an empty entry between ';'")
+                ids.append(None)
+            else:
+                ids.append(self.id_cell(number, column, part))
+        return ids
+
+    def _run_time(self, number: int, text: str) -> float | None:
+        if _DECIMAL.fullmatch(text):
+            value = float(text)
+            if math.isfinite(value):
+                return value
+        self.problem(
+            number, "experiment_run_time", f"{shown(text)} is not a number of zero or more"
+        )
+        return None
+
+    def pending(self) -> int:
+        return len(self._rows)
+
+    def stage(self, staging: staged.Staging) -> None:
+        staging.add_experiments(self._rows, self._links)
+        self.rows_stored += len(self._rows)
+        self._rows, self._links = [], []
+
+
+READERS: dict[DataFile, Callable[[Problems], Reader]] = {
+    pb.DATA_FILE_USERS: UsersReader,
+    pb.DATA_FILE_COMPOUNDS: CompoundsReader,
+    pb.DATA_FILE_EXPERIMENTS: ExperimentsReader,
+}
