@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from quartet import storage
 from quartet.server import logs
@@ -66,6 +67,12 @@ def _create_admin(settings: Settings, args: argparse.Namespace) -> None:
             verb = "made admin"
     storage.close(database)
     print(f"{verb}: {account.email} (account {account.id}); log in with this email and password")
+
+
+def _import_experiments(settings: Settings, args: argparse.Namespace) -> None:
+    from quartet.server.experiments.command import import_experiments
+
+    sys.exit(import_experiments(settings.database_url, args.directory))
 
 
 def _admin_password(args: argparse.Namespace) -> str:
@@ -132,6 +139,14 @@ def _parser() -> argparse.ArgumentParser:
     admin_parser.set_defaults(command=_create_admin)
     admin_parser.add_argument("email")
     admin_parser.add_argument("--password-file", metavar="FILE")
+    experiments_parser = commands.add_parser(
+        "import-experiments",
+        parents=[database],
+        help="replace the experiment data set with DIRECTORY's users.csv, compounds.csv and "
+        "user_experiments.csv (without DIRECTORY: the demo data set)",
+    )
+    experiments_parser.set_defaults(command=_import_experiments)
+    experiments_parser.add_argument("directory", nargs="?", type=Path, metavar="DIRECTORY")
     return parser
 
 
