@@ -110,8 +110,11 @@ class Staging:
         self._insert("import_experiment", rows)
         self._insert("import_link", links)
 
-    def findings(self, limit: int) -> tuple[int, list[Finding]]:
-        """How many cross-row problems there are, and the first `limit` of each kind by line."""
+    def findings(self, limit: int, *, references: bool = True) -> tuple[int, list[Finding]]:
+        """How many cross-row problems there are, and the first `limit` of each kind by line.
+
+        Without `references`, only duplicates are looked for.
+        """
         if self._postgres:  # temporary tables get no statistics unless asked: plan with them
             self._sql(f"ANALYZE {', '.join(_STAGES)}")
         else:
@@ -133,10 +136,11 @@ class Staging:
                     f"WHERE line > first_line ORDER BY line LIMIT {int(limit)}"
                 )
                 found += [Finding(table, "duplicate", *row) for row in rows]
-        for kind, stage, column, targets in (
+        checks = (
             ("unknown_user", "import_experiment", "user_id", "import_user"),
             ("unknown_compound", "import_link", "compound_id", "import_compound"),
-        ):
+        )
+        for kind, stage, column, targets in checks if references else ():
             missing = (
                 f"FROM {stage} AS s WHERE s.{column} IS NOT NULL AND NOT EXISTS "
                 f"(SELECT 1 FROM {targets} AS t WHERE t.id = s.{column})"

@@ -208,7 +208,7 @@ class Reader(abc.ABC):
         self._lines = Lines()
         self._columns: tuple[int, ...] | None = None  # where each expected column is in a row
         self._width = 0
-        self._unusable = False  # the header lacks a column: no row can be read
+        self.unusable = False  # the header lacks a column: no row can be read
 
     @property
     def bytes_read(self) -> int:
@@ -246,18 +246,18 @@ class Reader(abc.ABC):
         self.problems.add(self.file, line, column, description)
 
     def _line(self, number: int, line: str) -> None:
-        if self._unusable:
+        if self.unusable:
             return
+        # A row with a problem is still read as well as it can be, so that its id counts as
+        # defined and the ids it names are checked: one mistake, one problem.
         if "\ufffd" in line:
             self.problem(number, "", "is not valid UTF-8")
-            return
         cells = split_cells(line)
         if cells is None:
             self.problem(number, "", "has a quote that is not closed")
-            return
+            cells = line.split(",")
         expected = COLUMNS[self.file]
         if self._columns is None:
-            self._width = len(cells)
             header = [cell.strip().lower() for cell in cells]
             if header[0] in expected:
                 self._read_header(number, header)
@@ -278,9 +278,10 @@ class Reader(abc.ABC):
         for name in repeated:
             self.problem(number, "", f"the header has column {name!r} more than once")
         if missing or repeated:
-            self._unusable = True
+            self.unusable = True
             return
         self._columns = tuple(header.index(name) for name in COLUMNS[self.file])
+        self._width = len(header)
 
     # --- cell parsers: the value, or None after recording the problem ---
 
@@ -289,7 +290,7 @@ class Reader(abc.ABC):
             value = int(text)
             if 0 < value <= MAX_ID:
                 return value
-            self.problem(number, column, f"{text} is not between 1 and {MAX_ID}")
+            self.problem(number, column, f"{shown(text)} is not between 1 and {MAX_ID}")
             return None
         self.problem(number, column, f"{shown(text)} is not a whole number")
         return None

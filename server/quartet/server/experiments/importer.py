@@ -70,7 +70,12 @@ def run_import(chunks: Iterable[tuple[DataFile, bytes]], progress: Progress) -> 
             if file not in readers:
                 problems.add(file, 0, "", f"{name} was not sent; an import needs all three files")
         report(pb.IMPORT_STAGE_CHECKING)
-        found, findings = staging.findings(MAX_REPORTED)
+        # Without a file's rows, every reference to them would look broken: check them only when
+        # every file could be read.
+        references = len(readers) == len(FILE_NAMES) and not any(
+            reader.unusable for reader in readers.values()
+        )
+        found, findings = staging.findings(MAX_REPORTED, references=references)
         if problems.count or found:
             raise rejection(problems.count + found, problems.first(_problems(findings)))
         report(pb.IMPORT_STAGE_PUBLISHING)
