@@ -133,3 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     report.set_defaults(command=_report)
     report.add_argument("--user", type=int, metavar="ID", help="only this user's report")
     return parser
+
+
+if __name__ == "__main__":
+    main()
