@@ -44,6 +44,8 @@ _STAGES = {
     "position INTEGER NOT NULL, compound_id BIGINT NOT NULL",
 }
 
+_NUMERIC_STAGES = {"import_experiment", "import_link"}
+
 # Any constant works: it only has to be the same in every quartet process.
 _PG_PUBLISH_LOCK = 0x0E7E51
 
@@ -59,15 +61,6 @@ class Finding:
     line: int
     key: int
     first_line: int = 0
-
-
-@dataclass(frozen=True)
-class Counts:
-    """How many rows of each kind the published data set holds."""
-
-    users: int
-    compounds: int
-    experiments: int
 
 
 @contextlib.contextmanager
@@ -155,38 +148,26 @@ class Staging:
                 found += [Finding("experiment", kind, *row) for row in rows]
         return total, found
 
-    def publish(self) -> Counts:
+    def publish(self) -> None:
         """Replace the stored data set with the staged one, in one transaction."""
         copies = (
-            (ExperimentUser, "id, name, email, signup_date", "import_user", "id"),
-            (Compound, "id, name, structure", "import_compound", "id"),
-            (Experiment, "id, user_id, run_time, line", "import_experiment", "id"),
-            (
-                ExperimentCompound,
-                "experiment_id, position, compound_id",
-                "import_link",
-                "experiment_id, position",
-            ),
+            (ExperimentUser, "id, name, email, signup_date", "import_user"),
+            (Compound, "id, name, structure", "import_compound"),
+            (Experiment, "id, user_id, run_time, line", "import_experiment"),
+            (ExperimentCompound, "experiment_id, position, compound_id", "import_link"),
         )
         with self._db.atomic():
             if self._postgres:
                 self._sql("SELECT pg_advisory_xact_lock(%s)", (_PG_PUBLISH_LOCK,))
             for model, *_ in reversed(copies):
                 model.delete().execute()
-            for model, columns, stage, key in copies:
-                # Rows in key order append to the primary key's index instead of splitting it.
-                self._sql(
-                    f"INSERT INTO {model._meta.table_name} ({columns}) "
-                    f"SELECT {columns} FROM {stage} ORDER BY {key}"
-                )
+            for model, columns, stage in copies:
+                # In file order: no sort, and files usually list ids in order, which appends to
+                # the primary key's index.
+                table = model._meta.table_name
+                self._sql(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage}")
             if self._postgres:  # plan the first reports with the new data's statistics
-                names = ", ".join(model._meta.table_name for model, *_ in copies)
-                self._sql(f"ANALYZE {names}")
-            return Counts(
-                users=ExperimentUser.select().count(),
-                compounds=Compound.select().count(),
-                experiments=Experiment.select().count(),
-            )
+                self._sql(f"ANALYZE {', '.join(model._meta.table_name for model, *_ in copies)}")
 
     def drop(self) -> None:
         for table in _STAGES:
@@ -196,8 +177,15 @@ class Staging:
         if not rows:
             return
         if self._postgres:
+            # One batch is at most a few MiB of text: build it whole, COPY it in one go.
+            if table in _NUMERIC_STAGES:
+                # Numbers need no escaping, and str(None) is the NULL marker COPY is told of.
+                line = "\t".join(["%s"] * len(rows[0])) + "\n"
+                text, options = "".join([line % row for row in rows]), " WITH (NULL 'None')"
+            else:
+                text, options = "".join([_copy_line(row) for row in rows]), ""
             cursor = self._db.cursor()  # type: ignore[no-untyped-call]
-            cursor.copy_expert(f"COPY {table} FROM STDIN", _CopyText(rows), size=1 << 16)
+            cursor.copy_expert(f"COPY {table} FROM STDIN{options}", io.StringIO(text))
             return
         marks = ", ".join("?" * len(rows[0]))
         # A deferred transaction that writes only temporary tables locks nothing else.
@@ -210,29 +198,8 @@ class Staging:
         return self._db.execute_sql(sql, params)  # type: ignore[no-untyped-call]
 
 
-class _CopyText(io.TextIOBase):
-    """Rows as COPY's text format, produced as psycopg2 reads (never one big string)."""
-
-    def __init__(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        self._rows = iter(rows)
-        self._buffer = ""
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> str:
-        want = 1 << 62 if size is None or size < 0 else size
-        parts = [self._buffer]
-        length = len(self._buffer)
-        for row in self._rows:
-            line = "\t".join(_copy_value(value) for value in row) + "\n"
-            parts.append(line)
-            length += len(line)
-            if length >= want:
-                break
-        text = "".join(parts)
-        self._buffer = text[want:]
-        return text[:want]
+def _copy_line(row: tuple[Any, ...]) -> str:
+    return "\t".join([_copy_value(value) for value in row]) + "\n"
 
 
 def _copy_value(value: object) -> str:

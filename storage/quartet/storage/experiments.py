@@ -110,76 +110,82 @@ def totals() -> Totals:
 
 def user_summaries(*, after: int | None, limit: int) -> list[UserSummary]:
     """The report of up to `limit` users with ids above `after`, by id."""
-    page = ExperimentUser.select(ExperimentUser.id).order_by(ExperimentUser.id).limit(limit)
-    if after is not None:
-        page = page.where(ExperimentUser.id > after)
-    return _summaries(page)
+    low = 0 if after is None else after
+    page = (
+        ExperimentUser.select(ExperimentUser.id)
+        .where(ExperimentUser.id > low)
+        .order_by(ExperimentUser.id)
+        .limit(limit)
+    )
+    high = ExperimentUser.select(peewee.fn.MAX(page.c.id)).from_(page).scalar()
+    return [] if high is None else _summaries(low, high)
 
 
 def user_summary(user_id: int) -> UserSummary:
     """One user's report; RecordNotFound if the data set has no such user."""
-    rows = _summaries(ExperimentUser.select(ExperimentUser.id).where(ExperimentUser.id == user_id))
+    rows = _summaries(user_id - 1, user_id)
     if not rows:
         raise RecordNotFound("experiment user", user_id)
     return rows[0]
 
 
-def _summaries(users: peewee.Select) -> list[UserSummary]:
-    """One query: count each user's experiments and rank their compounds by uses, then by where
-    each first appears in the user's experiments (file order, each list left to right)."""
-    page = users.cte("page")
+def _summaries(low: int, high: int) -> list[UserSummary]:
+    """The report of the users with ids in (low, high], in one query.
+
+    Each user's compounds are ranked by uses, then by where each first appears in the user's
+    experiments (file order, each list left to right); the first is the favourite. Every part is
+    limited to the id range, so that a page reads only its users' rows (through the index on
+    experiment.user_id) whatever the size of the data set, and no step joins two derived tables
+    (SQLite would scan one of them once per row of the other).
+    """
+    users_in_range = (ExperimentUser.id > low) & (ExperimentUser.id <= high)
     first_seen = Experiment.line * MAX_COMPOUNDS_PER_EXPERIMENT + ExperimentCompound.position
-    uses = (
-        ExperimentCompound.select(
+    used = (
+        Experiment.select(
             Experiment.user_id.alias("user_id"),
             ExperimentCompound.compound_id.alias("compound_id"),
             peewee.fn.COUNT(peewee.SQL("*")).alias("uses"),
             peewee.fn.MIN(first_seen).alias("first_seen"),
         )
-        .join(Experiment, on=ExperimentCompound.experiment_id == Experiment.id)
-        .join(page, on=Experiment.user_id == page.c.id)
+        .join(ExperimentCompound, on=ExperimentCompound.experiment_id == Experiment.id)
+        .where((Experiment.user_id > low) & (Experiment.user_id <= high))
         .group_by(Experiment.user_id, ExperimentCompound.compound_id)
-        .cte("uses")
     )
+    # One more row per user, with no compound and zero uses: it ranks last, so it is the user's
+    # first row only when the user used no compound at all.
+    everyone = ExperimentUser.select(
+        ExperimentUser.id, peewee.Value(None), peewee.Value(0), peewee.Value(None)
+    ).where(users_in_range)
+    uses = used.union_all(everyone).cte("uses", columns=("user_id", "compound_id", "uses", "first"))
     ranked = uses.select_from(
         uses.c.user_id,
         uses.c.compound_id,
         uses.c.uses,
         peewee.fn.ROW_NUMBER()
-        .over(partition_by=[uses.c.user_id], order_by=[uses.c.uses.desc(), uses.c.first_seen])
+        .over(partition_by=[uses.c.user_id], order_by=[uses.c.uses.desc(), uses.c.first])
         .alias("rank"),
     ).cte("ranked")
-    counts = (
-        Experiment.select(
-            Experiment.user_id.alias("user_id"),
-            peewee.fn.COUNT(peewee.SQL("*")).alias("experiments"),
-        )
-        .join(page, on=Experiment.user_id == page.c.id)
-        .group_by(Experiment.user_id)
-        .cte("counts")
+    counted = Experiment.alias("counted")
+    experiments = counted.select(peewee.fn.COUNT(peewee.SQL("*"))).where(
+        counted.user_id == ExperimentUser.id
     )
     query = (
-        ExperimentUser.select(
+        ranked.select_from(
             ExperimentUser.id,
             ExperimentUser.name,
             ExperimentUser.email,
             ExperimentUser.signup_date,
-            peewee.fn.COALESCE(counts.c.experiments, 0),
+            experiments,
             ranked.c.compound_id,
             Compound.name,
             Compound.structure,
-            peewee.fn.COALESCE(ranked.c.uses, 0),
+            ranked.c.uses,
         )
-        .join(page, on=ExperimentUser.id == page.c.id)
-        .join(counts, peewee.JOIN.LEFT_OUTER, on=counts.c.user_id == ExperimentUser.id)
-        .join(
-            ranked,
-            peewee.JOIN.LEFT_OUTER,
-            on=(ranked.c.user_id == ExperimentUser.id) & (ranked.c.rank == 1),
-        )
+        .join(ExperimentUser, on=ExperimentUser.id == ranked.c.user_id)
         .join(Compound, peewee.JOIN.LEFT_OUTER, on=Compound.id == ranked.c.compound_id)
-        .order_by(ExperimentUser.id)
-        .with_cte(page, uses, ranked, counts)
+        .where(ranked.c.rank == 1)
+        .order_by(ranked.c.user_id)
+        .with_cte(uses, ranked)
         .tuples()
     )
     rows = cast(Iterable[tuple[Any, ...]], query)
