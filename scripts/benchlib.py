@@ -95,23 +95,39 @@ def bare_server() -> Iterator[str]:
         "    await server.wait_for_termination()\n"
         "asyncio.run(main())\n"
     )
-    with _process([sys.executable, "-c", code], ready=lambda line: line.strip().isdigit()) as line:
+    command = [sys.executable, "-c", code]
+    with _process(command, ready=lambda line: line.strip().isdigit()) as (line, _):
         yield f"127.0.0.1:{line.strip()}"
 
 
 @contextlib.contextmanager
 def quartet_server(database_url: str, *args: str) -> Iterator[str]:
     """`quartet-server serve` in its own process, as deployed (access log on, to a file)."""
+    with quartet_server_process(database_url, *args) as (address, _):
+        yield address
+
+
+@contextlib.contextmanager
+def quartet_server_process(database_url: str, *args: str) -> Iterator[tuple[str, int]]:
+    """quartet_server, yielding its address and its process id (to read its memory use)."""
     command = [
         sys.executable, "-m", "quartet.server", "serve", "--port", "0",
         "--database-url", database_url, "--log-format", "json", *args,
     ]  # fmt: skip
-    with _process(command, ready=lambda line: "listening on" in line) as line:
-        yield line.split("listening on ")[1].split(" ")[0]
+    with _process(command, ready=lambda line: "listening on" in line) as (line, pid):
+        yield line.split("listening on ")[1].split(" ")[0], pid
+
+
+def peak_memory_mib(pid: int) -> float:
+    """The most memory the process has had resident so far (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
 
 
 @contextlib.contextmanager
-def _process(command: list[str], ready: Callable[[str], bool]) -> Iterator[str]:
+def _process(command: list[str], ready: Callable[[str], bool]) -> Iterator[tuple[str, int]]:
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
@@ -127,7 +143,7 @@ def _process(command: list[str], ready: Callable[[str], bool]) -> Iterator[str]:
             threading.Thread(
                 target=shutil.copyfileobj, args=(process.stdout, log), daemon=True
             ).start()
-            yield line
+            yield line, process.pid
         finally:
             process.terminate()
             process.wait(30)
