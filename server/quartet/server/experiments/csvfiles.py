@@ -49,6 +49,13 @@ MAX_LINE_LENGTH = 65_536  # characters; bounds the memory one line can take
 MAX_ID = 2**63 - 1  # ids are stored as BIGINT
 SHOWN_LENGTH = 32  # how much of a bad value a problem quotes
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+", re.ASCII)
+# A valid experiment row in the usual layout, ids of up to 18 digits (so within BIGINT): most
+# rows of a large file match, and skip the cell-by-cell parsing.
+_ID = r"\s*([1-9][0-9]{0,17})\s*"
+_PLAIN_EXPERIMENT = re.compile(
+    rf"{_ID},{_ID},\s*([0-9]{{1,18}}(?:\s*;\s*[0-9]{{1,18}})*)\s*,\s*([0-9]+(?:\.[0-9]*)?)\s*",
+    re.ASCII,
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -209,6 +216,7 @@ class Reader(abc.ABC):
         self._columns: tuple[int, ...] | None = None  # where each expected column is in a row
         self._width = 0
         self.unusable = False  # the header lacks a column: no row can be read
+        self._plain = False  # the columns are the expected ones, in order: quick() may try
 
     @property
     def bytes_read(self) -> int:
@@ -242,11 +250,19 @@ class Reader(abc.ABC):
         """Parse one data row's cells (in COLUMNS order, stripped), collecting its problems."""
         ...
 
+    def quick(self, number: int, line: str) -> bool:
+        """Parse a line in one step if it is plainly valid; False sends it the long way, which
+        finds its problems. Readers of large files override it."""
+        return False
+
     def problem(self, line: int, column: str, description: str) -> None:
         self.problems.add(self.file, line, column, description)
 
     def _line(self, number: int, line: str) -> None:
         if self.unusable:
+            return
+        if self._plain and self.quick(number, line):
+            self.rows_read += 1
             return
         # A row with a problem is still read as well as it can be, so that its id counts as
         # defined and the ids it names are checked: one mistake, one problem.
@@ -264,6 +280,7 @@ class Reader(abc.ABC):
                 return
             self._columns = tuple(range(len(expected)))
             self._width = len(expected)
+            self._plain = True
         self.rows_read += 1
         if len(cells) != self._width:
             self.problem(number, "", f"has {len(cells)} cells; expected {self._width}")
@@ -282,6 +299,7 @@ class Reader(abc.ABC):
             return
         self._columns = tuple(header.index(name) for name in COLUMNS[self.file])
         self._width = len(header)
+        self._plain = self._columns == tuple(range(self._width))
 
     # --- cell parsers: the value, or None after recording the problem ---
 
@@ -372,6 +390,21 @@ class ExperimentsReader(Reader):
         super().__init__(pb.DATA_FILE_EXPERIMENTS, problems)
         self._rows: list[staged.ExperimentRow] = []
         self._links: list[staged.LinkRow] = []
+
+    def quick(self, number: int, line: str) -> bool:
+        match = _PLAIN_EXPERIMENT.fullmatch(line)
+        if match is None:
+            return False
+        experiment_id, user_id, compound_ids, run_time = match.groups()
+        compounds = list(map(int, compound_ids.split(";")))
+        if 0 in compounds or len(compounds) > MAX_COMPOUNDS_PER_EXPERIMENT:
+            return False
+        parsed_id = int(experiment_id)
+        self._rows.append((number, parsed_id, int(user_id), float(run_time)))
+        self._links += [
+            (number, parsed_id, position, compound) for position, compound in enumerate(compounds)
+        ]
+        return True
 
     def parse(self, number: int, cells: list[str]) -> None:
         experiment_id, user_id, compound_ids, run_time = cells
