@@ -549,28 +549,21 @@ def test_the_longest_problems_still_fit_in_the_trailers(client: Client) -> None:
     )
 
 
-def test_a_missing_file_is_a_problem_and_nothing_is_written(client: Client) -> None:
-    load(client)
-    before = snapshot(client)
-    requests = [
-        pb.ImportExperimentDataRequest(file=pb.DATA_FILE_USERS, data=SEED_USERS),
-        pb.ImportExperimentDataRequest(file=pb.DATA_FILE_EXPERIMENTS, data=b""),
-    ]
-    with pytest.raises(QuartetError) as caught:
-        list(raw_import(client, requests))
-    assert violations(caught.value) == [
-        ("compounds.csv", "compounds.csv was not sent; an import needs all three files")
-    ]
-    assert snapshot(client) == before
-
-
 @pytest.mark.parametrize(
-    ("requests", "field", "description"),
+    ("requests", "reason", "violation"),
     [
         (
+            [
+                pb.ImportExperimentDataRequest(file=pb.DATA_FILE_USERS, data=SEED_USERS),
+                pb.ImportExperimentDataRequest(file=pb.DATA_FILE_EXPERIMENTS, data=b""),
+            ],
+            "IMPORT_FILES_INVALID",
+            ("compounds.csv", "compounds.csv was not sent; an import needs all three files"),
+        ),
+        (
             [pb.ImportExperimentDataRequest(data=b"1")],
-            "file",
-            "must be USERS, COMPOUNDS or EXPERIMENTS",
+            "FIELD_INVALID",
+            ("file", "must be USERS, COMPOUNDS or EXPERIMENTS"),
         ),
         (
             [
@@ -578,22 +571,24 @@ def test_a_missing_file_is_a_problem_and_nothing_is_written(client: Client) -> N
                 pb.ImportExperimentDataRequest(file=pb.DATA_FILE_COMPOUNDS, data=SEED_COMPOUNDS),
                 pb.ImportExperimentDataRequest(file=pb.DATA_FILE_USERS, data=SEED_USERS[50:]),
             ],
-            "file",
-            "users.csv was already sent",
+            "FIELD_INVALID",
+            ("file", "users.csv was already sent"),
         ),
     ],
-    ids=["unnamed file", "file resumed"],
+    ids=["file missing", "file unnamed", "file resumed"],
 )
-def test_a_broken_stream_is_invalid(
-    client: Client, requests: list[pb.ImportExperimentDataRequest], field: str, description: str
+def test_a_stream_without_each_file_once_is_refused(
+    client: Client,
+    requests: list[pb.ImportExperimentDataRequest],
+    reason: str,
+    violation: tuple[str, str],
 ) -> None:
     load(client)
     before = snapshot(client)
     with pytest.raises(QuartetError) as caught:
         list(raw_import(client, requests))
-    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert caught.value.reason == "FIELD_INVALID"
-    assert violations(caught.value) == [(field, description)]
+    assert (caught.value.code, caught.value.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
+    assert violations(caught.value) == [violation]
     assert snapshot(client) == before
 
 

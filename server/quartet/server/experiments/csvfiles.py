@@ -17,7 +17,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from quartet.experiments.v1 import experiment_service_pb2 as pb
 from quartet.storage import experiment_import as staged
@@ -212,6 +212,7 @@ class Reader(abc.ABC):
         self.rows_read = 0
         self.rows_stored = 0
         self.complete = False
+        self.rows: list[tuple[Any, ...]] = []  # parsed, not yet staged
         self._lines = Lines()
         self._columns: tuple[int, ...] | None = None  # where each expected column is in a row
         self._width = 0
@@ -235,14 +236,19 @@ class Reader(abc.ABC):
                 self._line(number, line)
         self.complete = final
 
-    @abc.abstractmethod
     def pending(self) -> int:
         """How many parsed rows wait to be staged."""
-        ...
+        return len(self.rows)
+
+    def stage(self, staging: staged.Staging) -> None:
+        """Write the parsed rows to the staging area, and forget them."""
+        self.write(staging)
+        self.rows_stored += len(self.rows)
+        self.rows = []
 
     @abc.abstractmethod
-    def stage(self, staging: staged.Staging) -> None:
-        """Write the parsed rows to the staging area."""
+    def write(self, staging: staged.Staging) -> None:
+        """Write the parsed rows (and whatever goes with them) to the staging area."""
         ...
 
     @abc.abstractmethod
@@ -326,7 +332,6 @@ class Reader(abc.ABC):
 class UsersReader(Reader):
     def __init__(self, problems: Problems) -> None:
         super().__init__(pb.DATA_FILE_USERS, problems)
-        self._rows: list[staged.UserRow] = []
 
     def parse(self, number: int, cells: list[str]) -> None:
         user_id, name, email, signup = cells
@@ -339,7 +344,7 @@ class UsersReader(Reader):
             self._date(number, signup),
         )
         if parsed_id is not None:
-            self._rows.append(row)  # type: ignore[arg-type]
+            self.rows.append(row)
 
     def _date(self, number: int, text: str) -> str | None:
         if len(text) == 10 and text[4] == "-" and text[7] == "-":
@@ -350,19 +355,13 @@ class UsersReader(Reader):
         self.problem(number, "signup_date", f"{shown(text)} is not a date (YYYY-MM-DD)")
         return None
 
-    def pending(self) -> int:
-        return len(self._rows)
-
-    def stage(self, staging: staged.Staging) -> None:
-        staging.add_users(self._rows)
-        self.rows_stored += len(self._rows)
-        self._rows = []
+    def write(self, staging: staged.Staging) -> None:
+        staging.add_users(self.rows)
 
 
 class CompoundsReader(Reader):
     def __init__(self, problems: Problems) -> None:
         super().__init__(pb.DATA_FILE_COMPOUNDS, problems)
-        self._rows: list[staged.CompoundRow] = []
 
     def parse(self, number: int, cells: list[str]) -> None:
         compound_id, name, structure = cells
@@ -374,21 +373,15 @@ class CompoundsReader(Reader):
             self.text_cell(number, "compound_structure", structure, STRUCTURE_LENGTH),
         )
         if parsed_id is not None:
-            self._rows.append(row)  # type: ignore[arg-type]
+            self.rows.append(row)
 
-    def pending(self) -> int:
-        return len(self._rows)
-
-    def stage(self, staging: staged.Staging) -> None:
-        staging.add_compounds(self._rows)
-        self.rows_stored += len(self._rows)
-        self._rows = []
+    def write(self, staging: staged.Staging) -> None:
+        staging.add_compounds(self.rows)
 
 
 class ExperimentsReader(Reader):
     def __init__(self, problems: Problems) -> None:
         super().__init__(pb.DATA_FILE_EXPERIMENTS, problems)
-        self._rows: list[staged.ExperimentRow] = []
         self._links: list[staged.LinkRow] = []
 
     def quick(self, number: int, line: str) -> bool:
@@ -400,7 +393,7 @@ class ExperimentsReader(Reader):
         if 0 in compounds or len(compounds) > MAX_COMPOUNDS_PER_EXPERIMENT:
             return False
         parsed_id = int(experiment_id)
-        self._rows.append((number, parsed_id, int(user_id), float(run_time)))
+        self.rows.append((number, parsed_id, int(user_id), float(run_time)))
         self._links += [
             (number, parsed_id, position, compound) for position, compound in enumerate(compounds)
         ]
@@ -414,7 +407,7 @@ class ExperimentsReader(Reader):
         parsed_time = self._run_time(number, run_time)
         if parsed_id is None:
             return
-        self._rows.append((number, parsed_id, parsed_user, parsed_time))
+        self.rows.append((number, parsed_id, parsed_user, parsed_time))
         self._links += [
             (number, parsed_id, position, compound)
             for position, compound in enumerate(compounds)
@@ -452,13 +445,9 @@ class ExperimentsReader(Reader):
         )
         return None
 
-    def pending(self) -> int:
-        return len(self._rows)
-
-    def stage(self, staging: staged.Staging) -> None:
-        staging.add_experiments(self._rows, self._links)
-        self.rows_stored += len(self._rows)
-        self._rows, self._links = [], []
+    def write(self, staging: staged.Staging) -> None:
+        staging.add_experiments(self.rows, self._links)
+        self._links = []
 
 
 READERS: dict[DataFile, Callable[[Problems], Reader]] = {
