@@ -732,6 +732,30 @@ def test_a_cancelled_import_writes_nothing(client: Client) -> None:
     assert [r[0] for r in report(client)] == [1, 2]
 
 
+def test_imports_run_one_after_the_other(client: Client) -> None:
+    gate = threading.Event()
+    first: list[pb.ImportExperimentDataResponse] = []
+    second: list[pb.ImportExperimentDataResponse] = []
+    calls = [
+        Background(lambda: first.extend(raw_import(client, gated(gate)))),
+        Background(lambda: second.extend(client.experiments.iter_import(*_seed_files()))),
+    ]
+    calls[0].start()
+    _wait_for(lambda: bool(first))
+    calls[1].start()
+    time.sleep(0.5)
+    assert not second  # waiting for the first import, which waits for its last file
+    gate.set()
+    for call in calls:
+        call.join_result()
+    assert first[-1].stage == second[-1].stage == pb.IMPORT_STAGE_DONE
+    assert report(client) == SEED_REPORT  # the second import came last
+
+
+def _seed_files() -> list[io.BytesIO]:
+    return [io.BytesIO(data) for data in (SEED_USERS, SEED_COMPOUNDS, SEED_EXPERIMENTS)]
+
+
 def _wait_for(condition: Callable[[], bool], seconds: float = 10) -> None:
     deadline = time.monotonic() + seconds
     while not condition():

@@ -28,9 +28,19 @@ class ExperimentServicer(experiment_service_pb2_grpc.ExperimentServiceServicer):
 
     def __init__(self, runner: DatabaseRunner) -> None:
         self._db = runner
+        # Imports replace the whole data set, so running two at once gains nothing, and each one
+        # holds a database thread for as long as its upload lasts: the next one waits its turn.
+        self._one_import = asyncio.Lock()
 
     async def ImportExperimentData(
         self, request_iterator: AsyncIterator[pb.ImportExperimentDataRequest], context: Context
+    ) -> AsyncIterator[pb.ImportExperimentDataResponse]:
+        async with self._one_import:
+            async for reply in self._import(request_iterator):
+                yield reply
+
+    async def _import(
+        self, request_iterator: AsyncIterator[pb.ImportExperimentDataRequest]
     ) -> AsyncIterator[pb.ImportExperimentDataResponse]:
         loop = asyncio.get_running_loop()
         updates: asyncio.Queue[pb.ImportExperimentDataResponse | None] = asyncio.Queue()
