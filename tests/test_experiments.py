@@ -502,6 +502,21 @@ def test_a_bad_file_is_rejected_with_where_and_why(
     assert f"{expected[0][0]}: {expected[0][1]}" in error.message
 
 
+def test_an_over_long_line_is_dropped_as_it_arrives(client: Client) -> None:
+    # Sent in small chunks, the line never sits whole in the server; the next line still counts.
+    users = SEED_USERS.replace(b"Bob", b"B" * 70_000).replace(b"Carol", b"\xff")
+    load(client)
+    before = snapshot(client)
+    with pytest.raises(QuartetError) as caught:
+        load(client, users=users, chunk_size=4096)
+    assert violations(caught.value) == [
+        ("users.csv:4", "is longer than 65,536 characters"),
+        ("users.csv:5", "is not valid UTF-8"),
+        ("user_experiments.csv:4:user_id", "user 2 is not in users.csv"),
+    ]
+    assert snapshot(client) == before
+
+
 def test_every_problem_is_reported_in_file_line_and_column_order(client: Client) -> None:
     users = users_csv("1, Alice, a@x, 2023-01-01", "1, , b@x, 2023-01-32", "x, C, c@x, 2023-01-01")
     experiments = experiments_csv("1, 1, 1;9, 10", "2, 5, 2, ten", "1, 1, 1, 1")

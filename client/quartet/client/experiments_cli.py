@@ -39,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # closing the channel cancels the call: the import changes nothing
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def _import(client: Client, args: argparse.Namespace) -> None:
