@@ -104,10 +104,8 @@ def bare_server() -> Iterator[str]:
         "    await server.wait_for_termination()\n"
         "asyncio.run(main())\n"
     )
-    with _process([sys.executable, "-c", code], ready=lambda line: line.strip().isdigit()) as (
-        line,
-        _,
-    ):
+    command = [sys.executable, "-c", code]
+    with _process(command, ready=lambda line: line.strip().isdigit()) as (line, _):
         yield f"127.0.0.1:{line.strip()}"
 
 
@@ -132,6 +130,14 @@ def quartet_process(database_url: str, *args: str) -> Iterator[tuple[str, int]]:
 def children(pid: int) -> list[int]:
     """The child processes of pid (a supervisor's workers)."""
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def peak_memory_mib(pid: int) -> float:
+    """The most memory the process has had resident so far (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from quartet.auth.v1 import auth_service_pb2
 from quartet.client._auth import Auth
 from quartet.client._base import Closable, Transport
 from quartet.client._events import Events
+from quartet.client._experiments import Experiments
 from quartet.client._health import Health
 from quartet.client._regions import Regions
 from quartet.client._scores import Scores
@@ -26,6 +27,8 @@ _RETRYABLE: list[dict[str, str]] = [
     {"service": "quartet.score.v1.ScoreService"},
     {"service": "quartet.events.v1.EventService"},  # every event sent by the SDK has an id
     {"service": "quartet.regions.v1.RegionService"},  # reads only
+    # An import replaces the whole data set, so repeating one is harmless too.
+    {"service": "quartet.experiments.v1.ExperimentService"},
     {"service": "quartet.auth.v1.AuthService", "method": "Login"},
     {"service": "quartet.auth.v1.AuthService", "method": "GetCurrentAccount"},
     {"service": "quartet.auth.v1.AuthService", "method": "ListAccounts"},
@@ -83,6 +86,7 @@ class Client(Closable):
         self.scores = Scores(self._transport)
         self.events = Events(self._transport)
         self.regions = Regions(self._transport)
+        self.experiments = Experiments(self._transport)
 
     @property
     def channel(self) -> grpc.Channel:

@@ -21,10 +21,12 @@ from grpc_reflection.v1alpha import reflection
 from quartet import storage
 from quartet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from quartet.events.v1 import event_service_pb2, event_service_pb2_grpc
+from quartet.experiments.v1 import experiment_service_pb2, experiment_service_pb2_grpc
 from quartet.regions.v1 import region_service_pb2, region_service_pb2_grpc
 from quartet.score.v1 import score_service_pb2, score_service_pb2_grpc
 from quartet.server import events, regions
 from quartet.server.auth import Authenticator, AuthServicer, TokenIssuer
+from quartet.server.experiments import ExperimentServicer
 from quartet.server.interceptors import CallInterceptor
 from quartet.server.score import ScoreServicer
 from quartet.server.settings import Settings
@@ -38,6 +40,7 @@ DATABASE_SERVICES = (
     auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     score_service_pb2.DESCRIPTOR.services_by_name["ScoreService"].full_name,
     event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+    experiment_service_pb2.DESCRIPTOR.services_by_name["ExperimentService"].full_name,
 )
 MEMORY_SERVICES = (region_service_pb2.DESCRIPTOR.services_by_name["RegionService"].full_name,)
 SERVICE_NAMES = (*DATABASE_SERVICES, *MEMORY_SERVICES)
@@ -148,6 +151,9 @@ def build_server(
     )
     region_service_pb2_grpc.add_RegionServiceServicer_to_server(
         regions.RegionServicer(regions.RegionIndex()), server
+    )
+    experiment_service_pb2_grpc.add_ExperimentServiceServicer_to_server(
+        ExperimentServicer(runner), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -122,6 +122,12 @@ def _demo_data(settings: Settings, args: argparse.Namespace) -> None:
     )
 
 
+def _import_experiments(settings: Settings, args: argparse.Namespace) -> int:
+    from quartet.server.experiments.command import import_experiments
+
+    return import_experiments(settings.database_url, args.directory)
+
+
 def _admin_password(args: argparse.Namespace) -> str:
     if args.password_file:
         with open(args.password_file) as file:
@@ -217,6 +223,14 @@ def _parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--users", type=int, default=50)
     demo_parser.add_argument("--sessions", type=int, default=200, help="visits with events")
     demo_parser.add_argument("--seed", type=int, help="make the data reproducible")
+    experiments_parser = commands.add_parser(
+        "import-experiments",
+        parents=[database],
+        help="replace the experiment data set with DIRECTORY's users.csv, compounds.csv and "
+        "user_experiments.csv (without DIRECTORY: the demo data set)",
+    )
+    experiments_parser.set_defaults(command=_import_experiments)
+    experiments_parser.add_argument("directory", nargs="?", type=Path, metavar="DIRECTORY")
     return parser
 
 

@@ -11,6 +11,7 @@ from quartet.storage import regions
 from quartet.storage.accounts import Account, RefreshToken
 from quartet.storage.applications import ApiKey, Application
 from quartet.storage.events import Event, EventType, RejectedEvent
+from quartet.storage.experiments import Compound, Experiment, ExperimentCompound, ExperimentUser
 from quartet.storage.scores import Score
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -25,6 +26,10 @@ ALL_MODELS: list[type[peewee.Model]] = [
     EventType,
     Event,
     RejectedEvent,
+    ExperimentUser,
+    Compound,
+    Experiment,
+    ExperimentCompound,
     *regions.MODELS,
 ]
 # Reference data: shipped with quartet and loaded by migrate(), never written by a call, so test

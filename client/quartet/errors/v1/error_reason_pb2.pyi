@@ -66,6 +66,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The text given as an FSA is neither an FSA ("K1A") nor a postal code ("K1A 0B1"): wrong
     length or pattern, or a letter Canada Post never uses there. The field violation says which.
     """
+    IMPORT_FILES_INVALID: _ErrorReason.ValueType  # 30
+    """The files of an experiment data import have problems, so nothing was imported.
+    `google.rpc.BadRequest` lists them, each with its field set to `file:line:column` (or to the file
+    alone); the metadata's "problem_count" says how many there are and "reported_count" how many
+    are listed (at most 50, fewer when their text would not fit in gRPC's 8 KiB of trailers).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the machine-readable causes quartet puts in `google.rpc.ErrorInfo.reason`.
@@ -123,5 +129,11 @@ EVENT_TOO_LARGE: ErrorReason.ValueType  # 24
 FSA_INVALID: ErrorReason.ValueType  # 40
 """The text given as an FSA is neither an FSA ("K1A") nor a postal code ("K1A 0B1"): wrong
 length or pattern, or a letter Canada Post never uses there. The field violation says which.
+"""
+IMPORT_FILES_INVALID: ErrorReason.ValueType  # 30
+"""The files of an experiment data import have problems, so nothing was imported.
+`google.rpc.BadRequest` lists them, each with its field set to `file:line:column` (or to the file
+alone); the metadata's "problem_count" says how many there are and "reported_count" how many
+are listed (at most 50, fewer when their text would not fit in gRPC's 8 KiB of trailers).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

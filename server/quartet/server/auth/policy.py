@@ -88,6 +88,12 @@ RULES: dict[str, Rule] = {
     "/quartet.regions.v1.RegionService/GetHealthRegion": SIGNED_IN,
     "/quartet.regions.v1.RegionService/LookupFsa": SIGNED_IN,
     "/quartet.regions.v1.RegionService/BatchLookupFsas": SIGNED_IN,
+    # Importing replaces the whole experiment data set; its report is for analysts.
+    "/quartet.experiments.v1.ExperimentService/ImportExperimentData": ADMINS,
+    "/quartet.experiments.v1.ExperimentService/GetExperimentReport": ANALYSTS,
+    "/quartet.experiments.v1.ExperimentService/ListUserReports": ANALYSTS,
+    "/quartet.experiments.v1.ExperimentService/GetUserReport": ANALYSTS,
+    "/quartet.experiments.v1.ExperimentService/ListExperiments": ANALYSTS,
 }
 
 # A method missing from RULES is an oversight; it is admins-only until someone decides.

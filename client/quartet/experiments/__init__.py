@@ -1,0 +1,1 @@
+"""Generated from protos/quartet/experiments. Do not edit; run scripts/gen_protos.py."""

@@ -1,0 +1,159 @@
+"""One import, from chunks to the published data set: read each file, stage its rows in batches,
+check what spans files, then publish, or reject with every problem's file, line and reason.
+
+It runs in one database thread (the staging tables belong to that thread's connection) and takes
+its chunks from a blocking iterator, so the same code serves the gRPC stream and the command line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from quartet.errors.v1 import error_reason_pb2
+from quartet.experiments.v1 import experiment_service_pb2 as pb
+from quartet.server.errors import FieldViolation, InvalidArgument
+from quartet.server.experiments.csvfiles import (
+    FILE_NAMES,
+    READERS,
+    DataFile,
+    Problem,
+    Problems,
+    Reader,
+)
+from quartet.storage import experiment_import
+
+BATCH_ROWS = 10_000  # rows staged per write; one progress message each
+MAX_REPORTED = 50  # problems listed in an error ...
+MAX_REPORTED_BYTES = 6_000  # ... and their text, to fit gRPC's default 8 KiB of trailers
+
+Progress = Callable[[pb.ImportExperimentDataResponse], None]
+
+_FILES: dict[str, DataFile] = {
+    "user": pb.DATA_FILE_USERS,
+    "compound": pb.DATA_FILE_COMPOUNDS,
+    "experiment": pb.DATA_FILE_EXPERIMENTS,
+}
+
+
+def run_import(chunks: Iterable[tuple[DataFile, bytes]], progress: Progress) -> None:
+    """Import the files in chunks, (file, bytes) pairs, calling progress as it goes.
+
+    Raises InvalidArgument when a file has problems (the stored data set is then unchanged) or when
+    the chunks break the protocol (a file unnamed, or resumed after another began).
+    """
+    problems = Problems(keep=MAX_REPORTED)
+    readers: dict[DataFile, Reader] = {}
+    reply = pb.ImportExperimentDataResponse(stage=pb.IMPORT_STAGE_RECEIVING)
+
+    def report(stage: pb.ImportStage.ValueType = pb.IMPORT_STAGE_RECEIVING) -> None:
+        reply.stage = stage
+        del reply.files[:]
+        reply.files.extend(_file_progress(reader) for reader in readers.values())
+        progress(_copy(reply))
+
+    with experiment_import.staging() as staging:
+        current: Reader | None = None
+        for file, data in chunks:
+            if current is None or file != current.file:
+                _check_order(file, readers)
+                if current is not None:
+                    _finish(current, staging)
+                    report()
+                current = readers[file] = READERS[file](problems)
+            current.feed(data)
+            if current.pending() >= BATCH_ROWS:
+                current.stage(staging)
+                report()
+        if current is not None:
+            _finish(current, staging)
+        for file, name in FILE_NAMES.items():
+            if file not in readers:
+                problems.add(file, 0, "", f"{name} was not sent; an import needs all three files")
+        report(pb.IMPORT_STAGE_CHECKING)
+        # Without a file's rows, every reference to them would look broken: check them only when
+        # every file could be read.
+        references = len(readers) == len(FILE_NAMES) and not any(
+            reader.unusable for reader in readers.values()
+        )
+        found, findings = staging.findings(MAX_REPORTED, references=references)
+        if problems.count or found:
+            raise rejection(problems.count + found, problems.first(_problems(findings)))
+        report(pb.IMPORT_STAGE_PUBLISHING)
+        staging.publish()
+    report(pb.IMPORT_STAGE_DONE)
+
+
+def _check_order(file: DataFile, readers: dict[DataFile, Reader]) -> None:
+    if file not in FILE_NAMES:
+        raise InvalidArgument(
+            "every chunk must name its file",
+            violations=[FieldViolation("file", "must be USERS, COMPOUNDS or EXPERIMENTS")],
+        )
+    if file in readers:
+        name = FILE_NAMES[file]
+        raise InvalidArgument(
+            f"{name} was sent again after another file began; send each file's chunks together",
+            violations=[FieldViolation("file", f"{name} was already sent")],
+        )
+
+
+def _finish(reader: Reader, staging: experiment_import.Staging) -> None:
+    reader.feed(b"", final=True)
+    reader.stage(staging)
+
+
+def _file_progress(reader: Reader) -> pb.FileProgress:
+    return pb.FileProgress(
+        file=reader.file,
+        bytes_read=reader.bytes_read,
+        rows_read=reader.rows_read,
+        rows_stored=reader.rows_stored,
+        complete=reader.complete,
+    )
+
+
+def _copy(reply: pb.ImportExperimentDataResponse) -> pb.ImportExperimentDataResponse:
+    copy = pb.ImportExperimentDataResponse()
+    copy.CopyFrom(reply)
+    return copy
+
+
+def _problems(findings: list[experiment_import.Finding]) -> list[Problem]:
+    """The storage layer's findings, said in terms of the files."""
+    problems = []
+    for finding in findings:
+        if finding.kind == "duplicate":
+            file, column = _FILES[finding.table], f"{finding.table}_id"
+            description = f"repeats {column} {finding.key} of line {finding.first_line}"
+        elif finding.kind == "unknown_user":
+            file, column = pb.DATA_FILE_EXPERIMENTS, "user_id"
+            description = f"user {finding.key} is not in users.csv"
+        else:
+            file, column = pb.DATA_FILE_EXPERIMENTS, "experiment_compound_ids"
+            description = f"compound {finding.key} is not in compounds.csv"
+        problems.append(Problem.of(file, finding.line, column, description))
+    return problems
+
+
+def rejection(count: int, problems: list[Problem]) -> InvalidArgument:
+    """The error for an import with `count` problems, listing as many of `problems` as fit."""
+    violations: list[FieldViolation] = []
+    size = 0
+    for problem in problems[:MAX_REPORTED]:
+        violation = FieldViolation(problem.location, problem.description)
+        size += len(violation.field.encode()) + len(violation.description.encode()) + 8
+        if size > MAX_REPORTED_BYTES:
+            break
+        violations.append(violation)
+    first = violations[0]
+    if count == 1:
+        listed = "it is"
+    else:
+        listed = "all are" if len(violations) == count else f"the first {len(violations)} are"
+    return InvalidArgument(
+        f"the files have {count:,} problem{'s' * (count != 1)}, so nothing was imported "
+        f"({listed} in the error details); first: {first.field}: {first.description}",
+        reason=error_reason_pb2.IMPORT_FILES_INVALID,
+        metadata={"problem_count": str(count), "reported_count": str(len(violations))},
+        violations=violations,
+    )

@@ -1,0 +1,192 @@
+"""ExperimentService: import the experiment data set over a stream, and read its report."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+
+from quartet.experiments.v1 import experiment_service_pb2 as pb
+from quartet.experiments.v1 import experiment_service_pb2_grpc
+from quartet.server.errors import Violations
+from quartet.server.experiments.csvfiles import DataFile
+from quartet.server.experiments.importer import run_import
+from quartet.server.pagination import decode_page_token, encode_page_token, page_size
+from quartet.storage import DatabaseRunner, experiments
+
+Context = grpc.aio.ServicerContext[Any, Any]
+POLL_SECONDS = 1.0  # how often a waiting import thread checks whether its call has ended
+
+
+class ExperimentServicer(experiment_service_pb2_grpc.ExperimentServiceServicer):
+    """Imports run in a database thread, fed chunk by chunk from the call's request stream;
+    reports are single queries. The policy's rules say who may call what (admins import, analysts
+    read)."""
+
+    def __init__(self, runner: DatabaseRunner) -> None:
+        self._db = runner
+        # Imports replace the whole data set, so running two at once gains nothing, and each one
+        # holds a database thread for as long as its upload lasts: the next one waits its turn.
+        self._one_import = asyncio.Lock()
+
+    async def ImportExperimentData(
+        self, request_iterator: AsyncIterator[pb.ImportExperimentDataRequest], context: Context
+    ) -> AsyncIterator[pb.ImportExperimentDataResponse]:
+        async with self._one_import:
+            async for reply in self._import(request_iterator):
+                yield reply
+
+    async def _import(
+        self, request_iterator: AsyncIterator[pb.ImportExperimentDataRequest]
+    ) -> AsyncIterator[pb.ImportExperimentDataResponse]:
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue[pb.ImportExperimentDataResponse | None] = asyncio.Queue()
+        ended = threading.Event()
+        source = _Chunks(request_iterator, loop, ended)
+
+        def progress(reply: pb.ImportExperimentDataResponse) -> None:
+            loop.call_soon_threadsafe(updates.put_nowait, reply)
+
+        job = asyncio.ensure_future(self._db.run(run_import, source, progress))
+        job.add_done_callback(lambda _: updates.put_nowait(None))
+        job.add_done_callback(_retrieve)
+        try:
+            while (reply := await updates.get()) is not None:
+                yield reply
+            await job  # raises the import's error, if any
+        finally:
+            ended.set()  # a cancelled call: let the import thread stop at its next chunk
+
+    async def GetExperimentReport(
+        self, request: pb.GetExperimentReportRequest, context: Context
+    ) -> pb.ExperimentReport:
+        totals = await self._db.run(experiments.totals)
+        return pb.ExperimentReport(
+            user_count=totals.user_count,
+            active_user_count=totals.active_user_count,
+            experiment_count=totals.experiment_count,
+            compound_count=totals.compound_count,
+            average_experiments_per_user=totals.average_per_user,
+            average_experiments_per_active_user=totals.average_per_active_user,
+        )
+
+    async def ListUserReports(
+        self, request: pb.ListUserReportsRequest, context: Context
+    ) -> pb.ListUserReportsResponse:
+        limit = page_size(request)
+        after = decode_page_token(request, (int,))
+        rows = await self._db.run(
+            experiments.user_summaries, after=after[0] if after else None, limit=limit + 1
+        )
+        response = pb.ListUserReportsResponse(user_reports=[_user_report(r) for r in rows[:limit]])
+        if len(rows) > limit:
+            response.next_page_token = encode_page_token(request, (rows[limit - 1].user_id,))
+        return response
+
+    async def GetUserReport(
+        self, request: pb.GetUserReportRequest, context: Context
+    ) -> pb.UserReport:
+        violations = Violations()
+        violations.check(request.user_id > 0, "user_id", "must be a positive user id")
+        violations.raise_if_any()
+        return _user_report(await self._db.run(experiments.user_summary, request.user_id))
+
+    async def ListExperiments(
+        self, request: pb.ListExperimentsRequest, context: Context
+    ) -> pb.ListExperimentsResponse:
+        violations = Violations()
+        limit = page_size(request)
+        after = decode_page_token(request, (int,))
+        user_id = request.user_id if request.HasField("user_id") else None
+        violations.check(user_id is None or user_id > 0, "user_id", "must be a positive user id")
+        violations.raise_if_any()
+        rows = await self._db.run(
+            experiments.list_experiments,
+            after=after[0] if after else None,
+            limit=limit + 1,
+            user_id=user_id,
+        )
+        response = pb.ListExperimentsResponse(
+            experiments=[
+                pb.Experiment(
+                    id=r.id,
+                    user_id=r.user_id,
+                    compound_ids=r.compound_ids,
+                    run_time=r.run_time,
+                    line=r.line,
+                )
+                for r in rows[:limit]
+            ]
+        )
+        if len(rows) > limit:
+            response.next_page_token = encode_page_token(request, (rows[limit - 1].id,))
+        return response
+
+
+def _retrieve(job: asyncio.Future[None]) -> None:
+    # A call that ended early never awaits its job: mark the job's error seen, or asyncio logs it.
+    if not job.cancelled():
+        job.exception()
+
+
+class _Chunks:
+    """The call's request stream as a blocking iterator of (file, bytes), for the import thread.
+
+    The thread asks the event loop for one request at a time, so the server holds one chunk per
+    import and gRPC's flow control makes the client wait while the database catches up.
+    """
+
+    def __init__(
+        self,
+        requests: AsyncIterator[pb.ImportExperimentDataRequest],
+        loop: asyncio.AbstractEventLoop,
+        ended: threading.Event,
+    ) -> None:
+        self._requests = requests
+        self._loop = loop
+        self._ended = ended
+
+    def __iter__(self) -> Iterator[tuple[DataFile, bytes]]:
+        while True:
+            future = asyncio.run_coroutine_threadsafe(self._next(), self._loop)
+            while True:
+                try:
+                    request = future.result(POLL_SECONDS)
+                    break
+                except TimeoutError:
+                    if self._ended.is_set():
+                        future.cancel()
+                        raise ImportAbandoned("the call ended before the last chunk") from None
+            if request is None:
+                return
+            yield request.file, request.data
+
+    async def _next(self) -> pb.ImportExperimentDataRequest | None:
+        return await anext(aiter(self._requests), None)
+
+
+class ImportAbandoned(Exception):
+    """The call was cancelled or timed out mid-import; the import rolls back."""
+
+
+def _user_report(row: experiments.UserSummary) -> pb.UserReport:
+    report = pb.UserReport(
+        user_id=row.user_id,
+        name=row.name,
+        email=row.email,
+        signup_date=row.signup_date.isoformat(),
+        experiment_count=row.experiment_count,
+        favourite_compound_uses=row.favourite_uses,
+    )
+    if row.favourite_id is not None:
+        report.favourite_compound.CopyFrom(
+            pb.Compound(
+                id=row.favourite_id,
+                name=row.favourite_name or "",
+                structure=row.favourite_structure or "",
+            )
+        )
+    return report

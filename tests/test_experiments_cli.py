@@ -1,0 +1,135 @@
+"""The experiment import from the command line: `quartet-server import-experiments` against the
+database, and `quartet-experiments` over gRPC, each with its progress and its problems."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from quartet.client import Client
+from quartet.server.auth.passwords import hash_password
+from quartet.storage import accounts
+from tests.conftest import Principal, mint_token
+
+SEED = Path(__file__).resolve().parent.parent / "storage/quartet/storage/data/experiments"
+SERVER = [sys.executable, "-m", "quartet.server", "import-experiments"]
+CLIENT = [sys.executable, "-m", "quartet.client.experiments_cli"]
+DONE = "done: 10 users, 3 compounds, 11 experiments"
+FLAGS = [
+    ("users", "users.csv"),
+    ("compounds", "compounds.csv"),
+    ("experiments", "user_experiments.csv"),
+]
+
+
+def run(command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
+
+
+def broken_copy(tmp_path: Path) -> Path:
+    """The seed's files, with experiment 11 naming user 42 and a bad run time."""
+    shutil.copytree(SEED, tmp_path / "data")
+    experiments = tmp_path / "data" / "user_experiments.csv"
+    experiments.write_bytes(
+        experiments.read_bytes().replace(b"11,\t10,\t1;3,\t60", b"11,\t42,\t1;3,\tlong")
+    )
+    return tmp_path / "data"
+
+
+def test_server_command_imports_the_demo_data_or_a_directory(
+    client: Client, database_url: str, tmp_path: Path
+) -> None:
+    demo = run([*SERVER, "--database-url", database_url])
+    assert demo.returncode == 0, demo.stderr
+    assert demo.stderr.splitlines()[-1] == DONE
+    assert client.experiments.get_report().average_experiments_per_user == 1.1
+    shutil.copytree(SEED, tmp_path / "data")
+    (tmp_path / "data" / "user_experiments.csv").write_bytes(b"")
+    again = run([*SERVER, "--database-url", database_url, str(tmp_path / "data")])
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.splitlines()[-1] == "done: 10 users, 3 compounds, 0 experiments"
+    assert client.experiments.get_report().experiment_count == 0
+
+
+def test_server_command_lists_the_problems_and_imports_nothing(
+    client: Client, database_url: str, tmp_path: Path
+) -> None:
+    result = run([*SERVER, "--database-url", database_url, str(broken_copy(tmp_path))])
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-2:] == [
+        "  user_experiments.csv:12:user_id: user 42 is not in users.csv",
+        "  user_experiments.csv:12:experiment_run_time: 'long' is not a number of zero or more",
+    ]
+    assert client.experiments.get_report().experiment_count == 0
+    missing = run([*SERVER, "--database-url", database_url, str(tmp_path / "nowhere")])
+    assert missing.returncode == 1
+    assert "No such file or directory" in missing.stderr
+
+
+def test_client_command_imports_and_prints_the_report(
+    target: str, admin: Principal, tmp_path: Path
+) -> None:
+    env = {"QUARTET_TARGET": target, "QUARTET_TOKEN": mint_token(admin.id, "admin")}
+    imported = run([*CLIENT, "import", str(SEED)], env)
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stderr.splitlines() == [
+        "users.csv: 10 rows read, 10 stored",
+        "compounds.csv: 3 rows read, 3 stored",
+        "user_experiments.csv: 11 rows read, 11 stored",
+        "checking ids across the files",
+        "replacing the stored data set",
+        DONE,
+    ]
+    printed = run([*CLIENT, "report"], env)
+    assert printed.returncode == 0, printed.stderr
+    lines = printed.stdout.splitlines()
+    assert lines[:2] == [
+        "11 experiments by 10 users (10 ran at least one), 3 compounds",
+        "average experiments per user: 1.1 (per user who ran one: 1.1)",
+    ]
+    assert lines[3].split() == ["1", "Alice", "2", "Compound", "B", "(2x)"]
+    assert lines[4].split() == ["2", "Bob", "1", "Compound", "A", "(1x)"]
+    one = run([*CLIENT, "report", "--user", "3"], env)
+    assert one.stdout.splitlines()[1].split() == ["3", "Carol", "1", "Compound", "B", "(1x)"]
+
+
+def test_client_command_takes_files_and_logs_in(
+    target: str, run_in_db: Any, tmp_path: Path
+) -> None:
+    run_in_db(accounts.create_account, "ops@example.com", hash_password("long enough"), "admin")
+    env = {
+        "QUARTET_TARGET": target,
+        "QUARTET_EMAIL": "ops@example.com",
+        "QUARTET_PASSWORD": "long enough",
+    }
+    files = [f"--{flag}={SEED / name}" for flag, name in FLAGS]
+    imported = run([*CLIENT, "import", *files], env)
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stderr.splitlines()[-1] == DONE
+    incomplete = run([*CLIENT, "import", files[0]], env)
+    assert incomplete.returncode == 1
+    assert "give a DIRECTORY" in incomplete.stderr
+
+
+def test_client_command_reports_problems_and_refusals(
+    target: str, admin: Principal, sign_in: Any, tmp_path: Path
+) -> None:
+    env = {"QUARTET_TARGET": target, "QUARTET_TOKEN": mint_token(admin.id, "admin")}
+    result = run([*CLIENT, "import", str(broken_copy(tmp_path))], env)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-2:] == [
+        "  user_experiments.csv:12:user_id: user 42 is not in users.csv",
+        "  user_experiments.csv:12:experiment_run_time: 'long' is not a number of zero or more",
+    ]
+    analyst = sign_in("analyst")
+    refused = run(
+        [*CLIENT, "import", str(SEED)], {**env, "QUARTET_TOKEN": mint_token(analyst.id, "analyst")}
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: PERMISSION_DENIED [ROLE_NOT_ALLOWED]")
