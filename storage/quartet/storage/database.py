@@ -42,8 +42,9 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
     SQLite admits one writer at a time; a writer that finds the lock taken sleeps and retries
     (busy_timeout), in steps of up to 100 ms, which wastes most of the time when several worker
     processes write all the time. Waiting on a file lock instead wakes the next writer as soon
-    as the lock is released, in this process or another. Transactions are only opened to write
-    (they BEGIN IMMEDIATE), so the file lock is held exactly while SQLite's write lock is.
+    as the lock is released, in this process or another. Write transactions BEGIN IMMEDIATE and
+    hold the file lock exactly while they hold SQLite's write lock; a transaction begun DEFERRED
+    (reads, or writes to temporary tables only, as an import's staging does) takes neither.
     """
 
     def __init__(self, database: str, **kwargs: object) -> None:
@@ -51,11 +52,14 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
         self._lock_path = f"{database}.writelock"
         self._held = threading.local()  # the lock file of this thread's open transaction
 
-    def begin(self, *args: object, **kwargs: object) -> None:
+    def begin(self, lock_type: str | None = None) -> None:
+        if (lock_type or "").upper() == "DEFERRED":  # a read, or temporary tables only
+            super().begin(lock_type)
+            return
         lock = open(self._lock_path, "a")  # closing it, at the end, releases the lock
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            super().begin(*args, **kwargs)
+            super().begin(lock_type)
         except BaseException:
             lock.close()
             raise
