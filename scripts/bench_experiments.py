@@ -74,10 +74,17 @@ def main() -> None:
         for name, database in backends:
             with database() as url:
                 figures, got = run_quartet(name, url, data)
-            if got != expected:
+            if not same_report(got, expected):
                 raise SystemExit(f"{name}'s report differs from DuckDB's")
             results.append(figures)
     print_table(results, args.experiments)
+
+
+def same_report(got: Report, expected: Report) -> bool:
+    """Equal rows, and averages equal to rounding: engines divide in different orders."""
+    return got[2] == expected[2] and all(
+        math.isclose(a, b, rel_tol=1e-12) for a, b in zip(got[:2], expected[:2], strict=True)
+    )
 
 
 def generate(folder: Path, users: int, compounds: int, experiments: int) -> None:

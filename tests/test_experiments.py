@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import peewee
 import pytest
+from playhouse.schema_diff import diff_models
 
+from quartet import storage
 from quartet.client import Client, FieldViolation, QuartetError
 from quartet.experiments.v1 import experiment_service_pb2 as pb
 from quartet.experiments.v1 import experiment_service_pb2_grpc
@@ -335,6 +338,20 @@ def test_importing_the_same_files_again_changes_nothing(client: Client) -> None:
     final = load(client)
     assert final.stage == pb.IMPORT_STAGE_DONE
     assert snapshot(client) == first
+
+
+def test_imports_leave_the_schema_as_the_migrations_made_it(
+    client: Client, db: peewee.Database
+) -> None:
+    # On PostgreSQL an import swaps freshly loaded tables in for the stored ones.
+    for _ in range(2):
+        client.experiments.import_directory(SEED)
+        with db.connection_context():
+            assert not diff_models(db, storage.ALL_MODELS)
+            assert db.get_primary_keys("experiment") == ["id"]
+            keys = db.get_primary_keys("experiment_compound")
+            assert keys == ["experiment_id", "position"]
+    assert report(client) == SEED_REPORT
 
 
 def test_an_import_replaces_the_whole_data_set(client: Client) -> None:

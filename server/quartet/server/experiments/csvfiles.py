@@ -302,7 +302,7 @@ class ExperimentsReader(Reader):
         parsed_id = int(experiment_id)
         self.rows.append((number, parsed_id, int(user_id), float(run_time)))
         self._links += [
-            (number, parsed_id, position, compound) for position, compound in enumerate(compounds)
+            (parsed_id, position, compound) for position, compound in enumerate(compounds)
         ]
         return True
 
@@ -316,7 +316,7 @@ class ExperimentsReader(Reader):
             return
         self.rows.append((number, parsed_id, parsed_user, parsed_time))
         self._links += [
-            (number, parsed_id, position, compound)
+            (parsed_id, position, compound)
             for position, compound in enumerate(compounds)
             if compound is not None
         ]
