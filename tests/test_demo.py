@@ -15,7 +15,7 @@ from quartet.server import demo
 def test_demo_data_is_usable_through_the_api(
     db: peewee.Database, client: Client, target: str
 ) -> None:
-    filled = demo.fill(db, users=5, sessions=40, seed=3)
+    filled = demo.fill(db, users=5, sessions=40, experiments=60, seed=3)
     assert (filled.users, filled.scores) == (5, len(list(client.scores.iter())))
     assert filled.events == len(list(client.events.iter())) > 0
     assert filled.rejected == len(list(client.events.iter_rejected())) > 0
@@ -28,6 +28,11 @@ def test_demo_data_is_usable_through_the_api(
         assert {s.user_id for s in user.scores.iter()} <= {demo_user.id}
     with Client(target, token=filled.api_key) as application:
         application.events.list_types()  # the key works
+    report = client.experiments.get_report()
+    assert (report.user_count, report.experiment_count) == (12, 60)
+    assert report.compound_count == len(demo.COMPOUNDS)
+    favourites = {r.favourite_compound.name for r in client.experiments.iter_user_reports()}
+    assert favourites - {""} <= {name for name, _ in demo.COMPOUNDS}
 
 
 def test_demo_data_command(tmp_path: Path) -> None:

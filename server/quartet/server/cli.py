@@ -113,12 +113,19 @@ def _demo_data(settings: Settings, args: argparse.Namespace) -> None:
     database = storage.open_database(settings.database_url)
     storage.migrate(database)
     storage.bind(database)
-    filled = demo.fill(database, users=args.users, sessions=args.sessions, seed=args.seed)
+    filled = demo.fill(
+        database,
+        users=args.users,
+        sessions=args.sessions,
+        experiments=args.experiments,
+        seed=args.seed,
+    )
     storage.close(database)
     print(
         f"added {filled.users} users (password {demo.DEMO_PASSWORD!r}) with {filled.scores} "
-        f"scores, and {filled.events} events ({filled.rejected} rejected) sent by an application "
-        f"whose API key is {filled.api_key}"
+        f"scores; {filled.events} events ({filled.rejected} rejected) sent by an application "
+        f"whose API key is {filled.api_key}; and an experiment data set of "
+        f"{filled.experiment_users} people and {filled.experiments} experiments"
     )
 
 
@@ -217,11 +224,14 @@ def _parser() -> argparse.ArgumentParser:
     demo_parser = commands.add_parser(
         "demo-data",
         parents=[database],
-        help="fill the database with realistic fake users, scores and events",
+        help="fill the database with realistic fake users, scores, events and experiments",
     )
     demo_parser.set_defaults(command=_demo_data)
     demo_parser.add_argument("--users", type=int, default=50)
     demo_parser.add_argument("--sessions", type=int, default=200, help="visits with events")
+    demo_parser.add_argument(
+        "--experiments", type=int, default=500, help="replaces the experiment data set; 0: none"
+    )
     demo_parser.add_argument("--seed", type=int, help="make the data reproducible")
     experiments_parser = commands.add_parser(
         "import-experiments",

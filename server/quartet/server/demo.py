@@ -2,7 +2,8 @@
 
 Everything goes through the same rules as real traffic: events are checked by the EventChecker
 against the registered schemas (a few are sent invalid on purpose, so that rejected events have
-something to show), and scores use the real formula.
+something to show), scores use the real formula, and the experiment data set is written as CSV
+files with the seed's quirks and loaded by the real importer.
 """
 
 from __future__ import annotations
@@ -18,14 +19,24 @@ import peewee
 from faker import Faker
 
 from quartet.events.v1 import event_service_pb2 as pb
+from quartet.experiments.v1 import experiment_service_pb2 as pb_experiments
 from quartet.server.auth.passwords import hash_password
 from quartet.server.auth.tokens import new_api_key
 from quartet.server.events import EventChecker, Policy, Registry
+from quartet.server.experiments.csvfiles import DataFile
+from quartet.server.experiments.importer import run_import
 from quartet.server.score import compute_score
 from quartet.storage import accounts, applications, events, scores
 from quartet.storage.base import db, utcnow
 
 DEMO_PASSWORD = "quartet-demo"
+# Real compounds and their formulas (the seed's Compound B and C are THC and dopamine by formula).
+COMPOUNDS = (
+    ("Caffeine", "C8H10N4O2"), ("Tetrahydrocannabinol", "C21H30O2"), ("Dopamine", "C8H11NO2"),
+    ("Aspirin", "C9H8O4"), ("Ibuprofen", "C13H18O2"), ("Paracetamol", "C8H9NO2"),
+    ("Serotonin", "C10H12N2O"), ("Melatonin", "C13H16N2O2"), ("Capsaicin", "C18H27NO3"),
+    ("Nicotine", "C10H14N2"), ("Glucose", "C6H12O6"), ("Morphine", "C17H19NO3"),
+)  # fmt: skip
 PAGES = ("/", "/pricing", "/products", "/products/compare", "/blog", "/contact", "/signup")
 ELEMENTS = ("chat bubble", "buy now", "sign up", "learn more", "play video")
 
@@ -39,6 +50,8 @@ class Filled:
     events: int = 0
     rejected: int = 0
     api_key: str = ""
+    experiment_users: int = 0
+    experiments: int = 0
 
 
 def fill(
@@ -46,10 +59,12 @@ def fill(
     *,
     users: int = 50,
     sessions: int = 200,
+    experiments: int = 500,
     seed: int | None = None,
 ) -> Filled:
-    """Add demo users with scores, and an application with sessions of events, to database
-    (already bound and migrated). Demo users log in with DEMO_PASSWORD."""
+    """Add demo users with scores, an application with sessions of events, and an experiment
+    data set (replacing the stored one) to database (already bound and migrated). Demo users log
+    in with DEMO_PASSWORD."""
     fake = Faker("en_CA")
     Faker.seed(seed)
     rng = random.Random(seed)
@@ -88,7 +103,42 @@ def fill(
                 _store(batch, now, filled)
                 batch = []
         _store(batch, now, filled)
+        if experiments:
+            files = _experiment_files(fake, rng, max(1, experiments // 5), experiments)
+            run_import(((kind, data) for kind, data in files.items()), lambda progress: None)
+            filled.experiment_users, filled.experiments = max(1, experiments // 5), experiments
     return filled
+
+
+def _experiment_files(
+    fake: Faker, rng: random.Random, users: int, experiments: int
+) -> dict[DataFile, bytes]:
+    """users.csv, compounds.csv and user_experiments.csv with the seed's quirks: ", " plus a tab
+    between cells, a blank first line in users.csv, no newline at the end."""
+
+    def csv(header: str, rows: list[str]) -> bytes:
+        return "\n".join([header, *rows]).replace(",", ",\t").encode()
+
+    signup = datetime.date(2023, 1, 1)
+    people = [
+        f"{n},{fake.name().replace(',', '')},{fake.email()},"
+        f"{signup + datetime.timedelta(days=rng.randint(0, 365))}"
+        for n in range(1, users + 1)
+    ]
+    compounds = [f"{n},{name},{formula}" for n, (name, formula) in enumerate(COMPOUNDS, 1)]
+    runs = []
+    for n in range(1, experiments + 1):
+        used = rng.sample(range(1, len(COMPOUNDS) + 1), rng.randint(1, 3))
+        runs.append(f"{n},{rng.randint(1, users)},{';'.join(map(str, used))},{rng.randint(5, 90)}")
+    return {
+        pb_experiments.DATA_FILE_USERS: b"\n" + csv("user_id,name,email,signup_date", people),
+        pb_experiments.DATA_FILE_COMPOUNDS: csv(
+            "compound_id,compound_name,compound_structure", compounds
+        ),
+        pb_experiments.DATA_FILE_EXPERIMENTS: csv(
+            "experiment_id,user_id,experiment_compound_ids,experiment_run_time", runs
+        ),
+    }
 
 
 def _store(
