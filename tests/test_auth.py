@@ -354,6 +354,18 @@ def test_expired_access_token_is_refreshed_by_the_sdk(settings: Settings) -> Non
         assert client.metadata != first  # a new access token was fetched and is used
 
 
+def test_a_token_used_before_it_expires_is_refused_after(settings: Settings) -> None:
+    short = dataclasses.replace(settings, access_token_minutes=1 / 60)  # one second
+    with running_server(short) as target, Client(target) as client:
+        tokens = client.auth.create_account("peter@example.com", PASSWORD).tokens
+        with Client(target, token=tokens.access_token) as holder:
+            assert holder.auth.current_account().email == "peter@example.com"  # verified once
+            time.sleep(1.5)
+            expect(
+                grpc.StatusCode.UNAUTHENTICATED, "CREDENTIALS_EXPIRED", holder.auth.current_account
+            )
+
+
 # --- applications and API keys -----------------------------------------------------------------
 
 

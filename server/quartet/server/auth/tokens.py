@@ -59,10 +59,11 @@ class TokenIssuer:
             jti, account_id, family
         )
 
-    def verify_access(self, token: str) -> tuple[int, str]:
-        """(account id, role) of a valid access token; Unauthenticated otherwise."""
+    def verify_access(self, token: str) -> tuple[int, str, float]:
+        """(account id, role, expiry as a Unix time) of a valid access token; Unauthenticated
+        otherwise."""
         claims = self._verify(token, "access")
-        return _account_id(claims), str(claims.get("role", ""))
+        return _account_id(claims), str(claims.get("role", "")), float(str(claims["exp"]))
 
     def verify_refresh(self, token: str) -> RefreshClaims:
         claims = self._verify(token, "refresh")
