@@ -10,9 +10,6 @@ counts as failed unless all its events reached the database.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import benchlib
 
 from quartet.events.v1 import event_service_pb2 as pb
@@ -33,9 +30,9 @@ def main() -> None:
             "bare grpcio, empty reply", target, SERVICE + "SendEvent", single, seconds=args.seconds
         )
     results = [bare]
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, url in benchlib.backends(args.postgres, Path(tmp)):
-            for workers in benchlib.worker_counts(args.workers):
+    for name in benchlib.backends(args.postgres):
+        for workers in benchlib.worker_counts(args.workers):
+            with benchlib.fresh_database(name, args.postgres) as url:
                 results += scenarios(name, url, args.seconds, args.batch, workers)
     benchlib.print_table(results, bare)
 

@@ -22,15 +22,10 @@ import os
 import random
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import benchlib
 import duckdb
-import psycopg2
 
 from quartet.client import Client
 
@@ -66,13 +61,9 @@ def main() -> None:
         )
         expected, duck = duckdb_report(data)
         results = [duck]
-        backends: list[tuple[str, Callable[[], AbstractContextManager[str]]]] = [
-            ("SQLite", lambda: nullcontext(benchlib.sqlite_url(Path(tmp))))
-        ]
-        if args.postgres:
-            backends.append(("PostgreSQL", lambda: scratch_database(args.postgres)))
-        for name, database in backends:
-            with database() as url:
+        for backend in benchlib.backends(args.postgres):
+            name = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}[backend]
+            with benchlib.fresh_database(backend, args.postgres) as url:
                 figures, got = run_quartet(name, url, data)
             if not same_report(got, expected):
                 raise SystemExit(f"{name}'s report differs from DuckDB's")
@@ -196,22 +187,6 @@ def run_quartet(label: str, url: str, folder: Path) -> tuple[Figures, Report]:
         rows,
     )
     return figures, report
-
-
-@contextmanager
-def scratch_database(url: str) -> Iterator[str]:
-    """A new, empty database on the PostgreSQL server of url, dropped afterwards."""
-    name = f"quartet_bench_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(url)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-        yield urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.close()
 
 
 def print_table(results: list[Figures], experiments: int) -> None:

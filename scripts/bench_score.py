@@ -7,9 +7,6 @@ Prints a Markdown table; docs/performance.md records the figures and the command
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import benchlib
 
 from quartet.client import Client
@@ -32,9 +29,9 @@ def main() -> None:
             seconds=args.seconds,
         )
     results = [bare]
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, url in benchlib.backends(args.postgres, Path(tmp)):
-            for workers in benchlib.worker_counts(args.workers):
+    for name in benchlib.backends(args.postgres):
+        for workers in benchlib.worker_counts(args.workers):
+            with benchlib.fresh_database(name, args.postgres) as url:
                 results += scenarios(f"{name}, {workers} worker(s)", url, args.seconds, workers)
     benchlib.print_table(results, bare)
 

@@ -29,11 +29,14 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 import peewee
+import psycopg2
 
 from quartet import storage
 from quartet.server.auth import TokenIssuer
@@ -215,7 +218,8 @@ def arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--postgres",
         default=os.environ.get("QUARTET_BENCH_POSTGRES_URL", ""),
-        help="also measure on this PostgreSQL database ($QUARTET_BENCH_POSTGRES_URL)",
+        help="also measure on PostgreSQL, in scratch databases made through this URL "
+        "($QUARTET_BENCH_POSTGRES_URL)",
     )
     parser.add_argument(
         "--workers", default=f"1,{cpu_count()}", help="worker counts to measure, e.g. 1,2"
@@ -223,9 +227,30 @@ def arguments(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def backends(postgres: str, directory: Path) -> list[tuple[str, str]]:
-    """(name, database URL) to measure: SQLite in directory, and PostgreSQL if given."""
-    return [("sqlite", sqlite_url(directory))] + ([("postgresql", postgres)] if postgres else [])
+def backends(postgres: str) -> list[str]:
+    """The backends to measure: SQLite, and PostgreSQL if a server URL is given."""
+    return ["sqlite", "postgresql"] if postgres else ["sqlite"]
+
+
+@contextlib.contextmanager
+def fresh_database(backend: str, postgres: str) -> Iterator[str]:
+    """The URL of a new, empty database of backend, removed afterwards: every configuration is
+    measured from the same start (inserts slow down as a table and its indexes grow)."""
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory() as directory:
+            yield sqlite_url(Path(directory))
+        return
+    name = f"quartet_bench_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(postgres)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        yield urlunsplit(urlsplit(postgres)._replace(path=f"/{name}"))
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.close()
 
 
 def announce(seconds: float) -> None:
