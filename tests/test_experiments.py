@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import google.rpc.error_details_pb2 as error_details_pb2
 import grpc
 import peewee
 import pytest
@@ -86,6 +87,16 @@ def rejected(client: Client, **files: bytes) -> QuartetError:
 
 def violations(error: QuartetError) -> list[tuple[str, str]]:
     return [(v.field, v.description) for v in error.field_violations]
+
+
+def trailer_violations(error: QuartetError) -> list[tuple[str, str]]:
+    """The violations in the error's own details, which hold only the first problems."""
+    assert error.status is not None
+    bad_request = error_details_pb2.BadRequest()
+    for detail in error.status.details:
+        if detail.Unpack(bad_request):
+            return [(v.field, v.description) for v in bad_request.field_violations]
+    return []
 
 
 def users_csv(*rows: str) -> bytes:
@@ -557,14 +568,37 @@ def test_a_row_with_a_bad_cell_still_defines_its_id(client: Client) -> None:
     assert violations(error) == [("users.csv:4:signup_date", "'soon' is not a date (YYYY-MM-DD)")]
 
 
-def test_many_problems_are_counted_but_only_the_first_fifty_listed(client: Client) -> None:
+def test_every_problem_is_streamed_and_the_first_fifty_are_in_the_trailers(
+    client: Client,
+) -> None:
     users = users_csv(*(f"{n}, U{n}, u{n}@x, 2023-02-{n % 40 + 1:02}" for n in range(1, 301)))
+    load(client)
+    seen: list[pb.ImportExperimentDataResponse] = []
+    with pytest.raises(QuartetError) as caught:
+        load(client, users=users, on_progress=seen.append)
+    error = caught.value
+    bad_days = [n for n in range(1, 301) if n % 40 + 1 > 28]
+    expected = [
+        (f"users.csv:{n + 1}:signup_date", f"'2023-02-{n % 40 + 1}' is not a date (YYYY-MM-DD)")
+        for n in bad_days
+    ]
+    assert violations(error) == expected  # every one, from the stream
+    rejected_messages = [p for p in seen if p.stage == pb.IMPORT_STAGE_REJECTED]
+    assert sum(len(p.problems) for p in rejected_messages) == len(bad_days)
+    assert rejected_messages[0].problems[0] == pb.ImportProblem(
+        file=pb.DATA_FILE_USERS, line=29, column="signup_date", description=expected[0][1]
+    )
+    assert error.metadata == {"problem_count": str(len(bad_days)), "reported_count": "50"}
+    assert trailer_violations(error) == expected[:50]
+    assert f"{len(bad_days)} problems" in error.message and "the first 50" in error.message
+
+
+def test_ten_thousand_problems_are_listed_and_every_one_counted(client: Client) -> None:
+    users = users_csv(*(f"{n}, U{n}, u{n}@x, soon" for n in range(1, 10_101)))
     error = rejected(client, users=users)
-    bad_days = sum(1 for n in range(1, 301) if n % 40 + 1 > 28)
-    assert error.metadata == {"problem_count": str(bad_days), "reported_count": "50"}
-    assert len(error.field_violations) == 50
-    assert error.field_violations[0].field == "users.csv:29:signup_date"
-    assert f"{bad_days} problems" in error.message and "the first 50" in error.message
+    assert error.metadata["problem_count"] == "10100"
+    assert len(error.field_violations) == 10_000
+    assert error.field_violations[-1].field == "users.csv:10001:signup_date"
 
 
 def test_the_longest_problems_still_fit_in_the_trailers(client: Client) -> None:
@@ -573,8 +607,9 @@ def test_the_longest_problems_still_fit_in_the_trailers(client: Client) -> None:
     experiments = EXPERIMENTS_HEADER + b"\n" * 1_000_000 + "\n".join(rows).encode()
     error = rejected(client, experiments=experiments)
     assert error.metadata["problem_count"] == "200"
+    assert len(error.field_violations) == 200
     reported = int(error.metadata["reported_count"])
-    assert 40 <= reported < 50 and len(error.field_violations) == reported
+    assert 40 <= reported < 50 and len(trailer_violations(error)) == reported
     assert error.field_violations[0] == FieldViolation(
         "user_experiments.csv:1000002:experiment_compound_ids",
         "'1;;" + "9" * 24 + "...' has an empty entry between ';'",

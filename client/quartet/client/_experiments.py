@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeAlias
 
 from quartet.client._base import Transport, fields, pages
+from quartet.client._errors import FieldViolation, QuartetError
 from quartet.experiments.v1 import experiment_service_pb2 as pb
 from quartet.experiments.v1 import experiment_service_pb2_grpc
 
@@ -47,8 +48,9 @@ class Experiments:
         The files are streamed in chunks of chunk_size bytes, so they may be of any size.
         on_progress is called with each progress message the server sends (the last one has
         stage IMPORT_STAGE_DONE). On a problem in the files, QuartetError INVALID_ARGUMENT (reason
-        IMPORT_FILES_INVALID) lists each one's `file:line:column` in `field_violations`, and the
-        stored data set is unchanged. timeout bounds the whole import (default one hour).
+        IMPORT_FILES_INVALID) lists every one's `file:line:column` in `field_violations` (the
+        first 10,000; `metadata["problem_count"]` counts them all), and the stored data set is
+        unchanged. timeout bounds the whole import (default one hour).
         """
         final = Progress()
         for progress in self.iter_import(
@@ -91,7 +93,8 @@ class Experiments:
         """Like import_files, but yields each progress message; the import runs as you iterate.
 
         Paths are opened before the first message is sent, so a missing file raises OSError
-        without contacting the server.
+        without contacting the server. Rejected files end the iteration with QuartetError, after
+        the IMPORT_STAGE_REJECTED messages that list their problems.
         """
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
@@ -100,11 +103,20 @@ class Experiments:
                 (kind, _open(source, stack))
                 for kind, source in zip(FILE_NAMES, (users, compounds, experiments), strict=True)
             ]
-            yield from self._transport.invoke_streaming(
-                self._stub.ImportExperimentData,
-                _chunks(files, chunk_size),
-                IMPORT_TIMEOUT if timeout is None else timeout,
-            )
+            problems: list[FieldViolation] = []
+            try:
+                for progress in self._transport.invoke_streaming(
+                    self._stub.ImportExperimentData,
+                    _chunks(files, chunk_size),
+                    IMPORT_TIMEOUT if timeout is None else timeout,
+                ):
+                    problems += (_violation(p) for p in progress.problems)
+                    yield progress
+            except QuartetError as error:
+                # The trailers hold only the first problems; the stream brought every one.
+                if problems:
+                    error.field_violations = problems
+                raise
 
     def get_report(self, *, timeout: float | None = None) -> pb.ExperimentReport:
         """The figures over the whole data set: counts and both averages."""
@@ -158,6 +170,16 @@ class Experiments:
             ),
             lambda page: page.experiments,
         )
+
+
+def _violation(problem: pb.ImportProblem) -> FieldViolation:
+    """A problem as the server's error details say it: `file:line:column`, description."""
+    location = [FILE_NAMES.get(problem.file, f"file {problem.file}")]
+    if problem.line:
+        location.append(str(problem.line))
+        if problem.column:
+            location.append(problem.column)
+    return FieldViolation(":".join(location), problem.description)
 
 
 def _open(source: Source, stack: contextlib.ExitStack) -> BinaryIO:

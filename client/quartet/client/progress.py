@@ -22,6 +22,7 @@ from quartet.experiments.v1 import experiment_service_pb2 as pb
 _STAGES = {
     pb.IMPORT_STAGE_CHECKING: "checking ids across the files",
     pb.IMPORT_STAGE_PUBLISHING: "replacing the stored data set",
+    pb.IMPORT_STAGE_REJECTED: "the files have problems: nothing was imported",
 }
 REDRAW_SECONDS = 0.1
 

@@ -71,6 +71,12 @@ class _ImportStageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ImportSta
     """The files are valid; the server is replacing the stored data set with them."""
     IMPORT_STAGE_DONE: _ImportStage.ValueType  # 4
     """The new data set is stored and visible to reports. This is the last message of the stream."""
+    IMPORT_STAGE_REJECTED: _ImportStage.ValueType  # 5
+    """The files have problems and nothing was imported. Messages of this stage carry the problems in
+    file, line and column order, up to 1,000 per message and 10,000 in all (the error's
+    `ErrorInfo.metadata["problem_count"]` counts every one); then the call fails with
+    INVALID_ARGUMENT.
+    """
 
 class ImportStage(_ImportStage, metaclass=_ImportStageEnumTypeWrapper):
     """ImportStage says where an import stands."""
@@ -87,6 +93,12 @@ IMPORT_STAGE_PUBLISHING: ImportStage.ValueType  # 3
 """The files are valid; the server is replacing the stored data set with them."""
 IMPORT_STAGE_DONE: ImportStage.ValueType  # 4
 """The new data set is stored and visible to reports. This is the last message of the stream."""
+IMPORT_STAGE_REJECTED: ImportStage.ValueType  # 5
+"""The files have problems and nothing was imported. Messages of this stage carry the problems in
+file, line and column order, up to 1,000 per message and 10,000 in all (the error's
+`ErrorInfo.metadata["problem_count"]` counts every one); then the call fails with
+INVALID_ARGUMENT.
+"""
 Global___ImportStage: _TypeAlias = ImportStage  # noqa: Y015
 
 @_typing.final
@@ -131,25 +143,69 @@ class ImportExperimentDataResponse(_message.Message):
 
     STAGE_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
     stage: Global___ImportStage.ValueType
     """Where the import stands."""
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileProgress]:
         """The progress of each file the server has started to read, in the order they were sent."""
 
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportProblem]:
+        """In IMPORT_STAGE_REJECTED messages, the next problems found in the files; empty otherwise."""
+
     def __init__(
         self,
         *,
         stage: Global___ImportStage.ValueType = ...,
         files: _abc.Iterable[Global___FileProgress] | None = ...,
+        problems: _abc.Iterable[Global___ImportProblem] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "problems", b"problems", "stage", b"stage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ImportExperimentDataResponse: _TypeAlias = ImportExperimentDataResponse  # noqa: Y015
+
+@_typing.final
+class ImportProblem(_message.Message):
+    """ImportProblem is one thing wrong with the files, located as a compiler would locate it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    LINE_FIELD_NUMBER: _builtins.int
+    COLUMN_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    file: Global___DataFile.ValueType
+    """The file."""
+    line: _builtins.int
+    """The line, counting from 1 and including the header and blank lines, as an editor numbers them;
+    0 for a problem with the whole file (for example a file not sent).
+    """
+    column: _builtins.str
+    """The column's name, as in the file's header (`user_id`, `experiment_run_time`, ...); empty for
+    a problem with the whole line or file.
+    """
+    description: _builtins.str
+    """What is wrong, for people (for example `user 42 is not in users.csv`)."""
+    def __init__(
+        self,
+        *,
+        file: Global___DataFile.ValueType = ...,
+        line: _builtins.int = ...,
+        column: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "description", b"description", "file", b"file", "line", b"line"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportProblem: _TypeAlias = ImportProblem  # noqa: Y015
 
 @_typing.final
 class FileProgress(_message.Message):

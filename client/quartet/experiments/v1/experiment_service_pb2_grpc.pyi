@@ -46,8 +46,10 @@ class ExperimentServiceStub:
     Send each file as one or more chunks, one file after the other; all three files are required
     and each may be sent only once. The import is all or nothing: if any file has a problem (an
     unknown user or compound id, a malformed number or date, a duplicate id, a missing column, ...)
-    the call fails with INVALID_ARGUMENT, reason IMPORT_FILES_INVALID, and a `google.rpc.BadRequest`
-    that names each problem's file, line and column, and the stored data set is unchanged.
+    the stored data set is unchanged, the stream lists every problem's file, line, column and
+    reason in IMPORT_STAGE_REJECTED messages, and the call then fails with INVALID_ARGUMENT, reason
+    IMPORT_FILES_INVALID, whose `google.rpc.BadRequest` repeats the first of them (as many as fit
+    in gRPC's trailers).
     Importing the same files again leaves the same data set, so the call is safe to retry.
     """
     GetExperimentReport: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.GetExperimentReportRequest, _experiment_service_pb2.ExperimentReport]
@@ -79,8 +81,10 @@ class ExperimentServiceAsyncStub(ExperimentServiceStub):
     Send each file as one or more chunks, one file after the other; all three files are required
     and each may be sent only once. The import is all or nothing: if any file has a problem (an
     unknown user or compound id, a malformed number or date, a duplicate id, a missing column, ...)
-    the call fails with INVALID_ARGUMENT, reason IMPORT_FILES_INVALID, and a `google.rpc.BadRequest`
-    that names each problem's file, line and column, and the stored data set is unchanged.
+    the stored data set is unchanged, the stream lists every problem's file, line, column and
+    reason in IMPORT_STAGE_REJECTED messages, and the call then fails with INVALID_ARGUMENT, reason
+    IMPORT_FILES_INVALID, whose `google.rpc.BadRequest` repeats the first of them (as many as fit
+    in gRPC's trailers).
     Importing the same files again leaves the same data set, so the call is safe to retry.
     """
     GetExperimentReport: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.GetExperimentReportRequest, _experiment_service_pb2.ExperimentReport]  # type: ignore[assignment]
@@ -115,8 +119,10 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         Send each file as one or more chunks, one file after the other; all three files are required
         and each may be sent only once. The import is all or nothing: if any file has a problem (an
         unknown user or compound id, a malformed number or date, a duplicate id, a missing column, ...)
-        the call fails with INVALID_ARGUMENT, reason IMPORT_FILES_INVALID, and a `google.rpc.BadRequest`
-        that names each problem's file, line and column, and the stored data set is unchanged.
+        the stored data set is unchanged, the stream lists every problem's file, line, column and
+        reason in IMPORT_STAGE_REJECTED messages, and the call then fails with INVALID_ARGUMENT, reason
+        IMPORT_FILES_INVALID, whose `google.rpc.BadRequest` repeats the first of them (as many as fit
+        in gRPC's trailers).
         Importing the same files again leaves the same data set, so the call is safe to retry.
         """
 

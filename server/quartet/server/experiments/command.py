@@ -10,8 +10,9 @@ from pathlib import Path
 
 from quartet import storage
 from quartet.client.progress import ImportProgressBar
+from quartet.experiments.v1 import experiment_service_pb2 as pb
 from quartet.server.errors import InvalidArgument
-from quartet.server.experiments.csvfiles import FILE_NAMES, DataFile
+from quartet.server.experiments.csvfiles import FILE_NAMES, DataFile, Problem
 from quartet.server.experiments.importer import run_import
 
 CHUNK_SIZE = 256 * 1024
@@ -33,12 +34,24 @@ def import_experiments(database_url: str, directory: Path | None) -> int:
         try:
             storage.migrate(database)
             storage.bind(database)
+            problems: list[pb.ImportProblem] = []
+
+            def progress(reply: pb.ImportExperimentDataResponse) -> None:
+                problems.extend(reply.problems)  # every problem, not only the error's first
+                bar(reply)
+
             with ImportProgressBar(total) as bar, database.connection_context():
-                run_import(_chunks(paths), bar)
+                run_import(_chunks(paths), progress)
         except InvalidArgument as error:
             print(f"error: {error.message}", file=sys.stderr)
-            for violation in error.violations:
-                print(f"  {violation.field}: {violation.description}", file=sys.stderr)
+            for problem in problems:
+                location = Problem.of(
+                    problem.file, problem.line, problem.column, problem.description
+                ).location
+                print(f"  {location}: {problem.description}", file=sys.stderr)
+            if not problems:  # a broken protocol, not a problem in the files
+                for violation in error.violations:
+                    print(f"  {violation.field}: {violation.description}", file=sys.stderr)
             return 1
         finally:
             storage.close(database)

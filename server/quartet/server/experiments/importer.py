@@ -1,5 +1,6 @@
 """One import, from chunks to the published data set: read each file, stage its rows in batches,
-check what spans files, then publish, or reject with every problem's file, line and reason.
+check what spans files, then publish, or reject: stream every problem's file, line and reason
+(the first 10,000), then fail with the first of them in the error's details.
 
 It runs in one database thread (the staging tables belong to that thread's connection) and takes
 its chunks from a blocking iterator, so the same code serves the gRPC stream and the command line.
@@ -23,7 +24,9 @@ from quartet.server.experiments.csvfiles import (
 from quartet.storage import experiment_import
 
 BATCH_ROWS = 10_000  # rows staged per write; one progress message each
-MAX_REPORTED = 50  # problems listed in an error ...
+MAX_LISTED = 10_000  # problems streamed back in REJECTED messages (all are counted) ...
+PROBLEMS_PER_MESSAGE = 1_000  # ... this many per message
+MAX_REPORTED = 50  # problems repeated in the error's details ...
 MAX_REPORTED_BYTES = 6_000  # ... and their text, to fit gRPC's default 8 KiB of trailers
 
 Progress = Callable[[pb.ImportExperimentDataResponse], None]
@@ -41,7 +44,7 @@ def run_import(chunks: Iterable[tuple[DataFile, bytes]], progress: Progress) -> 
     Raises InvalidArgument when a file has problems (the stored data set is then unchanged) or when
     the chunks break the protocol (a file unnamed, or resumed after another began).
     """
-    problems = Problems(keep=MAX_REPORTED)
+    problems = Problems(keep=MAX_LISTED)
     readers: dict[DataFile, Reader] = {}
     reply = pb.ImportExperimentDataResponse(stage=pb.IMPORT_STAGE_RECEIVING)
 
@@ -75,9 +78,16 @@ def run_import(chunks: Iterable[tuple[DataFile, bytes]], progress: Progress) -> 
         references = len(readers) == len(FILE_NAMES) and not any(
             reader.unusable for reader in readers.values()
         )
-        found, findings = staging.findings(MAX_REPORTED, references=references)
+        found, findings = staging.findings(MAX_LISTED, references=references)
         if problems.count or found:
-            raise rejection(problems.count + found, problems.first(_problems(findings)))
+            listed = problems.first(_problems(findings))[:MAX_LISTED]
+            for start in range(0, len(listed), PROBLEMS_PER_MESSAGE):
+                reply.problems.extend(
+                    _problem(p) for p in listed[start : start + PROBLEMS_PER_MESSAGE]
+                )
+                report(pb.IMPORT_STAGE_REJECTED)
+                del reply.problems[:]
+            raise rejection(problems.count + found, listed)
         report(pb.IMPORT_STAGE_PUBLISHING)
         staging.publish()
     report(pb.IMPORT_STAGE_DONE)
@@ -109,6 +119,15 @@ def _file_progress(reader: Reader) -> pb.FileProgress:
         rows_read=reader.rows_read,
         rows_stored=reader.rows_stored,
         complete=reader.complete,
+    )
+
+
+def _problem(problem: Problem) -> pb.ImportProblem:
+    return pb.ImportProblem(
+        file=problem.file,
+        line=problem.line,
+        column=problem.column,
+        description=problem.description,
     )
 
 
