@@ -150,6 +150,7 @@ def _process(command: list[str], ready: Callable[[str], bool]) -> Iterator[tuple
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
         )
         assert process.stdout is not None
+        drain: threading.Thread | None = None
         try:
             for line in process.stdout:
                 if ready(line):
@@ -157,13 +158,14 @@ def _process(command: list[str], ready: Callable[[str], bool]) -> Iterator[tuple
             else:
                 raise RuntimeError(f"{command[:4]} exited before it was ready")
             # Keep draining its output so that a full pipe never slows the server down.
-            threading.Thread(
-                target=shutil.copyfileobj, args=(process.stdout, log), daemon=True
-            ).start()
+            drain = threading.Thread(target=shutil.copyfileobj, args=(process.stdout, log))
+            drain.start()
             yield line, process.pid
         finally:
             process.terminate()
             process.wait(30)
+            if drain is not None:
+                drain.join()  # the pipe has closed; finish before the log file does
 
 
 # --- credentials and counts, straight in the database ---------------------------------------
