@@ -21,6 +21,7 @@ from google.protobuf import json_format
 from quartet import storage
 from quartet.client import Client, QuartetError, event
 from quartet.events.v1 import event_service_pb2 as pb
+from quartet.events.v1 import event_service_pb2_grpc
 from quartet.server.auth.tokens import new_api_key
 from quartet.server.settings import Settings
 from quartet.server.testing import running_server
@@ -234,13 +235,42 @@ def test_a_batch_stores_the_valid_and_keeps_the_rest(app: Client, client: Client
     assert len(list(client.events.iter_rejected())) == 1
 
 
-@pytest.mark.parametrize("size", [0, 1001])
-def test_batch_size_limits(app: Client, client: Client, size: int) -> None:
+def big_event() -> pb.Event:
+    """A valid event of almost QUARTET_MAX_EVENT_BYTES (64 KiB): form values have no length cap."""
+    data = {"host": "h", "path": "/", "form": {"comment": "c" * 64_000}}
+    return pageview(category="form interaction", name="submit", data=data)
+
+
+# 140 events of 64 KB: more than the default batch limit (8 MiB), less than gRPC's 16 MiB.
+@pytest.mark.parametrize(("size", "make"), [(0, pageview), (1001, pageview), (140, big_event)])
+def test_batch_size_limits(
+    app: Client, client: Client, size: int, make: Callable[[], pb.Event]
+) -> None:
     with pytest.raises(QuartetError) as caught:
-        app.events.send_batch([pageview() for _ in range(size)])
+        app.events.send_batch([make() for _ in range(size)])
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in caught.value.field_violations] == ["events"]
+    if make is big_event:
+        assert caught.value.reason == "LIMIT_EXCEEDED"
+        assert caught.value.metadata == {"max_batch_bytes": str(8 * 1024 * 1024)}
     assert list(client.events.iter()) == [] and list(client.events.iter_rejected()) == []
+
+
+def test_streamed_message_size_limits(app: Client, client: Client) -> None:
+    """The same limits hold per message of a stream (sent here through the generated stub: the
+    SDK's stream() splits its messages to stay under them)."""
+    stub = event_service_pb2_grpc.EventServiceStub(app.channel)
+    for events_of_second_message in ([pageview() for _ in range(1001)], [big_event()] * 140):
+        messages = [
+            pb.StreamEventsRequest(events=[pageview()]),
+            pb.StreamEventsRequest(events=events_of_second_message),
+        ]
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.StreamEvents(iter(messages), metadata=app.metadata, timeout=30)
+        error = QuartetError.from_rpc_error(caught.value)
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert [v.field for v in error.field_violations] == ["messages[1].events"]
+    assert list(client.events.iter_rejected()) == []
 
 
 def test_stream_reports_rejections_by_position(app: Client, client: Client) -> None:

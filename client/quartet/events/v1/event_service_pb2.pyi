@@ -288,7 +288,11 @@ class StreamEventsRequest(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
-        """1 to 1000 events."""
+        """At most 1000 events, within the server's limit per batch (QUARTET_MAX_BATCH_BYTES, 8 MiB by
+        default). A message over either limit ends the stream with INVALID_ARGUMENT and a field
+        violation on `messages[N].events` (N counting messages from 0); resend the events from
+        there in smaller messages (ids make resending the earlier ones safe).
+        """
 
     def __init__(
         self,

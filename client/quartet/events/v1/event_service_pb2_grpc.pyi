@@ -48,7 +48,11 @@ class EventServiceStub:
     SendEvents: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.SendEventsRequest, _event_service_pb2.SendEventsResponse]
     """Sends a batch of events (at most 1000). Each event is stored or rejected on its own: the
     reply lists one result per event, in order. The call fails as a whole only when the batch
-    itself is invalid (too many events, too large).
+    itself is invalid: no events or more than 1000 (INVALID_ARGUMENT, reason FIELD_INVALID), or
+    too large, over the server's limit per batch (QUARTET_MAX_BATCH_BYTES, 8 MiB by default:
+    INVALID_ARGUMENT, reason LIMIT_EXCEEDED, the limit in the metadata's "max_batch_bytes").
+    Either way a field violation names `events`. A message over the server's message size
+    limit (16 MiB by default) is refused by gRPC itself: RESOURCE_EXHAUSTED, without details.
     """
     StreamEvents: _grpc.StreamUnaryMultiCallable[_event_service_pb2.StreamEventsRequest, _event_service_pb2.StreamEventsResponse]
     """Streams events, for high-volume senders: send any number of messages, each carrying a batch,
@@ -90,7 +94,11 @@ class EventServiceAsyncStub(EventServiceStub):
     SendEvents: _aio.UnaryUnaryMultiCallable[_event_service_pb2.SendEventsRequest, _event_service_pb2.SendEventsResponse]  # type: ignore[assignment]
     """Sends a batch of events (at most 1000). Each event is stored or rejected on its own: the
     reply lists one result per event, in order. The call fails as a whole only when the batch
-    itself is invalid (too many events, too large).
+    itself is invalid: no events or more than 1000 (INVALID_ARGUMENT, reason FIELD_INVALID), or
+    too large, over the server's limit per batch (QUARTET_MAX_BATCH_BYTES, 8 MiB by default:
+    INVALID_ARGUMENT, reason LIMIT_EXCEEDED, the limit in the metadata's "max_batch_bytes").
+    Either way a field violation names `events`. A message over the server's message size
+    limit (16 MiB by default) is refused by gRPC itself: RESOURCE_EXHAUSTED, without details.
     """
     StreamEvents: _aio.StreamUnaryMultiCallable[_event_service_pb2.StreamEventsRequest, _event_service_pb2.StreamEventsResponse]  # type: ignore[assignment]
     """Streams events, for high-volume senders: send any number of messages, each carrying a batch,
@@ -141,7 +149,11 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_event_service_pb2.SendEventsResponse, _abc.Awaitable[_event_service_pb2.SendEventsResponse]]:
         """Sends a batch of events (at most 1000). Each event is stored or rejected on its own: the
         reply lists one result per event, in order. The call fails as a whole only when the batch
-        itself is invalid (too many events, too large).
+        itself is invalid: no events or more than 1000 (INVALID_ARGUMENT, reason FIELD_INVALID), or
+        too large, over the server's limit per batch (QUARTET_MAX_BATCH_BYTES, 8 MiB by default:
+        INVALID_ARGUMENT, reason LIMIT_EXCEEDED, the limit in the metadata's "max_batch_bytes").
+        Either way a field violation names `events`. A message over the server's message size
+        limit (16 MiB by default) is refused by gRPC itself: RESOURCE_EXHAUSTED, without details.
         """
 
     @_abc_1.abstractmethod
