@@ -487,6 +487,41 @@ def test_registering_types_and_versions(client: Client, app: Client) -> None:
     assert stored.schema_version == 2
 
 
+def test_events_the_fast_validator_refuses_are_never_stored(client: Client, app: Client) -> None:
+    """fastjsonschema accepts events; jsonschema lists the problems of those it refused. They
+    must agree: jsonschema alone checks no `format`, and matches `pattern` differently."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "email": {"type": "string", "format": "email"},
+            "code": {"type": "string", "pattern": "^a$"},
+        },
+    }
+    client.events.create_type("signup", "done", schema)
+    kind = {"category": "signup", "name": "done"}
+    error = rejected_with(app, pageview(**kind, data={"email": "x"}))
+    assert [(v.field, v.reason) for v in error.field_violations] == [
+        ("event.data.email", "EVENT_PAYLOAD_INVALID")
+    ]
+    # fastjsonschema refuses "a\n" for ^a$, jsonschema finds nothing wrong: a generic violation.
+    error = rejected_with(app, pageview(**kind, data={"code": "a\n"}))
+    assert [(v.field, v.reason) for v in error.field_violations] == [
+        ("event.data", "EVENT_PAYLOAD_INVALID")
+    ]
+    assert "pattern" in error.field_violations[0].description
+    batch = app.events.send_batch([pageview(**kind, data={"email": "x"})])
+    assert [r.status for r in batch.results] == [pb.EVENT_STATUS_REJECTED]
+    assert app.events.send(pageview(**kind, data={"email": "a@example.com", "code": "a"}))
+    assert count(client) == 1
+    assert len(list(client.events.iter_rejected(reason="EVENT_PAYLOAD_INVALID"))) == 3
+
+
+def test_violations_quote_no_more_than_a_few_hundred_characters(app: Client) -> None:
+    error = rejected_with(app, pageview(data={"host": "h" * 60_000, "path": "/"}))
+    (violation,) = error.field_violations
+    assert violation.field == "event.data.host" and len(violation.description) <= 300
+
+
 @pytest.mark.parametrize(
     ("category", "schema", "field"),
     [("video", {"type": "nonsense"}, "schema"), ("", VIDEO, "category"), ("video", {}, "schema")],
