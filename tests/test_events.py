@@ -522,6 +522,32 @@ def test_violations_quote_no_more_than_a_few_hundred_characters(app: Client) -> 
     assert violation.field == "event.data.host" and len(violation.description) <= 300
 
 
+def test_concurrent_registrations_each_get_their_own_version(client: Client, app: Client) -> None:
+    versions: list[int] = []
+    failures: list[QuartetError] = []
+
+    def register(n: int) -> None:
+        for _ in range(3):
+            try:
+                schema = {**VIDEO, "description": f"sender {n}"}
+                versions.append(client.events.create_type("video", "play", schema).version)
+            except QuartetError as error:
+                failures.append(error)
+
+    threads = [threading.Thread(target=register, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert sorted(versions) == list(range(1, 19))
+    (play,) = [t for t in client.events.list_types() if t.category == "video"]
+    assert play.version == 18
+    # The server validates with the latest version, whichever registration finished last.
+    sent = app.events.send(pageview(category="video", name="play", data={"video_id": "v"}))
+    assert sent.event.schema_version == 18
+
+
 @pytest.mark.parametrize(
     ("category", "schema", "field"),
     [("video", {"type": "nonsense"}, "schema"), ("", VIDEO, "category"), ("video", {}, "schema")],

@@ -276,15 +276,34 @@ def latest_event_types() -> list[EventType]:
     )
 
 
+# Concurrent registrations of one type that all lose the race, one after the other, this often.
+_REGISTRATION_ATTEMPTS = 50
+
+
 def add_event_type(category: str, name: str, schema: dict[str, Any]) -> EventType:
-    """Register schema as the next version of the type (version 1 for a new type)."""
-    with db.atomic():
-        current = (
-            EventType.select(peewee.fn.MAX(EventType.version))
-            .where((EventType.category == category) & (EventType.name == name))
-            .scalar()
-        )
-        event_type: EventType = EventType.create(
-            category=category, name=name, version=(current or 0) + 1, schema=json.dumps(schema)
-        )
-        return event_type
+    """Register schema as the next version of the type (version 1 for a new type).
+
+    Concurrent registrations of a type may read the same latest version (on PostgreSQL, whose
+    transactions see what others committed before each statement; SQLite has one writer at a
+    time): the unique index on (category, name, version) lets one of them insert it and makes
+    the others fail, and those try again, now reading the winner's version.
+    """
+    for attempt in range(1, _REGISTRATION_ATTEMPTS + 1):
+        try:
+            with db.atomic():
+                current = (
+                    EventType.select(peewee.fn.MAX(EventType.version))
+                    .where((EventType.category == category) & (EventType.name == name))
+                    .scalar()
+                )
+                event_type: EventType = EventType.create(
+                    category=category,
+                    name=name,
+                    version=(current or 0) + 1,
+                    schema=json.dumps(schema),
+                )
+                return event_type
+        except peewee.IntegrityError:
+            if attempt == _REGISTRATION_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")

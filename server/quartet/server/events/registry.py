@@ -143,9 +143,13 @@ class Registry:
         }
 
     def add(self, row: events.EventType) -> None:
-        self._schemas[(row.category, row.name)] = Schema.compile(
-            row.version, json.loads(row.schema)
-        )
+        """Use this version from now on, unless a later one is known already (concurrent
+        registrations may finish in any order)."""
+        known = self._schemas.get((row.category, row.name))
+        if known is None or known.version < row.version:
+            self._schemas[(row.category, row.name)] = Schema.compile(
+                row.version, json.loads(row.schema)
+            )
 
     def get(self, category: str, name: str) -> Schema | None:
         return self._schemas.get((category, name))
