@@ -223,6 +223,47 @@ def test_resending_an_event_stores_it_once(app: Client, client: Client) -> None:
     assert len(list(client.events.iter())) == 2
 
 
+def test_an_id_another_application_sent_reveals_nothing_of_its_event(
+    app: Client, client: Client, target: str
+) -> None:
+    """Ids are global, but applications may not read events: resending another application's
+    event id is a rejection that says nothing of that event, never a duplicate carrying it."""
+    original = pageview(data={"host": "secret.example.com", "path": "/private"})
+    app.events.send(original)
+    other = client.auth.create_application("mobile")
+    copy = pageview(event_id=original.id)
+    with Client(target, token=other.api_key) as mobile:
+        with pytest.raises(QuartetError) as caught:
+            mobile.events.send(copy)
+        assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
+        assert caught.value.reason == "RESOURCE_ALREADY_EXISTS"
+        assert caught.value.resource == ("event", original.id)
+        assert [(v.field, v.reason) for v in caught.value.field_violations] == [
+            ("event.id", "RESOURCE_ALREADY_EXISTS")
+        ]
+        assert "secret" not in str(caught.value.status)
+        batch = mobile.events.send_batch([copy, pageview()])
+        assert [r.status for r in batch.results] == [
+            pb.EVENT_STATUS_REJECTED,
+            pb.EVENT_STATUS_STORED,
+        ]
+        assert [(v.field, v.reason) for v in batch.results[0].violations] == [
+            ("id", "RESOURCE_ALREADY_EXISTS")
+        ]
+        streamed = mobile.events.stream([copy])
+        assert (streamed.stored_count, streamed.duplicate_count) == (0, 0)
+        assert [(r.index, r.event_id) for r in streamed.rejected] == [(0, original.id)]
+    assert "secret" not in str(batch) + str(streamed)
+    stored = client.events.get(original.id)
+    assert stored.data == original.data  # untouched
+    kept = list(client.events.iter_rejected(reason="RESOURCE_ALREADY_EXISTS"))
+    assert len(kept) == 3
+    assert {(k.application_id, k.event.id, k.event.data["host"]) for k in kept} == {
+        (other.application.id, original.id, "www.ca.com")
+    }
+    assert app.events.send(original).duplicate  # the sender's own resend is still a duplicate
+
+
 def test_a_batch_stores_the_valid_and_keeps_the_rest(app: Client, client: Client) -> None:
     good, bad = pageview(), pageview(occurred_at=FUTURE)
     results = app.events.send_batch([good, bad]).results

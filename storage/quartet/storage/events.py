@@ -171,6 +171,18 @@ def _insert_new(
     return inserted
 
 
+def senders(ids: set[str]) -> dict[str, int]:
+    """The application that sent the stored event of each of these ids (those stored)."""
+    found: dict[str, int] = {}
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), _CHUNK):
+        query = Event.select(Event.id, Event.application_id).where(
+            Event.id.in_(ordered[start : start + _CHUNK])
+        )
+        found.update((row.id, row.application_id) for row in query)
+    return found
+
+
 def _reason_list(violations: list[dict[str, str]]) -> str:
     reasons = sorted({v["reason"] for v in violations})
     return f",{','.join(reasons)},"[:500]

@@ -32,9 +32,12 @@ class _EventStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventStat
     EVENT_STATUS_STORED: _EventStatus.ValueType  # 1
     """The event is now durably stored."""
     EVENT_STATUS_DUPLICATE: _EventStatus.ValueType  # 2
-    """An event with this id was already stored; nothing new was stored."""
+    """This application had already sent an event with this id; nothing new was stored."""
     EVENT_STATUS_REJECTED: _EventStatus.ValueType  # 3
-    """The event failed validation and was kept among the rejected events."""
+    """The event failed validation, or its id is that of an event another application sent
+    (a violation on `id` with reason RESOURCE_ALREADY_EXISTS), and it was kept among the
+    rejected events.
+    """
 
 class EventStatus(_EventStatus, metaclass=_EventStatusEnumTypeWrapper):
     """EventStatus says what happened to one sent event."""
@@ -44,9 +47,12 @@ EVENT_STATUS_UNSPECIFIED: EventStatus.ValueType  # 0
 EVENT_STATUS_STORED: EventStatus.ValueType  # 1
 """The event is now durably stored."""
 EVENT_STATUS_DUPLICATE: EventStatus.ValueType  # 2
-"""An event with this id was already stored; nothing new was stored."""
+"""This application had already sent an event with this id; nothing new was stored."""
 EVENT_STATUS_REJECTED: EventStatus.ValueType  # 3
-"""The event failed validation and was kept among the rejected events."""
+"""The event failed validation, or its id is that of an event another application sent
+(a violation on `id` with reason RESOURCE_ALREADY_EXISTS), and it was kept among the
+rejected events.
+"""
 Global___EventStatus: _TypeAlias = EventStatus  # noqa: Y015
 
 @_typing.final
@@ -180,7 +186,9 @@ class SendEventResponse(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
     duplicate: _builtins.bool
-    """True when an event with this id was already stored (a retried send); nothing new was stored."""
+    """True when this application had already sent an event with this id (a retried send); nothing
+    new was stored, and `event` is the one stored then.
+    """
     @_builtins.property
     def event(self) -> Global___Event:
         """The event as stored, with its id, application and receive time."""
@@ -351,7 +359,7 @@ class StreamEventsResponse(_message.Message):
     stored_count: _builtins.int
     """The number of events newly stored."""
     duplicate_count: _builtins.int
-    """The number of events already stored before (resent ids)."""
+    """The number of events this application had already sent (resent ids)."""
     @_builtins.property
     def rejected(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedEventResult]:
         """The rejected events."""

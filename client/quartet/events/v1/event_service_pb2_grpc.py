@@ -96,7 +96,11 @@ class EventServiceServicer:
     def SendEvent(self, request, context):
         """Sends one event. A rejected event is INVALID_ARGUMENT (reason EVENT_REJECTED) with one
         field violation per problem, and is kept among the rejected events. Resending an event with
-        the same id returns the stored event and stores nothing new.
+        the same id returns the stored event and stores nothing new. Ids are unique across
+        applications: an id that another application's event already has is ALREADY_EXISTS (reason
+        RESOURCE_ALREADY_EXISTS, a `ResourceInfo` naming the event id, a field violation on
+        `event.id`), which reveals nothing of that event; the event sent is kept among the rejected
+        events, so that it can be sent again with a new id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

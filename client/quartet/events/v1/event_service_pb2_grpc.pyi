@@ -43,7 +43,11 @@ class EventServiceStub:
     SendEvent: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.SendEventRequest, _event_service_pb2.SendEventResponse]
     """Sends one event. A rejected event is INVALID_ARGUMENT (reason EVENT_REJECTED) with one
     field violation per problem, and is kept among the rejected events. Resending an event with
-    the same id returns the stored event and stores nothing new.
+    the same id returns the stored event and stores nothing new. Ids are unique across
+    applications: an id that another application's event already has is ALREADY_EXISTS (reason
+    RESOURCE_ALREADY_EXISTS, a `ResourceInfo` naming the event id, a field violation on
+    `event.id`), which reveals nothing of that event; the event sent is kept among the rejected
+    events, so that it can be sent again with a new id.
     """
     SendEvents: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.SendEventsRequest, _event_service_pb2.SendEventsResponse]
     """Sends a batch of events (at most 1000). Each event is stored or rejected on its own: the
@@ -89,7 +93,11 @@ class EventServiceAsyncStub(EventServiceStub):
     SendEvent: _aio.UnaryUnaryMultiCallable[_event_service_pb2.SendEventRequest, _event_service_pb2.SendEventResponse]  # type: ignore[assignment]
     """Sends one event. A rejected event is INVALID_ARGUMENT (reason EVENT_REJECTED) with one
     field violation per problem, and is kept among the rejected events. Resending an event with
-    the same id returns the stored event and stores nothing new.
+    the same id returns the stored event and stores nothing new. Ids are unique across
+    applications: an id that another application's event already has is ALREADY_EXISTS (reason
+    RESOURCE_ALREADY_EXISTS, a `ResourceInfo` naming the event id, a field violation on
+    `event.id`), which reveals nothing of that event; the event sent is kept among the rejected
+    events, so that it can be sent again with a new id.
     """
     SendEvents: _aio.UnaryUnaryMultiCallable[_event_service_pb2.SendEventsRequest, _event_service_pb2.SendEventsResponse]  # type: ignore[assignment]
     """Sends a batch of events (at most 1000). Each event is stored or rejected on its own: the
@@ -138,7 +146,11 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_event_service_pb2.SendEventResponse, _abc.Awaitable[_event_service_pb2.SendEventResponse]]:
         """Sends one event. A rejected event is INVALID_ARGUMENT (reason EVENT_REJECTED) with one
         field violation per problem, and is kept among the rejected events. Resending an event with
-        the same id returns the stored event and stores nothing new.
+        the same id returns the stored event and stores nothing new. Ids are unique across
+        applications: an id that another application's event already has is ALREADY_EXISTS (reason
+        RESOURCE_ALREADY_EXISTS, a `ResourceInfo` naming the event id, a field violation on
+        `event.id`), which reveals nothing of that event; the event sent is kept among the rejected
+        events, so that it can be sent again with a new id.
         """
 
     @_abc_1.abstractmethod

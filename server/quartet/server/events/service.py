@@ -17,7 +17,13 @@ from quartet.events.v1 import event_service_pb2 as pb
 from quartet.events.v1 import event_service_pb2_grpc
 from quartet.server import metrics
 from quartet.server.auth import require_caller
-from quartet.server.errors import FieldViolation, InvalidArgument, PermissionDenied, Violations
+from quartet.server.errors import (
+    AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+    Violations,
+)
 from quartet.server.events.registry import Registry, Schema, SchemaInvalid
 from quartet.server.events.validation import (
     TEXT_LENGTH,
@@ -38,10 +44,21 @@ STREAM_WINDOW = 4  # batches of one stream being written at once: pipelining wit
 
 # What the writer answers for each item it was given.
 STORED, DUPLICATE, REJECTED = "stored", "duplicate", "rejected"
+# The id is that of an event another application sent. Answering it as a duplicate would hand
+# one application another's event (applications may not read events) and let it believe its own
+# was stored; instead the event is kept among the rejected events, with this violation.
+ID_TAKEN = "id taken"
+ID_TAKEN_VIOLATION = {
+    "field": "id",
+    "reason": error_reason_pb2.ErrorReason.Name(error_reason_pb2.RESOURCE_ALREADY_EXISTS),
+    "description": "is the id of an event another application sent, so this event was not "
+    "stored but kept among the rejected events; send it again with a new id",
+}
 _STATUS = {
     STORED: pb.EVENT_STATUS_STORED,
     DUPLICATE: pb.EVENT_STATUS_DUPLICATE,
     REJECTED: pb.EVENT_STATUS_REJECTED,
+    ID_TAKEN: pb.EVENT_STATUS_REJECTED,
 }
 
 
@@ -53,6 +70,9 @@ def write_batch(items: list[NewEvent | Rejection]) -> list[tuple[str, datetime.d
     inserted = events.store(
         new_events, [item for item in items if isinstance(item, Rejection)], now
     )
+    # Who sent the stored event of each id not inserted now: only resends need the query.
+    senders = events.senders({e.id for e in new_events if e.id not in inserted})
+    taken: list[Rejection] = []
     results: list[tuple[str, datetime.datetime]] = []
     for item in items:
         if isinstance(item, Rejection):
@@ -61,12 +81,38 @@ def write_batch(items: list[NewEvent | Rejection]) -> list[tuple[str, datetime.d
                 metrics.event_rejections.labels(reason).inc()
         elif item.id in inserted:
             inserted.discard(item.id)  # a second copy in the same batch is a duplicate
+            senders[item.id] = item.application_id
             results.append((STORED, now))
-        else:
+        elif senders.get(item.id, item.application_id) == item.application_id:
             results.append((DUPLICATE, now))
-    for outcome, count in collections.Counter(status for status, _ in results).items():
+        else:
+            taken.append(_id_taken(item))
+            results.append((ID_TAKEN, now))
+            metrics.event_rejections.labels(ID_TAKEN_VIOLATION["reason"]).inc()
+    if taken:
+        events.store([], taken, now)
+    counts = collections.Counter(
+        REJECTED if status == ID_TAKEN else status for status, _ in results
+    )
+    for outcome, count in counts.items():
         metrics.events.labels(outcome).inc(count)
     return results
+
+
+def _id_taken(event: NewEvent) -> Rejection:
+    """The rejection of an event whose id another application's event has: the event as sent
+    (its JSON rebuilt from the checked fields), with ID_TAKEN_VIOLATION."""
+    fields = {
+        "id": event.id,
+        "sessionId": event.session_id,
+        "category": event.category,
+        "name": event.name,
+        "occurTime": f"{event.occur_time.isoformat()}Z",
+    }
+    sent = f'{json.dumps(fields)[:-1]}, "data": {event.data}}}'
+    return Rejection(
+        application_id=event.application_id, event=sent, violations=[ID_TAKEN_VIOLATION]
+    )
 
 
 class EventServicer(event_service_pb2_grpc.EventServiceServicer):
@@ -101,7 +147,14 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
                 reason=error_reason_pb2.EVENT_REJECTED,
                 violations=violations_of(item, "event."),
             )
-        if status == DUPLICATE:
+        if status == ID_TAKEN:
+            description = ID_TAKEN_VIOLATION["description"]
+            raise AlreadyExists(
+                f"event.id {description}",
+                resource=("event", item.id),
+                violations=[FieldViolation("event.id", description, ID_TAKEN_VIOLATION["reason"])],
+            )
+        if status == DUPLICATE:  # sent by this application before: its own event
             stored = await self._db.run(events.get_event, item.id)
             return pb.SendEventResponse(event=event_message(stored), duplicate=True)
         return pb.SendEventResponse(event=new_event_message(item, receive_time))
@@ -151,12 +204,12 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
                 elif status == DUPLICATE:
                     response.duplicate_count += 1
                 else:
-                    assert isinstance(item, Rejection)
+                    result = _result(item, status)
                     response.rejected.append(
                         pb.RejectedEventResult(
                             index=start + index,
-                            event_id=_sent_id(item),
-                            violations=_violations(item),
+                            event_id=result.event_id,
+                            violations=result.violations,
                         )
                     )
         return response
@@ -312,6 +365,12 @@ def _result(item: NewEvent | Rejection, status: str) -> pb.EventResult:
     if isinstance(item, Rejection):
         return pb.EventResult(
             event_id=_sent_id(item), status=pb.EVENT_STATUS_REJECTED, violations=_violations(item)
+        )
+    if status == ID_TAKEN:
+        return pb.EventResult(
+            event_id=item.id,
+            status=pb.EVENT_STATUS_REJECTED,
+            violations=[pb.Violation(**ID_TAKEN_VIOLATION)],
         )
     return pb.EventResult(event_id=item.id, status=_STATUS[status])
 
