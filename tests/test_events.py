@@ -324,6 +324,34 @@ def test_stream_reports_rejections_by_position(app: Client, client: Client) -> N
     assert len(list(client.events.iter())) == 23
 
 
+def test_a_long_stream_counts_everything_and_lists_the_first_rejections(
+    app: Client, client: Client
+) -> None:
+    """10,000 events in 200 messages, written four at a time: every count right, and the reply
+    lists the first 1000 of its 1429 rejections."""
+    resent = [pageview() for _ in range(100)]
+    app.events.send_batch(resent)
+
+    def events() -> Iterator[pb.Event]:
+        for n in range(10_000):
+            if n % 7 == 0:
+                yield pageview(category="unknown")
+            elif n % 100 == 1:
+                yield resent[n // 100]
+            else:
+                yield pageview()
+
+    reply = app.events.stream(events(), batch_size=50, timeout=120)
+    rejected = [n for n in range(10_000) if n % 7 == 0]
+    duplicates = sum(1 for n in range(10_000) if n % 100 == 1 and n % 7)
+    assert reply.duplicate_count == duplicates == 86
+    assert reply.stored_count == 10_000 - 1429 - duplicates
+    assert reply.rejected_count == len(rejected) == 1429
+    assert [r.index for r in reply.rejected] == rejected[:1000]
+    assert count(client) == 100 + reply.stored_count
+    assert len(list(client.events.iter_rejected(page_size=1000))) == 1429
+
+
 # --- concurrency and order -----------------------------------------------------------------------
 
 

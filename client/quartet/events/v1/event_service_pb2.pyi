@@ -356,13 +356,19 @@ class StreamEventsResponse(_message.Message):
     STORED_COUNT_FIELD_NUMBER: _builtins.int
     DUPLICATE_COUNT_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
+    REJECTED_COUNT_FIELD_NUMBER: _builtins.int
     stored_count: _builtins.int
     """The number of events newly stored."""
     duplicate_count: _builtins.int
     """The number of events this application had already sent (resent ids)."""
+    rejected_count: _builtins.int
+    """The number of rejected events, including those beyond the 1000 listed in `rejected`."""
     @_builtins.property
     def rejected(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedEventResult]:
-        """The rejected events."""
+        """The rejected events, ordered by position: at most the first 1000 of the stream, so that the
+        reply stays small however long the stream was. `rejected_count` counts them all; every
+        rejected event is also kept among the rejected events (ListRejectedEvents).
+        """
 
     def __init__(
         self,
@@ -370,10 +376,11 @@ class StreamEventsResponse(_message.Message):
         stored_count: _builtins.int = ...,
         duplicate_count: _builtins.int = ...,
         rejected: _abc.Iterable[Global___RejectedEventResult] | None = ...,
+        rejected_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate_count", b"duplicate_count", "rejected", b"rejected", "stored_count", b"stored_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate_count", b"duplicate_count", "rejected", b"rejected", "rejected_count", b"rejected_count", "stored_count", b"stored_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -122,7 +122,7 @@ class EventServiceServicer:
     def StreamEvents(self, request_iterator, context):
         """Streams events, for high-volume senders: send any number of messages, each carrying a batch,
         then close the stream. The reply, sent once every event is durably stored, reports the
-        counts and every rejected event by its position in the stream.
+        counts and the rejected events by their position in the stream (the first 1000 of them).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

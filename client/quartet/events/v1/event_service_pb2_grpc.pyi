@@ -61,7 +61,7 @@ class EventServiceStub:
     StreamEvents: _grpc.StreamUnaryMultiCallable[_event_service_pb2.StreamEventsRequest, _event_service_pb2.StreamEventsResponse]
     """Streams events, for high-volume senders: send any number of messages, each carrying a batch,
     then close the stream. The reply, sent once every event is durably stored, reports the
-    counts and every rejected event by its position in the stream.
+    counts and the rejected events by their position in the stream (the first 1000 of them).
     """
     GetEvent: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.GetEventRequest, _event_service_pb2.Event]
     """Returns one stored event."""
@@ -111,7 +111,7 @@ class EventServiceAsyncStub(EventServiceStub):
     StreamEvents: _aio.StreamUnaryMultiCallable[_event_service_pb2.StreamEventsRequest, _event_service_pb2.StreamEventsResponse]  # type: ignore[assignment]
     """Streams events, for high-volume senders: send any number of messages, each carrying a batch,
     then close the stream. The reply, sent once every event is durably stored, reports the
-    counts and every rejected event by its position in the stream.
+    counts and the rejected events by their position in the stream (the first 1000 of them).
     """
     GetEvent: _aio.UnaryUnaryMultiCallable[_event_service_pb2.GetEventRequest, _event_service_pb2.Event]  # type: ignore[assignment]
     """Returns one stored event."""
@@ -176,7 +176,7 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_event_service_pb2.StreamEventsResponse, _abc.Awaitable[_event_service_pb2.StreamEventsResponse]]:
         """Streams events, for high-volume senders: send any number of messages, each carrying a batch,
         then close the stream. The reply, sent once every event is durably stored, reports the
-        counts and every rejected event by its position in the stream.
+        counts and the rejected events by their position in the stream (the first 1000 of them).
         """
 
     @_abc_1.abstractmethod

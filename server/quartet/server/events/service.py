@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import datetime
 import json
 from collections.abc import AsyncIterator, Sequence
@@ -41,6 +42,9 @@ from quartet.storage.writer import BatchWriter
 Context = grpc.aio.ServicerContext[Any, Any]
 MAX_BATCH = 1000
 STREAM_WINDOW = 4  # batches of one stream being written at once: pipelining with a bound
+# A stream's reply lists this many rejected events at most (those first in the stream), so that
+# neither the server's memory nor the reply grows with the stream; it counts them all.
+MAX_LISTED_REJECTIONS = 1000
 
 # What the writer answers for each item it was given.
 STORED, DUPLICATE, REJECTED = "stored", "duplicate", "rejected"
@@ -177,42 +181,56 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         self, request_iterator: AsyncIterator[pb.StreamEventsRequest], context: Context
     ) -> pb.StreamEventsResponse:
         application_id = _sending_application()
-        response = pb.StreamEventsResponse()
+        summary = _StreamSummary()
         # Each message's batch is handed to the writer at once and the next message read while
         # it is written, up to STREAM_WINDOW batches in flight; the reply waits for them all.
-        pending: list[tuple[int, list[NewEvent | Rejection], asyncio.Task[Any]]] = []
-        offset = 0
+        # A batch is folded into the summary as soon as it is written, so that a stream holds
+        # its batches in flight and the rejections it lists, however long it runs.
+        writing: set[asyncio.Task[_Written]] = set()
+        offset = messages = 0
         try:
             async for message in request_iterator:
-                field = f"messages[{len(pending)}].events"
+                field = f"messages[{messages}].events"
+                messages += 1
                 _check_batch_size(message.events, field, allow_empty=True)
                 self._check_batch_bytes(message.ByteSize(), field)
                 items = self._check_all(message.events, application_id)
-                pending.append((offset, items, asyncio.ensure_future(self._writer.submit(items))))
+                writing.add(asyncio.ensure_future(self._write(offset, items)))
                 offset += len(items)
-                writing = [task for _, _, task in pending if not task.done()]
                 if len(writing) >= STREAM_WINDOW:
                     await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
-            await asyncio.gather(*(task for _, _, task in pending))
+                for task in [task for task in writing if task.done()]:
+                    writing.discard(task)
+                    summary.add(task.result())
+            while writing:
+                done, writing = await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    summary.add(task.result())
         finally:
-            for _, _, task in pending:
-                task.cancel()  # no-op for finished ones; nobody waits for the rest any more
-        for start, items, task in pending:
-            for index, (item, (status, _)) in enumerate(zip(items, await task, strict=True)):
-                if status == STORED:
-                    response.stored_count += 1
-                elif status == DUPLICATE:
-                    response.duplicate_count += 1
-                else:
-                    result = _result(item, status)
-                    response.rejected.append(
-                        pb.RejectedEventResult(
-                            index=start + index,
-                            event_id=result.event_id,
-                            violations=result.violations,
-                        )
+            for task in writing:  # after a failure: nobody waits for the rest any more
+                task.cancel()
+        return summary.response()
+
+    async def _write(self, offset: int, items: list[NewEvent | Rejection]) -> _Written:
+        """Write one streamed batch (its first event at position `offset` of the stream) and
+        keep only what the reply needs of it."""
+        written = _Written()
+        statuses = await self._writer.submit(items)
+        for index, (item, (status, _)) in enumerate(zip(items, statuses, strict=True)):
+            if status == STORED:
+                written.stored += 1
+            elif status == DUPLICATE:
+                written.duplicates += 1
+            else:
+                result = _result(item, status)
+                written.rejected.append(
+                    pb.RejectedEventResult(
+                        index=offset + index,
+                        event_id=result.event_id,
+                        violations=result.violations,
                     )
-        return response
+                )
+        return written
 
     async def GetEvent(self, request: pb.GetEventRequest, context: Context) -> pb.Event:
         violations = Violations()
@@ -333,6 +351,40 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
     ) -> list[NewEvent | Rejection]:
         now = utcnow()
         return [self._checker.check(event, application_id, now) for event in sent]
+
+
+@dataclasses.dataclass(slots=True)
+class _Written:
+    """What became of one streamed batch."""
+
+    stored: int = 0
+    duplicates: int = 0
+    rejected: list[pb.RejectedEventResult] = dataclasses.field(default_factory=list)
+
+
+class _StreamSummary:
+    """A stream's counts so far, and its first MAX_LISTED_REJECTIONS rejections by position."""
+
+    def __init__(self) -> None:
+        self._response = pb.StreamEventsResponse()
+        self._rejected: list[pb.RejectedEventResult] = []
+
+    def add(self, written: _Written) -> None:
+        self._response.stored_count += written.stored
+        self._response.duplicate_count += written.duplicates
+        self._response.rejected_count += len(written.rejected)
+        self._rejected += written.rejected
+        if len(self._rejected) > MAX_LISTED_REJECTIONS:  # batches may finish out of order
+            self._rejected.sort(key=_position)
+            del self._rejected[MAX_LISTED_REJECTIONS:]
+
+    def response(self) -> pb.StreamEventsResponse:
+        self._response.rejected.extend(sorted(self._rejected, key=_position))
+        return self._response
+
+
+def _position(rejected: pb.RejectedEventResult) -> int:
+    return rejected.index
 
 
 def _sending_application() -> int:
