@@ -506,7 +506,12 @@ def test_every_event_query_is_served_by_an_index(
     """No full scan and no sort for any filter combination, so queries stay fast at millions of
     rows. PostgreSQL is told to avoid sequential scans, so that it uses an index whenever one fits
     even on these tiny tables."""
-    sql, params = events.events_query(**filters).limit(50).sql()
+    assert_served_by_an_index(db, events.events_query(**filters).limit(50))
+
+
+def assert_served_by_an_index(db: peewee.Database, query: peewee.ModelSelect[Any]) -> str:
+    """The query's plan, having checked that it reads an index and sorts nothing."""
+    sql, params = query.sql()
     with db.connection_context():
         if isinstance(db, peewee.PostgresqlDatabase):
             # Large tables get ordered index scans; on tiny ones the planner needs telling.
@@ -519,7 +524,31 @@ def test_every_event_query_is_served_by_an_index(
             rows = db.execute_sql(f"EXPLAIN QUERY PLAN {sql}", params)  # type: ignore[no-untyped-call]
             plan = " ".join(row[-1] for row in rows)
             assert "USING" in plan and "TEMP B-TREE" not in plan, plan
-            assert not plan.startswith("SCAN event") or "INDEX" in plan, plan
+            assert not plan.startswith("SCAN ") or "INDEX" in plan.split(" SEARCH")[0], plan
+    return plan
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"reason": "EVENT_TIME_IN_FUTURE"},
+        {"reason": "EVENT_TIME_IN_FUTURE", "reject_time_start": at(0)},
+        {"reason": "FIELD_INVALID", "after": (at(5).replace(tzinfo=None), 10)},
+        {"reason": "FIELD_INVALID", "application_id": 3, "reject_time_end": at(60)},
+    ],
+    ids=str,
+)
+def test_every_rejected_event_query_by_reason_is_served_by_an_index(
+    db: peewee.Database, filters: dict[str, Any]
+) -> None:
+    """The reason filter reads that reason's rows of rejected_event_reason, newest first, and
+    looks each rejected event up by its key: no full scan, no sort (as for events, above)."""
+    plan = assert_served_by_an_index(db, events.rejected_query(**filters).limit(50))
+    if isinstance(db, peewee.PostgresqlDatabase):
+        assert "rejected_event_reason_pkey" in plan and "(reason = " in plan, plan
+    else:  # not an ordered scan of every rejected event, filtered row by row
+        assert plan.startswith("SEARCH") and "rejected_event_reason" in plan, plan
+        assert "(reason=?" in plan, plan
 
 
 # --- event types ---------------------------------------------------------------------------------
