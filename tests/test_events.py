@@ -156,8 +156,29 @@ def test_invalid_events_are_rejected_and_kept(app: Client, client: Client, case:
     (kept,) = client.events.iter_rejected(reason=reason)
     assert (field, reason) in [(v.field, v.reason) for v in kept.violations]
     assert kept.event.session_id == message.session_id  # the payload as it was sent
-    assert kept.event.data == message.data
+    assert kept.size_bytes == message.ByteSize()
+    if reason != "EVENT_TOO_LARGE":  # kept whole
+        assert kept.event.data == message.data and kept.data_prefix == ""
     assert kept.application_id == client.auth.list_applications().applications[0].id
+
+
+def test_a_too_large_event_is_kept_in_part(
+    app: Client, client: Client, db: peewee.Database
+) -> None:
+    """An event over the size limit is kept without its data, with the start of that and the
+    size: a rejection must not take the room the limit protects."""
+    data = {"list": [1.5, True, None, {"text": "b" * 1_000_000}]}  # one key: maps have no order
+    message = pageview(data=data, name="n" * 5000)
+    rejected_with(app, message)
+    (kept,) = client.events.iter_rejected(reason="EVENT_TOO_LARGE")
+    assert kept.size_bytes == message.ByteSize() > 1_000_000
+    assert kept.data_prefix == json.dumps(data, separators=(",", ":"))[:4096]
+    assert not kept.event.HasField("data")
+    assert (kept.event.id, kept.event.session_id) == (message.id, SESSION)
+    assert kept.event.name == "n" * 256 and kept.event.occur_time == message.occur_time
+    with db.connection_context():
+        (row,) = events.RejectedEvent.select()
+        assert len(row.event) + len(row.data_prefix or "") + len(row.violations) < 6000
 
 
 def test_missing_occur_time_is_rejected(app: Client) -> None:

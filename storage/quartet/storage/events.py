@@ -64,6 +64,11 @@ class RejectedEvent(BaseModel):
     event = peewee.TextField()
     violations = peewee.TextField()
     reject_time = peewee.DateTimeField()
+    # The event's size as sent, in bytes (NULL for rejections older than migration 0007).
+    size = peewee.BigIntegerField(null=True)
+    # Set for an event too large to keep whole: the start of its data as JSON, `event` holding
+    # the rest of it (its text fields cut short).
+    data_prefix = peewee.TextField(null=True)
 
     class Meta:
         indexes = (
@@ -104,8 +109,10 @@ class Rejection:
     """A rejected event, ready to store."""
 
     application_id: int
-    event: str  # JSON of the event as sent
+    event: str  # JSON of the event as sent (without its data when data_prefix is set)
     violations: list[dict[str, str]]
+    size: int | None = None  # bytes, as sent
+    data_prefix: str | None = None  # the start of the data of an event too large to keep whole
 
 
 _COLUMNS = (
@@ -145,6 +152,8 @@ def _insert_rejections(rejections: Sequence[Rejection], now: datetime.datetime) 
                     "event": r.event,
                     "violations": json.dumps(r.violations),
                     "reject_time": now,
+                    "size": r.size,
+                    "data_prefix": r.data_prefix,
                 }
                 for r in chunk
             ]

@@ -505,13 +505,28 @@ class RejectedEvent(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     VIOLATIONS_FIELD_NUMBER: _builtins.int
     REJECT_TIME_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    DATA_PREFIX_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """The server-assigned identifier of the rejection."""
     application_id: _builtins.int
     """The application that sent the event."""
+    size_bytes: _builtins.int
+    """The size of the event as sent, in bytes (its protobuf encoding); 0 when not recorded
+    (events rejected before quartet recorded sizes, and events rejected at the write for an id
+    another application's event has).
+    """
+    data_prefix: _builtins.str
+    """Only for an event not kept whole (EVENT_TOO_LARGE): the first 4096 characters of its `data`
+    as compact JSON. Empty otherwise.
+    """
     @_builtins.property
     def event(self) -> Global___Event:
-        """The event exactly as it was sent, including any invalid fields."""
+        """The event exactly as it was sent, including any invalid fields. An event rejected for its
+        size (EVENT_TOO_LARGE) is not kept whole, or rejections would take the room the size limit
+        protects: it has no `data` (see `data_prefix`), and its id, session_id, category and name
+        are cut to 256 characters.
+        """
 
     @_builtins.property
     def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Violation]:
@@ -529,10 +544,12 @@ class RejectedEvent(_message.Message):
         event: Global___Event | None = ...,
         violations: _abc.Iterable[Global___Violation] | None = ...,
         reject_time: _timestamp_pb2.Timestamp | None = ...,
+        size_bytes: _builtins.int = ...,
+        data_prefix: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "reject_time", b"reject_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_id", b"application_id", "event", b"event", "id", b"id", "reject_time", b"reject_time", "violations", b"violations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_id", b"application_id", "data_prefix", b"data_prefix", "event", b"event", "id", b"id", "reject_time", b"reject_time", "size_bytes", b"size_bytes", "violations", b"violations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -470,6 +470,8 @@ def rejected_message(row: events.RejectedEvent) -> pb.RejectedEvent:
         event=sent,
         violations=[pb.Violation(**v) for v in json.loads(row.violations)],
         reject_time=to_timestamp(row.reject_time),
+        size_bytes=row.size or 0,
+        data_prefix=row.data_prefix or "",
     )
 
 
