@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import signal
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ import pytest
 from google.protobuf import json_format
 
 from quartet import storage
-from quartet.client import Client, QuartetError, event
+from quartet.client import Client, EventsNotSent, QuartetError, event
 from quartet.events.v1 import event_service_pb2 as pb
 from quartet.events.v1 import event_service_pb2_grpc
 from quartet.server.auth.tokens import new_api_key
@@ -27,7 +28,7 @@ from quartet.server.settings import Settings
 from quartet.server.testing import running_server
 from quartet.storage import applications, events
 from tests.conftest import Principal, mint_token
-from tests.helpers import server_process
+from tests.helpers import Background, server_process, table_locked
 
 SESSION = "e2085be5-9137-4e4e-80b5-f1ffddc25423"
 WHEN = "2021-01-01 09:15:27.243860"  # the challenge's own timestamp format (UTC)
@@ -753,12 +754,123 @@ def test_buffered_sender_batches_flushes_and_reports_rejections(
 def test_buffered_sender_surfaces_permanent_failures(target: str) -> None:
     with Client(target, token="qk_0000000000000000_nope") as forged:
         sender = forged.events.buffered(batch_size=10)
-        sender.add(pageview())
-        with pytest.raises(QuartetError) as caught:
+        added = [pageview() for _ in range(3)]
+        for message in added:
+            sender.add(message)
+        with pytest.raises(EventsNotSent) as caught:
             sender.flush()
         assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert [m.id for m in caught.value.unsent] == [m.id for m in added]
         with pytest.raises(QuartetError):
             sender.close()
+        assert [m.id for m in sender.unsent] == [m.id for m in added]
+
+
+def test_buffered_sender_and_stream_split_batches_by_size(app: Client, client: Client) -> None:
+    """150 events of 64 KB (9.6 MB) are more than the server's 8 MiB per batch: split."""
+    with app.events.buffered(batch_size=500, flush_interval=30) as sender:
+        for _ in range(150):
+            sender.add(big_event())
+    assert (sender.sent, sender.batches) == (150, 2)
+    reply = app.events.stream(big_event() for _ in range(150))
+    assert (reply.stored_count, reply.rejected_count) == (150, 0)
+    assert count(client) == 300
+    with (
+        app.events.buffered(max_batch_bytes=1000) as small,
+        pytest.raises(ValueError, match="more than a whole batch"),
+    ):
+        small.add(big_event())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def register_application(database_url: str) -> tuple[int, str]:
+    """An application's id and API key, made in the database directly (no server running)."""
+    full_key, key_id, secret_hash = new_api_key()
+    database = storage.open_database(database_url)
+    storage.bind(database)
+    with database.connection_context():
+        application, _ = applications.create_application("web", key_id, secret_hash)
+    storage.close(database)
+    return application.id, full_key
+
+
+def stored_ids(database_url: str) -> set[str]:
+    database = storage.open_database(database_url)
+    storage.bind(database)
+    with database.connection_context():
+        found = {row.id for row in events.Event.select(events.Event.id)}
+    storage.close(database)
+    return found
+
+
+# Reconnect at once when the server is back, instead of after gRPC's growing backoff.
+FAST_RECONNECT = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 200),
+]
+
+
+def test_buffered_sender_waits_for_a_server_that_is_down(
+    settings: Settings, database_url: str
+) -> None:
+    _, api_key = register_application(database_url)
+    port = free_port()  # nothing listens there yet
+    with Client(f"127.0.0.1:{port}", token=api_key, options=FAST_RECONNECT) as sender_client:
+        sender = sender_client.events.buffered(batch_size=10, flush_interval=0.05)
+        added = [pageview(occurred_at=at(n)) for n in range(25)]
+        for message in added:
+            sender.add(message)
+        threading.Event().wait(1.0)  # several attempts fail meanwhile, with UNAVAILABLE
+        assert sender.sent == 0 and sender.unsent == []
+        with running_server(settings, port=port):
+            sender.close()  # waits until all are acknowledged
+    assert sender.sent == 25
+    assert stored_ids(database_url) == {m.id for m in added}
+
+
+def test_buffered_sender_waits_while_the_server_is_at_its_call_limit(
+    settings: Settings, database_url: str
+) -> None:
+    """The concurrent-call limiter's RESOURCE_EXHAUSTED passes: the sender retries."""
+    _, api_key = register_application(database_url)
+    capped = dataclasses.replace(settings, max_concurrent_rpcs=2)
+    added = [pageview(occurred_at=at(n)) for n in range(10)]
+    with running_server(capped) as target, Client(target, token=api_key) as app:
+        with table_locked(database_url, "event"):
+            held = [Background(lambda: app.events.send(pageview(), timeout=30)) for _ in range(2)]
+            for call in held:
+                call.start()
+            threading.Event().wait(0.5)  # both calls wait for the lock, using up the limit
+            sender = app.events.buffered(batch_size=5, flush_interval=0.05)
+            for message in added:
+                sender.add(message)
+            threading.Event().wait(0.5)  # its sends are refused meanwhile
+            assert sender.sent == 0 and sender.unsent == []
+        sender.close()
+        for call in held:
+            call.join_result()
+    assert sender.sent == 10
+    assert {m.id for m in added} <= stored_ids(database_url)
+
+
+def test_buffered_sender_gives_up_with_the_unsent_events(database_url: str) -> None:
+    _, api_key = register_application(database_url)
+    with Client(f"127.0.0.1:{free_port()}", token=api_key) as nowhere:
+        sender = nowhere.events.buffered(batch_size=2, give_up_after=0.5)
+        added = [pageview() for _ in range(5)]
+        for message in added:
+            sender.add(message)
+        with pytest.raises(EventsNotSent) as caught:
+            sender.close()
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert [m.id for m in caught.value.unsent] == [m.id for m in added]
+    with pytest.raises(EventsNotSent):
+        sender.add(pageview())
 
 
 # --- durability ----------------------------------------------------------------------------------
