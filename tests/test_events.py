@@ -163,6 +163,17 @@ def test_invalid_events_are_rejected_and_kept(app: Client, client: Client, case:
     assert kept.application_id == client.auth.list_applications().applications[0].id
 
 
+def test_a_rejected_event_with_data_json_cannot_hold_is_kept_in_part(
+    app: Client, client: Client
+) -> None:
+    message = pageview(occurred_at=FUTURE)
+    message.data.update({"ratio": float("nan")})
+    rejected_with(app, message)
+    (kept,) = client.events.iter_rejected()
+    assert not kept.event.HasField("data") and "NaN" in kept.data_prefix
+    assert kept.event.occur_time == message.occur_time
+
+
 def test_a_too_large_event_is_kept_in_part(
     app: Client, client: Client, db: peewee.Database
 ) -> None:
@@ -182,13 +193,39 @@ def test_a_too_large_event_is_kept_in_part(
         assert len(row.event) + len(row.data_prefix or "") + len(row.violations) < 6000
 
 
-def test_missing_occur_time_is_rejected(app: Client) -> None:
+def without_occur_time() -> pb.Event:
     message = pageview()
     message.ClearField("occur_time")
+    return message
+
+
+def occurring_in_year_10000() -> pb.Event:
+    message = pageview()
+    message.occur_time.seconds = 253_402_300_800  # past Timestamp's range, which ends in 9999
+    return message
+
+
+def with_bad_nanos() -> pb.Event:
+    message = pageview()
+    message.occur_time.nanos = -1
+    return message
+
+
+@pytest.mark.parametrize("make", [without_occur_time, occurring_in_year_10000, with_bad_nanos])
+def test_missing_or_invalid_occur_time_is_rejected_and_kept(
+    app: Client, client: Client, make: Callable[[], pb.Event]
+) -> None:
+    message = make()
     error = rejected_with(app, message)
     assert ("event.occur_time", "FIELD_INVALID") in [
         (v.field, v.reason) for v in error.field_violations
     ]
+    (kept,) = client.events.iter_rejected(reason="FIELD_INVALID")
+    assert [(v.field, v.reason) for v in kept.violations] == [("occur_time", "FIELD_INVALID")]
+    # JSON cannot hold a timestamp out of range: the event is kept without it.
+    assert not kept.event.HasField("occur_time")
+    assert (kept.event.id, kept.event.data) == (message.id, message.data)
+    assert kept.size_bytes == message.ByteSize()
 
 
 def test_every_problem_is_reported_at_once(app: Client) -> None:

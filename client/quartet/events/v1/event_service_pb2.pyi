@@ -517,15 +517,18 @@ class RejectedEvent(_message.Message):
     another application's event has).
     """
     data_prefix: _builtins.str
-    """Only for an event not kept whole (EVENT_TOO_LARGE): the first 4096 characters of its `data`
-    as compact JSON. Empty otherwise.
+    """Only when `event` has no `data` because it was too large (EVENT_TOO_LARGE) or held NaN or
+    an infinity: the first 4096 characters of its `data` as compact JSON (NaN and Infinity
+    written as such). Empty otherwise.
     """
     @_builtins.property
     def event(self) -> Global___Event:
         """The event exactly as it was sent, including any invalid fields. An event rejected for its
         size (EVENT_TOO_LARGE) is not kept whole, or rejections would take the room the size limit
         protects: it has no `data` (see `data_prefix`), and its id, session_id, category and name
-        are cut to 256 characters.
+        are cut to 256 characters. Nor is what JSON cannot hold: a timestamp out of Timestamp's
+        range is left unset (a violation says it was invalid), and `data` holding NaN or an
+        infinity is left out (see `data_prefix`).
         """
 
     @_builtins.property

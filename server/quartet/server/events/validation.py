@@ -122,24 +122,33 @@ class EventChecker:
         return occur_time
 
     def _rejected(self, event: pb.Event, application_id: int, problems: Violations) -> Rejection:
-        """The rejection to keep: the event as sent, but one too large to store is kept without
-        its data, and the first DATA_PREFIX_LENGTH characters of that (else a rejection would
-        take the room the size limit protects), with its size."""
-        violations = [
-            {"field": v.field, "reason": v.reason, "description": v.description}
+        """The rejection to keep: the event as sent, with its size. But one too large to store
+        is kept without its data, and the first DATA_PREFIX_LENGTH characters of that (else a
+        rejection would take the room the size limit protects); and one JSON cannot hold whole
+        without what it cannot hold (see _as_json)."""
+        violations = [  # shared checks (a timestamp's) give no reason: theirs is FIELD_INVALID
+            {"field": v.field, "reason": v.reason or _FIELD, "description": v.description}
             for v in problems.items
         ]
         size = event.ByteSize()
-        if size <= self._policy.max_event_bytes:
-            sent = json_format.MessageToJson(event, indent=None)
-            return Rejection(application_id, sent, violations, size)
-        kept = pb.Event(
-            **{field: getattr(event, field)[:KEPT_TEXT_LENGTH] for field in _TEXT_FIELDS}
+        too_large = size > self._policy.max_event_bytes
+        if not too_large:
+            try:
+                sent = json_format.MessageToJson(event, indent=None)
+                return Rejection(application_id, sent, violations, size)
+            except json_format.SerializeToJsonError:  # what JSON cannot hold: see _as_json
+                kept = pb.Event()
+                kept.CopyFrom(event)
+        else:
+            kept = pb.Event(
+                **{field: getattr(event, field)[:KEPT_TEXT_LENGTH] for field in _TEXT_FIELDS}
+            )
+            if event.HasField("occur_time"):
+                kept.occur_time.CopyFrom(event.occur_time)
+        sent, holds_data = _as_json(kept)
+        prefix = (
+            json_prefix(event.data, DATA_PREFIX_LENGTH) if too_large or not holds_data else None
         )
-        if event.HasField("occur_time"):
-            kept.occur_time.CopyFrom(event.occur_time)
-        sent = json_format.MessageToJson(kept, indent=None)
-        prefix = json_prefix(event.data, DATA_PREFIX_LENGTH)
         return Rejection(application_id, sent, violations, size, data_prefix=prefix)
 
 
@@ -172,6 +181,23 @@ def _value(value: struct_pb2.Value) -> Any:
     if kind == "null_value" or kind is None:
         return None
     return getattr(value, kind)
+
+
+def _as_json(event: pb.Event) -> tuple[str, bool]:
+    """The event as JSON, without what JSON cannot hold: timestamps out of Timestamp's range
+    (their violations say so), and data holding NaN or an infinity; and whether data is whole.
+    Changes event."""
+    for field in ("occur_time", "receive_time"):
+        if event.HasField(field):
+            try:
+                json_format.MessageToJson(getattr(event, field))
+            except (json_format.SerializeToJsonError, ValueError):
+                event.ClearField(field)
+    try:
+        return json_format.MessageToJson(event, indent=None), True
+    except json_format.SerializeToJsonError:
+        event.ClearField("data")
+        return json_format.MessageToJson(event, indent=None), False
 
 
 def json_prefix(data: struct_pb2.Struct, length: int) -> str:
