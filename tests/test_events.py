@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -415,11 +416,11 @@ def test_a_long_stream_counts_everything_and_lists_the_first_rejections(
 
 
 def test_concurrent_senders_on_one_session(client: Client, target: str) -> None:
-    keys = [client.auth.create_application(name).api_key for name in ("web", "mobile")]
+    created = [client.auth.create_application(name) for name in ("web", "mobile")]
     sent: list[list[str]] = [[], []]
 
     def send(index: int) -> None:
-        with Client(target, token=keys[index]) as sender:
+        with Client(target, token=created[index].api_key) as sender:
             for n in range(60):
                 message = pageview(occurred_at=at(n))
                 if n % 3:
@@ -437,7 +438,7 @@ def test_concurrent_senders_on_one_session(client: Client, target: str) -> None:
     assert sorted(e.id for e in listed) == sorted(sent[0] + sent[1])
     times = [e.occur_time.ToDatetime(UTC) for e in listed]
     assert times == sorted(times)
-    assert {e.application_id for e in listed} == {1, 2}
+    assert {e.application_id for e in listed} == {c.application.id for c in created}
 
 
 def test_order_is_occurrence_time_then_arrival(app: Client, client: Client) -> None:
@@ -472,12 +473,12 @@ def history(app: Client, client: Client, target: str) -> dict[str, Any]:
             )
         )
     app.events.send_batch(messages)
-    mobile_key = client.auth.create_application("mobile").api_key
-    with Client(target, token=mobile_key) as mobile:
-        mobile.events.send_batch(
+    mobile = client.auth.create_application("mobile")
+    with Client(target, token=mobile.api_key) as sender:
+        sender.events.send_batch(
             [pageview(occurred_at=at(100 + n), session_id=other) for n in range(5)]
         )
-    return {"other": other, "mobile": 2}
+    return {"other": other, "mobile": mobile.application.id}
 
 
 def count(client: Client, **filters: Any) -> int:
@@ -914,8 +915,9 @@ def test_buffered_sender_gives_up_with_the_unsent_events(database_url: str) -> N
 
 
 def test_acknowledged_events_survive_kill_9(database_url: str) -> None:
-    """Send from several threads, kill -9 the server mid-stream, and find every acknowledged
-    event in the database: an acknowledgement is only sent after the commit."""
+    """Send from several threads (single events, batches and streams), kill -9 the server
+    mid-stream, and find every acknowledged event in the database: an acknowledgement is only
+    sent after the commit."""
     full_key, key_id, secret_hash = new_api_key()
     database = storage.open_database(database_url)
     storage.bind(database)
@@ -927,14 +929,17 @@ def test_acknowledged_events_survive_kill_9(database_url: str) -> None:
     env = {**os.environ, "DATABASE_URL": database_url}
     with server_process(env=env) as server:
 
-        def send(batch: bool) -> None:
+        def send(mode: str) -> None:
             with Client(server.address, token=full_key, timeout=5) as sender:
                 while not stop.is_set():
                     messages = [pageview(occurred_at=at(len(acknowledged)))]
                     try:
-                        if batch:
+                        if mode == "batch":
                             messages += [pageview() for _ in range(49)]
                             sender.events.send_batch(messages)
+                        elif mode == "stream":  # acknowledged by the one reply at its end
+                            messages += [pageview() for _ in range(59)]
+                            sender.events.stream(messages, batch_size=20)
                         else:
                             sender.events.send(messages[0])
                     except QuartetError:
@@ -942,16 +947,23 @@ def test_acknowledged_events_survive_kill_9(database_url: str) -> None:
                     with lock:
                         acknowledged.extend(m.id for m in messages)
 
-        senders = [threading.Thread(target=send, args=(n % 2 == 0,)) for n in range(4)]
+        modes = ["one", "batch", "one", "stream"]
+        senders = [threading.Thread(target=send, args=(mode,)) for mode in modes]
         for thread in senders:
             thread.start()
-        while len(acknowledged) < 2000:
+        deadline = time.monotonic() + 60
+        while len(acknowledged) < 2000:  # senders that die early must not hang the test
+            assert time.monotonic() < deadline, f"only {len(acknowledged)} acknowledged in 60 s"
+            assert any(t.is_alive() for t in senders), "every sender stopped:\n" + "".join(
+                server.log[-20:]
+            )
             threading.Event().wait(0.01)
         os.kill(server.process.pid, signal.SIGKILL)
         server.process.wait()
         stop.set()
         for thread in senders:
-            thread.join()
+            thread.join(timeout=30)
+            assert not thread.is_alive()
     with database.connection_context():
         stored = {row.id for row in events.Event.select(events.Event.id)}
     storage.close(database)
