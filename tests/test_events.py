@@ -7,7 +7,9 @@ import datetime
 import json
 import os
 import signal
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,14 +21,15 @@ import pytest
 from google.protobuf import json_format
 
 from quartet import storage
-from quartet.client import Client, QuartetError, event
+from quartet.client import Client, EventsNotSent, QuartetError, event
 from quartet.events.v1 import event_service_pb2 as pb
+from quartet.events.v1 import event_service_pb2_grpc
 from quartet.server.auth.tokens import new_api_key
 from quartet.server.settings import Settings
 from quartet.server.testing import running_server
 from quartet.storage import applications, events
 from tests.conftest import Principal, mint_token
-from tests.helpers import server_process
+from tests.helpers import Background, server_process, table_locked
 
 SESSION = "e2085be5-9137-4e4e-80b5-f1ffddc25423"
 WHEN = "2021-01-01 09:15:27.243860"  # the challenge's own timestamp format (UTC)
@@ -155,17 +158,75 @@ def test_invalid_events_are_rejected_and_kept(app: Client, client: Client, case:
     (kept,) = client.events.iter_rejected(reason=reason)
     assert (field, reason) in [(v.field, v.reason) for v in kept.violations]
     assert kept.event.session_id == message.session_id  # the payload as it was sent
-    assert kept.event.data == message.data
+    assert kept.size_bytes == message.ByteSize()
+    if reason != "EVENT_TOO_LARGE":  # kept whole
+        assert kept.event.data == message.data and kept.data_prefix == ""
     assert kept.application_id == client.auth.list_applications().applications[0].id
 
 
-def test_missing_occur_time_is_rejected(app: Client) -> None:
+def test_a_rejected_event_with_data_json_cannot_hold_is_kept_in_part(
+    app: Client, client: Client
+) -> None:
+    message = pageview(occurred_at=FUTURE)
+    message.data.update({"ratio": float("nan")})
+    rejected_with(app, message)
+    (kept,) = client.events.iter_rejected()
+    assert not kept.event.HasField("data") and "NaN" in kept.data_prefix
+    assert kept.event.occur_time == message.occur_time
+
+
+def test_a_too_large_event_is_kept_in_part(
+    app: Client, client: Client, db: peewee.Database
+) -> None:
+    """An event over the size limit is kept without its data, with the start of that and the
+    size: a rejection must not take the room the limit protects."""
+    data = {"list": [1.5, True, None, {"text": "b" * 1_000_000}]}  # one key: maps have no order
+    message = pageview(data=data, name="n" * 5000)
+    rejected_with(app, message)
+    (kept,) = client.events.iter_rejected(reason="EVENT_TOO_LARGE")
+    assert kept.size_bytes == message.ByteSize() > 1_000_000
+    assert kept.data_prefix == json.dumps(data, separators=(",", ":"))[:4096]
+    assert not kept.event.HasField("data")
+    assert (kept.event.id, kept.event.session_id) == (message.id, SESSION)
+    assert kept.event.name == "n" * 256 and kept.event.occur_time == message.occur_time
+    with db.connection_context():
+        (row,) = events.RejectedEvent.select()
+        assert len(row.event) + len(row.data_prefix or "") + len(row.violations) < 6000
+
+
+def without_occur_time() -> pb.Event:
     message = pageview()
     message.ClearField("occur_time")
+    return message
+
+
+def occurring_in_year_10000() -> pb.Event:
+    message = pageview()
+    message.occur_time.seconds = 253_402_300_800  # past Timestamp's range, which ends in 9999
+    return message
+
+
+def with_bad_nanos() -> pb.Event:
+    message = pageview()
+    message.occur_time.nanos = -1
+    return message
+
+
+@pytest.mark.parametrize("make", [without_occur_time, occurring_in_year_10000, with_bad_nanos])
+def test_missing_or_invalid_occur_time_is_rejected_and_kept(
+    app: Client, client: Client, make: Callable[[], pb.Event]
+) -> None:
+    message = make()
     error = rejected_with(app, message)
     assert ("event.occur_time", "FIELD_INVALID") in [
         (v.field, v.reason) for v in error.field_violations
     ]
+    (kept,) = client.events.iter_rejected(reason="FIELD_INVALID")
+    assert [(v.field, v.reason) for v in kept.violations] == [("occur_time", "FIELD_INVALID")]
+    # JSON cannot hold a timestamp out of range: the event is kept without it.
+    assert not kept.event.HasField("occur_time")
+    assert (kept.event.id, kept.event.data) == (message.id, message.data)
+    assert kept.size_bytes == message.ByteSize()
 
 
 def test_every_problem_is_reported_at_once(app: Client) -> None:
@@ -222,6 +283,47 @@ def test_resending_an_event_stores_it_once(app: Client, client: Client) -> None:
     assert len(list(client.events.iter())) == 2
 
 
+def test_an_id_another_application_sent_reveals_nothing_of_its_event(
+    app: Client, client: Client, target: str
+) -> None:
+    """Ids are global, but applications may not read events: resending another application's
+    event id is a rejection that says nothing of that event, never a duplicate carrying it."""
+    original = pageview(data={"host": "secret.example.com", "path": "/private"})
+    app.events.send(original)
+    other = client.auth.create_application("mobile")
+    copy = pageview(event_id=original.id)
+    with Client(target, token=other.api_key) as mobile:
+        with pytest.raises(QuartetError) as caught:
+            mobile.events.send(copy)
+        assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
+        assert caught.value.reason == "RESOURCE_ALREADY_EXISTS"
+        assert caught.value.resource == ("event", original.id)
+        assert [(v.field, v.reason) for v in caught.value.field_violations] == [
+            ("event.id", "RESOURCE_ALREADY_EXISTS")
+        ]
+        assert "secret" not in str(caught.value.status)
+        batch = mobile.events.send_batch([copy, pageview()])
+        assert [r.status for r in batch.results] == [
+            pb.EVENT_STATUS_REJECTED,
+            pb.EVENT_STATUS_STORED,
+        ]
+        assert [(v.field, v.reason) for v in batch.results[0].violations] == [
+            ("id", "RESOURCE_ALREADY_EXISTS")
+        ]
+        streamed = mobile.events.stream([copy])
+        assert (streamed.stored_count, streamed.duplicate_count) == (0, 0)
+        assert [(r.index, r.event_id) for r in streamed.rejected] == [(0, original.id)]
+    assert "secret" not in str(batch) + str(streamed)
+    stored = client.events.get(original.id)
+    assert stored.data == original.data  # untouched
+    kept = list(client.events.iter_rejected(reason="RESOURCE_ALREADY_EXISTS"))
+    assert len(kept) == 3
+    assert {(k.application_id, k.event.id, k.event.data["host"]) for k in kept} == {
+        (other.application.id, original.id, "www.ca.com")
+    }
+    assert app.events.send(original).duplicate  # the sender's own resend is still a duplicate
+
+
 def test_a_batch_stores_the_valid_and_keeps_the_rest(app: Client, client: Client) -> None:
     good, bad = pageview(), pageview(occurred_at=FUTURE)
     results = app.events.send_batch([good, bad]).results
@@ -234,13 +336,42 @@ def test_a_batch_stores_the_valid_and_keeps_the_rest(app: Client, client: Client
     assert len(list(client.events.iter_rejected())) == 1
 
 
-@pytest.mark.parametrize("size", [0, 1001])
-def test_batch_size_limits(app: Client, client: Client, size: int) -> None:
+def big_event() -> pb.Event:
+    """A valid event of almost QUARTET_MAX_EVENT_BYTES (64 KiB): form values have no length cap."""
+    data = {"host": "h", "path": "/", "form": {"comment": "c" * 64_000}}
+    return pageview(category="form interaction", name="submit", data=data)
+
+
+# 140 events of 64 KB: more than the default batch limit (8 MiB), less than gRPC's 16 MiB.
+@pytest.mark.parametrize(("size", "make"), [(0, pageview), (1001, pageview), (140, big_event)])
+def test_batch_size_limits(
+    app: Client, client: Client, size: int, make: Callable[[], pb.Event]
+) -> None:
     with pytest.raises(QuartetError) as caught:
-        app.events.send_batch([pageview() for _ in range(size)])
+        app.events.send_batch([make() for _ in range(size)])
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in caught.value.field_violations] == ["events"]
+    if make is big_event:
+        assert caught.value.reason == "LIMIT_EXCEEDED"
+        assert caught.value.metadata == {"max_batch_bytes": str(8 * 1024 * 1024)}
     assert list(client.events.iter()) == [] and list(client.events.iter_rejected()) == []
+
+
+def test_streamed_message_size_limits(app: Client, client: Client) -> None:
+    """The same limits hold per message of a stream (sent here through the generated stub: the
+    SDK's stream() splits its messages to stay under them)."""
+    stub = event_service_pb2_grpc.EventServiceStub(app.channel)
+    for events_of_second_message in ([pageview() for _ in range(1001)], [big_event()] * 140):
+        messages = [
+            pb.StreamEventsRequest(events=[pageview()]),
+            pb.StreamEventsRequest(events=events_of_second_message),
+        ]
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.StreamEvents(iter(messages), metadata=app.metadata, timeout=30)
+        error = QuartetError.from_rpc_error(caught.value)
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert [v.field for v in error.field_violations] == ["messages[1].events"]
+    assert list(client.events.iter_rejected()) == []
 
 
 def test_stream_reports_rejections_by_position(app: Client, client: Client) -> None:
@@ -253,15 +384,43 @@ def test_stream_reports_rejections_by_position(app: Client, client: Client) -> N
     assert len(list(client.events.iter())) == 23
 
 
+def test_a_long_stream_counts_everything_and_lists_the_first_rejections(
+    app: Client, client: Client
+) -> None:
+    """10,000 events in 200 messages, written four at a time: every count right, and the reply
+    lists the first 1000 of its 1429 rejections."""
+    resent = [pageview() for _ in range(100)]
+    app.events.send_batch(resent)
+
+    def events() -> Iterator[pb.Event]:
+        for n in range(10_000):
+            if n % 7 == 0:
+                yield pageview(category="unknown")
+            elif n % 100 == 1:
+                yield resent[n // 100]
+            else:
+                yield pageview()
+
+    reply = app.events.stream(events(), batch_size=50, timeout=120)
+    rejected = [n for n in range(10_000) if n % 7 == 0]
+    duplicates = sum(1 for n in range(10_000) if n % 100 == 1 and n % 7)
+    assert reply.duplicate_count == duplicates == 86
+    assert reply.stored_count == 10_000 - 1429 - duplicates
+    assert reply.rejected_count == len(rejected) == 1429
+    assert [r.index for r in reply.rejected] == rejected[:1000]
+    assert count(client) == 100 + reply.stored_count
+    assert len(list(client.events.iter_rejected(page_size=1000))) == 1429
+
+
 # --- concurrency and order -----------------------------------------------------------------------
 
 
 def test_concurrent_senders_on_one_session(client: Client, target: str) -> None:
-    keys = [client.auth.create_application(name).api_key for name in ("web", "mobile")]
+    created = [client.auth.create_application(name) for name in ("web", "mobile")]
     sent: list[list[str]] = [[], []]
 
     def send(index: int) -> None:
-        with Client(target, token=keys[index]) as sender:
+        with Client(target, token=created[index].api_key) as sender:
             for n in range(60):
                 message = pageview(occurred_at=at(n))
                 if n % 3:
@@ -279,7 +438,7 @@ def test_concurrent_senders_on_one_session(client: Client, target: str) -> None:
     assert sorted(e.id for e in listed) == sorted(sent[0] + sent[1])
     times = [e.occur_time.ToDatetime(UTC) for e in listed]
     assert times == sorted(times)
-    assert {e.application_id for e in listed} == {1, 2}
+    assert {e.application_id for e in listed} == {c.application.id for c in created}
 
 
 def test_order_is_occurrence_time_then_arrival(app: Client, client: Client) -> None:
@@ -314,12 +473,12 @@ def history(app: Client, client: Client, target: str) -> dict[str, Any]:
             )
         )
     app.events.send_batch(messages)
-    mobile_key = client.auth.create_application("mobile").api_key
-    with Client(target, token=mobile_key) as mobile:
-        mobile.events.send_batch(
+    mobile = client.auth.create_application("mobile")
+    with Client(target, token=mobile.api_key) as sender:
+        sender.events.send_batch(
             [pageview(occurred_at=at(100 + n), session_id=other) for n in range(5)]
         )
-    return {"other": other, "mobile": 2}
+    return {"other": other, "mobile": mobile.application.id}
 
 
 def count(client: Client, **filters: Any) -> int:
@@ -407,7 +566,12 @@ def test_every_event_query_is_served_by_an_index(
     """No full scan and no sort for any filter combination, so queries stay fast at millions of
     rows. PostgreSQL is told to avoid sequential scans, so that it uses an index whenever one fits
     even on these tiny tables."""
-    sql, params = events.events_query(**filters).limit(50).sql()
+    assert_served_by_an_index(db, events.events_query(**filters).limit(50))
+
+
+def assert_served_by_an_index(db: peewee.Database, query: peewee.ModelSelect[Any]) -> str:
+    """The query's plan, having checked that it reads an index and sorts nothing."""
+    sql, params = query.sql()
     with db.connection_context():
         if isinstance(db, peewee.PostgresqlDatabase):
             # Large tables get ordered index scans; on tiny ones the planner needs telling.
@@ -420,7 +584,31 @@ def test_every_event_query_is_served_by_an_index(
             rows = db.execute_sql(f"EXPLAIN QUERY PLAN {sql}", params)  # type: ignore[no-untyped-call]
             plan = " ".join(row[-1] for row in rows)
             assert "USING" in plan and "TEMP B-TREE" not in plan, plan
-            assert not plan.startswith("SCAN event") or "INDEX" in plan, plan
+            assert not plan.startswith("SCAN ") or "INDEX" in plan.split(" SEARCH")[0], plan
+    return plan
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"reason": "EVENT_TIME_IN_FUTURE"},
+        {"reason": "EVENT_TIME_IN_FUTURE", "reject_time_start": at(0)},
+        {"reason": "FIELD_INVALID", "after": (at(5).replace(tzinfo=None), 10)},
+        {"reason": "FIELD_INVALID", "application_id": 3, "reject_time_end": at(60)},
+    ],
+    ids=str,
+)
+def test_every_rejected_event_query_by_reason_is_served_by_an_index(
+    db: peewee.Database, filters: dict[str, Any]
+) -> None:
+    """The reason filter reads that reason's rows of rejected_event_reason, newest first, and
+    looks each rejected event up by its key: no full scan, no sort (as for events, above)."""
+    plan = assert_served_by_an_index(db, events.rejected_query(**filters).limit(50))
+    if isinstance(db, peewee.PostgresqlDatabase):
+        assert "rejected_event_reason_pkey" in plan and "(reason = " in plan, plan
+    else:  # not an ordered scan of every rejected event, filtered row by row
+        assert plan.startswith("SEARCH") and "rejected_event_reason" in plan, plan
+        assert "(reason=?" in plan, plan
 
 
 # --- event types ---------------------------------------------------------------------------------
@@ -455,6 +643,67 @@ def test_registering_types_and_versions(client: Client, app: Client) -> None:
     ]
     stored = app.events.send(pageview(**play, data={"video_id": "v1", "seconds": 1})).event
     assert stored.schema_version == 2
+
+
+def test_events_the_fast_validator_refuses_are_never_stored(client: Client, app: Client) -> None:
+    """fastjsonschema accepts events; jsonschema lists the problems of those it refused. They
+    must agree: jsonschema alone checks no `format`, and matches `pattern` differently."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "email": {"type": "string", "format": "email"},
+            "code": {"type": "string", "pattern": "^a$"},
+        },
+    }
+    client.events.create_type("signup", "done", schema)
+    kind = {"category": "signup", "name": "done"}
+    error = rejected_with(app, pageview(**kind, data={"email": "x"}))
+    assert [(v.field, v.reason) for v in error.field_violations] == [
+        ("event.data.email", "EVENT_PAYLOAD_INVALID")
+    ]
+    # fastjsonschema refuses "a\n" for ^a$, jsonschema finds nothing wrong: a generic violation.
+    error = rejected_with(app, pageview(**kind, data={"code": "a\n"}))
+    assert [(v.field, v.reason) for v in error.field_violations] == [
+        ("event.data", "EVENT_PAYLOAD_INVALID")
+    ]
+    assert "pattern" in error.field_violations[0].description
+    batch = app.events.send_batch([pageview(**kind, data={"email": "x"})])
+    assert [r.status for r in batch.results] == [pb.EVENT_STATUS_REJECTED]
+    assert app.events.send(pageview(**kind, data={"email": "a@example.com", "code": "a"}))
+    assert count(client) == 1
+    assert len(list(client.events.iter_rejected(reason="EVENT_PAYLOAD_INVALID"))) == 3
+
+
+def test_violations_quote_no_more_than_a_few_hundred_characters(app: Client) -> None:
+    error = rejected_with(app, pageview(data={"host": "h" * 60_000, "path": "/"}))
+    (violation,) = error.field_violations
+    assert violation.field == "event.data.host" and len(violation.description) <= 300
+
+
+def test_concurrent_registrations_each_get_their_own_version(client: Client, app: Client) -> None:
+    versions: list[int] = []
+    failures: list[QuartetError] = []
+
+    def register(n: int) -> None:
+        for _ in range(3):
+            try:
+                schema = {**VIDEO, "description": f"sender {n}"}
+                versions.append(client.events.create_type("video", "play", schema).version)
+            except QuartetError as error:
+                failures.append(error)
+
+    threads = [threading.Thread(target=register, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert sorted(versions) == list(range(1, 19))
+    (play,) = [t for t in client.events.list_types() if t.category == "video"]
+    assert play.version == 18
+    # The server validates with the latest version, whichever registration finished last.
+    sent = app.events.send(pageview(category="video", name="play", data={"video_id": "v"}))
+    assert sent.event.schema_version == 18
 
 
 @pytest.mark.parametrize(
@@ -543,20 +792,132 @@ def test_buffered_sender_batches_flushes_and_reports_rejections(
 def test_buffered_sender_surfaces_permanent_failures(target: str) -> None:
     with Client(target, token="qk_0000000000000000_nope") as forged:
         sender = forged.events.buffered(batch_size=10)
-        sender.add(pageview())
-        with pytest.raises(QuartetError) as caught:
+        added = [pageview() for _ in range(3)]
+        for message in added:
+            sender.add(message)
+        with pytest.raises(EventsNotSent) as caught:
             sender.flush()
         assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert [m.id for m in caught.value.unsent] == [m.id for m in added]
         with pytest.raises(QuartetError):
             sender.close()
+        assert [m.id for m in sender.unsent] == [m.id for m in added]
+
+
+def test_buffered_sender_and_stream_split_batches_by_size(app: Client, client: Client) -> None:
+    """150 events of 64 KB (9.6 MB) are more than the server's 8 MiB per batch: split."""
+    with app.events.buffered(batch_size=500, flush_interval=30) as sender:
+        for _ in range(150):
+            sender.add(big_event())
+    assert (sender.sent, sender.batches) == (150, 2)
+    reply = app.events.stream(big_event() for _ in range(150))
+    assert (reply.stored_count, reply.rejected_count) == (150, 0)
+    assert count(client) == 300
+    with (
+        app.events.buffered(max_batch_bytes=1000) as small,
+        pytest.raises(ValueError, match="more than a whole batch"),
+    ):
+        small.add(big_event())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def register_application(database_url: str) -> tuple[int, str]:
+    """An application's id and API key, made in the database directly (no server running)."""
+    full_key, key_id, secret_hash = new_api_key()
+    database = storage.open_database(database_url)
+    storage.bind(database)
+    with database.connection_context():
+        application, _ = applications.create_application("web", key_id, secret_hash)
+    storage.close(database)
+    return application.id, full_key
+
+
+def stored_ids(database_url: str) -> set[str]:
+    database = storage.open_database(database_url)
+    storage.bind(database)
+    with database.connection_context():
+        found = {row.id for row in events.Event.select(events.Event.id)}
+    storage.close(database)
+    return found
+
+
+# Reconnect at once when the server is back, instead of after gRPC's growing backoff.
+FAST_RECONNECT = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 200),
+]
+
+
+def test_buffered_sender_waits_for_a_server_that_is_down(
+    settings: Settings, database_url: str
+) -> None:
+    _, api_key = register_application(database_url)
+    port = free_port()  # nothing listens there yet
+    with Client(f"127.0.0.1:{port}", token=api_key, options=FAST_RECONNECT) as sender_client:
+        sender = sender_client.events.buffered(batch_size=10, flush_interval=0.05)
+        added = [pageview(occurred_at=at(n)) for n in range(25)]
+        for message in added:
+            sender.add(message)
+        threading.Event().wait(1.0)  # several attempts fail meanwhile, with UNAVAILABLE
+        assert sender.sent == 0 and sender.unsent == []
+        with running_server(settings, port=port):
+            sender.close()  # waits until all are acknowledged
+    assert sender.sent == 25
+    assert stored_ids(database_url) == {m.id for m in added}
+
+
+def test_buffered_sender_waits_while_the_server_is_at_its_call_limit(
+    settings: Settings, database_url: str
+) -> None:
+    """The concurrent-call limiter's RESOURCE_EXHAUSTED passes: the sender retries."""
+    _, api_key = register_application(database_url)
+    capped = dataclasses.replace(settings, max_concurrent_rpcs=2)
+    added = [pageview(occurred_at=at(n)) for n in range(10)]
+    with running_server(capped) as target, Client(target, token=api_key) as app:
+        with table_locked(database_url, "event"):
+            held = [Background(lambda: app.events.send(pageview(), timeout=30)) for _ in range(2)]
+            for call in held:
+                call.start()
+            threading.Event().wait(0.5)  # both calls wait for the lock, using up the limit
+            sender = app.events.buffered(batch_size=5, flush_interval=0.05)
+            for message in added:
+                sender.add(message)
+            threading.Event().wait(0.5)  # its sends are refused meanwhile
+            assert sender.sent == 0 and sender.unsent == []
+        sender.close()
+        for call in held:
+            call.join_result()
+    assert sender.sent == 10
+    assert {m.id for m in added} <= stored_ids(database_url)
+
+
+def test_buffered_sender_gives_up_with_the_unsent_events(database_url: str) -> None:
+    _, api_key = register_application(database_url)
+    with Client(f"127.0.0.1:{free_port()}", token=api_key) as nowhere:
+        sender = nowhere.events.buffered(batch_size=2, give_up_after=0.5)
+        added = [pageview() for _ in range(5)]
+        for message in added:
+            sender.add(message)
+        with pytest.raises(EventsNotSent) as caught:
+            sender.close()
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert [m.id for m in caught.value.unsent] == [m.id for m in added]
+    with pytest.raises(EventsNotSent):
+        sender.add(pageview())
 
 
 # --- durability ----------------------------------------------------------------------------------
 
 
 def test_acknowledged_events_survive_kill_9(database_url: str) -> None:
-    """Send from several threads, kill -9 the server mid-stream, and find every acknowledged
-    event in the database: an acknowledgement is only sent after the commit."""
+    """Send from several threads (single events, batches and streams), kill -9 the server
+    mid-stream, and find every acknowledged event in the database: an acknowledgement is only
+    sent after the commit."""
     full_key, key_id, secret_hash = new_api_key()
     database = storage.open_database(database_url)
     storage.bind(database)
@@ -568,14 +929,17 @@ def test_acknowledged_events_survive_kill_9(database_url: str) -> None:
     env = {**os.environ, "DATABASE_URL": database_url}
     with server_process(env=env) as server:
 
-        def send(batch: bool) -> None:
+        def send(mode: str) -> None:
             with Client(server.address, token=full_key, timeout=5) as sender:
                 while not stop.is_set():
                     messages = [pageview(occurred_at=at(len(acknowledged)))]
                     try:
-                        if batch:
+                        if mode == "batch":
                             messages += [pageview() for _ in range(49)]
                             sender.events.send_batch(messages)
+                        elif mode == "stream":  # acknowledged by the one reply at its end
+                            messages += [pageview() for _ in range(59)]
+                            sender.events.stream(messages, batch_size=20)
                         else:
                             sender.events.send(messages[0])
                     except QuartetError:
@@ -583,16 +947,23 @@ def test_acknowledged_events_survive_kill_9(database_url: str) -> None:
                     with lock:
                         acknowledged.extend(m.id for m in messages)
 
-        senders = [threading.Thread(target=send, args=(n % 2 == 0,)) for n in range(4)]
+        modes = ["one", "batch", "one", "stream"]
+        senders = [threading.Thread(target=send, args=(mode,)) for mode in modes]
         for thread in senders:
             thread.start()
-        while len(acknowledged) < 2000:
+        deadline = time.monotonic() + 60
+        while len(acknowledged) < 2000:  # senders that die early must not hang the test
+            assert time.monotonic() < deadline, f"only {len(acknowledged)} acknowledged in 60 s"
+            assert any(t.is_alive() for t in senders), "every sender stopped:\n" + "".join(
+                server.log[-20:]
+            )
             threading.Event().wait(0.01)
         os.kill(server.process.pid, signal.SIGKILL)
         server.process.wait()
         stop.set()
         for thread in senders:
-            thread.join()
+            thread.join(timeout=30)
+            assert not thread.is_alive()
     with database.connection_context():
         stored = {row.id for row in events.Event.select(events.Event.id)}
     storage.close(database)

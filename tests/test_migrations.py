@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from playhouse import migrations
 from playhouse.schema_diff import diff_models
 
 from quartet import storage
+from quartet.storage import events
 from quartet.storage.migrate import MIGRATIONS
 
 FIRST = "0001_scores"
@@ -40,6 +42,41 @@ def test_upgrade_from_the_first_migration_keeps_every_row(empty_database_url: st
                 "ORDER BY s.id"
             ).fetchall()
         assert [tuple(r) for r in rows] == [("a@example.com", 1.0), ("a@example.com", 2.5)]
+    finally:
+        storage.close(database)
+
+
+def test_rejected_events_keep_their_reasons_in_rows_of_their_own(empty_database_url: str) -> None:
+    """0006 turns each rejected event's ",A,B," reasons into rejected_event_reason rows."""
+    database = storage.open_database(empty_database_url)
+    try:
+        storage.migrate(database, target="0005_regions")
+        with database.connection_context():
+            for reasons, when in [
+                (",EVENT_TIME_IN_FUTURE,FIELD_INVALID,", "2023-04-09 05:31:09"),
+                (",EVENT_TOO_LARGE,", "2023-04-10 05:31:09"),
+            ]:
+                database.execute_sql(  # type: ignore[no-untyped-call]
+                    "INSERT INTO rejected_event (application_id, event, violations, reasons, "
+                    "reject_time) VALUES (1, '{}', '[]', %s, %s)".replace("%s", database.param),
+                    (reasons, when),
+                )
+        storage.migrate(database)
+        storage.bind(database)
+        with database.connection_context():
+            rows = events.RejectedEventReason.select().order_by(
+                events.RejectedEventReason.rejected_id, events.RejectedEventReason.reason
+            )
+            assert [(r.rejected_id, r.reason) for r in rows] == [
+                (1, "EVENT_TIME_IN_FUTURE"),
+                (1, "FIELD_INVALID"),
+                (2, "EVENT_TOO_LARGE"),
+            ]
+            found = events.list_rejected(limit=10, reason="FIELD_INVALID")
+            assert [(r.id, r.reject_time) for r in found] == [
+                (1, datetime.datetime(2023, 4, 9, 5, 31, 9))
+            ]
+            assert [r.id for r in events.list_rejected(limit=10)] == [2, 1]
     finally:
         storage.close(database)
 

@@ -53,6 +53,7 @@ def test_public_sdk_surface() -> None:
     assert quartet.client.__all__ == [
         "BufferedSender",
         "Client",
+        "EventsNotSent",
         "FieldViolation",
         "QuartetError",
         "event",

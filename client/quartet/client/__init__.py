@@ -11,6 +11,13 @@ The messages returned are the generated protobuf classes of `quartet.<domain>.v1
 
 from quartet.client._client import Client
 from quartet.client._errors import FieldViolation, QuartetError
-from quartet.client._events import BufferedSender, event
+from quartet.client._events import BufferedSender, EventsNotSent, event
 
-__all__ = ["BufferedSender", "Client", "FieldViolation", "QuartetError", "event"]
+__all__ = [
+    "BufferedSender",
+    "Client",
+    "EventsNotSent",
+    "FieldViolation",
+    "QuartetError",
+    "event",
+]

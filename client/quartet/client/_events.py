@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import builtins
+import collections
+import dataclasses
 import datetime
-import itertools
 import threading
 import time
 import uuid
@@ -21,6 +22,9 @@ from quartet.events.v1 import event_service_pb2_grpc
 
 Event = pb.Event
 MAX_BATCH = 1000
+# The server's default QUARTET_MAX_BATCH_BYTES: batches and streamed messages are split to stay
+# under it (1000 events of 64 KiB would also exceed gRPC's 16 MiB message limit).
+MAX_BATCH_BYTES = 8 * 1024 * 1024
 
 
 def event(
@@ -58,6 +62,31 @@ def _with_id(message: pb.Event) -> pb.Event:
     return copy
 
 
+def _batch_bytes(message: pb.Event) -> int:
+    """What an event adds to a batch's size: its encoding, plus its field tag and length."""
+    size = message.ByteSize()
+    return size + 1 + max(1, (size.bit_length() + 6) // 7)
+
+
+def _batches(
+    messages: Iterable[pb.Event], max_events: int, max_bytes: int
+) -> Iterator[list[pb.Event]]:
+    """The messages (each with an id) in batches of at most max_events and max_bytes; an event
+    larger than max_bytes alone goes in a batch of its own, for the server to refuse."""
+    batch: list[pb.Event] = []
+    size = 0
+    for message in messages:
+        message = _with_id(message)
+        added = _batch_bytes(message)
+        if batch and (len(batch) >= max_events or size + added > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(message)
+        size += added
+    if batch:
+        yield batch
+
+
 class Events:
     """The EventService, through `Client.events`. Send with an application's API key."""
 
@@ -86,16 +115,17 @@ class Events:
         messages: Iterable[pb.Event],
         *,
         batch_size: int = 500,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
         timeout: float | None = None,
     ) -> pb.StreamEventsResponse:
-        """Stream any number of events, batch_size per message; returns once all are stored
-        (or rejected). Rejected events are reported by their position in `messages`."""
+        """Stream any number of events, batch_size (and at most max_batch_bytes) per message;
+        returns once all are stored (or rejected). Rejected events are reported by their
+        position in `messages` (the first 1000; `rejected_count` counts them all)."""
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size must be 1 to {MAX_BATCH}")
-        source = iter(messages)
         requests = (
-            pb.StreamEventsRequest(events=[_with_id(m) for m in chunk])
-            for chunk in iter(lambda: list(itertools.islice(source, batch_size)), [])
+            pb.StreamEventsRequest(events=batch)
+            for batch in _batches(messages, batch_size, max_batch_bytes)
         )
         return self._transport.invoke_stream_unary(self._stub.StreamEvents, requests, timeout)
 
@@ -103,16 +133,20 @@ class Events:
         self,
         *,
         batch_size: int = 500,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
         flush_interval: float = 1.0,
         max_pending: int = 100_000,
+        give_up_after: float | None = 300.0,
         on_rejected: Callable[[pb.Event, pb.EventResult], None] | None = None,
     ) -> BufferedSender:
         """A sender that batches events in the background; see BufferedSender."""
         return BufferedSender(
             self,
             batch_size=batch_size,
+            max_batch_bytes=max_batch_bytes,
             flush_interval=flush_interval,
             max_pending=max_pending,
+            give_up_after=give_up_after,
             on_rejected=on_rejected,
         )
 
@@ -208,21 +242,48 @@ class Events:
         return list(self._transport.invoke(self._stub.ListEventTypes, request, timeout).event_types)
 
 
-# Failures worth retrying: the server or network is briefly unavailable. gRPC already retries
-# UNAVAILABLE a few times; the sender keeps trying, since every event has an id.
-_TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+@dataclasses.dataclass
+class EventsNotSent(QuartetError):
+    """A BufferedSender stopped: the QuartetError that stopped it, and every event it had not
+    sent (neither stored nor rejected), in the order added, so that nothing is lost silently."""
+
+    unsent: list[pb.Event] = dataclasses.field(default_factory=list)
+    """The events not sent: the batch that failed, and every one added after it."""
+
+    @classmethod
+    def of(cls, error: QuartetError, unsent: list[pb.Event]) -> EventsNotSent:
+        copied = {f.name: getattr(error, f.name) for f in dataclasses.fields(QuartetError)}
+        return cls(**copied, unsent=unsent)
+
+
+def _transient(error: QuartetError) -> bool:
+    """Whether a failed send may succeed if repeated (every event has an id, so repeating one
+    never stores anything twice): the server is unreachable or restarting (UNAVAILABLE, also
+    what a database outage answers), slow (DEADLINE_EXCEEDED), or at its limit of concurrent
+    calls (RESOURCE_EXHAUSTED). A message over gRPC's size limit is RESOURCE_EXHAUSTED too,
+    and never succeeds."""
+    if error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return True
+    return error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" not in (
+        error.message
+    )
 
 
 class BufferedSender(Closable):
     """Batches events in a background thread and sends them, for senders that must not wait.
 
     `add()` returns at once (blocking only while max_pending events are unsent). A batch goes
-    out when batch_size events are waiting or flush_interval seconds have passed. Transient
-    failures are retried with backoff (every event has an id, so nothing is stored twice);
-    rejected events go to `on_rejected` and `rejected`. `flush()` waits until everything added
-    so far is acknowledged; `close()` (or leaving the `with` block) flushes and stops. A
-    permanent failure (bad credentials, say) stops the sender and is raised by the next add,
-    flush or close.
+    out when batch_size events, or max_batch_bytes of them, are waiting, or flush_interval
+    seconds have passed. Transient failures (see `_transient`) are retried with backoff (every
+    event has an id, so nothing is stored twice) for up to give_up_after seconds per batch
+    (None: forever); rejected events go to `on_rejected` and `rejected`. `flush()` waits until
+    everything added so far is acknowledged; `close()` (or leaving the `with` block) flushes
+    and stops.
+
+    A permanent failure (bad credentials, say), or giving up, stops the sender: the next add,
+    flush or close raises EventsNotSent, a QuartetError whose `unsent` lists every event not
+    sent (also `sender.unsent`), to keep or send again. An event larger than max_batch_bytes
+    could never be sent: `add()` refuses it with ValueError.
     """
 
     def __init__(
@@ -230,30 +291,48 @@ class BufferedSender(Closable):
         events: Events,
         *,
         batch_size: int = 500,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
         flush_interval: float = 1.0,
         max_pending: int = 100_000,
+        give_up_after: float | None = 300.0,
         on_rejected: Callable[[pb.Event, pb.EventResult], None] | None = None,
     ) -> None:
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size must be 1 to {MAX_BATCH}")
         self._events = events
         self._batch_size = batch_size
+        self._max_bytes = max_batch_bytes
         self._flush_interval = flush_interval
         self._max_pending = max_pending
+        self._give_up_after = give_up_after
         self._on_rejected = on_rejected
-        self._pending: list[pb.Event] = []
+        self._pending: collections.deque[tuple[pb.Event, int]] = collections.deque()
+        self._pending_bytes = 0
         self._unacknowledged = 0
-        self._error: QuartetError | None = None
+        self._error: EventsNotSent | None = None
         self._closed = False
         self._flush_requested = False
         self._condition = threading.Condition()
         self.sent = 0
+        self.batches = 0
         self.rejected: list[tuple[pb.Event, pb.EventResult]] = []
         self._thread = threading.Thread(target=self._run, name="quartet-events", daemon=True)
         self._thread.start()
 
+    @property
+    def unsent(self) -> list[pb.Event]:
+        """The events a stopped sender did not send (empty while it runs)."""
+        return list(self._error.unsent) if self._error is not None else []
+
     def add(self, message: pb.Event) -> None:
         """Queue an event (see `quartet.client.event`)."""
+        message = _with_id(message)
+        size = _batch_bytes(message)
+        if size > self._max_bytes:
+            raise ValueError(
+                f"the event is {size} bytes, more than a whole batch may be "
+                f"({self._max_bytes}); the server accepts events of 64 KiB by default"
+            )
         with self._condition:
             self._raise_if_failed()
             if self._closed:
@@ -261,9 +340,10 @@ class BufferedSender(Closable):
             while self._unacknowledged >= self._max_pending and self._error is None:
                 self._condition.wait()
             self._raise_if_failed()
-            self._pending.append(_with_id(message))
+            self._pending.append((message, size))
+            self._pending_bytes += size
             self._unacknowledged += 1
-            if len(self._pending) >= self._batch_size:
+            if self._batch_ready():
                 self._condition.notify_all()
 
     def flush(self) -> None:
@@ -286,21 +366,19 @@ class BufferedSender(Closable):
         if self._error is not None:
             raise self._error
 
+    def _batch_ready(self) -> bool:
+        return len(self._pending) >= self._batch_size or self._pending_bytes >= self._max_bytes
+
     def _run(self) -> None:
         while True:
             with self._condition:
                 deadline = time.monotonic() + self._flush_interval
-                while (
-                    len(self._pending) < self._batch_size
-                    and not self._closed
-                    and not self._flush_requested
-                ):
+                while not self._batch_ready() and not self._closed and not self._flush_requested:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     self._condition.wait(remaining)
-                batch = self._pending[: self._batch_size]
-                del self._pending[: self._batch_size]
+                batch = self._take_batch()
                 if not self._pending:
                     self._flush_requested = False
                 if not batch and self._closed:
@@ -308,20 +386,37 @@ class BufferedSender(Closable):
             if batch and not self._send(batch):
                 return
 
+    def _take_batch(self) -> list[pb.Event]:
+        """Up to batch_size pending events and max_batch_bytes (at least one event)."""
+        batch: list[pb.Event] = []
+        size = 0
+        while self._pending and len(batch) < self._batch_size:
+            message, added = self._pending[0]
+            if batch and size + added > self._max_bytes:
+                break
+            self._pending.popleft()
+            self._pending_bytes -= added
+            batch.append(message)
+            size += added
+        return batch
+
     def _send(self, batch: list[pb.Event]) -> bool:
+        """Send one batch, retrying transient failures; False if the sender had to stop."""
         delay = 0.1
+        give_up = None if self._give_up_after is None else time.monotonic() + self._give_up_after
         while True:
             try:
                 response = self._events.send_batch(batch)
                 break
             except QuartetError as error:
-                if error.code not in _TRANSIENT:
-                    with self._condition:
-                        self._error = error
-                        self._condition.notify_all()
+                if not _transient(error) or (give_up is not None and time.monotonic() > give_up):
+                    self._stop(error, batch)
                     return False
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            except Exception as error:  # a bug, say: still never lose the events silently
+                self._stop(QuartetError(grpc.StatusCode.UNKNOWN, repr(error)), batch)
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
         rejected = [
             (message, result)
             for message, result in zip(batch, response.results, strict=True)
@@ -329,6 +424,7 @@ class BufferedSender(Closable):
         ]
         with self._condition:
             self.sent += len(batch) - len(rejected)
+            self.batches += 1
             self.rejected.extend(rejected)
             self._unacknowledged -= len(batch)
             self._condition.notify_all()
@@ -336,3 +432,11 @@ class BufferedSender(Closable):
             for message, result in rejected:
                 self._on_rejected(message, result)
         return True
+
+    def _stop(self, error: QuartetError, batch: list[pb.Event]) -> None:
+        with self._condition:
+            unsent = batch + [message for message, _ in self._pending]
+            self._pending.clear()
+            self._pending_bytes = 0
+            self._error = EventsNotSent.of(error, unsent)
+            self._condition.notify_all()

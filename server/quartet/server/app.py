@@ -146,7 +146,13 @@ def build_server(
     )
     event_writer = storage.BatchWriter(database, events.write_batch, name="quartet-events")
     event_service_pb2_grpc.add_EventServiceServicer_to_server(
-        events.EventServicer(runner, event_writer, registry, events.EventChecker(registry, policy)),
+        events.EventServicer(
+            runner,
+            event_writer,
+            registry,
+            events.EventChecker(registry, policy),
+            max_batch_bytes=settings.max_batch_bytes,
+        ),
         server,
     )
     region_service_pb2_grpc.add_RegionServiceServicer_to_server(

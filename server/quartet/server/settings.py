@@ -63,6 +63,12 @@ class Settings:
         default=60.0, metadata={"env": "QUARTET_EVENT_CLOCK_SKEW_SECONDS"}
     )
     max_event_bytes: int = field(default=65536, metadata={"env": "QUARTET_MAX_EVENT_BYTES"})
+    # The largest batch of events (one SendEvents request, or one message of a stream), so that a
+    # too large one is refused with details instead of gRPC's bare RESOURCE_EXHAUSTED at
+    # max_message_bytes. The SDK splits its batches to stay under the default.
+    max_batch_bytes: int = field(
+        default=8 * 1024 * 1024, metadata={"env": "QUARTET_MAX_BATCH_BYTES"}
+    )
     # A JSON file of event types to register at start-up: [{"category", "name", "schema"}].
     event_types_file: str = field(default="", metadata={"env": "QUARTET_EVENT_TYPES_FILE"})
 
@@ -109,6 +115,8 @@ class Settings:
             raise SettingsError("QUARTET_UNKNOWN_EVENT_TYPES must be reject or accept")
         if self.event_clock_skew_seconds < 0 or self.max_event_bytes < 1:
             raise SettingsError("the event clock skew and size limit must be positive")
+        if self.max_batch_bytes < 1:
+            raise SettingsError("max_batch_bytes must be positive")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise SettingsError("TLS needs both a certificate file and a key file")
         return self

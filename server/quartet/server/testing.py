@@ -13,12 +13,13 @@ from quartet.server.settings import Settings
 
 
 @contextlib.contextmanager
-def running_server(settings: Settings) -> Iterator[str]:
-    """Serve settings on 127.0.0.1 and a free port in a background thread; yield "host:port".
+def running_server(settings: Settings, *, port: int = 0) -> Iterator[str]:
+    """Serve settings on 127.0.0.1 and a free port (or `port`) in a background thread; yield
+    "host:port".
 
     The database is opened and migrated first. On exit the server stops with settings' grace.
     """
-    settings = dataclasses.replace(settings, host="127.0.0.1", port=0)
+    settings = dataclasses.replace(settings, host="127.0.0.1", port=port)
     started = threading.Event()
     result: dict[str, object] = {}
     loop = asyncio.new_event_loop()

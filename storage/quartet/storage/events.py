@@ -56,21 +56,38 @@ class Event(BaseModel):
 
 
 class RejectedEvent(BaseModel):
-    """An event that failed validation: the event as sent (JSON), its violations (JSON) and the
-    distinct reasons as ",A,B," so that a reason can be matched with LIKE."""
+    """An event that failed validation: the event as sent (JSON) and its violations (JSON).
+    Its distinct reasons are rows of RejectedEventReason."""
 
     id = peewee.BigAutoField()
     application_id = peewee.BigIntegerField()
     event = peewee.TextField()
     violations = peewee.TextField()
-    reasons = peewee.CharField(max_length=500)
     reject_time = peewee.DateTimeField()
+    # The event's size as sent, in bytes (NULL for rejections older than migration 0007).
+    size = peewee.BigIntegerField(null=True)
+    # Set for an event too large to keep whole: the start of its data as JSON, `event` holding
+    # the rest of it (its text fields cut short).
+    data_prefix = peewee.TextField(null=True)
 
     class Meta:
         indexes = (
             (("reject_time", "id"), False),
             (("application_id", "reject_time", "id"), False),
         )
+
+
+class RejectedEventReason(BaseModel):
+    """One reason a rejected event was rejected for. Its key, (reason, reject_time, rejected_id),
+    is the index that lists the rejected events of a reason newest first without reading the
+    others (matching a list of reasons in one column could only scan them all)."""
+
+    reason = peewee.CharField(max_length=100)
+    reject_time = peewee.DateTimeField()
+    rejected_id = peewee.BigIntegerField()  # rejected_event.id
+
+    class Meta:
+        primary_key = peewee.CompositeKey("reason", "reject_time", "rejected_id")
 
 
 @dataclass(slots=True)  # not frozen: frozen dataclasses are slow to build, and this is per event
@@ -92,8 +109,10 @@ class Rejection:
     """A rejected event, ready to store."""
 
     application_id: int
-    event: str  # JSON of the event as sent
+    event: str  # JSON of the event as sent (without its data when data_prefix is set)
     violations: list[dict[str, str]]
+    size: int | None = None  # bytes, as sent
+    data_prefix: str | None = None  # the start of the data of an event too large to keep whole
 
 
 _COLUMNS = (
@@ -118,19 +137,45 @@ def store(
     if fresh:
         inserted = _insert_new(database, list(fresh.values()), now)
     if rejections:
-        RejectedEvent.insert_many(
+        _insert_rejections(rejections, now)
+    return inserted
+
+
+def _insert_rejections(rejections: Sequence[Rejection], now: datetime.datetime) -> None:
+    """Insert the rejections, and a RejectedEventReason row for each of their distinct reasons."""
+    for start in range(0, len(rejections), _CHUNK):
+        chunk = rejections[start : start + _CHUNK]
+        query = RejectedEvent.insert_many(
             [
                 {
                     "application_id": r.application_id,
                     "event": r.event,
                     "violations": json.dumps(r.violations),
-                    "reasons": _reason_list(r.violations),
                     "reject_time": now,
+                    "size": r.size,
+                    "data_prefix": r.data_prefix,
                 }
-                for r in rejections
+                for r in chunk
             ]
+        ).returning(RejectedEvent.id)
+        # A multi-row INSERT takes its ids in row order, each above the last (a PostgreSQL
+        # sequence only grows; SQLite, one writer at a time, takes the largest rowid plus one),
+        # while RETURNING lists them in no promised order: sorted, they match the rows.
+        ids = sorted(row[0] for row in query.tuples().execute())
+        if len(ids) != len(chunk):
+            raise RuntimeError(f"inserted {len(chunk)} rejected events but got {len(ids)} ids")
+        RejectedEventReason.insert_many(
+            [
+                (reason, now, rejected_id)
+                for rejected_id, r in zip(ids, chunk, strict=True)
+                for reason in sorted({v["reason"] for v in r.violations})
+            ],
+            fields=[
+                RejectedEventReason.reason,
+                RejectedEventReason.reject_time,
+                RejectedEventReason.rejected_id,
+            ],
         ).execute()
-    return inserted
 
 
 # Rows per INSERT statement: 9 parameters each stays far below SQLite's limit of 32766.
@@ -171,9 +216,16 @@ def _insert_new(
     return inserted
 
 
-def _reason_list(violations: list[dict[str, str]]) -> str:
-    reasons = sorted({v["reason"] for v in violations})
-    return f",{','.join(reasons)},"[:500]
+def senders(ids: set[str]) -> dict[str, int]:
+    """The application that sent the stored event of each of these ids (those stored)."""
+    found: dict[str, int] = {}
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), _CHUNK):
+        query = Event.select(Event.id, Event.application_id).where(
+            Event.id.in_(ordered[start : start + _CHUNK])
+        )
+        found.update((row.id, row.application_id) for row in query)
+    return found
 
 
 def get_event(event_id: str) -> Event:
@@ -227,30 +279,39 @@ def events_query(
     return query.order_by(Event.occur_time, Event.seq)
 
 
-def list_rejected(
+def list_rejected(*, limit: int, **filters: Any) -> list[RejectedEvent]:
+    """Rejected events newest first; see rejected_query for the filters."""
+    return list(rejected_query(**filters).limit(limit))
+
+
+def rejected_query(
     *,
-    limit: int,
     after: tuple[datetime.datetime, int] | None = None,
     reason: str = "",
     application_id: int = 0,
     reject_time_start: datetime.datetime | None = None,
     reject_time_end: datetime.datetime | None = None,
-) -> list[RejectedEvent]:
-    """Rejected events newest first, after the keyset position `after`."""
+) -> peewee.ModelSelect[RejectedEvent]:
+    """Rejected events newest first, after the keyset position `after`. With a reason, the rows
+    come from that reason's range of RejectedEventReason's key, already in this order; the
+    application filter rides on either (tests/test_events.py checks the plans)."""
     query = RejectedEvent.select()
+    time: peewee.Field = RejectedEvent.reject_time
+    key: peewee.Field = RejectedEvent.id
     if reason:
-        query = query.where(RejectedEvent.reasons.contains(f",{reason},"))
+        query = query.join(
+            RejectedEventReason, on=(RejectedEventReason.rejected_id == RejectedEvent.id)
+        ).where(RejectedEventReason.reason == reason)
+        time, key = RejectedEventReason.reject_time, RejectedEventReason.rejected_id
     if application_id:
         query = query.where(RejectedEvent.application_id == application_id)
     if reject_time_start is not None:
-        query = query.where(RejectedEvent.reject_time >= reject_time_start)
+        query = query.where(time >= reject_time_start)
     if reject_time_end is not None:
-        query = query.where(RejectedEvent.reject_time < reject_time_end)
+        query = query.where(time < reject_time_end)
     if after is not None:
-        position = peewee.Tuple(RejectedEvent.reject_time, RejectedEvent.id)
-        query = query.where(position < peewee.Tuple(*after))
-    query = query.order_by(RejectedEvent.reject_time.desc(), RejectedEvent.id.desc())
-    return list(query.limit(limit))
+        query = query.where(peewee.Tuple(time, key) < peewee.Tuple(*after))
+    return query.order_by(time.desc(), key.desc())
 
 
 def latest_event_types() -> list[EventType]:
@@ -276,15 +337,34 @@ def latest_event_types() -> list[EventType]:
     )
 
 
+# Concurrent registrations of one type that all lose the race, one after the other, this often.
+_REGISTRATION_ATTEMPTS = 50
+
+
 def add_event_type(category: str, name: str, schema: dict[str, Any]) -> EventType:
-    """Register schema as the next version of the type (version 1 for a new type)."""
-    with db.atomic():
-        current = (
-            EventType.select(peewee.fn.MAX(EventType.version))
-            .where((EventType.category == category) & (EventType.name == name))
-            .scalar()
-        )
-        event_type: EventType = EventType.create(
-            category=category, name=name, version=(current or 0) + 1, schema=json.dumps(schema)
-        )
-        return event_type
+    """Register schema as the next version of the type (version 1 for a new type).
+
+    Concurrent registrations of a type may read the same latest version (on PostgreSQL, whose
+    transactions see what others committed before each statement; SQLite has one writer at a
+    time): the unique index on (category, name, version) lets one of them insert it and makes
+    the others fail, and those try again, now reading the winner's version.
+    """
+    for attempt in range(1, _REGISTRATION_ATTEMPTS + 1):
+        try:
+            with db.atomic():
+                current = (
+                    EventType.select(peewee.fn.MAX(EventType.version))
+                    .where((EventType.category == category) & (EventType.name == name))
+                    .scalar()
+                )
+                event_type: EventType = EventType.create(
+                    category=category,
+                    name=name,
+                    version=(current or 0) + 1,
+                    schema=json.dumps(schema),
+                )
+                return event_type
+        except peewee.IntegrityError:
+            if attempt == _REGISTRATION_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")

@@ -10,7 +10,7 @@ from playhouse import migrations
 from quartet.storage import regions
 from quartet.storage.accounts import Account, RefreshToken
 from quartet.storage.applications import ApiKey, Application
-from quartet.storage.events import Event, EventType, RejectedEvent
+from quartet.storage.events import Event, EventType, RejectedEvent, RejectedEventReason
 from quartet.storage.experiments import Compound, Experiment, ExperimentCompound, ExperimentUser
 from quartet.storage.scores import Score
 
@@ -26,6 +26,7 @@ ALL_MODELS: list[type[peewee.Model]] = [
     EventType,
     Event,
     RejectedEvent,
+    RejectedEventReason,
     ExperimentUser,
     Compound,
     Experiment,

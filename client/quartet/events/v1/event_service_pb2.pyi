@@ -32,9 +32,12 @@ class _EventStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventStat
     EVENT_STATUS_STORED: _EventStatus.ValueType  # 1
     """The event is now durably stored."""
     EVENT_STATUS_DUPLICATE: _EventStatus.ValueType  # 2
-    """An event with this id was already stored; nothing new was stored."""
+    """This application had already sent an event with this id; nothing new was stored."""
     EVENT_STATUS_REJECTED: _EventStatus.ValueType  # 3
-    """The event failed validation and was kept among the rejected events."""
+    """The event failed validation, or its id is that of an event another application sent
+    (a violation on `id` with reason RESOURCE_ALREADY_EXISTS), and it was kept among the
+    rejected events.
+    """
 
 class EventStatus(_EventStatus, metaclass=_EventStatusEnumTypeWrapper):
     """EventStatus says what happened to one sent event."""
@@ -44,9 +47,12 @@ EVENT_STATUS_UNSPECIFIED: EventStatus.ValueType  # 0
 EVENT_STATUS_STORED: EventStatus.ValueType  # 1
 """The event is now durably stored."""
 EVENT_STATUS_DUPLICATE: EventStatus.ValueType  # 2
-"""An event with this id was already stored; nothing new was stored."""
+"""This application had already sent an event with this id; nothing new was stored."""
 EVENT_STATUS_REJECTED: EventStatus.ValueType  # 3
-"""The event failed validation and was kept among the rejected events."""
+"""The event failed validation, or its id is that of an event another application sent
+(a violation on `id` with reason RESOURCE_ALREADY_EXISTS), and it was kept among the
+rejected events.
+"""
 Global___EventStatus: _TypeAlias = EventStatus  # noqa: Y015
 
 @_typing.final
@@ -180,7 +186,9 @@ class SendEventResponse(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
     duplicate: _builtins.bool
-    """True when an event with this id was already stored (a retried send); nothing new was stored."""
+    """True when this application had already sent an event with this id (a retried send); nothing
+    new was stored, and `event` is the one stored then.
+    """
     @_builtins.property
     def event(self) -> Global___Event:
         """The event as stored, with its id, application and receive time."""
@@ -288,7 +296,11 @@ class StreamEventsRequest(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
-        """1 to 1000 events."""
+        """At most 1000 events, within the server's limit per batch (QUARTET_MAX_BATCH_BYTES, 8 MiB by
+        default). A message over either limit ends the stream with INVALID_ARGUMENT and a field
+        violation on `messages[N].events` (N counting messages from 0); resend the events from
+        there in smaller messages (ids make resending the earlier ones safe).
+        """
 
     def __init__(
         self,
@@ -344,13 +356,19 @@ class StreamEventsResponse(_message.Message):
     STORED_COUNT_FIELD_NUMBER: _builtins.int
     DUPLICATE_COUNT_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
+    REJECTED_COUNT_FIELD_NUMBER: _builtins.int
     stored_count: _builtins.int
     """The number of events newly stored."""
     duplicate_count: _builtins.int
-    """The number of events already stored before (resent ids)."""
+    """The number of events this application had already sent (resent ids)."""
+    rejected_count: _builtins.int
+    """The number of rejected events, including those beyond the 1000 listed in `rejected`."""
     @_builtins.property
     def rejected(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedEventResult]:
-        """The rejected events."""
+        """The rejected events, ordered by position: at most the first 1000 of the stream, so that the
+        reply stays small however long the stream was. `rejected_count` counts them all; every
+        rejected event is also kept among the rejected events (ListRejectedEvents).
+        """
 
     def __init__(
         self,
@@ -358,10 +376,11 @@ class StreamEventsResponse(_message.Message):
         stored_count: _builtins.int = ...,
         duplicate_count: _builtins.int = ...,
         rejected: _abc.Iterable[Global___RejectedEventResult] | None = ...,
+        rejected_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate_count", b"duplicate_count", "rejected", b"rejected", "stored_count", b"stored_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate_count", b"duplicate_count", "rejected", b"rejected", "rejected_count", b"rejected_count", "stored_count", b"stored_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -486,13 +505,31 @@ class RejectedEvent(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     VIOLATIONS_FIELD_NUMBER: _builtins.int
     REJECT_TIME_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    DATA_PREFIX_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """The server-assigned identifier of the rejection."""
     application_id: _builtins.int
     """The application that sent the event."""
+    size_bytes: _builtins.int
+    """The size of the event as sent, in bytes (its protobuf encoding); 0 when not recorded
+    (events rejected before quartet recorded sizes, and events rejected at the write for an id
+    another application's event has).
+    """
+    data_prefix: _builtins.str
+    """Only when `event` has no `data` because it was too large (EVENT_TOO_LARGE) or held NaN or
+    an infinity: the first 4096 characters of its `data` as compact JSON (NaN and Infinity
+    written as such). Empty otherwise.
+    """
     @_builtins.property
     def event(self) -> Global___Event:
-        """The event exactly as it was sent, including any invalid fields."""
+        """The event exactly as it was sent, including any invalid fields. An event rejected for its
+        size (EVENT_TOO_LARGE) is not kept whole, or rejections would take the room the size limit
+        protects: it has no `data` (see `data_prefix`), and its id, session_id, category and name
+        are cut to 256 characters. Nor is what JSON cannot hold: a timestamp out of Timestamp's
+        range is left unset (a violation says it was invalid), and `data` holding NaN or an
+        infinity is left out (see `data_prefix`).
+        """
 
     @_builtins.property
     def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Violation]:
@@ -510,10 +547,12 @@ class RejectedEvent(_message.Message):
         event: Global___Event | None = ...,
         violations: _abc.Iterable[Global___Violation] | None = ...,
         reject_time: _timestamp_pb2.Timestamp | None = ...,
+        size_bytes: _builtins.int = ...,
+        data_prefix: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "reject_time", b"reject_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_id", b"application_id", "event", b"event", "id", b"id", "reject_time", b"reject_time", "violations", b"violations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_id", b"application_id", "data_prefix", b"data_prefix", "event", b"event", "id", b"id", "reject_time", b"reject_time", "size_bytes", b"size_bytes", "violations", b"violations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

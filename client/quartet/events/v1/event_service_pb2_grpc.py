@@ -96,7 +96,11 @@ class EventServiceServicer:
     def SendEvent(self, request, context):
         """Sends one event. A rejected event is INVALID_ARGUMENT (reason EVENT_REJECTED) with one
         field violation per problem, and is kept among the rejected events. Resending an event with
-        the same id returns the stored event and stores nothing new.
+        the same id returns the stored event and stores nothing new. Ids are unique across
+        applications: an id that another application's event already has is ALREADY_EXISTS (reason
+        RESOURCE_ALREADY_EXISTS, a `ResourceInfo` naming the event id, a field violation on
+        `event.id`), which reveals nothing of that event; the event sent is kept among the rejected
+        events, so that it can be sent again with a new id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,7 +109,11 @@ class EventServiceServicer:
     def SendEvents(self, request, context):
         """Sends a batch of events (at most 1000). Each event is stored or rejected on its own: the
         reply lists one result per event, in order. The call fails as a whole only when the batch
-        itself is invalid (too many events, too large).
+        itself is invalid: no events or more than 1000 (INVALID_ARGUMENT, reason FIELD_INVALID), or
+        too large, over the server's limit per batch (QUARTET_MAX_BATCH_BYTES, 8 MiB by default:
+        INVALID_ARGUMENT, reason LIMIT_EXCEEDED, the limit in the metadata's "max_batch_bytes").
+        Either way a field violation names `events`. A message over the server's message size
+        limit (16 MiB by default) is refused by gRPC itself: RESOURCE_EXHAUSTED, without details.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,7 +122,7 @@ class EventServiceServicer:
     def StreamEvents(self, request_iterator, context):
         """Streams events, for high-volume senders: send any number of messages, each carrying a batch,
         then close the stream. The reply, sent once every event is durably stored, reports the
-        counts and every rejected event by its position in the stream.
+        counts and the rejected events by their position in the stream (the first 1000 of them).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -43,17 +43,25 @@ class EventServiceStub:
     SendEvent: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.SendEventRequest, _event_service_pb2.SendEventResponse]
     """Sends one event. A rejected event is INVALID_ARGUMENT (reason EVENT_REJECTED) with one
     field violation per problem, and is kept among the rejected events. Resending an event with
-    the same id returns the stored event and stores nothing new.
+    the same id returns the stored event and stores nothing new. Ids are unique across
+    applications: an id that another application's event already has is ALREADY_EXISTS (reason
+    RESOURCE_ALREADY_EXISTS, a `ResourceInfo` naming the event id, a field violation on
+    `event.id`), which reveals nothing of that event; the event sent is kept among the rejected
+    events, so that it can be sent again with a new id.
     """
     SendEvents: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.SendEventsRequest, _event_service_pb2.SendEventsResponse]
     """Sends a batch of events (at most 1000). Each event is stored or rejected on its own: the
     reply lists one result per event, in order. The call fails as a whole only when the batch
-    itself is invalid (too many events, too large).
+    itself is invalid: no events or more than 1000 (INVALID_ARGUMENT, reason FIELD_INVALID), or
+    too large, over the server's limit per batch (QUARTET_MAX_BATCH_BYTES, 8 MiB by default:
+    INVALID_ARGUMENT, reason LIMIT_EXCEEDED, the limit in the metadata's "max_batch_bytes").
+    Either way a field violation names `events`. A message over the server's message size
+    limit (16 MiB by default) is refused by gRPC itself: RESOURCE_EXHAUSTED, without details.
     """
     StreamEvents: _grpc.StreamUnaryMultiCallable[_event_service_pb2.StreamEventsRequest, _event_service_pb2.StreamEventsResponse]
     """Streams events, for high-volume senders: send any number of messages, each carrying a batch,
     then close the stream. The reply, sent once every event is durably stored, reports the
-    counts and every rejected event by its position in the stream.
+    counts and the rejected events by their position in the stream (the first 1000 of them).
     """
     GetEvent: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.GetEventRequest, _event_service_pb2.Event]
     """Returns one stored event."""
@@ -85,17 +93,25 @@ class EventServiceAsyncStub(EventServiceStub):
     SendEvent: _aio.UnaryUnaryMultiCallable[_event_service_pb2.SendEventRequest, _event_service_pb2.SendEventResponse]  # type: ignore[assignment]
     """Sends one event. A rejected event is INVALID_ARGUMENT (reason EVENT_REJECTED) with one
     field violation per problem, and is kept among the rejected events. Resending an event with
-    the same id returns the stored event and stores nothing new.
+    the same id returns the stored event and stores nothing new. Ids are unique across
+    applications: an id that another application's event already has is ALREADY_EXISTS (reason
+    RESOURCE_ALREADY_EXISTS, a `ResourceInfo` naming the event id, a field violation on
+    `event.id`), which reveals nothing of that event; the event sent is kept among the rejected
+    events, so that it can be sent again with a new id.
     """
     SendEvents: _aio.UnaryUnaryMultiCallable[_event_service_pb2.SendEventsRequest, _event_service_pb2.SendEventsResponse]  # type: ignore[assignment]
     """Sends a batch of events (at most 1000). Each event is stored or rejected on its own: the
     reply lists one result per event, in order. The call fails as a whole only when the batch
-    itself is invalid (too many events, too large).
+    itself is invalid: no events or more than 1000 (INVALID_ARGUMENT, reason FIELD_INVALID), or
+    too large, over the server's limit per batch (QUARTET_MAX_BATCH_BYTES, 8 MiB by default:
+    INVALID_ARGUMENT, reason LIMIT_EXCEEDED, the limit in the metadata's "max_batch_bytes").
+    Either way a field violation names `events`. A message over the server's message size
+    limit (16 MiB by default) is refused by gRPC itself: RESOURCE_EXHAUSTED, without details.
     """
     StreamEvents: _aio.StreamUnaryMultiCallable[_event_service_pb2.StreamEventsRequest, _event_service_pb2.StreamEventsResponse]  # type: ignore[assignment]
     """Streams events, for high-volume senders: send any number of messages, each carrying a batch,
     then close the stream. The reply, sent once every event is durably stored, reports the
-    counts and every rejected event by its position in the stream.
+    counts and the rejected events by their position in the stream (the first 1000 of them).
     """
     GetEvent: _aio.UnaryUnaryMultiCallable[_event_service_pb2.GetEventRequest, _event_service_pb2.Event]  # type: ignore[assignment]
     """Returns one stored event."""
@@ -130,7 +146,11 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_event_service_pb2.SendEventResponse, _abc.Awaitable[_event_service_pb2.SendEventResponse]]:
         """Sends one event. A rejected event is INVALID_ARGUMENT (reason EVENT_REJECTED) with one
         field violation per problem, and is kept among the rejected events. Resending an event with
-        the same id returns the stored event and stores nothing new.
+        the same id returns the stored event and stores nothing new. Ids are unique across
+        applications: an id that another application's event already has is ALREADY_EXISTS (reason
+        RESOURCE_ALREADY_EXISTS, a `ResourceInfo` naming the event id, a field violation on
+        `event.id`), which reveals nothing of that event; the event sent is kept among the rejected
+        events, so that it can be sent again with a new id.
         """
 
     @_abc_1.abstractmethod
@@ -141,7 +161,11 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_event_service_pb2.SendEventsResponse, _abc.Awaitable[_event_service_pb2.SendEventsResponse]]:
         """Sends a batch of events (at most 1000). Each event is stored or rejected on its own: the
         reply lists one result per event, in order. The call fails as a whole only when the batch
-        itself is invalid (too many events, too large).
+        itself is invalid: no events or more than 1000 (INVALID_ARGUMENT, reason FIELD_INVALID), or
+        too large, over the server's limit per batch (QUARTET_MAX_BATCH_BYTES, 8 MiB by default:
+        INVALID_ARGUMENT, reason LIMIT_EXCEEDED, the limit in the metadata's "max_batch_bytes").
+        Either way a field violation names `events`. A message over the server's message size
+        limit (16 MiB by default) is refused by gRPC itself: RESOURCE_EXHAUSTED, without details.
         """
 
     @_abc_1.abstractmethod
@@ -152,7 +176,7 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_event_service_pb2.StreamEventsResponse, _abc.Awaitable[_event_service_pb2.StreamEventsResponse]]:
         """Streams events, for high-volume senders: send any number of messages, each carrying a batch,
         then close the stream. The reply, sent once every event is durably stored, reports the
-        counts and every rejected event by its position in the stream.
+        counts and the rejected events by their position in the stream (the first 1000 of them).
         """
 
     @_abc_1.abstractmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from typing import Any
 
 import fastjsonschema
 import jsonschema
+import jsonschema.exceptions
 import peewee
 
 from quartet.storage import events
@@ -25,7 +27,10 @@ class Schema:
 
     `accepts` is fastjsonschema's compiled check (about 1 µs per event, against about 27 µs for
     jsonschema), used on every event. `problems` uses jsonschema, slower but able to list every
-    violation, and runs only for events that are rejected anyway.
+    violation, and runs only for events that are rejected anyway. The two must agree on what is
+    invalid, or an event could be refused by one and let through by the other: jsonschema checks
+    `format` with fastjsonschema's own rules (by default it checks no format at all), and when it
+    still finds nothing, `problems` reports fastjsonschema's complaint about the whole payload.
     """
 
     version: int
@@ -40,7 +45,11 @@ class Schema:
             fast = fastjsonschema.compile(document)
         except (jsonschema.SchemaError, fastjsonschema.JsonSchemaDefinitionException) as error:
             raise SchemaInvalid(str(getattr(error, "message", error))) from None
-        return cls(version, document, fast, jsonschema.Draft202012Validator(document))
+        dialect = document.get("$schema")
+        full = jsonschema.Draft202012Validator(
+            document, format_checker=_FastjsonschemaFormats(dialect)
+        )
+        return cls(version, document, fast, full)
 
     def accepts(self, data: Any) -> bool:
         try:
@@ -58,10 +67,53 @@ class Schema:
         for error in self._full.iter_errors(data):
             path = [str(p) for p in error.absolute_path]
             names = _properties_named(error)
-            found += [(".".join([*path, name]), error.message) for name in names]
+            message = _shortened(error.message)
+            found += [(".".join([*path, name]), message) for name in names]
             if not names:
-                found.append((".".join(path), error.message))
+                found.append((".".join(path), message))
+        if not found:  # never let an event fastjsonschema refused through without a reason
+            try:
+                self._fast(data)
+            except fastjsonschema.JsonSchemaValueException as error:
+                found.append(("", _shortened(f"does not satisfy the schema: {error.message}")))
         return sorted(found)
+
+
+# jsonschema's messages quote the offending value, which can be most of a 64 KiB event; each is
+# returned for every rejected event (and stored with it), so it is cut to a readable length.
+_MESSAGE_LENGTH = 300
+
+
+def _shortened(message: str) -> str:
+    if len(message) <= _MESSAGE_LENGTH:
+        return message
+    return message[: _MESSAGE_LENGTH - 1] + "…"
+
+
+class _FastjsonschemaFormats(jsonschema.FormatChecker):
+    """Checks `format` exactly as fastjsonschema does (which formats it knows, and how), for the
+    schema's dialect (`$schema`), so that jsonschema finds every format problem fastjsonschema
+    refused an event for. Each format's check is compiled once, the first time it is needed."""
+
+    def __init__(self, dialect: object) -> None:
+        super().__init__(formats=())
+        self._dialect = dialect if isinstance(dialect, str) else None
+
+    def check(self, instance: object, format: str) -> None:
+        try:
+            _format_check(self._dialect, format)(instance)
+        except fastjsonschema.JsonSchemaValueException:
+            raise jsonschema.exceptions.FormatError(
+                f"{instance!r} is not a valid {format!r}"
+            ) from None
+
+
+@functools.cache
+def _format_check(dialect: str | None, format: str) -> Callable[[Any], Any]:
+    schema: dict[str, Any] = {"format": format}
+    if dialect is not None:
+        schema["$schema"] = dialect
+    return fastjsonschema.compile(schema)
 
 
 def _properties_named(error: jsonschema.ValidationError) -> list[str]:
@@ -91,9 +143,13 @@ class Registry:
         }
 
     def add(self, row: events.EventType) -> None:
-        self._schemas[(row.category, row.name)] = Schema.compile(
-            row.version, json.loads(row.schema)
-        )
+        """Use this version from now on, unless a later one is known already (concurrent
+        registrations may finish in any order)."""
+        known = self._schemas.get((row.category, row.name))
+        if known is None or known.version < row.version:
+            self._schemas[(row.category, row.name)] = Schema.compile(
+                row.version, json.loads(row.schema)
+            )
 
     def get(self, category: str, name: str) -> Schema | None:
         return self._schemas.get((category, name))

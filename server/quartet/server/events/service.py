@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import datetime
 import json
 from collections.abc import AsyncIterator, Sequence
@@ -17,7 +18,13 @@ from quartet.events.v1 import event_service_pb2 as pb
 from quartet.events.v1 import event_service_pb2_grpc
 from quartet.server import metrics
 from quartet.server.auth import require_caller
-from quartet.server.errors import FieldViolation, InvalidArgument, PermissionDenied, Violations
+from quartet.server.errors import (
+    AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+    Violations,
+)
 from quartet.server.events.registry import Registry, Schema, SchemaInvalid
 from quartet.server.events.validation import (
     TEXT_LENGTH,
@@ -35,13 +42,27 @@ from quartet.storage.writer import BatchWriter
 Context = grpc.aio.ServicerContext[Any, Any]
 MAX_BATCH = 1000
 STREAM_WINDOW = 4  # batches of one stream being written at once: pipelining with a bound
+# A stream's reply lists this many rejected events at most (those first in the stream), so that
+# neither the server's memory nor the reply grows with the stream; it counts them all.
+MAX_LISTED_REJECTIONS = 1000
 
 # What the writer answers for each item it was given.
 STORED, DUPLICATE, REJECTED = "stored", "duplicate", "rejected"
+# The id is that of an event another application sent. Answering it as a duplicate would hand
+# one application another's event (applications may not read events) and let it believe its own
+# was stored; instead the event is kept among the rejected events, with this violation.
+ID_TAKEN = "id taken"
+ID_TAKEN_VIOLATION = {
+    "field": "id",
+    "reason": error_reason_pb2.ErrorReason.Name(error_reason_pb2.RESOURCE_ALREADY_EXISTS),
+    "description": "is the id of an event another application sent, so this event was not "
+    "stored but kept among the rejected events; send it again with a new id",
+}
 _STATUS = {
     STORED: pb.EVENT_STATUS_STORED,
     DUPLICATE: pb.EVENT_STATUS_DUPLICATE,
     REJECTED: pb.EVENT_STATUS_REJECTED,
+    ID_TAKEN: pb.EVENT_STATUS_REJECTED,
 }
 
 
@@ -53,6 +74,9 @@ def write_batch(items: list[NewEvent | Rejection]) -> list[tuple[str, datetime.d
     inserted = events.store(
         new_events, [item for item in items if isinstance(item, Rejection)], now
     )
+    # Who sent the stored event of each id not inserted now: only resends need the query.
+    senders = events.senders({e.id for e in new_events if e.id not in inserted})
+    taken: list[Rejection] = []
     results: list[tuple[str, datetime.datetime]] = []
     for item in items:
         if isinstance(item, Rejection):
@@ -61,12 +85,38 @@ def write_batch(items: list[NewEvent | Rejection]) -> list[tuple[str, datetime.d
                 metrics.event_rejections.labels(reason).inc()
         elif item.id in inserted:
             inserted.discard(item.id)  # a second copy in the same batch is a duplicate
+            senders[item.id] = item.application_id
             results.append((STORED, now))
-        else:
+        elif senders.get(item.id, item.application_id) == item.application_id:
             results.append((DUPLICATE, now))
-    for outcome, count in collections.Counter(status for status, _ in results).items():
+        else:
+            taken.append(_id_taken(item))
+            results.append((ID_TAKEN, now))
+            metrics.event_rejections.labels(ID_TAKEN_VIOLATION["reason"]).inc()
+    if taken:
+        events.store([], taken, now)
+    counts = collections.Counter(
+        REJECTED if status == ID_TAKEN else status for status, _ in results
+    )
+    for outcome, count in counts.items():
         metrics.events.labels(outcome).inc(count)
     return results
+
+
+def _id_taken(event: NewEvent) -> Rejection:
+    """The rejection of an event whose id another application's event has: the event as sent
+    (its JSON rebuilt from the checked fields), with ID_TAKEN_VIOLATION."""
+    fields = {
+        "id": event.id,
+        "sessionId": event.session_id,
+        "category": event.category,
+        "name": event.name,
+        "occurTime": f"{event.occur_time.isoformat()}Z",
+    }
+    sent = f'{json.dumps(fields)[:-1]}, "data": {event.data}}}'
+    return Rejection(
+        application_id=event.application_id, event=sent, violations=[ID_TAKEN_VIOLATION]
+    )
 
 
 class EventServicer(event_service_pb2_grpc.EventServiceServicer):
@@ -76,11 +126,14 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         writer: BatchWriter[NewEvent | Rejection, tuple[str, datetime.datetime]],
         registry: Registry,
         checker: EventChecker,
+        *,
+        max_batch_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self._db = runner
         self._writer = writer
         self._registry = registry
         self._checker = checker
+        self._max_batch_bytes = max_batch_bytes
 
     async def SendEvent(
         self, request: pb.SendEventRequest, context: Context
@@ -98,7 +151,14 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
                 reason=error_reason_pb2.EVENT_REJECTED,
                 violations=violations_of(item, "event."),
             )
-        if status == DUPLICATE:
+        if status == ID_TAKEN:
+            description = ID_TAKEN_VIOLATION["description"]
+            raise AlreadyExists(
+                f"event.id {description}",
+                resource=("event", item.id),
+                violations=[FieldViolation("event.id", description, ID_TAKEN_VIOLATION["reason"])],
+            )
+        if status == DUPLICATE:  # sent by this application before: its own event
             stored = await self._db.run(events.get_event, item.id)
             return pb.SendEventResponse(event=event_message(stored), duplicate=True)
         return pb.SendEventResponse(event=new_event_message(item, receive_time))
@@ -108,6 +168,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
     ) -> pb.SendEventsResponse:
         application_id = _sending_application()
         _check_batch_size(request.events, "events")
+        self._check_batch_bytes(request.ByteSize(), "events")
         items = self._check_all(request.events, application_id)
         outcomes = await self._writer.submit(items)
         return pb.SendEventsResponse(
@@ -120,41 +181,56 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         self, request_iterator: AsyncIterator[pb.StreamEventsRequest], context: Context
     ) -> pb.StreamEventsResponse:
         application_id = _sending_application()
-        response = pb.StreamEventsResponse()
+        summary = _StreamSummary()
         # Each message's batch is handed to the writer at once and the next message read while
         # it is written, up to STREAM_WINDOW batches in flight; the reply waits for them all.
-        pending: list[tuple[int, list[NewEvent | Rejection], asyncio.Task[Any]]] = []
-        offset = 0
+        # A batch is folded into the summary as soon as it is written, so that a stream holds
+        # its batches in flight and the rejections it lists, however long it runs.
+        writing: set[asyncio.Task[_Written]] = set()
+        offset = messages = 0
         try:
             async for message in request_iterator:
-                field = f"messages[{len(pending)}].events"
+                field = f"messages[{messages}].events"
+                messages += 1
                 _check_batch_size(message.events, field, allow_empty=True)
+                self._check_batch_bytes(message.ByteSize(), field)
                 items = self._check_all(message.events, application_id)
-                pending.append((offset, items, asyncio.ensure_future(self._writer.submit(items))))
+                writing.add(asyncio.ensure_future(self._write(offset, items)))
                 offset += len(items)
-                writing = [task for _, _, task in pending if not task.done()]
                 if len(writing) >= STREAM_WINDOW:
                     await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
-            await asyncio.gather(*(task for _, _, task in pending))
+                for task in [task for task in writing if task.done()]:
+                    writing.discard(task)
+                    summary.add(task.result())
+            while writing:
+                done, writing = await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    summary.add(task.result())
         finally:
-            for _, _, task in pending:
-                task.cancel()  # no-op for finished ones; nobody waits for the rest any more
-        for start, items, task in pending:
-            for index, (item, (status, _)) in enumerate(zip(items, await task, strict=True)):
-                if status == STORED:
-                    response.stored_count += 1
-                elif status == DUPLICATE:
-                    response.duplicate_count += 1
-                else:
-                    assert isinstance(item, Rejection)
-                    response.rejected.append(
-                        pb.RejectedEventResult(
-                            index=start + index,
-                            event_id=_sent_id(item),
-                            violations=_violations(item),
-                        )
+            for task in writing:  # after a failure: nobody waits for the rest any more
+                task.cancel()
+        return summary.response()
+
+    async def _write(self, offset: int, items: list[NewEvent | Rejection]) -> _Written:
+        """Write one streamed batch (its first event at position `offset` of the stream) and
+        keep only what the reply needs of it."""
+        written = _Written()
+        statuses = await self._writer.submit(items)
+        for index, (item, (status, _)) in enumerate(zip(items, statuses, strict=True)):
+            if status == STORED:
+                written.stored += 1
+            elif status == DUPLICATE:
+                written.duplicates += 1
+            else:
+                result = _result(item, status)
+                written.rejected.append(
+                    pb.RejectedEventResult(
+                        index=offset + index,
+                        event_id=result.event_id,
+                        violations=result.violations,
                     )
-        return response
+                )
+        return written
 
     async def GetEvent(self, request: pb.GetEventRequest, context: Context) -> pb.Event:
         violations = Violations()
@@ -249,11 +325,66 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         rows = await self._db.run(events.latest_event_types)
         return pb.ListEventTypesResponse(event_types=[event_type_message(row) for row in rows])
 
+    def _check_batch_bytes(self, size: int, field: str) -> None:
+        """A batch larger than QUARTET_MAX_BATCH_BYTES fails as a whole (one ByteSize per batch,
+        not per event, so the hot path pays about 0.4 µs an event for it)."""
+        if size > self._max_batch_bytes:
+            description = (
+                f"holds {size} bytes of events; at most {self._max_batch_bytes} are accepted "
+                "per batch: send fewer events at a time"
+            )
+            raise InvalidArgument(
+                f"{field} {description}",
+                reason=error_reason_pb2.LIMIT_EXCEEDED,
+                metadata={"max_batch_bytes": str(self._max_batch_bytes)},
+                violations=[
+                    FieldViolation(
+                        field,
+                        description,
+                        error_reason_pb2.ErrorReason.Name(error_reason_pb2.LIMIT_EXCEEDED),
+                    )
+                ],
+            )
+
     def _check_all(
         self, sent: Sequence[pb.Event], application_id: int
     ) -> list[NewEvent | Rejection]:
         now = utcnow()
         return [self._checker.check(event, application_id, now) for event in sent]
+
+
+@dataclasses.dataclass(slots=True)
+class _Written:
+    """What became of one streamed batch."""
+
+    stored: int = 0
+    duplicates: int = 0
+    rejected: list[pb.RejectedEventResult] = dataclasses.field(default_factory=list)
+
+
+class _StreamSummary:
+    """A stream's counts so far, and its first MAX_LISTED_REJECTIONS rejections by position."""
+
+    def __init__(self) -> None:
+        self._response = pb.StreamEventsResponse()
+        self._rejected: list[pb.RejectedEventResult] = []
+
+    def add(self, written: _Written) -> None:
+        self._response.stored_count += written.stored
+        self._response.duplicate_count += written.duplicates
+        self._response.rejected_count += len(written.rejected)
+        self._rejected += written.rejected
+        if len(self._rejected) > MAX_LISTED_REJECTIONS:  # batches may finish out of order
+            self._rejected.sort(key=_position)
+            del self._rejected[MAX_LISTED_REJECTIONS:]
+
+    def response(self) -> pb.StreamEventsResponse:
+        self._response.rejected.extend(sorted(self._rejected, key=_position))
+        return self._response
+
+
+def _position(rejected: pb.RejectedEventResult) -> int:
+    return rejected.index
 
 
 def _sending_application() -> int:
@@ -286,6 +417,12 @@ def _result(item: NewEvent | Rejection, status: str) -> pb.EventResult:
     if isinstance(item, Rejection):
         return pb.EventResult(
             event_id=_sent_id(item), status=pb.EVENT_STATUS_REJECTED, violations=_violations(item)
+        )
+    if status == ID_TAKEN:
+        return pb.EventResult(
+            event_id=item.id,
+            status=pb.EVENT_STATUS_REJECTED,
+            violations=[pb.Violation(**ID_TAKEN_VIOLATION)],
         )
     return pb.EventResult(event_id=item.id, status=_STATUS[status])
 
@@ -333,6 +470,8 @@ def rejected_message(row: events.RejectedEvent) -> pb.RejectedEvent:
         event=sent,
         violations=[pb.Violation(**v) for v in json.loads(row.violations)],
         reject_time=to_timestamp(row.reject_time),
+        size_bytes=row.size or 0,
+        data_prefix=row.data_prefix or "",
     )
 
 

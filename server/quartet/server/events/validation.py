@@ -7,6 +7,7 @@ import json
 import os
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,11 @@ from quartet.server.timestamps import from_timestamp
 from quartet.storage.events import NewEvent, Rejection
 
 TEXT_LENGTH = 100  # category and name
+# What is kept of an event rejected as too large: its text fields cut to this length, and this
+# many characters of its data as JSON.
+KEPT_TEXT_LENGTH = 256
+DATA_PREFIX_LENGTH = 4096
+_TEXT_FIELDS = ("id", "session_id", "category", "name")
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _FIELD = error_reason_pb2.ErrorReason.Name(error_reason_pb2.FIELD_INVALID)
 _REASON = error_reason_pb2.ErrorReason.Name
@@ -115,16 +121,35 @@ class EventChecker:
             )
         return occur_time
 
-    @staticmethod
-    def _rejected(event: pb.Event, application_id: int, problems: Violations) -> Rejection:
-        return Rejection(
-            application_id=application_id,
-            event=json_format.MessageToJson(event, indent=None),
-            violations=[
-                {"field": v.field, "reason": v.reason, "description": v.description}
-                for v in problems.items
-            ],
+    def _rejected(self, event: pb.Event, application_id: int, problems: Violations) -> Rejection:
+        """The rejection to keep: the event as sent, with its size. But one too large to store
+        is kept without its data, and the first DATA_PREFIX_LENGTH characters of that (else a
+        rejection would take the room the size limit protects); and one JSON cannot hold whole
+        without what it cannot hold (see _as_json)."""
+        violations = [  # shared checks (a timestamp's) give no reason: theirs is FIELD_INVALID
+            {"field": v.field, "reason": v.reason or _FIELD, "description": v.description}
+            for v in problems.items
+        ]
+        size = event.ByteSize()
+        too_large = size > self._policy.max_event_bytes
+        if not too_large:
+            try:
+                sent = json_format.MessageToJson(event, indent=None)
+                return Rejection(application_id, sent, violations, size)
+            except json_format.SerializeToJsonError:  # what JSON cannot hold: see _as_json
+                kept = pb.Event()
+                kept.CopyFrom(event)
+        else:
+            kept = pb.Event(
+                **{field: getattr(event, field)[:KEPT_TEXT_LENGTH] for field in _TEXT_FIELDS}
+            )
+            if event.HasField("occur_time"):
+                kept.occur_time.CopyFrom(event.occur_time)
+        sent, holds_data = _as_json(kept)
+        prefix = (
+            json_prefix(event.data, DATA_PREFIX_LENGTH) if too_large or not holds_data else None
         )
+        return Rejection(application_id, sent, violations, size, data_prefix=prefix)
 
 
 def canonical_uuid(value: str, field: str, problems: Violations, *, required: bool) -> str:
@@ -156,6 +181,64 @@ def _value(value: struct_pb2.Value) -> Any:
     if kind == "null_value" or kind is None:
         return None
     return getattr(value, kind)
+
+
+def _as_json(event: pb.Event) -> tuple[str, bool]:
+    """The event as JSON, without what JSON cannot hold: timestamps out of Timestamp's range
+    (their violations say so), and data holding NaN or an infinity; and whether data is whole.
+    Changes event."""
+    for field in ("occur_time", "receive_time"):
+        if event.HasField(field):
+            try:
+                json_format.MessageToJson(getattr(event, field))
+            except (json_format.SerializeToJsonError, ValueError):
+                event.ClearField(field)
+    try:
+        return json_format.MessageToJson(event, indent=None), True
+    except json_format.SerializeToJsonError:
+        event.ClearField("data")
+        return json_format.MessageToJson(event, indent=None), False
+
+
+def json_prefix(data: struct_pb2.Struct, length: int) -> str:
+    """The first `length` characters of data as compact JSON, converting no more of it than
+    that needs (a too large event's data can be megabytes)."""
+    parts: list[str] = []
+    total = 0
+    for part in _json_parts(data, length):
+        parts.append(part)
+        total += len(part)
+        if total >= length:
+            break
+    return "".join(parts)[:length]
+
+
+def _json_parts(struct: struct_pb2.Struct, length: int) -> Iterator[str]:
+    yield "{"
+    for n, (key, value) in enumerate(struct.fields.items()):
+        # A string cut to `length` characters still starts its JSON text as the whole would.
+        yield f"{',' if n else ''}{json.dumps(key[:length])}:"
+        yield from _json_value_parts(value, length)
+    yield "}"
+
+
+def _json_value_parts(value: struct_pb2.Value, length: int) -> Iterator[str]:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        yield from _json_parts(value.struct_value, length)
+    elif kind == "list_value":
+        yield "["
+        for n, item in enumerate(value.list_value.values):
+            if n:
+                yield ","
+            yield from _json_value_parts(item, length)
+        yield "]"
+    elif kind == "string_value":
+        yield json.dumps(value.string_value[:length])
+    elif kind == "number_value" or kind == "bool_value":
+        yield json.dumps(getattr(value, kind))
+    else:
+        yield "null"
 
 
 def violations_of(rejection: Rejection, prefix: str = "") -> list[FieldViolation]:
