@@ -197,7 +197,8 @@ def test_overlong_request_id_is_invalid(client: Client) -> None:
 
 @pytest.fixture
 def stored(client: Client, run_in_db: Any) -> dict[str, Any]:
-    """Scores 2, 101 and 1001 for alice, 5 for bob, 0.5 anonymous; in that order."""
+    """Scores 2, 101 and 1001 for alice, 5 for bob, 0.5 the admin's own (no user_id given: the
+    caller owns it); in that order."""
     alice = run_in_db(accounts.create_account, "alice@example.com")
     bob = run_in_db(accounts.create_account, "bob@example.org")
     made = [
