@@ -485,3 +485,19 @@ def test_create_admin_command_bootstraps_the_first_admin(tmp_path: Path) -> None
     with running_server(Settings(database_url=url, secret=SECRET)) as target, Client(target) as c:
         c.login("ops@example.com", PASSWORD)
         assert c.auth.current_account().role == pb.ROLE_ADMIN
+
+
+@pytest.mark.parametrize("email", ["not-an-email", "ops@", "ops@example.com\x01", "a@@example.com"])
+def test_create_admin_command_refuses_a_malformed_email(tmp_path: Path, email: str) -> None:
+    url = f"sqlite:///{tmp_path}/q.db"
+    made = subprocess.run(
+        [sys.executable, "-m", "quartet.server", "create-admin", email, "--database-url", url],
+        env={**os.environ, "QUARTET_ADMIN_PASSWORD": PASSWORD},
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 1, made.stdout
+    assert "email" in made.stderr and not made.stdout
+    settings = Settings(database_url=url, secret=SECRET)
+    with running_server(settings) as target, Client(target, token=mint_token(1, "admin")) as admin:
+        assert list(admin.auth.iter_accounts()) == []  # nothing was created

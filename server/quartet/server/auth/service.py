@@ -185,9 +185,15 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         )
 
 
+def normalized_email(email: str) -> str:
+    """email as accounts store it: a valid address, lower-cased; otherwise EmailNotValidError
+    (a ValueError) saying what is wrong. `quartet-server create-admin` checks its email so too."""
+    return validate_email(email.strip(), check_deliverability=False).normalized.lower()
+
+
 def _valid_email(email: str, violations: Violations) -> str:
     try:
-        return validate_email(email.strip(), check_deliverability=False).normalized.lower()
+        return normalized_email(email)
     except EmailNotValidError as error:
         violations.add("email", str(error))
         return ""
