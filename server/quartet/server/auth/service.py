@@ -15,7 +15,7 @@ from quartet.server.auth.authenticator import Authenticator
 from quartet.server.auth.passwords import hash_password, needs_rehash, verify_password
 from quartet.server.auth.policy import current_caller, require_caller
 from quartet.server.auth.tokens import TokenIssuer, new_api_key
-from quartet.server.errors import PermissionDenied, Unauthenticated, Violations
+from quartet.server.errors import PermissionDenied, Unauthenticated, Violations, text_problem
 from quartet.server.pagination import decode_page_token, page_size, paged
 from quartet.server.timestamps import to_timestamp
 from quartet.storage import DatabaseRunner, accounts, applications
@@ -60,7 +60,11 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         )
 
     async def Login(self, request: pb.LoginRequest, context: Context) -> pb.TokenPair:
-        account = await self._db.run(accounts.find_account, request.email)
+        # An email no account can have is one more unknown email: the same answer, after the
+        # same work, as a wrong password (no hint which was wrong).
+        account = None
+        if text_problem(request.email.strip()) is None:
+            account = await self._db.run(accounts.find_account, request.email)
         encoded = account.password_hash if account else None
         if not await asyncio.to_thread(verify_password, request.password, encoded):
             raise Unauthenticated(LOGIN_FAILED, reason=error_reason_pb2.LOGIN_FAILED)
@@ -123,6 +127,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
             "name",
             f"must be 1 to {APPLICATION_NAME_LENGTH} characters",
         )
+        violations.check_text("name", name)
         violations.raise_if_any()
         full_key, key_id, secret_hash = new_api_key()
         application, key = await self._db.run(
@@ -161,6 +166,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     async def RevokeApiKey(self, request: pb.RevokeApiKeyRequest, context: Context) -> pb.ApiKey:
         violations = Violations()
         violations.check(bool(request.key_id.strip()), "key_id", "is required")
+        violations.check_text("key_id", request.key_id.strip())
         violations.raise_if_any()
         key = await self._db.run(applications.revoke_api_key, request.key_id.strip())
         self._authenticator.forget_key(key.id)
@@ -192,6 +198,8 @@ def normalized_email(email: str) -> str:
 
 
 def _valid_email(email: str, violations: Violations) -> str:
+    if not violations.check_text("email", email.strip()):
+        return ""
     try:
         return normalized_email(email)
     except EmailNotValidError as error:
