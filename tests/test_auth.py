@@ -25,6 +25,7 @@ from quartet.auth.v1 import auth_service_pb2 as pb
 from quartet.client import Client, QuartetError
 from quartet.server.app import SERVICE_NAMES
 from quartet.server.auth import RULES
+from quartet.server.pagination import encode_page_token
 from quartet.server.settings import Settings
 from quartet.server.testing import running_server
 from tests.conftest import SECRET, Principal, mint_token
@@ -186,6 +187,16 @@ def test_admin_sets_roles_and_lists_accounts(
     )
     emails = [a.email for a in client.auth.iter_accounts(page_size=1)]
     assert emails == ["admin@example.net", "user1@example.com"]
+
+
+@pytest.mark.parametrize("after", [2**70, -(2**63) - 1, 1.5, "1"])
+def test_forged_account_page_token_is_invalid(client: Client, after: object) -> None:
+    token = encode_page_token(pb.ListAccountsRequest(), (after,))  # anyone can make one
+    expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "PAGE_TOKEN_INVALID",
+        lambda: client.auth.list_accounts(page_token=token),
+    )
 
 
 # --- tokens ---------------------------------------------------------------------------------------
