@@ -132,6 +132,11 @@ class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class Unavailable(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = error_reason_pb2.DATABASE_UNAVAILABLE
+
+
 class Internal(ServiceError):
     code = grpc.StatusCode.INTERNAL
     default_reason = error_reason_pb2.INTERNAL_ERROR

@@ -48,6 +48,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The caller is authenticated, but its role may not call this method or touch this resource."""
     LIMIT_EXCEEDED: _ErrorReason.ValueType  # 12
     """The server is at its limit of concurrent calls or of a per-request size; retry later or send less."""
+    DATABASE_UNAVAILABLE: _ErrorReason.ValueType  # 13
+    """The database could not be reached or used: it is down, restarting or unreachable, out of
+    connections or disk, or its file cannot be opened. Sent with status UNAVAILABLE. The call's
+    database work failed, so a call safe to repeat (a read, or a write with its idempotency key)
+    may be retried later; the SDK retries those itself, a few times.
+    """
     EVENT_REJECTED: _ErrorReason.ValueType  # 20
     """An event failed validation and was kept among the rejected events; each field violation
     carries its own reason.
@@ -112,6 +118,12 @@ ROLE_NOT_ALLOWED: ErrorReason.ValueType  # 11
 """The caller is authenticated, but its role may not call this method or touch this resource."""
 LIMIT_EXCEEDED: ErrorReason.ValueType  # 12
 """The server is at its limit of concurrent calls or of a per-request size; retry later or send less."""
+DATABASE_UNAVAILABLE: ErrorReason.ValueType  # 13
+"""The database could not be reached or used: it is down, restarting or unreachable, out of
+connections or disk, or its file cannot be opened. Sent with status UNAVAILABLE. The call's
+database work failed, so a call safe to repeat (a read, or a write with its idempotency key)
+may be retried later; the SDK retries those itself, a few times.
+"""
 EVENT_REJECTED: ErrorReason.ValueType  # 20
 """An event failed validation and was kept among the rejected events; each field violation
 carries its own reason.
