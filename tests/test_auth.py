@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import datetime
@@ -24,10 +25,14 @@ from google.protobuf import descriptor_pool, message_factory
 from quartet.auth.v1 import auth_service_pb2 as pb
 from quartet.client import Client, QuartetError
 from quartet.server.app import SERVICE_NAMES
-from quartet.server.auth import RULES
+from quartet.server.auth import RULES, Authenticator, Caller, TokenIssuer, authenticator
+from quartet.server.auth.authenticator import ExpiringCache
+from quartet.server.auth.tokens import new_api_key
+from quartet.server.errors import Unauthenticated
 from quartet.server.pagination import encode_page_token
 from quartet.server.settings import Settings
 from quartet.server.testing import running_server
+from quartet.storage import applications
 from tests.conftest import SECRET, Principal, mint_token
 from tests.helpers import server_process
 
@@ -401,6 +406,58 @@ def test_application_keys_identify_the_application_until_revoked(
         expect(grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_ALLOWED", app.auth.current_account)
     with Client(target, token=rotated.api_key[:-2] + "xx") as forger:
         expect(grpc.StatusCode.UNAUTHENTICATED, "CREDENTIALS_INVALID", forger.auth.current_account)
+
+
+class CountingRunner:
+    """Stands in for the DatabaseRunner: answers find_api_key from a dict, counting lookups."""
+
+    def __init__(self, keys: dict[str, applications.ApiKey]) -> None:
+        self.keys = keys
+        self.lookups = 0
+
+    async def run(self, fn: Callable[..., Any], key_id: str) -> applications.ApiKey | None:
+        assert fn is applications.find_api_key
+        self.lookups += 1
+        return self.keys.get(key_id)
+
+
+def test_api_key_cache_is_bounded_and_made_up_keys_do_not_evict_real_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(authenticator, "KEY_MISS_CACHE_SIZE", 50)
+    full_key, key_id, secret_hash = new_api_key()
+    key = applications.ApiKey(id=key_id, application_id=7, secret_hash=secret_hash)
+    runner = CountingRunner({key_id: key})
+    issuer = TokenIssuer(SECRET, datetime.timedelta(minutes=1), datetime.timedelta(days=1))
+    checker = Authenticator(issuer, runner)  # type: ignore[arg-type]
+    header = [("authorization", f"Bearer {full_key}")]
+
+    async def calls() -> None:
+        assert (await checker.authenticate(header)) == Caller("application", 7, "application")
+        for number in range(500):  # made-up ids, as anyone may send without a credential
+            with pytest.raises(Unauthenticated):
+                await checker.authenticate([("authorization", f"Bearer qk_{number:016x}_x")])
+        with pytest.raises(Unauthenticated):  # a repeated made-up id is remembered a while
+            await checker.authenticate([("authorization", f"Bearer qk_{499:016x}_x")])
+        assert (await checker.authenticate(header)) == Caller("application", 7, "application")
+
+    asyncio.run(calls())
+    assert runner.lookups == 1 + 500  # the real key once, each made-up id once
+    assert len(checker._missing) == 50 and len(checker._keys) == 1
+
+
+def test_expiring_cache_forgets_after_its_time() -> None:
+    now = [100.0]
+    cache: ExpiringCache[int] = ExpiringCache(size=3, seconds=10, clock=lambda: now[0])
+    for number in range(5):
+        cache.put(str(number), number)
+    assert [cache.get(str(n)) for n in range(5)] == [None, None, 2, 3, 4]  # the oldest went
+    now[0] += 5
+    cache.put("5", 5)
+    now[0] += 6  # 11 s after the first three puts, 6 s after the last one
+    assert [cache.get(str(n)) for n in range(6)] == [None, None, None, None, None, 5]
+    cache.put("6", 6)
+    assert len(cache) == 2  # expired entries are dropped on put, even when never read again
 
 
 def test_listed_applications_never_show_secrets(client: Client) -> None:
