@@ -34,7 +34,7 @@ from quartet.server.settings import Settings
 from quartet.server.testing import running_server
 from quartet.storage import applications
 from tests.conftest import SECRET, Principal, mint_token
-from tests.helpers import server_process
+from tests.helpers import Background, server_process, table_locked
 
 PASSWORD = "correct horse battery"
 
@@ -207,7 +207,9 @@ def test_forged_account_page_token_is_invalid(client: Client, after: object) -> 
 # --- tokens ---------------------------------------------------------------------------------------
 
 
-def test_refresh_token_is_single_use_and_reuse_revokes_the_login(anonymous: Client) -> None:
+def test_refresh_token_is_single_use_and_reuse_revokes_the_login(
+    anonymous: Client, target: str
+) -> None:
     first = anonymous.auth.create_account("peter@example.com", PASSWORD).tokens
     second = anonymous.auth.refresh(first.refresh_token)
     # Someone replays the first refresh token: it leaked, so the whole login is revoked...
@@ -222,8 +224,36 @@ def test_refresh_token_is_single_use_and_reuse_revokes_the_login(anonymous: Clie
         "CREDENTIALS_REVOKED",
         lambda: anonymous.auth.refresh(second.refresh_token),
     )
+    # Access tokens are not revoked (as documented): each works until it expires.
+    with Client(target, token=second.access_token) as holder:
+        assert holder.auth.current_account().email == "peter@example.com"
     # A fresh login is unaffected.
     assert anonymous.auth.login("peter@example.com", PASSWORD).access_token
+
+
+def test_racing_refreshes_revoke_the_login_they_say_they_revoke(
+    anonymous: Client, database_url: str
+) -> None:
+    first = anonymous.auth.create_account("peter@example.com", PASSWORD).tokens
+    # Both exchanges wait on the lock, so both read the token as unused before either commits.
+    with table_locked(database_url, "refresh_token"):
+        racers = [Background(functools.partial(anonymous.auth.refresh, first.refresh_token))]
+        racers.append(Background(functools.partial(anonymous.auth.refresh, first.refresh_token)))
+        for racer in racers:
+            racer.start()
+        time.sleep(0.5)
+    outcomes: list[Any] = []
+    for racer in racers:
+        try:
+            outcomes.append(racer.join_result())
+        except QuartetError as error:
+            outcomes.append((error.code, error.reason))
+    refused = (grpc.StatusCode.UNAUTHENTICATED, "CREDENTIALS_REVOKED")
+    assert refused in outcomes, outcomes
+    won = [pair for pair in outcomes if isinstance(pair, pb.TokenPair)]
+    assert len(won) <= 1
+    for pair in won:  # the loser was told the login is revoked: so it must be, the winner's too
+        expect(*refused, anonymous.auth.refresh, pair.refresh_token)
 
 
 def bad_tokens(account_id: int) -> dict[str, tuple[str, str]]:

@@ -14,7 +14,7 @@ from quartet.errors.v1 import error_reason_pb2
 from quartet.server.auth.authenticator import Authenticator
 from quartet.server.auth.passwords import hash_password, needs_rehash, verify_password
 from quartet.server.auth.policy import current_caller, require_caller
-from quartet.server.auth.tokens import TokenIssuer, new_api_key
+from quartet.server.auth.tokens import Issued, TokenIssuer, new_api_key
 from quartet.server.errors import PermissionDenied, Unauthenticated, Violations, text_problem
 from quartet.server.pagination import decode_page_token, page_size, paged
 from quartet.server.timestamps import to_timestamp
@@ -76,16 +76,24 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
 
     async def RefreshToken(self, request: pb.RefreshTokenRequest, context: Context) -> pb.TokenPair:
         claims = self._issuer.verify_refresh(request.refresh_token)
-        token, account = await self._db.run(accounts.use_refresh_token, claims.jti, utcnow())
+        now = utcnow()
+        # The replacement is signed first and recorded in the transaction that uses up the old
+        # token, so a concurrent exchange that loses (and revokes the login) revokes it too.
+        refresh, new_claims = self._issuer.refresh(claims.account_id, claims.family, now)
+        token, account = await self._db.run(
+            accounts.use_refresh_token, claims.jti, now, new_claims.jti, refresh.expire_time
+        )
         if token is None:
             raise Unauthenticated("the refresh token is not valid")
         if account is None:
             raise Unauthenticated(
-                "the refresh token was already used, so it leaked: every token of this login is "
-                "now revoked; log in again",
+                "the refresh token was already used, so it leaked: every refresh token of this "
+                "login is now revoked (access tokens already issued still work until they "
+                "expire); log in again",
                 reason=error_reason_pb2.CREDENTIALS_REVOKED,
             )
-        return await self._tokens(account, family=token.family)
+        access = self._issuer.access(account.id, account.role, now)
+        return _token_pair(access, refresh)
 
     async def GetCurrentAccount(
         self, request: pb.GetCurrentAccountRequest, context: Context
@@ -172,10 +180,11 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         self._authenticator.forget_key(key.id)
         return api_key_message(key)
 
-    async def _tokens(self, account: accounts.Account, family: str | None = None) -> pb.TokenPair:
+    async def _tokens(self, account: accounts.Account) -> pb.TokenPair:
+        """The first pair of a new login: its refresh token starts a family."""
         now = utcnow()
         access = self._issuer.access(account.id, account.role, now)
-        refresh, claims = self._issuer.refresh(account.id, family or uuid.uuid4().hex, now)
+        refresh, claims = self._issuer.refresh(account.id, uuid.uuid4().hex, now)
         await self._db.run(
             accounts.record_refresh_token,
             claims.jti,
@@ -183,12 +192,16 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
             claims.family,
             refresh.expire_time,
         )
-        return pb.TokenPair(
-            access_token=access.token,
-            access_token_expire_time=to_timestamp(access.expire_time),
-            refresh_token=refresh.token,
-            refresh_token_expire_time=to_timestamp(refresh.expire_time),
-        )
+        return _token_pair(access, refresh)
+
+
+def _token_pair(access: Issued, refresh: Issued) -> pb.TokenPair:
+    return pb.TokenPair(
+        access_token=access.token,
+        access_token_expire_time=to_timestamp(access.expire_time),
+        refresh_token=refresh.token,
+        refresh_token_expire_time=to_timestamp(refresh.expire_time),
+    )
 
 
 def normalized_email(email: str) -> str:
