@@ -41,7 +41,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     CREDENTIALS_EXPIRED: _ErrorReason.ValueType  # 8
     """The token was valid once but has expired; refresh it or log in again."""
     CREDENTIALS_REVOKED: _ErrorReason.ValueType  # 9
-    """The API key was revoked by an administrator."""
+    """The API key was revoked by an administrator; or the refresh token was presented a second
+    time, so its login's refresh tokens are revoked (log in again).
+    """
     LOGIN_FAILED: _ErrorReason.ValueType  # 10
     """The email and password do not match an account. Deliberately says nothing about which is wrong."""
     ROLE_NOT_ALLOWED: _ErrorReason.ValueType  # 11
@@ -111,7 +113,9 @@ CREDENTIALS_INVALID: ErrorReason.ValueType  # 7
 CREDENTIALS_EXPIRED: ErrorReason.ValueType  # 8
 """The token was valid once but has expired; refresh it or log in again."""
 CREDENTIALS_REVOKED: ErrorReason.ValueType  # 9
-"""The API key was revoked by an administrator."""
+"""The API key was revoked by an administrator; or the refresh token was presented a second
+time, so its login's refresh tokens are revoked (log in again).
+"""
 LOGIN_FAILED: ErrorReason.ValueType  # 10
 """The email and password do not match an account. Deliberately says nothing about which is wrong."""
 ROLE_NOT_ALLOWED: ErrorReason.ValueType  # 11
