@@ -21,6 +21,9 @@ import jwt
 import pytest
 import trustme
 from google.protobuf import descriptor_pool, message_factory
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 
 from quartet.auth.v1 import auth_service_pb2 as pb
 from quartet.client import Client, QuartetError
@@ -387,6 +390,99 @@ def test_roles_are_enforced_on_every_admin_method(sign_in: Callable[..., Princip
                 method,
                 client.metadata,
             )
+
+
+# Methods whose servicer decides more than the policy: Login and RefreshToken authenticate with
+# the request's own credentials (an empty one is UNAUTHENTICATED), and events are sent only with
+# an application's key, so that the sender is recorded (an admin, admitted by its grants, is
+# PERMISSION_DENIED by the servicer).
+SERVICER_DECIDES = {
+    "/quartet.auth.v1.AuthService/Login": grpc.StatusCode.UNAUTHENTICATED,
+    "/quartet.auth.v1.AuthService/RefreshToken": grpc.StatusCode.UNAUTHENTICATED,
+    "/quartet.events.v1.EventService/SendEvent": grpc.StatusCode.PERMISSION_DENIED,
+    "/quartet.events.v1.EventService/SendEvents": grpc.StatusCode.PERMISSION_DENIED,
+    "/quartet.events.v1.EventService/StreamEvents": grpc.StatusCode.PERMISSION_DENIED,
+}
+
+
+def call_first(client: Client, method: str, metadata: tuple[tuple[str, str], ...]) -> None:
+    """Like call_raw, but a streamed answer is read to its first message only (Health/Watch and
+    reflection never end by themselves)."""
+    service, name = method.lstrip("/").split("/")
+    descriptor = descriptor_pool.Default().FindServiceByName(service).methods_by_name[name]
+    request = message_factory.GetMessageClass(descriptor.input_type)()
+    kind = ("stream" if descriptor.client_streaming else "unary") + (
+        "_stream" if descriptor.server_streaming else "_unary"
+    )
+    callable_ = getattr(client.channel, kind)(
+        method, request_serializer=lambda m: m.SerializeToString(), response_deserializer=None
+    )
+    argument = iter([request]) if descriptor.client_streaming else request
+    try:
+        result = callable_(argument, timeout=10, metadata=metadata)
+        if descriptor.server_streaming:
+            next(result, None)
+            result.cancel()
+    except grpc.RpcError as error:
+        raise QuartetError.from_rpc_error(error) from None
+
+
+def test_every_method_admits_exactly_the_callers_its_rule_names(
+    client: Client, anonymous: Client, sign_in: Callable[..., Principal]
+) -> None:
+    app = client.auth.create_application("rules")
+    callers: dict[str, tuple[Caller | None, tuple[tuple[str, str], ...]]] = {
+        "no credential": (None, ()),
+        "application": (
+            Caller("application", app.application.id, "application"),
+            (("authorization", f"Bearer {app.api_key}"),),
+        ),
+    }
+    for role in ("user", "analyst", "admin"):
+        principal = sign_in(role)
+        callers[role] = (Caller("account", principal.id, role), principal.client.metadata)
+    outcomes: dict[tuple[str, str], str] = {}
+    for method, rule in RULES.items():
+        for kind, (caller, metadata) in callers.items():
+            try:
+                call_first(anonymous, method, metadata)
+                error = None
+            except QuartetError as caught:
+                error = caught
+            if caller is None and rule.credentials == "required":
+                expected = "UNAUTHENTICATED"
+            elif caller is not None and rule.grants and not any(map(caller.may, rule.grants)):
+                expected = "PERMISSION_DENIED"
+            else:
+                expected = "admitted"
+            if error is None:
+                outcome = "admitted"
+            elif (error.code, error.reason) == (
+                grpc.StatusCode.UNAUTHENTICATED,
+                "CREDENTIALS_MISSING",
+            ):
+                outcome = "UNAUTHENTICATED"
+            elif error.code == grpc.StatusCode.PERMISSION_DENIED and "role" in error.metadata:
+                outcome = "PERMISSION_DENIED"  # the policy's refusal names the caller's role
+            elif error.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                # Admitted by the policy, refused by a servicer that decides more: only where
+                # expected, and never for want of a credential the policy asked for.
+                assert SERVICER_DECIDES.get(method) == error.code, (method, kind, error)
+                outcome = "admitted"
+            else:
+                outcome = "admitted"  # INVALID_ARGUMENT, NOT_FOUND...: the handler ran
+            outcomes[method, kind] = outcome
+            assert outcome == expected, (method, kind, error)
+    # Health and reflection are open to every caller, and the table did reach every kind.
+    for method in RULES:
+        if method.startswith(("/grpc.health.", "/grpc.reflection.")):
+            assert {outcomes[method, kind] for kind in callers} == {"admitted"}
+    assert set(outcomes.values()) == {"admitted", "UNAUTHENTICATED", "PERMISSION_DENIED"}
+
+
+def test_reflection_answers_without_credentials(anonymous: Client) -> None:
+    database = ProtoReflectionDescriptorDatabase(anonymous.channel)
+    assert "quartet.score.v1.ScoreService" in set(database.get_services())
 
 
 def test_expired_access_token_is_refreshed_by_the_sdk(settings: Settings) -> None:
