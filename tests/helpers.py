@@ -9,8 +9,10 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from urllib.parse import urlsplit
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import peewee
 import psycopg2
 
 
@@ -38,6 +40,49 @@ def table_locked(database_url: str, table: str) -> Iterator[None]:
         pg.rollback()
     finally:
         pg.close()
+
+
+@contextlib.contextmanager
+def database_unreachable(database_url: str, database: peewee.Database) -> Iterator[None]:
+    """Make the server's database unusable, as an outage would, and bring it back afterwards.
+
+    PostgreSQL: the database stops accepting connections and every open one is terminated (the
+    server's pooled connections die under it, and new ones are refused). SQLite: the pooled
+    connections are closed, and the file is moved away with a directory put in its place, so that
+    opening it fails. Call it between calls: connections in use are not touched.
+    """
+    if database_url.startswith("sqlite"):
+        path = Path(urlsplit(database_url).path[1:])
+        files = [Path(f"{path}{suffix}") for suffix in ("", "-wal", "-shm")]
+        database.close_idle()  # type: ignore[attr-defined]
+        moved = [(f, f.with_name(f.name + ".away")) for f in files if f.exists()]
+        for original, away in moved:
+            original.rename(away)
+        path.mkdir()
+        try:
+            yield
+        finally:
+            database.close_idle()  # type: ignore[attr-defined]
+            path.rmdir()
+            for original, away in moved:
+                away.rename(original)
+        return
+    name = urlsplit(database_url).path[1:]
+    admin = psycopg2.connect(urlunsplit(urlsplit(database_url)._replace(path="/postgres")))
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+            try:
+                yield
+            finally:
+                cursor.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    finally:
+        admin.close()
 
 
 class Background(threading.Thread):

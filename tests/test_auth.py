@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import datetime
@@ -20,15 +21,23 @@ import jwt
 import pytest
 import trustme
 from google.protobuf import descriptor_pool, message_factory
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 
 from quartet.auth.v1 import auth_service_pb2 as pb
 from quartet.client import Client, QuartetError
 from quartet.server.app import SERVICE_NAMES
-from quartet.server.auth import RULES
+from quartet.server.auth import RULES, Authenticator, Caller, TokenIssuer, authenticator
+from quartet.server.auth.authenticator import ExpiringCache
+from quartet.server.auth.tokens import new_api_key
+from quartet.server.errors import Unauthenticated
+from quartet.server.pagination import encode_page_token
 from quartet.server.settings import Settings
 from quartet.server.testing import running_server
+from quartet.storage import applications
 from tests.conftest import SECRET, Principal, mint_token
-from tests.helpers import server_process
+from tests.helpers import Background, server_process, table_locked
 
 PASSWORD = "correct horse battery"
 
@@ -188,10 +197,22 @@ def test_admin_sets_roles_and_lists_accounts(
     assert emails == ["admin@example.net", "user1@example.com"]
 
 
+@pytest.mark.parametrize("after", [2**70, -(2**63) - 1, 1.5, "1"])
+def test_forged_account_page_token_is_invalid(client: Client, after: object) -> None:
+    token = encode_page_token(pb.ListAccountsRequest(), (after,))  # anyone can make one
+    expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "PAGE_TOKEN_INVALID",
+        lambda: client.auth.list_accounts(page_token=token),
+    )
+
+
 # --- tokens ---------------------------------------------------------------------------------------
 
 
-def test_refresh_token_is_single_use_and_reuse_revokes_the_login(anonymous: Client) -> None:
+def test_refresh_token_is_single_use_and_reuse_revokes_the_login(
+    anonymous: Client, target: str
+) -> None:
     first = anonymous.auth.create_account("peter@example.com", PASSWORD).tokens
     second = anonymous.auth.refresh(first.refresh_token)
     # Someone replays the first refresh token: it leaked, so the whole login is revoked...
@@ -206,8 +227,36 @@ def test_refresh_token_is_single_use_and_reuse_revokes_the_login(anonymous: Clie
         "CREDENTIALS_REVOKED",
         lambda: anonymous.auth.refresh(second.refresh_token),
     )
+    # Access tokens are not revoked (as documented): each works until it expires.
+    with Client(target, token=second.access_token) as holder:
+        assert holder.auth.current_account().email == "peter@example.com"
     # A fresh login is unaffected.
     assert anonymous.auth.login("peter@example.com", PASSWORD).access_token
+
+
+def test_racing_refreshes_revoke_the_login_they_say_they_revoke(
+    anonymous: Client, database_url: str
+) -> None:
+    first = anonymous.auth.create_account("peter@example.com", PASSWORD).tokens
+    # Both exchanges wait on the lock, so both read the token as unused before either commits.
+    with table_locked(database_url, "refresh_token"):
+        racers = [Background(functools.partial(anonymous.auth.refresh, first.refresh_token))]
+        racers.append(Background(functools.partial(anonymous.auth.refresh, first.refresh_token)))
+        for racer in racers:
+            racer.start()
+        time.sleep(0.5)
+    outcomes: list[Any] = []
+    for racer in racers:
+        try:
+            outcomes.append(racer.join_result())
+        except QuartetError as error:
+            outcomes.append((error.code, error.reason))
+    refused = (grpc.StatusCode.UNAUTHENTICATED, "CREDENTIALS_REVOKED")
+    assert refused in outcomes, outcomes
+    won = [pair for pair in outcomes if isinstance(pair, pb.TokenPair)]
+    assert len(won) <= 1
+    for pair in won:  # the loser was told the login is revoked: so it must be, the winner's too
+        expect(*refused, anonymous.auth.refresh, pair.refresh_token)
 
 
 def bad_tokens(account_id: int) -> dict[str, tuple[str, str]]:
@@ -343,6 +392,99 @@ def test_roles_are_enforced_on_every_admin_method(sign_in: Callable[..., Princip
             )
 
 
+# Methods whose servicer decides more than the policy: Login and RefreshToken authenticate with
+# the request's own credentials (an empty one is UNAUTHENTICATED), and events are sent only with
+# an application's key, so that the sender is recorded (an admin, admitted by its grants, is
+# PERMISSION_DENIED by the servicer).
+SERVICER_DECIDES = {
+    "/quartet.auth.v1.AuthService/Login": grpc.StatusCode.UNAUTHENTICATED,
+    "/quartet.auth.v1.AuthService/RefreshToken": grpc.StatusCode.UNAUTHENTICATED,
+    "/quartet.events.v1.EventService/SendEvent": grpc.StatusCode.PERMISSION_DENIED,
+    "/quartet.events.v1.EventService/SendEvents": grpc.StatusCode.PERMISSION_DENIED,
+    "/quartet.events.v1.EventService/StreamEvents": grpc.StatusCode.PERMISSION_DENIED,
+}
+
+
+def call_first(client: Client, method: str, metadata: tuple[tuple[str, str], ...]) -> None:
+    """Like call_raw, but a streamed answer is read to its first message only (Health/Watch and
+    reflection never end by themselves)."""
+    service, name = method.lstrip("/").split("/")
+    descriptor = descriptor_pool.Default().FindServiceByName(service).methods_by_name[name]
+    request = message_factory.GetMessageClass(descriptor.input_type)()
+    kind = ("stream" if descriptor.client_streaming else "unary") + (
+        "_stream" if descriptor.server_streaming else "_unary"
+    )
+    callable_ = getattr(client.channel, kind)(
+        method, request_serializer=lambda m: m.SerializeToString(), response_deserializer=None
+    )
+    argument = iter([request]) if descriptor.client_streaming else request
+    try:
+        result = callable_(argument, timeout=10, metadata=metadata)
+        if descriptor.server_streaming:
+            next(result, None)
+            result.cancel()
+    except grpc.RpcError as error:
+        raise QuartetError.from_rpc_error(error) from None
+
+
+def test_every_method_admits_exactly_the_callers_its_rule_names(
+    client: Client, anonymous: Client, sign_in: Callable[..., Principal]
+) -> None:
+    app = client.auth.create_application("rules")
+    callers: dict[str, tuple[Caller | None, tuple[tuple[str, str], ...]]] = {
+        "no credential": (None, ()),
+        "application": (
+            Caller("application", app.application.id, "application"),
+            (("authorization", f"Bearer {app.api_key}"),),
+        ),
+    }
+    for role in ("user", "analyst", "admin"):
+        principal = sign_in(role)
+        callers[role] = (Caller("account", principal.id, role), principal.client.metadata)
+    outcomes: dict[tuple[str, str], str] = {}
+    for method, rule in RULES.items():
+        for kind, (caller, metadata) in callers.items():
+            try:
+                call_first(anonymous, method, metadata)
+                error = None
+            except QuartetError as caught:
+                error = caught
+            if caller is None and rule.credentials == "required":
+                expected = "UNAUTHENTICATED"
+            elif caller is not None and rule.grants and not any(map(caller.may, rule.grants)):
+                expected = "PERMISSION_DENIED"
+            else:
+                expected = "admitted"
+            if error is None:
+                outcome = "admitted"
+            elif (error.code, error.reason) == (
+                grpc.StatusCode.UNAUTHENTICATED,
+                "CREDENTIALS_MISSING",
+            ):
+                outcome = "UNAUTHENTICATED"
+            elif error.code == grpc.StatusCode.PERMISSION_DENIED and "role" in error.metadata:
+                outcome = "PERMISSION_DENIED"  # the policy's refusal names the caller's role
+            elif error.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                # Admitted by the policy, refused by a servicer that decides more: only where
+                # expected, and never for want of a credential the policy asked for.
+                assert SERVICER_DECIDES.get(method) == error.code, (method, kind, error)
+                outcome = "admitted"
+            else:
+                outcome = "admitted"  # INVALID_ARGUMENT, NOT_FOUND...: the handler ran
+            outcomes[method, kind] = outcome
+            assert outcome == expected, (method, kind, error)
+    # Health and reflection are open to every caller, and the table did reach every kind.
+    for method in RULES:
+        if method.startswith(("/grpc.health.", "/grpc.reflection.")):
+            assert {outcomes[method, kind] for kind in callers} == {"admitted"}
+    assert set(outcomes.values()) == {"admitted", "UNAUTHENTICATED", "PERMISSION_DENIED"}
+
+
+def test_reflection_answers_without_credentials(anonymous: Client) -> None:
+    database = ProtoReflectionDescriptorDatabase(anonymous.channel)
+    assert "quartet.score.v1.ScoreService" in set(database.get_services())
+
+
 def test_expired_access_token_is_refreshed_by_the_sdk(settings: Settings) -> None:
     short = dataclasses.replace(settings, access_token_minutes=1 / 60)  # one second
     with running_server(short) as target, Client(target) as client:
@@ -390,6 +532,58 @@ def test_application_keys_identify_the_application_until_revoked(
         expect(grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_ALLOWED", app.auth.current_account)
     with Client(target, token=rotated.api_key[:-2] + "xx") as forger:
         expect(grpc.StatusCode.UNAUTHENTICATED, "CREDENTIALS_INVALID", forger.auth.current_account)
+
+
+class CountingRunner:
+    """Stands in for the DatabaseRunner: answers find_api_key from a dict, counting lookups."""
+
+    def __init__(self, keys: dict[str, applications.ApiKey]) -> None:
+        self.keys = keys
+        self.lookups = 0
+
+    async def run(self, fn: Callable[..., Any], key_id: str) -> applications.ApiKey | None:
+        assert fn is applications.find_api_key
+        self.lookups += 1
+        return self.keys.get(key_id)
+
+
+def test_api_key_cache_is_bounded_and_made_up_keys_do_not_evict_real_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(authenticator, "KEY_MISS_CACHE_SIZE", 50)
+    full_key, key_id, secret_hash = new_api_key()
+    key = applications.ApiKey(id=key_id, application_id=7, secret_hash=secret_hash)
+    runner = CountingRunner({key_id: key})
+    issuer = TokenIssuer(SECRET, datetime.timedelta(minutes=1), datetime.timedelta(days=1))
+    checker = Authenticator(issuer, runner)  # type: ignore[arg-type]
+    header = [("authorization", f"Bearer {full_key}")]
+
+    async def calls() -> None:
+        assert (await checker.authenticate(header)) == Caller("application", 7, "application")
+        for number in range(500):  # made-up ids, as anyone may send without a credential
+            with pytest.raises(Unauthenticated):
+                await checker.authenticate([("authorization", f"Bearer qk_{number:016x}_x")])
+        with pytest.raises(Unauthenticated):  # a repeated made-up id is remembered a while
+            await checker.authenticate([("authorization", f"Bearer qk_{499:016x}_x")])
+        assert (await checker.authenticate(header)) == Caller("application", 7, "application")
+
+    asyncio.run(calls())
+    assert runner.lookups == 1 + 500  # the real key once, each made-up id once
+    assert len(checker._missing) == 50 and len(checker._keys) == 1
+
+
+def test_expiring_cache_forgets_after_its_time() -> None:
+    now = [100.0]
+    cache: ExpiringCache[int] = ExpiringCache(size=3, seconds=10, clock=lambda: now[0])
+    for number in range(5):
+        cache.put(str(number), number)
+    assert [cache.get(str(n)) for n in range(5)] == [None, None, 2, 3, 4]  # the oldest went
+    now[0] += 5
+    cache.put("5", 5)
+    now[0] += 6  # 11 s after the first three puts, 6 s after the last one
+    assert [cache.get(str(n)) for n in range(6)] == [None, None, None, None, None, 5]
+    cache.put("6", 6)
+    assert len(cache) == 2  # expired entries are dropped on put, even when never read again
 
 
 def test_listed_applications_never_show_secrets(client: Client) -> None:
@@ -485,3 +679,19 @@ def test_create_admin_command_bootstraps_the_first_admin(tmp_path: Path) -> None
     with running_server(Settings(database_url=url, secret=SECRET)) as target, Client(target) as c:
         c.login("ops@example.com", PASSWORD)
         assert c.auth.current_account().role == pb.ROLE_ADMIN
+
+
+@pytest.mark.parametrize("email", ["not-an-email", "ops@", "ops@example.com\x01", "a@@example.com"])
+def test_create_admin_command_refuses_a_malformed_email(tmp_path: Path, email: str) -> None:
+    url = f"sqlite:///{tmp_path}/q.db"
+    made = subprocess.run(
+        [sys.executable, "-m", "quartet.server", "create-admin", email, "--database-url", url],
+        env={**os.environ, "QUARTET_ADMIN_PASSWORD": PASSWORD},
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 1, made.stdout
+    assert "email" in made.stderr and not made.stdout
+    settings = Settings(database_url=url, secret=SECRET)
+    with running_server(settings) as target, Client(target, token=mint_token(1, "admin")) as admin:
+        assert list(admin.auth.iter_accounts()) == []  # nothing was created

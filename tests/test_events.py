@@ -412,6 +412,20 @@ def test_a_long_stream_counts_everything_and_lists_the_first_rejections(
     assert len(list(client.events.iter_rejected(page_size=1000))) == 1429
 
 
+def test_an_empty_stream_message_leaves_the_writer_working(app: Client, client: Client) -> None:
+    # The contract allows a message without events; the writer thread used to die on one (an
+    # UnboundLocalError), and every later send of that server process waited for ever.
+    stream = app.channel.stream_unary(
+        "/quartet.events.v1.EventService/StreamEvents",
+        request_serializer=pb.StreamEventsRequest.SerializeToString,
+        response_deserializer=pb.StreamEventsResponse.FromString,
+    )
+    reply = stream(iter([pb.StreamEventsRequest()]), timeout=5, metadata=app.metadata)
+    assert reply.stored_count == 0 and not reply.rejected
+    assert not app.events.send(pageview(), timeout=5).duplicate
+    assert len(list(client.events.iter())) == 1
+
+
 # --- concurrency and order -----------------------------------------------------------------------
 
 

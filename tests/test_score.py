@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import math
 import struct
@@ -13,6 +14,7 @@ import pytest
 
 from quartet.client import Client, FieldViolation, QuartetError
 from quartet.score.v1 import score_service_pb2
+from quartet.server.pagination import encode_page_token
 from quartet.storage import accounts, scores
 from tests.conftest import Principal
 
@@ -197,7 +199,8 @@ def test_overlong_request_id_is_invalid(client: Client) -> None:
 
 @pytest.fixture
 def stored(client: Client, run_in_db: Any) -> dict[str, Any]:
-    """Scores 2, 101 and 1001 for alice, 5 for bob, 0.5 anonymous; in that order."""
+    """Scores 2, 101 and 1001 for alice, 5 for bob, 0.5 the admin's own (no user_id given: the
+    caller owns it); in that order."""
     alice = run_in_db(accounts.create_account, "alice@example.com")
     bob = run_in_db(accounts.create_account, "bob@example.org")
     made = [
@@ -285,7 +288,40 @@ def test_token_for_other_filters_is_refused(client: Client, stored: dict[str, An
     assert len(client.scores.list(page_size=3, page_token=token).scores) == 3
 
 
-@pytest.mark.parametrize("token", ["garbage", "e30", "W10", "WzEsIngiLFtdXQ"])
+def forged(*key: Any) -> str:
+    """A token for ListScores without filters, as anyone can make one: the fingerprint is no
+    secret, so the server must check every value it decodes."""
+    return encode_page_token(score_service_pb2.ListScoresRequest(), key)
+
+
+def forged_raw(payload: str) -> str:
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+A_TIME = datetime.datetime(2021, 1, 1, 9, 0)
+
+
+MALFORMED_TOKENS = {
+    "not base64": "garbage",
+    "an object": "e30",
+    "an empty list": "W10",
+    "a wrong layout": "WzEsIngiLFtdXQ",
+    "id beyond BIGINT": forged(A_TIME, 2**70),  # was OverflowError (INTERNAL) on SQLite
+    "id 2**63": forged(A_TIME, 2**63),
+    "id below BIGINT": forged(A_TIME, -(2**63) - 1),
+    "aware time": forged(A_TIME.replace(tzinfo=datetime.timezone(datetime.timedelta(hours=5))), 1),
+    "aware time at the end of time": forged("9999-12-31T23:59:59.999999+00:00", 1),
+    "time not as encoded": forged("2021-01-01 09:00:00\x00", 1),
+    "id as text": forged(A_TIME.isoformat(), "1"),
+    "id as a boolean": forged(A_TIME.isoformat(), True),
+    "time as a number": forged(1, 1),
+    "values not a list": forged_raw(f'[1,"{"0" * 16}","ab"]'),
+    "deeply nested": forged_raw("[" * 5000 + "]" * 5000),
+    "too long": "A" * 5000,
+}
+
+
+@pytest.mark.parametrize("token", MALFORMED_TOKENS.values(), ids=MALFORMED_TOKENS.keys())
 def test_malformed_token_is_invalid(client: Client, token: str) -> None:
     with pytest.raises(QuartetError) as caught:
         client.scores.list(page_token=token)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import peewee
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -26,7 +27,7 @@ from quartet.server.settings import Settings
 from quartet.server.testing import running_server
 from quartet.storage import accounts
 from tests.conftest import SECRET, Principal, mint_token
-from tests.helpers import SERVE, Background, server_process, table_locked
+from tests.helpers import SERVE, Background, database_unreachable, server_process, table_locked
 
 
 def test_port_in_use_is_refused_not_shared(settings: Settings, target: str) -> None:
@@ -142,3 +143,73 @@ def test_json_log_lines(tmp_path: Path) -> None:
     record = json.loads(started)
     assert record["level"] == "INFO" and record["logger"] == "quartet.server"
     assert record["message"].startswith("quartet listening on 127.0.0.1:")
+
+
+def test_an_unreachable_database_is_unavailable_not_internal(
+    client: Client, database_url: str, db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    client.scores.create(1)
+    with caplog.at_level(logging.INFO), database_unreachable(database_url, db):
+        for call in (client.scores.list, lambda: client.auth.create_application("web")):
+            with pytest.raises(QuartetError) as caught:
+                call()
+            error = caught.value
+            assert (error.code, error.reason) == (
+                grpc.StatusCode.UNAVAILABLE,
+                "DATABASE_UNAVAILABLE",
+            ), error
+            assert "retry" in error.message
+    access = [(r.method, r.code) for r in caplog.records if r.name == "quartet.access"]  # type: ignore[attr-defined]
+    # A read is safe to repeat, so the SDK's retry policy tried it again; CreateApplication not.
+    listed = access.count(("/quartet.score.v1.ScoreService/ListScores", "UNAVAILABLE"))
+    assert listed > 1, access
+    assert access.count(("/quartet.auth.v1.AuthService/CreateApplication", "UNAVAILABLE")) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info]
+    # Once the database is back, so is the service.
+    assert [s.value for s in client.scores.iter()] == [2]
+
+
+def driver_errors(database_url: str, tmp_path: Path) -> dict[str, BaseException]:
+    """Real errors of database_url's driver, as peewee raises them, by what caused them."""
+    found: dict[str, BaseException] = {}
+    database = storage.open_database(database_url)
+
+    def catch(name: str, *statements: str) -> None:
+        try:
+            for statement in statements:
+                database.execute_sql(statement)  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            found[name] = exc
+
+    account = (
+        "INSERT INTO account (email, role, create_time) "
+        "VALUES ('a@example.com', 'user', '2021-01-01 00:00:00')"
+    )
+    with database.connection_context():
+        catch("missing table", "SELECT * FROM no_such_table")
+        catch("syntax error", "SELEKT 1")
+        catch("duplicate key", account, account)
+    if database_url.startswith("sqlite"):
+        unopenable = storage.open_database(f"sqlite:///{tmp_path}")  # a directory
+        try:
+            unopenable.connect()
+        except Exception as exc:
+            found["file cannot be opened"] = exc
+    else:
+        with database.connection_context():
+            catch("connection terminated", "SELECT pg_terminate_backend(pg_backend_pid())")
+            catch("connection already closed", "SELECT 1")
+    storage.close(database)
+    return found
+
+
+def test_only_connection_failures_count_as_unavailable(database_url: str, tmp_path: Path) -> None:
+    found = driver_errors(database_url, tmp_path)
+    if database_url.startswith("sqlite"):
+        failures = {"file cannot be opened"}
+    else:
+        failures = {"connection terminated", "connection already closed"}
+    assert found.keys() == {"missing table", "syntax error", "duplicate key", *failures}, found
+    assert {name for name, exc in found.items() if storage.unavailable(exc)} == failures
+    assert not storage.unavailable(peewee.InterfaceError("Query must be bound to a database"))
+    assert not storage.unavailable(ValueError("not a database error at all"))

@@ -14,9 +14,12 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from email_validator import EmailNotValidError
+
 from quartet import storage
 from quartet.server import logs
 from quartet.server.auth.passwords import hash_password
+from quartet.server.auth.service import PASSWORD_LENGTH, normalized_email
 from quartet.server.settings import Settings, SettingsError
 from quartet.storage import accounts, regions
 
@@ -87,17 +90,22 @@ def _load_regions(settings: Settings, args: argparse.Namespace) -> None:
 
 def _create_admin(settings: Settings, args: argparse.Namespace) -> None:
     """Create an admin account, or make an existing account an admin with this password."""
+    try:
+        email = normalized_email(args.email)  # what CreateAccount accepts, no more
+    except EmailNotValidError as exc:
+        raise ValueError(f"the email {args.email!r} is not valid: {exc}") from None
     password = _admin_password(args)
-    if not 8 <= len(password) <= 128:
-        raise ValueError("the password must be 8 to 128 characters")
+    low, high = PASSWORD_LENGTH
+    if not low <= len(password) <= high:
+        raise ValueError(f"the password must be {low} to {high} characters")
     database = storage.open_database(settings.database_url)
     storage.migrate(database)
     storage.bind(database)
     password_hash = hash_password(password)
     with database.connection_context(), database.atomic():
-        account = accounts.find_account(args.email)
+        account = accounts.find_account(email)
         if account is None:
-            account = accounts.create_account(args.email, password_hash, role="admin")
+            account = accounts.create_account(email, password_hash, role="admin")
             verb = "created"
         else:
             accounts.set_password_hash(account.id, password_hash)

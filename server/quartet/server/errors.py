@@ -7,6 +7,7 @@ Every error leaves the server as a status whose details hold an `ErrorInfo` (dom
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -131,12 +132,33 @@ class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class Unavailable(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = error_reason_pb2.DATABASE_UNAVAILABLE
+
+
 class Internal(ServiceError):
     code = grpc.StatusCode.INTERNAL
     default_reason = error_reason_pb2.INTERNAL_ERROR
 
 
 _CODES = {code: getattr(code_pb2, code.name) for code in grpc.StatusCode}
+
+# The C0 control characters and DEL. PostgreSQL cannot store NUL in text at all, and none of them
+# means anything in the names, ids, emails, filters and data cells requests carry.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def text_problem(text: str) -> str | None:
+    """Why text cannot be a request's text field (it holds a control character), or None.
+
+    The one check for request text: servicers apply it (through `Violations.check_text`) to
+    every text field before it reaches the database or a query.
+    """
+    found = _CONTROL.search(text)
+    if found is None:
+        return None
+    return f"must not contain control characters; found {found.group()!r} at {found.start()}"
 
 
 class Violations:
@@ -151,6 +173,13 @@ class Violations:
     def check(self, ok: bool, field: str, description: str) -> None:
         if not ok:
             self.add(field, description)
+
+    def check_text(self, field: str, text: str, reason: str = "") -> bool:
+        """Add a violation if text holds a control character (see text_problem); True if not."""
+        problem = text_problem(text)
+        if problem is not None:
+            self.add(field, problem, reason)
+        return problem is None
 
     @property
     def items(self) -> list[FieldViolation]:

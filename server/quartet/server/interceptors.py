@@ -26,8 +26,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     - records its deadline, so that database work queued past it is skipped;
     - authenticates the caller and checks the method's rule (`quartet.server.auth.policy`);
-    - turns a `ServiceError` (or a storage error a client caused) into a rich status, and anything
-      unexpected into INTERNAL with a generic message (the traceback goes to the log only);
+    - turns a `ServiceError` (or a storage error a client caused) into a rich status, a database
+      that cannot be reached into UNAVAILABLE (retryable), and anything unexpected into INTERNAL
+      with a generic message (the traceback goes to the log only);
     - ends with one access-log line (method, status code, duration, peer, caller) and the
       Prometheus counts (started, handled by code, latency, in flight).
     """
@@ -105,6 +106,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             error = as_service_error(exc)
             if isinstance(error, errors.Internal):
                 logger.exception("unexpected error in %s", method)
+            elif isinstance(error, errors.Unavailable):
+                # One line per call, not a traceback each: an outage fails every call at once.
+                logger.warning("%s: the database is unavailable: %s", method, exc)
             code = error.code
             failure = error.to_status()
         finally:
@@ -126,7 +130,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
 
 def as_service_error(exc: Exception) -> errors.ServiceError:
-    """The status-carrying error for exc: storage errors are the client's; the rest is INTERNAL."""
+    """The status-carrying error for exc: storage errors are the client's, a database that cannot
+    be reached is UNAVAILABLE, and the rest (programming errors) is INTERNAL."""
     if isinstance(exc, errors.ServiceError):
         return exc
     if isinstance(exc, storage.RecordNotFound):
@@ -135,6 +140,8 @@ def as_service_error(exc: Exception) -> errors.ServiceError:
         return errors.AlreadyExists(str(exc), resource=(exc.kind, str(exc.key)))
     if isinstance(exc, storage.DeadlineExceeded):
         return errors.DeadlineExceeded(str(exc))
+    if storage.unavailable(exc):
+        return errors.Unavailable("the database is unavailable; retry later")
     return errors.Internal("internal error; the server log has the details")
 
 

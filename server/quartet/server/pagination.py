@@ -3,7 +3,9 @@
 A token carries the keyset position after the last item of its page and a fingerprint of the
 request's filters, so a token reused with other filters is refused instead of silently giving a
 wrong page. Tokens are not secret: they only say where a page ends, and every page is still
-filtered by what the caller may see.
+filtered by what the caller may see. Nor are they signed, so anyone can forge one: the decoder
+accepts only values of the shape the encoder writes and the database can take (a 64-bit integer,
+a naive UTC time in ISO format, text without control characters, a finite number).
 """
 
 from __future__ import annotations
@@ -12,17 +14,20 @@ import base64
 import datetime
 import hashlib
 import json
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import Message
 
 from quartet.errors.v1 import error_reason_pb2
-from quartet.server.errors import FieldViolation, InvalidArgument
+from quartet.server.errors import FieldViolation, InvalidArgument, text_problem
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 _VERSION = 1
+MAX_TOKEN_LENGTH = 1024  # the tokens quartet issues are under 200 characters
+INT64_RANGE = (-(2**63), 2**63 - 1)  # ids are BIGINT
 
 Key = tuple[Any, ...]
 Row = TypeVar("Row")
@@ -66,12 +71,15 @@ def decode_page_token(request: Message, types: tuple[type, ...]) -> Key | None:
     if not token:
         return None
     try:
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise ValueError("too long to be a page token")
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         version, fingerprint, values = json.loads(raw)
-        if version != _VERSION or len(values) != len(types):
+        if version != _VERSION or not isinstance(values, list) or len(values) != len(types):
             raise ValueError("unknown token layout")
         key = tuple(_decode(value, kind) for value, kind in zip(values, types, strict=True))
-    except (ValueError, TypeError, UnicodeDecodeError):
+    # RecursionError: JSON nested too deep; OverflowError: a number too large for a float.
+    except (ValueError, TypeError, UnicodeDecodeError, RecursionError, OverflowError):
         raise _invalid("page_token is malformed; pass back a next_page_token unchanged") from None
     if fingerprint != _fingerprint(request):
         raise _invalid("page_token was issued for a request with different filters")
@@ -93,15 +101,24 @@ def _encode(value: object) -> object:
 
 
 def _decode(value: object, kind: type) -> object:
+    """value as `kind`, if it is what _encode writes for one; TypeError or ValueError if not."""
     if kind is datetime.datetime and isinstance(value, str):
-        return datetime.datetime.fromisoformat(value)
-    if kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind is str and isinstance(value, str):
-        return value
-    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    raise TypeError(f"expected {kind.__name__}")
+        decoded = datetime.datetime.fromisoformat(value)
+        # Times are stored naive (UTC): an aware one compares wrongly with them, or not at all.
+        if decoded.tzinfo is None and decoded.isoformat() == value:
+            return decoded
+    elif kind is int and isinstance(value, int) and not isinstance(value, bool):
+        low, high = INT64_RANGE
+        if low <= value <= high:
+            return value
+    elif kind is str and isinstance(value, str):
+        if text_problem(value) is None:
+            return value
+    elif kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+        if math.isfinite(number):
+            return number
+    raise TypeError(f"expected {kind.__name__} as page tokens hold it")
 
 
 def _invalid(description: str) -> InvalidArgument:

@@ -51,6 +51,7 @@ class ScoreServicer(score_service_pb2_grpc.ScoreServiceServicer):
             "request_id",
             f"must be at most {REQUEST_ID_MAX_LENGTH} characters",
         )
+        violations.check_text("request_id", request.request_id)
         violations.raise_if_any()
         caller = require_caller()
         if user_id is not None and user_id != caller.id and not caller.may("admin"):
@@ -92,6 +93,7 @@ class ScoreServicer(score_service_pb2_grpc.ScoreServiceServicer):
             threshold is None or not math.isnan(threshold), "score_greater_than", "must be a number"
         )
         violations.check(len(request.search) <= 254, "search", "must be at most 254 characters")
+        violations.check_text("search", request.search.strip())
         violations.raise_if_any()
         user_id = request.user_id if request.HasField("user_id") else None
         caller = require_caller()

@@ -11,6 +11,7 @@ from quartet.storage.database import (
     default_database_url,
     open_database,
     redacted,
+    unavailable,
 )
 from quartet.storage.errors import DeadlineExceeded, RecordExists, RecordNotFound
 from quartet.storage.migrate import ALL_MODELS, REFERENCE_MODELS, migrate
@@ -33,4 +34,5 @@ __all__ = [
     "migrate",
     "open_database",
     "redacted",
+    "unavailable",
 ]

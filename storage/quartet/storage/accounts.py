@@ -88,31 +88,42 @@ def record_refresh_token(
 
 
 def use_refresh_token(
-    jti: str, now: datetime.datetime
+    jti: str, now: datetime.datetime, replacement: str, replacement_expire_time: datetime.datetime
 ) -> tuple[RefreshToken | None, Account | None]:
-    """Mark the token used and return it with its account.
+    """Exchange a refresh token: mark it used and record its replacement (the jti of the token
+    issued in exchange, in the same family), in one transaction; return it with its account.
 
     Returns (None, None) for a token never issued or expired. A token already used means it leaked
-    (its legitimate holder rotated it): every unused token of its family is used up at once, and
-    (token, None) is returned so the caller refuses the exchange.
+    (its legitimate holder rotated it), and so does one that a concurrent exchange claimed first:
+    every unused token of its family is used up at once, and (token, None) is returned so the
+    caller refuses the exchange. Because a replacement is recorded in the transaction that claims
+    its token, that includes the replacement a concurrent exchange got: a login said to be revoked
+    is revoked.
     """
     with db.atomic():
         token: RefreshToken | None = RefreshToken.get_or_none(RefreshToken.jti == jti)
         if token is None or token.expire_time <= now:
             return None, None
-        if token.use_time is not None:
+        claimed = token.use_time is None and (
+            RefreshToken.update(use_time=now)
+            .where((RefreshToken.jti == jti) & RefreshToken.use_time.is_null())
+            .execute()
+        )
+        if not claimed:
+            # Used before, or by a concurrent exchange that won (on PostgreSQL this statement runs
+            # after the winner committed: its UPDATE of the same row waited for it).
             (
                 RefreshToken.update(use_time=now)
                 .where((RefreshToken.family == token.family) & RefreshToken.use_time.is_null())
                 .execute()
             )
             return token, None
-        claimed = (
-            RefreshToken.update(use_time=now)
-            .where((RefreshToken.jti == jti) & RefreshToken.use_time.is_null())
-            .execute()
-        )
-        if not claimed:  # a concurrent exchange of the same token won
-            return token, None
         account: Account | None = Account.get_or_none(Account.id == token.account_id)
+        if account is not None:
+            RefreshToken.create(
+                jti=replacement,
+                account=token.account_id,
+                family=token.family,
+                expire_time=replacement_expire_time,
+            )
         return token, account

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import threading
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import peewee
+import psycopg2
 from playhouse.db_url import parse
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
@@ -82,6 +84,49 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
         if lock is not None:
             self._held.lock = None
             lock.close()
+
+
+# SQLite's primary result codes that mean the database cannot be used right now, not that a
+# statement was wrong: locked past the busy timeout, made read-only, an I/O error, a full disk,
+# a file that cannot be opened, a broken lock protocol.
+_SQLITE_UNAVAILABLE = {
+    sqlite3.SQLITE_BUSY,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_PROTOCOL,
+}
+# PostgreSQL SQLSTATEs (or their classes) of the same kind: connection exceptions (08),
+# insufficient resources such as too many connections or a full disk (53), and the server shutting
+# down, crashing or starting up (57P01-57P03).
+_POSTGRES_UNAVAILABLE = ("08", "53", "57P01", "57P02", "57P03")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether exc means the database could not be reached or used (it is down, restarting,
+    unreachable, out of connections or disk, its file cannot be opened, or it stayed locked),
+    rather than that a query was wrong or a row broke a constraint.
+
+    Only driver errors count: peewee's own errors (an unbound model, say) are programming errors,
+    and so are an IntegrityError, a missing table or a syntax error on any backend.
+    """
+    if isinstance(exc, peewee.PeeweeException):
+        driver = getattr(exc, "orig", None)
+        if driver is None:
+            return False
+        exc = driver
+    if isinstance(exc, sqlite3.OperationalError):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in _SQLITE_UNAVAILABLE
+    if isinstance(exc, psycopg2.InterfaceError):  # "connection already closed"
+        return True
+    if isinstance(exc, psycopg2.OperationalError) or type(exc) is psycopg2.DatabaseError:
+        # No SQLSTATE: libpq failed to connect, or lost the connection ("server closed the
+        # connection unexpectedly"); the server never answered the statement.
+        code = exc.pgcode
+        return code is None or code.startswith(_POSTGRES_UNAVAILABLE)
+    return False
 
 
 def default_database_url() -> str:

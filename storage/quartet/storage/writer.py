@@ -100,6 +100,7 @@ class BatchWriter(Generic[Item, Result]):
             if s not in live
         ]
         items = [item for submission in live for item in submission.items]
+        results: list[Result] = []  # what submissions without items get (StreamEvents allows one)
         try:
             if items:
                 with self._database.connection_context(), self._database.atomic():

@@ -117,7 +117,10 @@ class AuthServiceServicer:
 
     def RefreshToken(self, request, context):
         """Exchanges a refresh token for a new pair. The refresh token is single-use: presenting it a
-        second time revokes every token issued from the same login, since it must have leaked.
+        second time (or twice at once) means it leaked, so the call fails with CREDENTIALS_REVOKED and
+        every refresh token of the same login is revoked, the one the first exchange returned
+        included. Access tokens already issued to that login are not revoked: each stays valid until
+        it expires (at most QUARTET_ACCESS_TOKEN_MINUTES, 15 by default, after it was issued).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -167,7 +170,10 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeApiKey(self, request, context):
-        """Revokes an API key: calls made with it are refused from then on. Admins only.
+        """Revokes an API key. Admins only. The server process that handles this call refuses the key
+        from then on; the server's other worker processes, and other replicas, cache each key they
+        checked for up to 10 seconds, so they may accept it for that long. Revoking a revoked key
+        keeps its first revoke_time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -48,7 +48,10 @@ class AuthServiceStub:
     """
     RefreshToken: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RefreshTokenRequest, _auth_service_pb2.TokenPair]
     """Exchanges a refresh token for a new pair. The refresh token is single-use: presenting it a
-    second time revokes every token issued from the same login, since it must have leaked.
+    second time (or twice at once) means it leaked, so the call fails with CREDENTIALS_REVOKED and
+    every refresh token of the same login is revoked, the one the first exchange returned
+    included. Access tokens already issued to that login are not revoked: each stays valid until
+    it expires (at most QUARTET_ACCESS_TOKEN_MINUTES, 15 by default, after it was issued).
     """
     GetCurrentAccount: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.GetCurrentAccountRequest, _auth_service_pb2.Account]
     """Returns the caller's own account."""
@@ -65,7 +68,11 @@ class AuthServiceStub:
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CreateApiKeyRequest, _auth_service_pb2.CreateApiKeyResponse]
     """Issues another API key for an application, for example to rotate keys. Admins only."""
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeApiKeyRequest, _auth_service_pb2.ApiKey]
-    """Revokes an API key: calls made with it are refused from then on. Admins only."""
+    """Revokes an API key. Admins only. The server process that handles this call refuses the key
+    from then on; the server's other worker processes, and other replicas, cache each key they
+    checked for up to 10 seconds, so they may accept it for that long. Revoking a revoked key
+    keeps its first revoke_time.
+    """
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -87,7 +94,10 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """
     RefreshToken: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RefreshTokenRequest, _auth_service_pb2.TokenPair]  # type: ignore[assignment]
     """Exchanges a refresh token for a new pair. The refresh token is single-use: presenting it a
-    second time revokes every token issued from the same login, since it must have leaked.
+    second time (or twice at once) means it leaked, so the call fails with CREDENTIALS_REVOKED and
+    every refresh token of the same login is revoked, the one the first exchange returned
+    included. Access tokens already issued to that login are not revoked: each stays valid until
+    it expires (at most QUARTET_ACCESS_TOKEN_MINUTES, 15 by default, after it was issued).
     """
     GetCurrentAccount: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.GetCurrentAccountRequest, _auth_service_pb2.Account]  # type: ignore[assignment]
     """Returns the caller's own account."""
@@ -104,7 +114,11 @@ class AuthServiceAsyncStub(AuthServiceStub):
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CreateApiKeyRequest, _auth_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
     """Issues another API key for an application, for example to rotate keys. Admins only."""
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeApiKeyRequest, _auth_service_pb2.ApiKey]  # type: ignore[assignment]
-    """Revokes an API key: calls made with it are refused from then on. Admins only."""
+    """Revokes an API key. Admins only. The server process that handles this call refuses the key
+    from then on; the server's other worker processes, and other replicas, cache each key they
+    checked for up to 10 seconds, so they may accept it for that long. Revoking a revoked key
+    keeps its first revoke_time.
+    """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     """AuthService manages accounts, their tokens, and the applications that send events.
@@ -141,7 +155,10 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.TokenPair, _abc.Awaitable[_auth_service_pb2.TokenPair]]:
         """Exchanges a refresh token for a new pair. The refresh token is single-use: presenting it a
-        second time revokes every token issued from the same login, since it must have leaked.
+        second time (or twice at once) means it leaked, so the call fails with CREDENTIALS_REVOKED and
+        every refresh token of the same login is revoked, the one the first exchange returned
+        included. Access tokens already issued to that login are not revoked: each stays valid until
+        it expires (at most QUARTET_ACCESS_TOKEN_MINUTES, 15 by default, after it was issued).
         """
 
     @_abc_1.abstractmethod
@@ -200,6 +217,10 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.RevokeApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.ApiKey, _abc.Awaitable[_auth_service_pb2.ApiKey]]:
-        """Revokes an API key: calls made with it are refused from then on. Admins only."""
+        """Revokes an API key. Admins only. The server process that handles this call refuses the key
+        from then on; the server's other worker processes, and other replicas, cache each key they
+        checked for up to 10 seconds, so they may accept it for that long. Revoking a revoked key
+        keeps its first revoke_time.
+        """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

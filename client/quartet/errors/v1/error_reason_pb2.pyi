@@ -41,13 +41,21 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     CREDENTIALS_EXPIRED: _ErrorReason.ValueType  # 8
     """The token was valid once but has expired; refresh it or log in again."""
     CREDENTIALS_REVOKED: _ErrorReason.ValueType  # 9
-    """The API key was revoked by an administrator."""
+    """The API key was revoked by an administrator; or the refresh token was presented a second
+    time, so its login's refresh tokens are revoked (log in again).
+    """
     LOGIN_FAILED: _ErrorReason.ValueType  # 10
     """The email and password do not match an account. Deliberately says nothing about which is wrong."""
     ROLE_NOT_ALLOWED: _ErrorReason.ValueType  # 11
     """The caller is authenticated, but its role may not call this method or touch this resource."""
     LIMIT_EXCEEDED: _ErrorReason.ValueType  # 12
     """The server is at its limit of concurrent calls or of a per-request size; retry later or send less."""
+    DATABASE_UNAVAILABLE: _ErrorReason.ValueType  # 13
+    """The database could not be reached or used: it is down, restarting or unreachable, out of
+    connections or disk, or its file cannot be opened. Sent with status UNAVAILABLE. The call's
+    database work failed, so a call safe to repeat (a read, or a write with its idempotency key)
+    may be retried later; the SDK retries those itself, a few times.
+    """
     EVENT_REJECTED: _ErrorReason.ValueType  # 20
     """An event failed validation and was kept among the rejected events; each field violation
     carries its own reason.
@@ -105,13 +113,21 @@ CREDENTIALS_INVALID: ErrorReason.ValueType  # 7
 CREDENTIALS_EXPIRED: ErrorReason.ValueType  # 8
 """The token was valid once but has expired; refresh it or log in again."""
 CREDENTIALS_REVOKED: ErrorReason.ValueType  # 9
-"""The API key was revoked by an administrator."""
+"""The API key was revoked by an administrator; or the refresh token was presented a second
+time, so its login's refresh tokens are revoked (log in again).
+"""
 LOGIN_FAILED: ErrorReason.ValueType  # 10
 """The email and password do not match an account. Deliberately says nothing about which is wrong."""
 ROLE_NOT_ALLOWED: ErrorReason.ValueType  # 11
 """The caller is authenticated, but its role may not call this method or touch this resource."""
 LIMIT_EXCEEDED: ErrorReason.ValueType  # 12
 """The server is at its limit of concurrent calls or of a per-request size; retry later or send less."""
+DATABASE_UNAVAILABLE: ErrorReason.ValueType  # 13
+"""The database could not be reached or used: it is down, restarting or unreachable, out of
+connections or disk, or its file cannot be opened. Sent with status UNAVAILABLE. The call's
+database work failed, so a call safe to repeat (a read, or a write with its idempotency key)
+may be retried later; the SDK retries those itself, a few times.
+"""
 EVENT_REJECTED: ErrorReason.ValueType  # 20
 """An event failed validation and was kept among the rejected events; each field violation
 carries its own reason.

@@ -33,7 +33,9 @@ class Score(_message.Message):
     id: _builtins.int
     """The server-assigned identifier, unique and increasing."""
     user_id: _builtins.int
-    """The account the score belongs to; absent for a score stored without an owner."""
+    """The account the score belongs to. CreateScore always sets one; it is absent only for a score
+    stored without an owner by other means (such as rows written straight into the database).
+    """
     input_value: _builtins.float
     """The input value the score was computed from."""
     value: _builtins.float
@@ -73,9 +75,9 @@ class CreateScoreRequest(_message.Message):
     input_value: _builtins.float
     """Required. The value to compute the score from; must be finite (not NaN or infinite)."""
     user_id: _builtins.int
-    """The account the score belongs to. Optional: without it the score is the caller's own (or has no
-    owner when the call is not authenticated). Naming another account than the caller's own needs the
-    admin role. An unknown account is NOT_FOUND.
+    """The account the score belongs to. Optional: without it the score is the caller's own. CreateScore
+    needs a signed-in account, so every score it stores has an owner. Naming another account than
+    the caller's own needs the admin role. An unknown account is NOT_FOUND.
     """
     request_id: _builtins.str
     """An idempotency key chosen by the client (a UUID is recommended, at most 64 characters).

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import hmac
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
 
 from quartet.errors.v1 import error_reason_pb2
 from quartet.server.auth.policy import Caller
@@ -13,21 +15,75 @@ from quartet.server.errors import Unauthenticated
 from quartet.storage import DatabaseRunner, applications
 
 # How long a key lookup is reused. Events arrive by the thousand per second with the same few
-# keys: without the cache each would cost a database round trip. A key revoked through this server
-# is dropped from its cache at once; other processes see the revocation within this time.
+# keys: without the cache each would cost a database round trip. A key revoked through this
+# process is dropped from its cache at once; the other worker processes (and replicas) keep
+# accepting it until their entry expires, so for up to this long.
 KEY_CACHE_SECONDS = 10.0
+# Keys found (valid or revoked) kept at most; the oldest lookups go first.
+KEY_CACHE_SIZE = 10_000
+# Key ids looked up and not found, kept apart and fewer, so that a caller sending made-up keys
+# (which needs no credential) can neither grow memory nor push the real keys out; each new
+# made-up id still costs one lookup.
+KEY_MISS_CACHE_SIZE = 1_000
 # Access tokens verified, kept until they expire. Checking a JWT's signature costs about 40 µs,
 # a tenth of a small call; a token that verified once stays valid until its expiry, and any other
 # text (a tampered token included) is another key, so it is verified in full.
 TOKEN_CACHE_SIZE = 10_000
 
 
+V = TypeVar("V")
+
+
+class ExpiringCache(Generic[V]):
+    """At most `size` values, each kept `seconds` after it was put; the oldest go first.
+
+    Every entry lives equally long and a put moves its key to the end, so the entries are in
+    expiry order and the expired ones are dropped from the front, cheaply, on every put.
+    """
+
+    def __init__(
+        self, size: int, seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.size = size
+        self.seconds = seconds
+        self._clock = clock
+        self._items: collections.OrderedDict[str, tuple[float, V]] = collections.OrderedDict()
+
+    def get(self, key: str) -> V | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        if item[0] <= self._clock():
+            del self._items[key]
+            return None
+        return item[1]
+
+    def put(self, key: str, value: V) -> None:
+        now = self._clock()
+        self._items.pop(key, None)
+        self._items[key] = (now + self.seconds, value)
+        while len(self._items) > self.size or next(iter(self._items.values()))[0] <= now:
+            self._items.popitem(last=False)
+            if not self._items:
+                break
+
+    def pop(self, key: str) -> None:
+        self._items.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class Authenticator:
     def __init__(self, issuer: TokenIssuer, runner: DatabaseRunner) -> None:
         self.issuer = issuer
         self._runner = runner
-        # key id -> (valid until, secret hash or "" if unknown, application id, revoked)
-        self._keys: dict[str, tuple[float, str, int, bool]] = {}
+        # key id -> (secret hash, application id, revoked), for keys that exist
+        self._keys: ExpiringCache[tuple[str, int, bool]] = ExpiringCache(
+            KEY_CACHE_SIZE, KEY_CACHE_SECONDS
+        )
+        # key ids that do not exist
+        self._missing: ExpiringCache[bool] = ExpiringCache(KEY_MISS_CACHE_SIZE, KEY_CACHE_SECONDS)
         # access token -> (expiry as a Unix time, account id, role)
         self._tokens: dict[str, tuple[float, int, str]] = {}
 
@@ -58,17 +114,17 @@ class Authenticator:
 
     async def _application(self, key_id: str, secret: str) -> Caller:
         cached = self._keys.get(key_id)
-        if cached is None or cached[0] < time.monotonic():
+        if cached is None:
+            if self._missing.get(key_id):
+                raise Unauthenticated("the API key is not valid")
             found = await self._runner.run(applications.find_api_key, key_id)
-            cached = (
-                time.monotonic() + KEY_CACHE_SECONDS,
-                found.secret_hash if found else "",
-                found.application_id if found else 0,
-                found is not None and found.revoke_time is not None,
-            )
-            self._keys[key_id] = cached
-        _, secret_hash, application_id, revoked = cached
-        if not secret_hash or not hmac.compare_digest(secret_hash, hash_api_secret(secret)):
+            if found is None:
+                self._missing.put(key_id, True)
+                raise Unauthenticated("the API key is not valid")
+            cached = (found.secret_hash, found.application_id, found.revoke_time is not None)
+            self._keys.put(key_id, cached)
+        secret_hash, application_id, revoked = cached
+        if not hmac.compare_digest(secret_hash, hash_api_secret(secret)):
             raise Unauthenticated("the API key is not valid")
         if revoked:
             raise Unauthenticated(
@@ -78,4 +134,4 @@ class Authenticator:
 
     def forget_key(self, key_id: str) -> None:
         """Drop a key from the cache (after it was revoked here)."""
-        self._keys.pop(key_id, None)
+        self._keys.pop(key_id)

@@ -14,8 +14,8 @@ from quartet.errors.v1 import error_reason_pb2
 from quartet.server.auth.authenticator import Authenticator
 from quartet.server.auth.passwords import hash_password, needs_rehash, verify_password
 from quartet.server.auth.policy import current_caller, require_caller
-from quartet.server.auth.tokens import TokenIssuer, new_api_key
-from quartet.server.errors import PermissionDenied, Unauthenticated, Violations
+from quartet.server.auth.tokens import Issued, TokenIssuer, new_api_key
+from quartet.server.errors import PermissionDenied, Unauthenticated, Violations, text_problem
 from quartet.server.pagination import decode_page_token, page_size, paged
 from quartet.server.timestamps import to_timestamp
 from quartet.storage import DatabaseRunner, accounts, applications
@@ -60,7 +60,11 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         )
 
     async def Login(self, request: pb.LoginRequest, context: Context) -> pb.TokenPair:
-        account = await self._db.run(accounts.find_account, request.email)
+        # An email no account can have is one more unknown email: the same answer, after the
+        # same work, as a wrong password (no hint which was wrong).
+        account = None
+        if text_problem(request.email.strip()) is None:
+            account = await self._db.run(accounts.find_account, request.email)
         encoded = account.password_hash if account else None
         if not await asyncio.to_thread(verify_password, request.password, encoded):
             raise Unauthenticated(LOGIN_FAILED, reason=error_reason_pb2.LOGIN_FAILED)
@@ -72,16 +76,24 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
 
     async def RefreshToken(self, request: pb.RefreshTokenRequest, context: Context) -> pb.TokenPair:
         claims = self._issuer.verify_refresh(request.refresh_token)
-        token, account = await self._db.run(accounts.use_refresh_token, claims.jti, utcnow())
+        now = utcnow()
+        # The replacement is signed first and recorded in the transaction that uses up the old
+        # token, so a concurrent exchange that loses (and revokes the login) revokes it too.
+        refresh, new_claims = self._issuer.refresh(claims.account_id, claims.family, now)
+        token, account = await self._db.run(
+            accounts.use_refresh_token, claims.jti, now, new_claims.jti, refresh.expire_time
+        )
         if token is None:
             raise Unauthenticated("the refresh token is not valid")
         if account is None:
             raise Unauthenticated(
-                "the refresh token was already used, so it leaked: every token of this login is "
-                "now revoked; log in again",
+                "the refresh token was already used, so it leaked: every refresh token of this "
+                "login is now revoked (access tokens already issued still work until they "
+                "expire); log in again",
                 reason=error_reason_pb2.CREDENTIALS_REVOKED,
             )
-        return await self._tokens(account, family=token.family)
+        access = self._issuer.access(account.id, account.role, now)
+        return _token_pair(access, refresh)
 
     async def GetCurrentAccount(
         self, request: pb.GetCurrentAccountRequest, context: Context
@@ -123,6 +135,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
             "name",
             f"must be 1 to {APPLICATION_NAME_LENGTH} characters",
         )
+        violations.check_text("name", name)
         violations.raise_if_any()
         full_key, key_id, secret_hash = new_api_key()
         application, key = await self._db.run(
@@ -161,15 +174,17 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     async def RevokeApiKey(self, request: pb.RevokeApiKeyRequest, context: Context) -> pb.ApiKey:
         violations = Violations()
         violations.check(bool(request.key_id.strip()), "key_id", "is required")
+        violations.check_text("key_id", request.key_id.strip())
         violations.raise_if_any()
         key = await self._db.run(applications.revoke_api_key, request.key_id.strip())
         self._authenticator.forget_key(key.id)
         return api_key_message(key)
 
-    async def _tokens(self, account: accounts.Account, family: str | None = None) -> pb.TokenPair:
+    async def _tokens(self, account: accounts.Account) -> pb.TokenPair:
+        """The first pair of a new login: its refresh token starts a family."""
         now = utcnow()
         access = self._issuer.access(account.id, account.role, now)
-        refresh, claims = self._issuer.refresh(account.id, family or uuid.uuid4().hex, now)
+        refresh, claims = self._issuer.refresh(account.id, uuid.uuid4().hex, now)
         await self._db.run(
             accounts.record_refresh_token,
             claims.jti,
@@ -177,17 +192,29 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
             claims.family,
             refresh.expire_time,
         )
-        return pb.TokenPair(
-            access_token=access.token,
-            access_token_expire_time=to_timestamp(access.expire_time),
-            refresh_token=refresh.token,
-            refresh_token_expire_time=to_timestamp(refresh.expire_time),
-        )
+        return _token_pair(access, refresh)
+
+
+def _token_pair(access: Issued, refresh: Issued) -> pb.TokenPair:
+    return pb.TokenPair(
+        access_token=access.token,
+        access_token_expire_time=to_timestamp(access.expire_time),
+        refresh_token=refresh.token,
+        refresh_token_expire_time=to_timestamp(refresh.expire_time),
+    )
+
+
+def normalized_email(email: str) -> str:
+    """email as accounts store it: a valid address, lower-cased; otherwise EmailNotValidError
+    (a ValueError) saying what is wrong. `quartet-server create-admin` checks its email so too."""
+    return validate_email(email.strip(), check_deliverability=False).normalized.lower()
 
 
 def _valid_email(email: str, violations: Violations) -> str:
+    if not violations.check_text("email", email.strip()):
+        return ""
     try:
-        return validate_email(email.strip(), check_deliverability=False).normalized.lower()
+        return normalized_email(email)
     except EmailNotValidError as error:
         violations.add("email", str(error))
         return ""

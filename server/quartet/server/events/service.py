@@ -246,6 +246,8 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         after = decode_page_token(request, (datetime.datetime, int))
         session_id = canonical_uuid(request.session_id, "session_id", violations, required=False)
         violations.check(not request.name or bool(request.category), "name", "needs `category` too")
+        violations.check_text("category", request.category)
+        violations.check_text("name", request.name)
         violations.check(request.application_id >= 0, "application_id", "must not be negative")
         start = optional_timestamp(request, "occur_time_start", violations)
         end = optional_timestamp(request, "occur_time_end", violations)
@@ -307,6 +309,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
                 field,
                 f"must be 1 to {TEXT_LENGTH} characters",
             )
+            violations.check_text(field, text)
         document = json_format.MessageToDict(request.schema)
         violations.check(bool(document), "schema", "is required (a JSON Schema object)")
         if document:

@@ -74,6 +74,8 @@ class EventChecker:
             text = getattr(event, field)
             if not text.strip() or len(text) > TEXT_LENGTH:
                 problems.add(field, f"must be 1 to {TEXT_LENGTH} characters", _FIELD)
+            else:
+                problems.check_text(field, text, _FIELD)
         occur_time = self._occur_time(event, now, problems)
         data = struct_to_dict(event.data)
         schema = self._registry.get(event.category, event.name)
@@ -159,6 +161,8 @@ def canonical_uuid(value: str, field: str, problems: Violations, *, required: bo
     if not value:
         if required:
             problems.add(field, "is required (a UUID)", _FIELD)
+        return ""
+    if not problems.check_text(field, value, _FIELD):
         return ""
     try:
         return str(uuid.UUID(value))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from quartet.experiments.v1 import experiment_service_pb2 as pb
+from quartet.server.errors import text_problem
 from quartet.server.experiments.lines import MAX_LINE_LENGTH, Lines, split_cells
 from quartet.storage import experiment_import as staged
 from quartet.storage.experiments import (
@@ -232,6 +233,10 @@ class Reader(abc.ABC):
             return None
         if len(text) > limit:
             self.problem(number, column, f"is longer than {limit} characters")
+            return None
+        problem = text_problem(text)
+        if problem is not None:
+            self.problem(number, column, problem)
             return None
         return text
 
