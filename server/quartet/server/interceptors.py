@@ -83,6 +83,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     ) -> AsyncIterator[None]:
         counts.start()
         start = time.perf_counter()
+        # Read now, not when logging: gRPC core frees the peer string with the transport, and
+        # asking a cancelled call for it can crash the process (grpc/grpc#29069, never merged).
+        peer = context.peer()
         code = grpc.StatusCode.OK
         failure: grpc.Status | None = None
         caller: auth.Caller | None = None
@@ -121,7 +124,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     "method": method,
                     "code": code.name,
                     "duration_ms": round(duration * 1000, 3),
-                    "peer": context.peer(),
+                    "peer": peer,
                     "caller": str(caller) if caller else "",
                 },
             )
