@@ -71,6 +71,7 @@ class Outcome:
     p90: float
     p99: float
     codes: Counter[str] = field(default_factory=Counter)
+    server_ok: int | None = None  # OK calls by the server's own metrics, when it has them
 
     @property
     def failed(self) -> int:
@@ -198,6 +199,8 @@ def run_ghz(
         "metadata": {"authorization": f"Bearer {token}"},
         "format": "json",
     }
+    service, _, short = config["call"].rpartition(".")
+    before = handled(metrics_url, service, short) if metrics_url else Counter[str]()
     with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
         json.dump(config, file)
         file.flush()
@@ -215,6 +218,7 @@ def run_ghz(
         latency.get(90, math.nan),
         latency.get(99, math.nan),
         Counter(summary.get("statusCodeDistribution", {})),
+        (handled(metrics_url, service, short) - before)["OK"] if metrics_url else None,
     )
 
 
@@ -258,6 +262,7 @@ def run_h2load(
         result.percentile(90),
         result.percentile(99),
         codes,
+        codes["OK"],
     )
 
 
@@ -309,14 +314,16 @@ def handled(metrics_url: str, service: str, method: str) -> Counter[str]:
 
 def report(outcomes: list[Outcome], growth: dict[int, float]) -> None:
     print()
-    print("| scenario | tool | calls | calls/s | p50 ms | p90 ms | p99 ms | non-OK |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    # "server OK" is the server's own count (its Prometheus metrics) of the calls it answered OK.
+    print("| scenario | tool | calls | server OK | calls/s | p50 ms | p90 ms | p99 ms | non-OK |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for o in outcomes:
         rate = o.calls / o.seconds if o.seconds else 0
         failures = ", ".join(f"{c} {n}" for c, n in o.codes.items() if c != "OK") or "0"
+        server_ok = "-" if o.server_ok is None else f"{o.server_ok:,}"
         print(
-            f"| {o.scenario} | {o.tool} | {o.calls:,} | {rate:,.0f} | {o.p50:.1f} | {o.p90:.1f} "
-            f"| {o.p99:.1f} | {failures} |"
+            f"| {o.scenario} | {o.tool} | {o.calls:,} | {server_ok} | {rate:,.0f} | {o.p50:.1f} "
+            f"| {o.p90:.1f} | {o.p99:.1f} | {failures} |"
         )
     if growth:
         print()
