@@ -717,6 +717,24 @@ def test_events_the_fast_validator_refuses_are_never_stored(client: Client, app:
     assert len(list(client.events.iter_rejected(reason="EVENT_PAYLOAD_INVALID"))) == 3
 
 
+def test_draft_2020_12_keywords_are_enforced(client: Client, app: Client) -> None:
+    """fastjsonschema knows drafts 4 to 7 and would let these through unchecked."""
+    schema = {
+        "type": "object",
+        "properties": {"plan": {"type": "string"}, "seats": {"type": "integer"}},
+        "dependentRequired": {"plan": ["seats"]},
+        "unevaluatedProperties": False,
+    }
+    client.events.create_type("billing", "upgrade", schema)
+    kind = {"category": "billing", "name": "upgrade"}
+    error = rejected_with(app, pageview(**kind, data={"plan": "team"}))
+    assert "'seats' is a dependency of 'plan'" in error.field_violations[0].description
+    error = rejected_with(app, pageview(**kind, data={"plan": "team", "seats": 3, "x": 1}))
+    assert "Unevaluated properties" in error.field_violations[0].description
+    assert app.events.send(pageview(**kind, data={"plan": "team", "seats": 3}))
+    assert count(client) == 1
+
+
 def test_violations_quote_no_more_than_a_few_hundred_characters(app: Client) -> None:
     error = rejected_with(app, pageview(data={"host": "h" * 60_000, "path": "/"}))
     (violation,) = error.field_violations

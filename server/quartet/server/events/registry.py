@@ -31,11 +31,13 @@ class Schema:
     invalid, or an event could be refused by one and let through by the other: jsonschema checks
     `format` with fastjsonschema's own rules (by default it checks no format at all), and when it
     still finds nothing, `problems` reports fastjsonschema's complaint about the whole payload.
+    fastjsonschema implements drafts 4 to 7 and silently ignores the keywords draft 2020-12 added,
+    so a schema using any of them is checked by jsonschema alone (`_fast` is then None).
     """
 
     version: int
     document: dict[str, Any]
-    _fast: Callable[[Any], Any] = field(repr=False)
+    _fast: Callable[[Any], Any] | None = field(repr=False)
     _full: jsonschema.protocols.Validator = field(repr=False)
 
     @classmethod
@@ -49,9 +51,11 @@ class Schema:
         full = jsonschema.Draft202012Validator(
             document, format_checker=_FastjsonschemaFormats(dialect)
         )
-        return cls(version, document, fast, full)
+        return cls(version, document, None if _uses(document, _NEWER_KEYWORDS) else fast, full)
 
     def accepts(self, data: Any) -> bool:
+        if self._fast is None:
+            return bool(self._full.is_valid(data))
         try:
             self._fast(data)
         except fastjsonschema.JsonSchemaValueException:
@@ -71,12 +75,40 @@ class Schema:
             found += [(".".join([*path, name]), message) for name in names]
             if not names:
                 found.append((".".join(path), message))
-        if not found:  # never let an event fastjsonschema refused through without a reason
+        if not found and self._fast is not None:  # never let a refused event through unexplained
             try:
                 self._fast(data)
             except fastjsonschema.JsonSchemaValueException as error:
                 found.append(("", _shortened(f"does not satisfy the schema: {error.message}")))
         return sorted(found)
+
+
+# Draft 2019-09 and 2020-12 keywords that fastjsonschema does not implement (it would ignore them).
+_NEWER_KEYWORDS = frozenset(
+    {
+        "prefixItems",
+        "unevaluatedItems",
+        "unevaluatedProperties",
+        "dependentRequired",
+        "dependentSchemas",
+        "minContains",
+        "maxContains",
+        "$dynamicRef",
+        "$dynamicAnchor",
+        "$recursiveRef",
+        "$recursiveAnchor",
+    }
+)
+
+
+def _uses(document: Any, keywords: frozenset[str]) -> bool:
+    """Whether any of keywords is a key anywhere in document. A property of that name counts too:
+    that only costs the schema the faster check, never a wrong answer."""
+    if isinstance(document, dict):
+        return any(key in keywords or _uses(value, keywords) for key, value in document.items())
+    if isinstance(document, list):
+        return any(_uses(item, keywords) for item in document)
+    return False
 
 
 # jsonschema's messages quote the offending value, which can be most of a 64 KiB event; each is
