@@ -399,9 +399,6 @@ def test_roles_are_enforced_on_every_admin_method(sign_in: Callable[..., Princip
 SERVICER_DECIDES = {
     "/quartet.auth.v1.AuthService/Login": grpc.StatusCode.UNAUTHENTICATED,
     "/quartet.auth.v1.AuthService/RefreshToken": grpc.StatusCode.UNAUTHENTICATED,
-    "/quartet.events.v1.EventService/SendEvent": grpc.StatusCode.PERMISSION_DENIED,
-    "/quartet.events.v1.EventService/SendEvents": grpc.StatusCode.PERMISSION_DENIED,
-    "/quartet.events.v1.EventService/StreamEvents": grpc.StatusCode.PERMISSION_DENIED,
 }
 
 

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from quartet.errors.v1 import error_reason_pb2
 from quartet.server.errors import PermissionDenied, Unauthenticated
 
-# What each kind of caller is allowed, by grant. Each account role includes the ones below it;
-# an admin holds every grant (so it may also send events); an application may only send events
-# and read reference data.
+# What each kind of caller is allowed, by grant. Each account role includes the ones below it,
+# up to admin. Only applications send events, so that every event records the application that
+# sent it; an application may also read reference data, and nothing else.
 GRANTS: dict[str, frozenset[str]] = {
     "user": frozenset({"user"}),
     "analyst": frozenset({"user", "analyst"}),
-    "admin": frozenset({"user", "analyst", "admin", "application"}),
+    "admin": frozenset({"user", "analyst", "admin"}),
     "application": frozenset({"application"}),
 }
 
@@ -37,10 +37,12 @@ class Caller:
 @dataclass(frozen=True)
 class Rule:
     """Any one of `grants` admits a caller. `credentials`: "required", "optional" (used when
-    sent: CreateAccount lets an admin pick the role) or "none" (never read)."""
+    sent: CreateAccount lets an admin pick the role) or "none" (never read). `hint` is added to
+    a refusal, to say what would be admitted."""
 
     grants: frozenset[str] = frozenset()
     credentials: str = "required"
+    hint: str = ""
 
 
 OPEN = Rule(credentials="none")
@@ -48,7 +50,11 @@ OPTIONAL = Rule(credentials="optional")
 USERS = Rule(frozenset({"user"}))
 ANALYSTS = Rule(frozenset({"analyst"}))
 ADMINS = Rule(frozenset({"admin"}))
-APPLICATIONS = Rule(frozenset({"application"}))
+APPLICATIONS = Rule(
+    frozenset({"application"}),
+    hint="events are sent with an application's API key, so that the sender is recorded; "
+    "an admin creates one with CreateApplication",
+)
 SIGNED_IN = Rule(frozenset({"user", "application"}))
 
 RULES: dict[str, Rule] = {
@@ -70,8 +76,7 @@ RULES: dict[str, Rule] = {
     "/quartet.score.v1.ScoreService/CreateScore": USERS,
     "/quartet.score.v1.ScoreService/GetScore": USERS,
     "/quartet.score.v1.ScoreService/ListScores": USERS,
-    # Events are sent with an application's key (the servicer refuses other callers, so that
-    # the sender is recorded) and read by analysts.
+    # Events are sent with an application's key, and read by analysts.
     "/quartet.events.v1.EventService/SendEvent": APPLICATIONS,
     "/quartet.events.v1.EventService/SendEvents": APPLICATIONS,
     "/quartet.events.v1.EventService/StreamEvents": APPLICATIONS,
@@ -115,8 +120,9 @@ def admit(rule: Rule, caller: Caller | None) -> None:
                 reason=error_reason_pb2.CREDENTIALS_MISSING,
             )
     elif rule.grants and not any(caller.may(grant) for grant in rule.grants):
+        hint = f": {rule.hint}" if rule.hint else ""
         raise PermissionDenied(
-            f"{caller.kind} with role {caller.role} may not call this method",
+            f"{caller.kind} with role {caller.role} may not call this method{hint}",
             metadata={"role": caller.role},
         )
     _caller.set(caller)

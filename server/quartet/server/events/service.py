@@ -22,7 +22,6 @@ from quartet.server.errors import (
     AlreadyExists,
     FieldViolation,
     InvalidArgument,
-    PermissionDenied,
     Violations,
 )
 from quartet.server.events.registry import Registry, Schema, SchemaInvalid
@@ -391,12 +390,9 @@ def _position(rejected: pb.RejectedEventResult) -> int:
 
 
 def _sending_application() -> int:
+    """The sending application's id (the policy admits applications only)."""
     caller = require_caller()
-    if caller.kind != "application":
-        raise PermissionDenied(
-            "events are sent with an application's API key, so that the sender is recorded; "
-            "an admin can create one with CreateApplication"
-        )
+    assert caller.kind == "application", "the policy's rule for sends must admit applications"
     return caller.id
 
 
