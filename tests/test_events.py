@@ -25,6 +25,7 @@ from quartet.client import Client, EventsNotSent, QuartetError, event
 from quartet.events.v1 import event_service_pb2 as pb
 from quartet.events.v1 import event_service_pb2_grpc
 from quartet.server.auth.tokens import new_api_key
+from quartet.server.events.registry import register_file
 from quartet.server.settings import Settings
 from quartet.server.testing import running_server
 from quartet.storage import applications, events
@@ -350,6 +351,7 @@ def test_an_id_another_application_sent_reveals_nothing_of_its_event(
     assert {(k.application_id, k.event.id, k.event.data["host"]) for k in kept} == {
         (other.application.id, original.id, "www.ca.com")
     }
+    assert all(k.event.occur_time == original.occur_time and k.size_bytes > 0 for k in kept)
     assert app.events.send(original).duplicate  # the sender's own resend is still a duplicate
 
 
@@ -802,6 +804,26 @@ def test_event_types_file_registers_at_start(
         with running_server(with_file) as target, Client(target, token=token) as client:
             types = {(t.category, t.name): t.version for t in client.events.list_types()}
             assert types[("video", "play")] == 1
+
+
+@pytest.mark.parametrize(
+    ("category", "name"),
+    [("video", "pl\x00ay"), ("vid\neo", "play"), ("video", "p" * 101), (" ", "play")],
+)
+def test_an_event_types_file_with_bad_names_registers_nothing(
+    db: peewee.Database, tmp_path: Path, category: str, name: str
+) -> None:
+    path = tmp_path / "types.json"
+    path.write_text(json.dumps([{"category": category, "name": name, "schema": VIDEO}]))
+    with pytest.raises(ValueError, match="category and name"):
+        register_file(db, path)
+    with db.connection_context():
+        assert (
+            not events.EventType.select()
+            .where(events.EventType.category != "page interaction")
+            .where(events.EventType.category != "form interaction")
+            .exists()
+        )
 
 
 # --- who may send and read -----------------------------------------------------------------------

@@ -14,7 +14,10 @@ import jsonschema
 import jsonschema.exceptions
 import peewee
 
+from quartet.server.errors import text_problem
 from quartet.storage import events
+
+TEXT_LENGTH = 100  # an event type's category and name, at most
 
 
 class SchemaInvalid(ValueError):
@@ -195,8 +198,13 @@ def register_file(database: peewee.Database, path: Path) -> list[events.EventTyp
         entries = json.loads(path.read_text())
         wanted = {(e["category"], e["name"]): e["schema"] for e in entries}
         for (category, name), schema in wanted.items():
-            if not (isinstance(category, str) and isinstance(name, str) and category and name):
-                raise ValueError("category and name must be non-empty strings")
+            for text in (category, name):
+                if not (
+                    isinstance(text, str) and 0 < len(text.strip()) and len(text) <= TEXT_LENGTH
+                ):
+                    raise ValueError(f"category and name must be 1 to {TEXT_LENGTH} characters")
+                if (problem := text_problem(text)) is not None:
+                    raise ValueError(f"{text!r}: category and name {problem}")
             Schema.compile(0, schema)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"event types file {path}: {error}") from None

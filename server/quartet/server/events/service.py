@@ -24,13 +24,8 @@ from quartet.server.errors import (
     InvalidArgument,
     Violations,
 )
-from quartet.server.events.registry import Registry, Schema, SchemaInvalid
-from quartet.server.events.validation import (
-    TEXT_LENGTH,
-    EventChecker,
-    canonical_uuid,
-    violations_of,
-)
+from quartet.server.events.registry import TEXT_LENGTH, Registry, Schema, SchemaInvalid
+from quartet.server.events.validation import EventChecker, canonical_uuid, violations_of
 from quartet.server.pagination import decode_page_token, page_size, paged
 from quartet.server.timestamps import optional_timestamp, to_timestamp
 from quartet.storage import DatabaseRunner, events
@@ -61,7 +56,6 @@ _STATUS = {
     STORED: pb.EVENT_STATUS_STORED,
     DUPLICATE: pb.EVENT_STATUS_DUPLICATE,
     REJECTED: pb.EVENT_STATUS_REJECTED,
-    ID_TAKEN: pb.EVENT_STATUS_REJECTED,
 }
 
 
@@ -104,17 +98,15 @@ def write_batch(items: list[NewEvent | Rejection]) -> list[tuple[str, datetime.d
 
 def _id_taken(event: NewEvent) -> Rejection:
     """The rejection of an event whose id another application's event has: the event as sent
-    (its JSON rebuilt from the checked fields), with ID_TAKEN_VIOLATION."""
-    fields = {
-        "id": event.id,
-        "sessionId": event.session_id,
-        "category": event.category,
-        "name": event.name,
-        "occurTime": f"{event.occur_time.isoformat()}Z",
-    }
-    sent = f'{json.dumps(fields)[:-1]}, "data": {event.data}}}'
+    (rebuilt from its checked fields), with ID_TAKEN_VIOLATION."""
+    sent = new_event_message(event, receive_time=None)
+    sent.ClearField("application_id")  # fields the server sets, not the sender
+    sent.ClearField("schema_version")
     return Rejection(
-        application_id=event.application_id, event=sent, violations=[ID_TAKEN_VIOLATION]
+        application_id=event.application_id,
+        event=json_format.MessageToJson(sent, indent=None),
+        violations=[ID_TAKEN_VIOLATION],
+        size=sent.ByteSize(),
     )
 
 
@@ -126,7 +118,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         registry: Registry,
         checker: EventChecker,
         *,
-        max_batch_bytes: int = 8 * 1024 * 1024,
+        max_batch_bytes: int,
     ) -> None:
         self._db = runner
         self._writer = writer
@@ -432,8 +424,8 @@ def _struct(text: str) -> struct_pb2.Struct:
     return data
 
 
-def new_event_message(event: NewEvent, receive_time: datetime.datetime) -> pb.Event:
-    return pb.Event(
+def new_event_message(event: NewEvent, receive_time: datetime.datetime | None) -> pb.Event:
+    message = pb.Event(
         id=event.id,
         session_id=event.session_id,
         category=event.category,
@@ -441,9 +433,11 @@ def new_event_message(event: NewEvent, receive_time: datetime.datetime) -> pb.Ev
         data=_struct(event.data),
         occur_time=to_timestamp(event.occur_time),
         application_id=event.application_id,
-        receive_time=to_timestamp(receive_time),
         schema_version=event.schema_version,
     )
+    if receive_time is not None:
+        message.receive_time.CopyFrom(to_timestamp(receive_time))
+    return message
 
 
 def event_message(row: events.Event) -> pb.Event:

@@ -16,11 +16,10 @@ from google.protobuf import json_format, struct_pb2
 from quartet.errors.v1 import error_reason_pb2
 from quartet.events.v1 import event_service_pb2 as pb
 from quartet.server.errors import FieldViolation, Violations
-from quartet.server.events.registry import Registry
+from quartet.server.events.registry import TEXT_LENGTH, Registry
 from quartet.server.timestamps import from_timestamp
 from quartet.storage.events import NewEvent, Rejection
 
-TEXT_LENGTH = 100  # category and name
 # What is kept of an event rejected as too large: its text fields cut to this length, and this
 # many characters of its data as JSON.
 KEPT_TEXT_LENGTH = 256
@@ -76,7 +75,7 @@ class EventChecker:
                 f"is {size} bytes; at most {self._policy.max_event_bytes} are accepted",
                 _REASON(error_reason_pb2.EVENT_TOO_LARGE),
             )
-            return self._rejected(event, application_id, problems)
+            return self._rejected(event, application_id, problems, size)
         event_id = canonical_uuid(event.id, "id", problems, required=False) or self._new_id()
         session_id = canonical_uuid(event.session_id, "session_id", problems, required=True)
         for field in ("category", "name"):
@@ -108,7 +107,7 @@ class EventChecker:
                     _REASON(error_reason_pb2.EVENT_PAYLOAD_INVALID),
                 )
         if problems or occur_time is None:
-            return self._rejected(event, application_id, problems)
+            return self._rejected(event, application_id, problems, size)
         return NewEvent(
             id=event_id,
             application_id=application_id,
@@ -137,7 +136,9 @@ class EventChecker:
             )
         return occur_time
 
-    def _rejected(self, event: pb.Event, application_id: int, problems: Violations) -> Rejection:
+    def _rejected(
+        self, event: pb.Event, application_id: int, problems: Violations, size: int
+    ) -> Rejection:
         """The rejection to keep: the event as sent, with its size. But one too large to store
         is kept without its data, and the first DATA_PREFIX_LENGTH characters of that (else a
         rejection would take the room the size limit protects); and one JSON cannot hold whole
@@ -146,7 +147,6 @@ class EventChecker:
             {"field": v.field, "reason": v.reason or _FIELD, "description": v.description}
             for v in problems.items
         ]
-        size = event.ByteSize()
         too_large = size > self._policy.max_event_bytes
         if not too_large:
             try:
