@@ -311,23 +311,34 @@ def protected_methods() -> list[str]:
     return [name for name, rule in RULES.items() if rule.credentials == "required"]
 
 
-def call_raw(client: Client, method: str, metadata: tuple[tuple[str, str], ...]) -> None:
-    """Call any method with an empty request and the given metadata; raise QuartetError."""
+def call_raw(
+    client: Client,
+    method: str,
+    metadata: tuple[tuple[str, str], ...],
+    *,
+    first_only: bool = False,
+    timeout: float = 5,
+) -> None:
+    """Call any method with an empty request and the given metadata; raise QuartetError.
+
+    A streamed answer is read to its end, or with first_only to its first message (Health/Watch
+    and reflection never end by themselves)."""
     service, name = method.lstrip("/").split("/")
     descriptor = descriptor_pool.Default().FindServiceByName(service).methods_by_name[name]
     request = message_factory.GetMessageClass(descriptor.input_type)()
-    kind = (
-        ("stream" if descriptor.client_streaming else "unary")
-        + "_"
-        + ("stream" if descriptor.server_streaming else "unary")
+    kind = ("stream" if descriptor.client_streaming else "unary") + (
+        "_stream" if descriptor.server_streaming else "_unary"
     )
     callable_ = getattr(client.channel, kind)(
         method, request_serializer=lambda m: m.SerializeToString(), response_deserializer=None
     )
     argument = iter([request]) if descriptor.client_streaming else request
     try:
-        result = callable_(argument, timeout=5, metadata=metadata)
-        if descriptor.server_streaming:
+        result = callable_(argument, timeout=timeout, metadata=metadata)
+        if descriptor.server_streaming and first_only:
+            next(result, None)
+            result.cancel()
+        elif descriptor.server_streaming:
             list(result)
     except grpc.RpcError as error:
         raise QuartetError.from_rpc_error(error) from None
@@ -393,35 +404,11 @@ def test_roles_are_enforced_on_every_admin_method(sign_in: Callable[..., Princip
 
 
 # Methods whose servicer decides more than the policy: Login and RefreshToken authenticate with
-# the request's own credentials (an empty one is UNAUTHENTICATED), and events are sent only with
-# an application's key, so that the sender is recorded (an admin, admitted by its grants, is
-# PERMISSION_DENIED by the servicer).
+# the request's own credentials (an empty one is UNAUTHENTICATED).
 SERVICER_DECIDES = {
     "/quartet.auth.v1.AuthService/Login": grpc.StatusCode.UNAUTHENTICATED,
     "/quartet.auth.v1.AuthService/RefreshToken": grpc.StatusCode.UNAUTHENTICATED,
 }
-
-
-def call_first(client: Client, method: str, metadata: tuple[tuple[str, str], ...]) -> None:
-    """Like call_raw, but a streamed answer is read to its first message only (Health/Watch and
-    reflection never end by themselves)."""
-    service, name = method.lstrip("/").split("/")
-    descriptor = descriptor_pool.Default().FindServiceByName(service).methods_by_name[name]
-    request = message_factory.GetMessageClass(descriptor.input_type)()
-    kind = ("stream" if descriptor.client_streaming else "unary") + (
-        "_stream" if descriptor.server_streaming else "_unary"
-    )
-    callable_ = getattr(client.channel, kind)(
-        method, request_serializer=lambda m: m.SerializeToString(), response_deserializer=None
-    )
-    argument = iter([request]) if descriptor.client_streaming else request
-    try:
-        result = callable_(argument, timeout=10, metadata=metadata)
-        if descriptor.server_streaming:
-            next(result, None)
-            result.cancel()
-    except grpc.RpcError as error:
-        raise QuartetError.from_rpc_error(error) from None
 
 
 def test_every_method_admits_exactly_the_callers_its_rule_names(
@@ -442,7 +429,7 @@ def test_every_method_admits_exactly_the_callers_its_rule_names(
     for method, rule in RULES.items():
         for kind, (caller, metadata) in callers.items():
             try:
-                call_first(anonymous, method, metadata)
+                call_raw(anonymous, method, metadata, first_only=True, timeout=10)
                 error = None
             except QuartetError as caught:
                 error = caught
