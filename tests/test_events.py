@@ -189,7 +189,7 @@ def test_a_valid_event_whose_data_json_cannot_hold_is_rejected(app: Client, clie
     assert "NaN" in kept.data_prefix
 
 
-def test_ids_the_server_assigns_are_random_version_4_uuids(app: Client) -> None:
+def test_ids_the_server_assigns_are_time_ordered_version_7_uuids(app: Client) -> None:
     send = app.channel.unary_unary(
         "/quartet.events.v1.EventService/SendEvents",
         request_serializer=pb.SendEventsRequest.SerializeToString,
@@ -199,10 +199,11 @@ def test_ids_the_server_assigns_are_random_version_4_uuids(app: Client) -> None:
     sent.ClearField("id")
     reply = send(pb.SendEventsRequest(events=[sent] * 300), metadata=app.metadata, timeout=10)
     ids = [result.event_id for result in reply.results]
-    assert len(set(ids)) == 300  # across the server's batches of 256 random ids
+    assert len(set(ids)) == 300
     for text in ids:
         parsed = uuid.UUID(text)
-        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 7, uuid.RFC_4122)
+    assert ids == sorted(ids)  # time-ordered: the unique index on ids grows at its end
 
 
 def test_a_too_large_event_is_kept_in_part(

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
+import uuid_utils
 from google.protobuf import struct_pb2
 
 from quartet.client._base import Closable, Transport, fields, pages, timestamp
@@ -37,12 +38,13 @@ def event(
     event_id: str | uuid.UUID | None = None,
 ) -> pb.Event:
     """An Event message. `occurred_at` is an aware datetime, a naive one in UTC, or an ISO 8601
-    string such as the original challenge's "2021-01-01 09:15:27.243860" (UTC). A random id is
-    set when none is given, so that a retried send is stored once."""
+    string such as the original challenge's "2021-01-01 09:15:27.243860" (UTC). An id is set
+    when none is given, so that a retried send is stored once: a time-ordered (version 7) UUID,
+    which the server's unique index on ids takes far faster than a random one."""
     if isinstance(occurred_at, str):
         occurred_at = datetime.datetime.fromisoformat(occurred_at)
     message = pb.Event(
-        id=str(event_id or uuid.uuid4()),
+        id=str(event_id or uuid_utils.uuid7()),
         session_id=str(session_id),
         category=category,
         name=name,
@@ -58,7 +60,7 @@ def _with_id(message: pb.Event) -> pb.Event:
         return message
     copy = pb.Event()
     copy.CopyFrom(message)
-    copy.id = str(uuid.uuid4())
+    copy.id = str(uuid_utils.uuid7())
     return copy
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import peewee
+import uuid_utils
 from faker import Faker
 
 from quartet.events.v1 import event_service_pb2 as pb
@@ -187,7 +188,7 @@ def _sessions(
 def _event(
     session: str, category: str, name: str, moment: datetime.datetime, **data: Any
 ) -> pb.Event:
-    message = pb.Event(id=str(uuid.uuid4()), session_id=session, category=category, name=name)
+    message = pb.Event(id=str(uuid_utils.uuid7()), session_id=session, category=category, name=name)
     message.data.update(data)
     message.occur_time.FromDatetime(moment)
     return message
