@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -29,7 +32,7 @@ from quartet.server.events.registry import register_file
 from quartet.server.settings import Settings
 from quartet.server.testing import running_server
 from quartet.storage import applications, events
-from tests.conftest import Principal, mint_token
+from tests.conftest import SECRET, Principal, mint_token
 from tests.helpers import Background, server_process, table_locked
 
 SESSION = "e2085be5-9137-4e4e-80b5-f1ffddc25423"
@@ -1054,3 +1057,29 @@ def test_acknowledged_events_survive_kill_9(database_url: str) -> None:
     missing = set(acknowledged) - stored
     assert not missing, f"{len(missing)} acknowledged events were lost"
     assert len(acknowledged) >= 2000
+
+
+def test_the_sqlite_log_is_checkpointed_while_the_server_runs(tmp_path: Path) -> None:
+    """No connection copies SQLite's write-ahead log into the database as it commits (that held
+    every other writer up): the server's checkpointer does it beside them, so acknowledged events
+    reach the database file itself while the server keeps running."""
+    path = tmp_path / "quartet.db"
+    settings = Settings(database_url=f"sqlite:///{path}", grace_seconds=0, secret=SECRET)
+    full_key, key_id, secret_hash = new_api_key()
+    with running_server(settings) as target:
+        with storage.base.db.obj.connection_context():
+            applications.create_application("web", key_id, secret_hash)
+        with Client(target, token=full_key) as sender:
+            reply = sender.events.send_batch([pageview() for _ in range(100)])
+        assert {r.status for r in reply.results} == {pb.EVENT_STATUS_STORED}
+        copy, found = tmp_path / "without-its-log.db", 0
+        deadline = time.monotonic() + 10
+        while found < 100:
+            assert time.monotonic() < deadline, f"{found} of 100 events in the file after 10 s"
+            time.sleep(0.05)
+            shutil.copyfile(path, copy)  # the database file alone, not its log
+            try:
+                with contextlib.closing(sqlite3.connect(copy)) as copied:
+                    found = copied.execute("SELECT count(*) FROM event").fetchone()[0]
+            except sqlite3.DatabaseError:  # copied in the middle of a checkpoint, or before one
+                found = 0

@@ -63,6 +63,7 @@ class Server:
     health: health.aio.HealthServicer
     runner: storage.DatabaseRunner
     event_writer: storage.BatchWriter[Any, Any]
+    checkpointer: storage.WalCheckpointer
     event_types: events.Registry
     _serving: bool = False
 
@@ -79,6 +80,7 @@ class Server:
         await self.grpc_server.stop(grace)
         # In-flight sends waited for their commits above; now nothing can queue any more.
         self.event_writer.close()
+        self.checkpointer.close()
         self.runner.close()
 
     async def refresh(self) -> bool:
@@ -145,6 +147,7 @@ def build_server(
         max_event_bytes=settings.max_event_bytes,
     )
     event_writer = storage.BatchWriter(database, events.write_batch, name="quartet-events")
+    checkpointer = storage.WalCheckpointer(database)
     event_service_pb2_grpc.add_EventServiceServicer_to_server(
         events.EventServicer(
             runner,
@@ -174,9 +177,10 @@ def build_server(
             port = server.add_insecure_port(settings.address)
     except RuntimeError as exc:
         event_writer.close()
+        checkpointer.close()
         runner.close()
         raise PortInUse(f"cannot listen on {settings.address}: is the port in use?") from exc
-    return Server(server, port, health_servicer, runner, event_writer, registry)
+    return Server(server, port, health_servicer, runner, event_writer, checkpointer, registry)
 
 
 def _options(settings: Settings, reuse_port: bool) -> list[tuple[str, int]]:

@@ -6,6 +6,7 @@ re-exports only what the server needs to open, migrate and close a database.
 
 from quartet.storage.database import (
     DEFAULT_SQLITE_PATH,
+    WalCheckpointer,
     bind,
     close,
     default_database_url,
@@ -27,6 +28,7 @@ __all__ = [
     "DeadlineExceeded",
     "RecordExists",
     "RecordNotFound",
+    "WalCheckpointer",
     "bind",
     "close",
     "deadline",
