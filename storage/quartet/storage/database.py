@@ -148,8 +148,11 @@ class WalCheckpointer:
                 seen = database.commits
                 try:
                     self._checkpoint(database)
-                except Exception:  # the next interval tries again
-                    logger.exception("checkpointing the SQLite log failed")
+                except Exception as exc:  # tried again after the next commit
+                    if not unavailable(exc):
+                        logger.exception("checkpointing the SQLite log failed")
+                    else:  # one line, not a traceback: the calls report the outage too
+                        logger.warning("cannot checkpoint the SQLite log: %s", exc)
             if stopping:
                 return
 
