@@ -8,13 +8,15 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import peewee
 import psycopg2
+import psycopg2.extensions
 from playhouse.db_url import parse
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
@@ -105,6 +107,44 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
         if lock is not None:
             self._held.lock = None
             lock.close()
+
+
+class _PostgresqlDatabase(PooledPostgresqlDatabase):  # type: ignore[misc]
+    """Pooled PostgreSQL that asks the server whether a pooled connection still works only when
+    it has been idle for a while.
+
+    Peewee's pool sends `SELECT 1` every time it hands a connection out: one more round trip per
+    transaction, a fifth of the event writer's time under load. A connection given back less
+    than FRESH seconds ago is handed out unchecked (if its last transaction ended); should the
+    server have gone away meanwhile, its first statement fails as UNAVAILABLE, and the broken
+    connection is dropped when it comes back.
+    """
+
+    FRESH = 1.0
+
+    def __init__(self, database: str, **kwargs: object) -> None:
+        super().__init__(database, **kwargs)
+        self._returned: dict[int, float] = {}  # connection key -> when it was given back
+
+    def _is_closed(self, conn: Any) -> bool:
+        returned = self._returned.pop(self.conn_key(conn), None)
+        if (
+            returned is not None
+            and time.monotonic() - returned < self.FRESH
+            and not conn.closed
+            and conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        ):
+            return False
+        return bool(super()._is_closed(conn))
+
+    def _close(self, conn: Any, close_conn: bool = False) -> None:
+        if not close_conn:
+            self._returned[self.conn_key(conn)] = time.monotonic()
+        super()._close(conn, close_conn)
+
+    def _close_raw(self, conn: Any) -> None:
+        self._returned.pop(self.conn_key(conn), None)
+        super()._close_raw(conn)
 
 
 class WalCheckpointer:
@@ -253,7 +293,7 @@ def open_database(url: str, *, max_connections: int = 20) -> peewee.Database:
     if scheme in ("postgresql", "postgres"):
         if not name:
             raise ValueError(f"{redacted(url)!r} names no database: postgresql://host/name")
-        database = PooledPostgresqlDatabase(
+        database = _PostgresqlDatabase(
             name,
             max_connections=max_connections,
             stale_timeout=300,
