@@ -1,8 +1,9 @@
-"""The model base class and the database proxy every model is bound to."""
+"""The model base class, the database proxy every model is bound to, and shared row helpers."""
 
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 import peewee
 
@@ -22,3 +23,21 @@ class BaseModel(peewee.Model):
     class Meta:
         database = db
         legacy_table_names = False
+
+
+def copy_line(row: tuple[Any, ...]) -> str:
+    """row as a line of PostgreSQL's COPY text format (None is NULL; str() spells the rest)."""
+    return "\t".join([_copy_value(value) for value in row]) + "\n"
+
+
+def _copy_value(value: object) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, str):
+        return (
+            value.replace("\\", "\\\\")
+            .replace("\t", "\\t")
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
+        )
+    return str(value)

@@ -31,7 +31,7 @@ from typing import Any
 
 import peewee
 
-from quartet.storage.base import db
+from quartet.storage.base import copy_line, db
 from quartet.storage.experiments import Compound, Experiment, ExperimentCompound, ExperimentUser
 
 # Staged rows; a cell the import could not parse is None (such an import never publishes).
@@ -282,7 +282,7 @@ class Staging:
                 line = "\t".join(["%s"] * len(rows[0])) + "\n"
                 text, options = "".join([line % row for row in rows]), " WITH (NULL 'None')"
             else:
-                text, options = "".join([_copy_line(row) for row in rows]), ""
+                text, options = "".join([copy_line(row) for row in rows]), ""
             target = f"{self._tables[stage]} ({_COLUMNS[stage]})"
             assert self._copier is not None
             self._copies.append(self._copier.submit(self._copy, target, options, text))
@@ -302,20 +302,3 @@ class Staging:
 
     def _sql(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return self._db.execute_sql(sql, params)  # type: ignore[no-untyped-call]
-
-
-def _copy_line(row: tuple[Any, ...]) -> str:
-    return "\t".join([_copy_value(value) for value in row]) + "\n"
-
-
-def _copy_value(value: object) -> str:
-    if value is None:
-        return "\\N"
-    if isinstance(value, str):
-        return (
-            value.replace("\\", "\\\\")
-            .replace("\t", "\\t")
-            .replace("\n", "\\n")
-            .replace("\r", "\\r")
-        )
-    return str(value)
