@@ -72,7 +72,8 @@ class Event(_message.Message):
     SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """A UUID identifying the event. Set it when sending, so that a retried send is recognised and
-    stored once; the server generates one when it is empty.
+    stored once; the server generates one when it is empty. Any UUID is accepted; time-ordered
+    ones (version 7, as the SDK and the server make) are the cheapest to store.
     """
     session_id: _builtins.str
     """Required. The UUID of the session the event belongs to, chosen by the application. Several
