@@ -146,7 +146,12 @@ def build_server(
         clock_skew=datetime.timedelta(seconds=settings.event_clock_skew_seconds),
         max_event_bytes=settings.max_event_bytes,
     )
-    event_writer = storage.BatchWriter(database, events.write_batch, name="quartet-events")
+    event_writer = storage.BatchWriter(
+        database,
+        events.write_batch,
+        delay=settings.event_commit_delay_ms / 1000,
+        name="quartet-events",
+    )
     checkpointer = storage.WalCheckpointer(database)
     event_service_pb2_grpc.add_EventServiceServicer_to_server(
         events.EventServicer(

@@ -69,6 +69,11 @@ class Settings:
     max_batch_bytes: int = field(
         default=8 * 1024 * 1024, metadata={"env": "QUARTET_MAX_BATCH_BYTES"}
     )
+    # Under load, how long the event writer waits after the first event of a transaction for
+    # those right behind it, so that one commit serves them all (0: never waits).
+    event_commit_delay_ms: float = field(
+        default=3.0, metadata={"env": "QUARTET_EVENT_COMMIT_DELAY_MS"}
+    )
     # A JSON file of event types to register at start-up: [{"category", "name", "schema"}].
     event_types_file: str = field(default="", metadata={"env": "QUARTET_EVENT_TYPES_FILE"})
 
@@ -117,6 +122,8 @@ class Settings:
             raise SettingsError("the event clock skew and size limit must be positive")
         if self.max_batch_bytes < 1:
             raise SettingsError("max_batch_bytes must be positive")
+        if not 0 <= self.event_commit_delay_ms <= 1000:
+            raise SettingsError("QUARTET_EVENT_COMMIT_DELAY_MS must be between 0 and 1000")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise SettingsError("TLS needs both a certificate file and a key file")
         return self

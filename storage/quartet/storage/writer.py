@@ -5,12 +5,17 @@ to reach the disk). So concurrent callers hand their rows to a single writer thr
 writer takes whatever has queued up, writes it all in one transaction, commits, and only then
 answers every caller. An answered caller's rows are durable; a failed transaction fails all its
 callers, none of whose rows were kept, so they can retry.
+
+Under load the writer also waits a moment (`delay`, as PostgreSQL's commit_delay) after the
+first submission for those right behind it: single events arrive one at a time, each found the
+writer idle, and every one of them cost a transaction of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import queue
 import threading
 import time
@@ -41,6 +46,8 @@ class BatchWriter(Generic[Item, Result]):
     """Writes submitted items in batches on its own thread, one transaction per batch.
 
     `write(items)` runs inside the transaction and returns one result per item, in order.
+    `delay` is how long, in seconds, a batch waits for more submissions when the writer is busy
+    (its last write ended less than five delays ago); an idle writer writes at once.
     """
 
     def __init__(
@@ -49,11 +56,14 @@ class BatchWriter(Generic[Item, Result]):
         write: Callable[[list[Item]], list[Result]],
         *,
         max_batch: int = 5000,
+        delay: float = 0.0,
         name: str = "quartet-writer",
     ) -> None:
         self._database = database
         self._write = write
         self._max_batch = max_batch
+        self._delay = delay
+        self._last_write = -math.inf
         self._queue: queue.SimpleQueue[_Submission[Item, Result] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -78,18 +88,28 @@ class BatchWriter(Generic[Item, Result]):
             first = self._queue.get()
             if first is None:
                 break
-            batch, size = [first], len(first.items)
-            while size < self._max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                batch.append(more)
-                size += len(more.items)
+            batch, stopping = self._gather(first)
             self._write_batch(batch)
+            self._last_write = time.monotonic()
+
+    def _gather(
+        self, first: _Submission[Item, Result]
+    ) -> tuple[list[_Submission[Item, Result]], bool]:
+        """first and the submissions queued behind it, up to max_batch items (waiting up to
+        `delay` for them if busy); and whether close() was called."""
+        batch, size = [first], len(first.items)
+        now = time.monotonic()
+        until = now + self._delay if now - self._last_write < 5 * self._delay else now
+        while size < self._max_batch:
+            try:
+                more = self._queue.get(timeout=max(0.0, until - time.monotonic()))
+            except queue.Empty:
+                return batch, False
+            if more is None:
+                return batch, True
+            batch.append(more)
+            size += len(more.items)
+        return batch, False
 
     def _write_batch(self, batch: list[_Submission[Item, Result]]) -> None:
         now = time.monotonic()
