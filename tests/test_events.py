@@ -501,6 +501,36 @@ def test_order_is_occurrence_time_then_arrival(app: Client, client: Client) -> N
     assert newest == list(reversed(listed))
 
 
+def test_a_batch_is_stored_in_the_order_sent(app: Client, client: Client) -> None:
+    """Events of a batch arrive together: with equal occurrence times they are listed in the
+    order sent (not that of their ids), and a second copy in the batch is a duplicate."""
+    ids = sorted((str(uuid.uuid4()) for _ in range(5)), reverse=True)
+    batch = [pageview(event_id=event_id) for event_id in ids]
+    reply = app.events.send_batch([*batch, batch[1]])
+    assert [r.status for r in reply.results] == [pb.EVENT_STATUS_STORED] * 5 + [
+        pb.EVENT_STATUS_DUPLICATE
+    ]
+    assert [e.id for e in client.events.iter(session_id=SESSION)] == ids
+
+
+def test_text_comes_back_exactly_as_sent(app: Client, client: Client) -> None:
+    """Backslashes, what PostgreSQL's COPY would read as NULL or a tab, and characters beyond
+    ASCII are stored and listed unchanged, in data and in the type's category and name."""
+    tricky = "\\N \\t \\\\ tab\tnewline\n é 😀 \u2028"
+    category, name = "back\\slash \\N", "é \\t 😀"
+    client.events.create_type(category, name, {"type": "object"})
+    sent = [
+        pageview(data={"host": tricky, "path": "/\\N"}),
+        pageview(category=category, name=name, data={"text": tricky}),
+    ]
+    assert {r.status for r in app.events.send_batch(sent).results} == {pb.EVENT_STATUS_STORED}
+    stored = {e.id: e for e in client.events.iter(session_id=SESSION)}
+    for message in sent:
+        found = stored[message.id]
+        assert (found.category, found.name) == (message.category, message.name)
+        assert json_format.MessageToDict(found.data) == json_format.MessageToDict(message.data)
+
+
 # --- queries -------------------------------------------------------------------------------------
 
 

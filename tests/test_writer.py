@@ -1,5 +1,6 @@
 """The group-commit writer: what is submitted together shares a transaction; an idle writer
-writes at once, a busy one waits a moment for the submissions right behind the first."""
+writes at once, a busy one waits a moment for the submissions right behind the first. And the
+checkpointer that copies SQLite's log beside the writers."""
 
 from __future__ import annotations
 
@@ -71,7 +72,50 @@ def test_without_a_delay_each_submission_found_alone_is_written_alone(
     database: peewee.Database,
 ) -> None:
     batches = writer(database, delay=0.0)
-    asyncio.run(first_then_five_more(batches))
+
+    async def one_after_another() -> None:
+        for value in range(6):
+            assert await batches.submit([value]) == [-value]
+
+    asyncio.run(one_after_another())
     assert (batches.batches, batches.items_written) == (6, 6)
     batches.close()
     assert stored(database) == [0, 1, 2, 3, 4, 5]
+
+
+def test_closing_while_a_batch_waits_still_writes_it(database: peewee.Database) -> None:
+    batches = writer(database, delay=30.0)
+
+    async def busy_then_close() -> list[int]:
+        await batches.submit([1])
+        waiting = asyncio.ensure_future(batches.submit([2]))  # waits for company, up to 30 s
+        await asyncio.sleep(0.05)
+        start = time.monotonic()
+        await asyncio.to_thread(batches.close)
+        assert time.monotonic() - start < 10
+        return await waiting
+
+    assert asyncio.run(busy_then_close()) == [-2]
+    assert stored(database) == [1, 2]
+
+
+def test_the_checkpointer_keeps_the_log_from_growing(database: peewee.Database) -> None:
+    """Commits keep coming, each adding pages to the log: once it holds restart_pages pages the
+    checkpointer has it start over, so it stays a fraction of what was written."""
+    with database.connection_context():
+        database.execute_sql("CREATE TABLE blob (data BLOB)")  # type: ignore[no-untyped-call]
+    checkpointer = storage.WalCheckpointer(database, interval=0.01, restart_pages=20)
+    log = Path(f"{database.database}-wal")
+    largest, written = 0, 0
+    try:
+        for _ in range(300):
+            with database.connection_context(), database.atomic():
+                database.execute_sql("INSERT INTO blob VALUES (?)", (bytes(20_000),))  # type: ignore[no-untyped-call]
+            written += 20_000
+            largest = max(largest, log.stat().st_size)
+            time.sleep(0.002)
+    finally:
+        checkpointer.close()
+    assert largest < written / 4, (largest, written)
+    with database.connection_context():
+        assert database.execute_sql("SELECT count(*) FROM blob").fetchone() == (300,)  # type: ignore[no-untyped-call]

@@ -204,6 +204,12 @@ def _options(settings: Settings, reuse_port: bool) -> list[tuple[str, int]]:
     ]
 
 
+def _connections(settings: Settings) -> int:
+    """Pooled connections: one per database thread, the event writer's, the WAL checkpointer's,
+    and one to spare."""
+    return settings.db_threads + 3
+
+
 def _key_pair(settings: Settings) -> tuple[bytes, bytes]:
     try:
         return Path(settings.tls_key_file).read_bytes(), Path(settings.tls_cert_file).read_bytes()
@@ -213,8 +219,7 @@ def _key_pair(settings: Settings) -> tuple[bytes, bytes]:
 
 def open_database(settings: Settings) -> peewee.Database:
     """Open, bind and migrate the configured database."""
-    # One connection per database thread, plus headroom for the health watchdog's ping.
-    database = storage.open_database(settings.database_url, max_connections=settings.db_threads + 2)
+    database = storage.open_database(settings.database_url, max_connections=_connections(settings))
     storage.bind(database)
     applied = storage.migrate(database)
     if applied:
@@ -252,7 +257,7 @@ async def running(settings: Settings, *, worker: bool = False) -> AsyncIterator[
     """
     if worker:
         database = storage.open_database(
-            settings.database_url, max_connections=settings.db_threads + 2
+            settings.database_url, max_connections=_connections(settings)
         )
         storage.bind(database)
     else:

@@ -228,9 +228,9 @@ _STAGE = (
     " occur_time timestamp, receive_time timestamp, schema_version integer)"
     " ON COMMIT DELETE ROWS"
 )
-_TO_STAGE = f"COPY event_stage (n, {_COLUMNS}) FROM STDIN"
+_TO_STAGE = f"COPY pg_temp.event_stage (n, {_COLUMNS}) FROM STDIN"
 _FROM_STAGE = (
-    f"WITH staged AS (DELETE FROM event_stage RETURNING *) INSERT INTO event ({_COLUMNS})"
+    f"WITH staged AS (DELETE FROM pg_temp.event_stage RETURNING *) INSERT INTO event ({_COLUMNS})"
     f" SELECT {_COLUMNS} FROM staged ORDER BY n ON CONFLICT (id) DO NOTHING RETURNING id"
 )
 

@@ -40,14 +40,16 @@ class _Submission(Generic[Item, Result]):
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[Result]]
     deadline: float | None
+    submitted: float  # time.monotonic()
 
 
 class BatchWriter(Generic[Item, Result]):
     """Writes submitted items in batches on its own thread, one transaction per batch.
 
     `write(items)` runs inside the transaction and returns one result per item, in order.
-    `delay` is how long, in seconds, a batch waits for more submissions when the writer is busy
-    (its last write ended less than five delays ago); an idle writer writes at once.
+    `delay` is how long, in seconds, a batch waits after its first submission for more when the
+    writer is busy (that submission came less than five delays after the last write ended); an
+    idle writer writes at once.
     """
 
     def __init__(
@@ -74,7 +76,7 @@ class BatchWriter(Generic[Item, Result]):
         """Queue items and wait until their transaction committed; their results, in order."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Result]] = loop.create_future()
-        self._queue.put(_Submission(items, loop, future, deadline.get()))
+        self._queue.put(_Submission(items, loop, future, deadline.get(), time.monotonic()))
         return await future
 
     def close(self) -> None:
@@ -98,8 +100,9 @@ class BatchWriter(Generic[Item, Result]):
         """first and the submissions queued behind it, up to max_batch items (waiting up to
         `delay` for them if busy); and whether close() was called."""
         batch, size = [first], len(first.items)
-        now = time.monotonic()
-        until = now + self._delay if now - self._last_write < 5 * self._delay else now
+        # Counted from the submission: one that queued through the last write waited enough.
+        busy = first.submitted - self._last_write < 5 * self._delay
+        until = first.submitted + self._delay if busy else 0.0
         while size < self._max_batch:
             try:
                 more = self._queue.get(timeout=max(0.0, until - time.monotonic()))
