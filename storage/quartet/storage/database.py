@@ -44,6 +44,8 @@ SQLITE_PRAGMAS = {
     "cache_size": -8_000,  # 8 MB per pooled connection (SQLite's default is 2 MB)
     "wal_autocheckpoint": 10_000,
 }
+# How long a RESTART checkpoint, which holds every writer, waits for readers (milliseconds).
+RESTART_WAIT_MS = 50
 
 
 class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
@@ -236,9 +238,6 @@ class WalCheckpointer:
             finally:
                 database.execute_sql(f"PRAGMA busy_timeout = {SQLITE_PRAGMAS['busy_timeout']}")
             return not busy
-
-
-RESTART_WAIT_MS = 50
 
 
 def _wal_checkpoint(database: peewee.Database, mode: str) -> tuple[int, int, int]:
