@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import peewee
-import uuid_utils
 from faker import Faker
 
 from quartet.events.v1 import event_service_pb2 as pb
@@ -24,6 +23,7 @@ from quartet.experiments.v1 import experiment_service_pb2 as pb_experiments
 from quartet.server.auth.passwords import hash_password
 from quartet.server.auth.tokens import new_api_key
 from quartet.server.events import EventChecker, Policy, Registry
+from quartet.server.events.validation import new_event_id
 from quartet.server.experiments.csvfiles import DataFile
 from quartet.server.experiments.importer import run_import
 from quartet.server.score import compute_score
@@ -188,7 +188,7 @@ def _sessions(
 def _event(
     session: str, category: str, name: str, moment: datetime.datetime, **data: Any
 ) -> pb.Event:
-    message = pb.Event(id=str(uuid_utils.uuid7()), session_id=session, category=category, name=name)
+    message = pb.Event(id=new_event_id(), session_id=session, category=category, name=name)
     message.data.update(data)
     message.occur_time.FromDatetime(moment)
     return message
