@@ -6,6 +6,8 @@ import datetime
 import json
 import logging
 import sys
+import threading
+import time
 from typing import Any
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is a field.
@@ -17,6 +19,7 @@ def configure(level: str = "INFO", fmt: str = "auto") -> None:
     handler = logging.StreamHandler(sys.stderr)
     json_lines = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -54,3 +57,44 @@ class TextFormatter(logging.Formatter):
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text
+
+
+class RepeatFilter(logging.Filter):
+    """Let through at most `burst` warnings (and worse) of one kind per `interval` seconds.
+
+    An outage fails every call at once, and a hostile client can make every call fail: one line
+    per failure would flood the log and the disk. A kind is the logger and the message's template
+    (not its arguments), so "database unavailable: <any reason>" is one kind. The first record let
+    through after some were dropped says how many, as the field `suppressed`. Informational records
+    (the access log) always pass: their volume follows the call rate, which the server bounds.
+    """
+
+    MAX_KINDS = 1_000  # templates are few; a bound all the same, so memory cannot grow
+
+    def __init__(self, burst: int = 5, interval: float = 10.0) -> None:
+        super().__init__()
+        self.burst = burst
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._kinds: dict[tuple[str, int, str], list[float | int]] = {}  # [start, passed, dropped]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        kind = (record.name, record.levelno, str(record.msg))
+        now = time.monotonic()
+        with self._lock:
+            window = self._kinds.get(kind)
+            if window is None or now - window[0] >= self.interval:
+                dropped = int(window[2]) if window else 0
+                if len(self._kinds) >= self.MAX_KINDS:
+                    self._kinds.clear()
+                self._kinds[kind] = [now, 1, 0]
+                if dropped:
+                    record.suppressed = dropped
+                return True
+            if window[1] < self.burst:
+                window[1] += 1
+                return True
+            window[2] += 1
+            return False
