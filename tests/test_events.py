@@ -255,6 +255,61 @@ def test_data_nesting_too_deep_is_rejected_and_kept_without_it(app: Client, clie
     assert len(list(client.events.iter_rejected())) == 6
 
 
+def raw_call(app: Client, method: str, request: Any) -> Any:
+    """Call an EventService method with request's bytes as they are: the SDK cannot build
+    messages this deep (protobuf's own copy of them fails), nor can the generated stub."""
+    path = f"/quartet.events.v1.EventService/{method}"
+    reply = getattr(pb, f"{method}Response").FromString
+    if method == "StreamEvents":
+        stream = app.channel.stream_unary(path, lambda b: b, reply)
+        return stream(iter(m.SerializeToString() for m in request), metadata=app.metadata)
+    call = app.channel.unary_unary(path, lambda b: b, reply)
+    return call(request.SerializeToString(), metadata=app.metadata, timeout=10)
+
+
+def test_data_too_deep_to_decode_costs_only_its_event(app: Client, client: Client) -> None:
+    """Data nesting 34 objects or more made the whole request undecodable: UNKNOWN (SendEvent,
+    SendEvents) or INTERNAL (StreamEvents), nothing kept. Now that event alone is rejected and
+    kept, without its data, on all three methods."""
+    client.events.create_type("deep", "anything", {"type": "object"})
+    depth = 40
+    single = pb.SendEventRequest(event=pageview(category="deep", name="anything", data={}))
+    single.event.data.update(nested(depth))
+    with pytest.raises(grpc.RpcError) as caught:
+        raw_call(app, "SendEvent", single)
+    error = QuartetError.from_rpc_error(caught.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "EVENT_REJECTED")
+    assert [(v.field, v.reason) for v in error.field_violations] == [
+        ("event.data", "LIMIT_EXCEEDED")
+    ]
+    batch = pb.SendEventsRequest(events=[pageview(), pageview(category="deep", name="anything")])
+    batch.events[1].data.update(nested(depth))
+    results = raw_call(app, "SendEvents", batch).results
+    assert [r.status for r in results] == [pb.EVENT_STATUS_STORED, pb.EVENT_STATUS_REJECTED]
+    assert [(v.field, v.reason) for v in results[1].violations] == [("data", "LIMIT_EXCEEDED")]
+    assert results[1].event_id == batch.events[1].id
+    streamed = [
+        pb.StreamEventsRequest(events=[pageview()]),
+        pb.StreamEventsRequest(events=[pageview(category="deep", name="anything")]),
+    ]
+    streamed[1].events[0].data.update(nested(depth))
+    reply = raw_call(app, "StreamEvents", streamed)
+    assert (reply.stored_count, reply.rejected_count) == (1, 1)
+    assert [(r.index, r.event_id) for r in reply.rejected] == [(1, streamed[1].events[0].id)]
+    stored = {e.id for e in client.events.iter()}
+    assert stored == {batch.events[0].id, streamed[0].events[0].id}
+    kept = list(client.events.iter_rejected(reason="LIMIT_EXCEEDED"))
+    assert {r.event.id for r in kept} == {
+        single.event.id,
+        batch.events[1].id,
+        streamed[1].events[0].id,
+    }
+    for rejected in kept:
+        assert not rejected.event.HasField("data") and rejected.data_prefix == ""
+        assert (rejected.event.category, rejected.event.session_id) == ("deep", SESSION)
+        assert rejected.size_bytes > 0
+
+
 CONTROL_IN_DATA = {
     "NUL in a value": ({"host": "a\u0000b"}, "data.host"),
     "NUL in a key": ({"a\u0000b": "x"}, "data"),

@@ -16,6 +16,7 @@ from google.protobuf import json_format, struct_pb2
 from quartet.errors.v1 import error_reason_pb2
 from quartet.events.v1 import event_service_pb2 as pb
 from quartet.server.errors import FieldViolation, Violations, text_problem
+from quartet.server.events.decoding import data_not_decoded
 from quartet.server.events.registry import TEXT_LENGTH, Registry
 from quartet.server.timestamps import from_timestamp
 from quartet.storage.events import NewEvent, Rejection
@@ -29,6 +30,10 @@ _TEXT_FIELDS = ("id", "session_id", "category", "name")
 # protobuf levels, and protobuf decoders (upb, C++, Java) stop at 100: 32 is the most whose
 # deepest carrier, a RejectedEvent in a ListRejectedEventsResponse, every client can decode.
 MAX_DATA_DEPTH = 32
+_TOO_DEEP = (
+    f"nests objects and arrays more than {MAX_DATA_DEPTH} deep; at most {MAX_DATA_DEPTH} are "
+    "accepted (data itself is the first)"
+)
 # What compact ASCII JSON shows of a control character; data without one skips the walk.
 _JSON_CONTROL = re.compile(r"\\u00[01][0-9a-f]|\\u007f|\\[bfnrt]")
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
@@ -78,6 +83,13 @@ class EventChecker:
             else:
                 problems.check_text(field, text, _FIELD)
         occur_time = self._occur_time(event, now, problems)
+        if data_not_decoded(event):
+            problems.add(
+                "data",
+                f"{_TOO_DEEP}; it was too deep for protobuf to decode, so it is not kept",
+                _REASON(error_reason_pb2.LIMIT_EXCEEDED),
+            )
+            return self._rejected(event, application_id, problems, size, too_deep=True)
         data = struct_to_dict(event.data)
         try:
             data_json = _compact_json(data)
@@ -145,7 +157,8 @@ class EventChecker:
         is kept without its data, and the first DATA_PREFIX_LENGTH characters of that (else a
         rejection would take the room the size limit protects); one JSON cannot hold whole
         without what it cannot hold (see _as_json); and one whose data nests too deep without
-        that data (as a Struct no client could decode its listing), which goes to the prefix."""
+        that data (as a Struct no client could decode its listing), which goes to the prefix
+        if it could be decoded at all."""
         violations = [  # shared checks (a timestamp's) give no reason: theirs is FIELD_INVALID
             {"field": v.field, "reason": v.reason or _FIELD, "description": v.description}
             for v in problems.items
@@ -169,9 +182,10 @@ class EventChecker:
             if event.HasField("occur_time"):
                 kept.occur_time.CopyFrom(event.occur_time)
         sent, holds_data = _as_json(kept)
+        decoded = event.HasField("data") or not too_deep  # else there is nothing to show
         prefix = (
             json_prefix(event.data, DATA_PREFIX_LENGTH)
-            if too_large or too_deep or not holds_data
+            if decoded and (too_large or too_deep or not holds_data)
             else None
         )
         return Rejection(application_id, sent, violations, size, data_prefix=prefix)
@@ -229,12 +243,7 @@ def _data_problems(data: dict[str, Any], data_json: str, problems: Violations) -
         return False
     too_deep = _walk(data, "data", 1, problems)
     if too_deep:
-        problems.add(
-            "data",
-            f"nests objects and arrays more than {MAX_DATA_DEPTH} deep; at most "
-            f"{MAX_DATA_DEPTH} are accepted (data itself is the first)",
-            _REASON(error_reason_pb2.LIMIT_EXCEEDED),
-        )
+        problems.add("data", _TOO_DEEP, _REASON(error_reason_pb2.LIMIT_EXCEEDED))
     return too_deep
 
 
