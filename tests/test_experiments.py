@@ -372,6 +372,13 @@ def test_an_empty_users_file_is_one_problem_not_one_per_experiment(
     assert violations(error) == [("users.csv", "users.csv has no rows")]
     error = rejected(client, users=b"", experiments=b"", allow_empty=allow_empty)
     assert violations(error) == [("users.csv", "users.csv has no rows")]
+    error = rejected(client, compounds=COMPOUNDS_HEADER, allow_empty=allow_empty)
+    assert violations(error) == [
+        (
+            "compounds.csv",
+            "compounds.csv has no rows, but user_experiments.csv has experiments naming compounds",
+        )
+    ]
 
 
 def test_no_data_imported_yet(client: Client) -> None:

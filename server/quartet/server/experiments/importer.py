@@ -76,13 +76,14 @@ def run_import(chunks: Iterable[Chunk], progress: Progress) -> None:
         for file, name in FILE_NAMES.items():
             if file not in readers:
                 problems.add(file, 0, "", f"{name} was not sent; an import needs all three files")
-        _check_rows(readers, problems, allow_empty=allow_empty)
+        rows_referenced = _check_rows(readers, problems, allow_empty=allow_empty)
         report(pb.IMPORT_STAGE_CHECKING)
         # Without a file's rows, every reference to them would look broken: check them only when
         # every file could be read.
-        references = len(readers) == len(FILE_NAMES) and not any(
-            reader.unusable or (reader.file == pb.DATA_FILE_USERS and not reader.rows_read)
-            for reader in readers.values()
+        references = (
+            rows_referenced
+            and len(readers) == len(FILE_NAMES)
+            and not any(reader.unusable for reader in readers.values())
         )
         found, findings = staging.findings(MAX_LISTED, references=references)
         if problems.count or found:
@@ -113,25 +114,35 @@ def _check_order(file: DataFile, readers: dict[DataFile, Reader]) -> None:
         )
 
 
-def _check_rows(readers: dict[DataFile, Reader], problems: Problems, *, allow_empty: bool) -> None:
+def _check_rows(readers: dict[DataFile, Reader], problems: Problems, *, allow_empty: bool) -> bool:
     """An import replaces the whole data set, so one without users is refused: an empty
     users.csv beside rows in the others is a mistake, and files without any row empty the data
-    set, which only a request saying so (allow_empty) may do."""
-    users = readers.get(pb.DATA_FILE_USERS)
-    if users is None or users.rows_read or users.unusable:
-        return
-    if len(readers) == len(FILE_NAMES) and not any(r.rows_read for r in readers.values()):
-        if allow_empty:
-            return
+    set, which only a request saying so (allow_empty) may do. Experiments need compounds too.
+    Whether the references across files are worth checking: not when a file they name is empty,
+    each would look broken (that file's one problem says it all)."""
+    empty = {file for file, r in readers.items() if not r.rows_read and not r.unusable}
+    if len(empty) == len(FILE_NAMES):
+        if not allow_empty:
+            problems.add(
+                pb.DATA_FILE_USERS,
+                0,
+                "",
+                "users.csv has no rows, nor do the other files: importing them would empty the "
+                "data set, which the request must allow (allow_empty)",
+            )
+        return True
+    if pb.DATA_FILE_USERS in empty:
+        problems.add(pb.DATA_FILE_USERS, 0, "", "users.csv has no rows")
+    experiments = readers.get(pb.DATA_FILE_EXPERIMENTS)
+    compounds_needed = experiments is not None and experiments.rows_read > 0
+    if pb.DATA_FILE_COMPOUNDS in empty and compounds_needed:
         problems.add(
-            pb.DATA_FILE_USERS,
+            pb.DATA_FILE_COMPOUNDS,
             0,
             "",
-            "users.csv has no rows, nor do the other files: importing them would empty the "
-            "data set, which the request must allow (allow_empty)",
+            "compounds.csv has no rows, but user_experiments.csv has experiments naming compounds",
         )
-        return
-    problems.add(pb.DATA_FILE_USERS, 0, "", "users.csv has no rows")
+    return not empty & {pb.DATA_FILE_USERS, pb.DATA_FILE_COMPOUNDS}
 
 
 def _finish(reader: Reader, staging: experiment_import.Staging) -> None:
