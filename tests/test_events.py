@@ -252,7 +252,11 @@ def test_data_nesting_too_deep_is_rejected_and_kept_without_it(app: Client, clie
     deep_and_late.occur_time.FromDatetime(FUTURE)
     reasons = {(v.field, v.reason) for v in sent_three_ways(app, deep_and_late)}
     assert reasons == {("data", "LIMIT_EXCEEDED"), ("occur_time", "EVENT_TIME_IN_FUTURE")}
-    assert len(list(client.events.iter_rejected())) == 6
+    # At the limit, a rejection is kept whole, and its listing still decodes.
+    late = pageview(category="deep", name="anything", data=nested(32), occurred_at=FUTURE)
+    rejected_with(app, late)
+    listed = {r.event.id: r for r in client.events.iter_rejected()}
+    assert len(listed) == 7 and listed[late.id].event.data == late.data
 
 
 def raw_call(app: Client, method: str, request: Any) -> Any:

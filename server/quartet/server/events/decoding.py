@@ -24,7 +24,8 @@ from quartet.events.v1 import event_service_pb2_grpc
 M = TypeVar("M", bound=Message)
 
 # The largest field number there is, which Event does not use: where data that could not be
-# decoded is kept.
+# decoded is kept. (A client sending that field itself, without data, has its event rejected
+# alike: no honest encoder writes it.)
 DATA_NOT_DECODED = 2**29 - 1
 _EVENTS = 1  # the field holding the event (SendEventRequest) or events of each request
 _DATA = pb.Event.DESCRIPTOR.fields_by_name["data"].number
