@@ -314,6 +314,18 @@ def test_data_too_deep_to_decode_costs_only_its_event(app: Client, client: Clien
         assert rejected.size_bytes > 0
 
 
+def test_the_sdk_sends_data_too_deep_to_decode_for_the_server_to_keep(
+    app: Client, client: Client
+) -> None:
+    """The SDK failed with protobuf's DecodeError before sending (its request constructors
+    copy each event by decoding it), so such an event was neither sent nor kept."""
+    client.events.create_type("deep", "anything", {"type": "object"})
+    message = pageview(category="deep", name="anything", data=nested(40))
+    violations = sent_three_ways(app, message)
+    assert [(v.field, v.reason) for v in violations] == [("data", "LIMIT_EXCEEDED")]
+    assert len(list(client.events.iter_rejected(reason="LIMIT_EXCEEDED"))) == 3
+
+
 CONTROL_IN_DATA = {
     "NUL in a value": ({"host": "a\u0000b"}, "data.host"),
     "NUL in a key": ({"a\u0000b": "x"}, "data"),
