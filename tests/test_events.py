@@ -356,6 +356,16 @@ def test_control_characters_in_data_are_rejected_and_kept(
         assert violation.field == path and "control characters" in violation.description
 
 
+def test_a_payload_full_of_control_characters_lists_ten(app: Client, client: Client) -> None:
+    client.events.create_type("notes", "note", {"type": "object"})
+    message = pageview(category="notes", name="note", data={f"k{n}": "\u0000" for n in range(500)})
+    violations = sent_three_ways(app, message)
+    assert len(violations) == 11
+    assert violations[-1].field == "data"
+    (kept, *_) = client.events.iter_rejected()
+    assert kept.violations[-1].description == "holds 490 more control characters"
+
+
 def test_tabs_and_line_breaks_in_data_values_are_stored(app: Client, client: Client) -> None:
     client.events.create_type("notes", "note", {"type": "object"})
     message = pageview(

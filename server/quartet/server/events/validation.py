@@ -34,6 +34,9 @@ _TOO_DEEP = (
     f"nests objects and arrays more than {MAX_DATA_DEPTH} deep; at most {MAX_DATA_DEPTH} are "
     "accepted (data itself is the first)"
 )
+# Control characters in data reported one by one, at most: each violation is returned and kept
+# with the rejected event, so a payload full of them must not make either huge.
+MAX_LISTED_CONTROLS = 10
 # What compact ASCII JSON shows of a control character; data without one skips the walk.
 _JSON_CONTROL = re.compile(r"\\u00[01][0-9a-f]|\\u007f|\\[bfnrt]")
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
@@ -234,37 +237,44 @@ def _value(value: struct_pb2.Value) -> Any:
 
 def _data_problems(data: dict[str, Any], data_json: str, problems: Violations) -> bool:
     """Add a violation for each control character in data's keys or string values (tab and line
-    breaks are text in a value), at the path that holds it, and one if data nests deeper than
+    breaks are text in a value), at the path that holds it (the first MAX_LISTED_CONTROLS; the
+    violations are returned and kept with the event), and one if data nests deeper than
     MAX_DATA_DEPTH; True in that case. data_json ("" if unknown) spares most events the walk."""
     if data_json and (
         data_json.count("{") + data_json.count("[") <= MAX_DATA_DEPTH
         and not _JSON_CONTROL.search(data_json)
     ):
         return False
-    too_deep = _walk(data, "data", 1, problems)
+    found: list[tuple[str, str]] = []
+    too_deep = _walk(data, "data", 1, found)
+    found.sort()  # the same first ones whatever order the sender's map came in
+    for path, description in found[:MAX_LISTED_CONTROLS]:
+        problems.add(path, description, _FIELD)
+    if len(found) > MAX_LISTED_CONTROLS:
+        more = len(found) - MAX_LISTED_CONTROLS
+        problems.add("data", f"holds {more} more control characters", _FIELD)
     if too_deep:
         problems.add("data", _TOO_DEEP, _REASON(error_reason_pb2.LIMIT_EXCEEDED))
     return too_deep
 
 
-def _walk(value: Any, path: str, depth: int, problems: Violations) -> bool:
-    """_data_problems for value (at path, nested depth containers deep); True if too deep."""
+def _walk(value: Any, path: str, depth: int, found: list[tuple[str, str]]) -> bool:
+    """_data_problems for value (at path, nested depth containers deep): (path, description) of
+    each control character into found; True if too deep."""
     if isinstance(value, dict | list) and depth > MAX_DATA_DEPTH:
         return True
     if isinstance(value, dict):
         too_deep = False
         for key, item in value.items():
             if (problem := text_problem(key)) is not None:
-                problems.add(path, f"has a key {key[:80]!r} that {problem}", _FIELD)
+                found.append((path, f"has a key {key[:80]!r} that {problem}"))
                 key = key.encode("unicode_escape").decode("ascii")  # no control in paths
-            too_deep |= _walk(item, f"{path}.{key}", depth + 1, problems)
+            too_deep |= _walk(item, f"{path}.{key}", depth + 1, found)
         return too_deep
     if isinstance(value, list):
-        return any(
-            [_walk(item, f"{path}.{n}", depth + 1, problems) for n, item in enumerate(value)]
-        )
+        return any([_walk(item, f"{path}.{n}", depth + 1, found) for n, item in enumerate(value)])
     if isinstance(value, str) and (problem := text_problem(value, multiline=True)) is not None:
-        problems.add(path, problem, _FIELD)
+        found.append((path, problem))
     return False
 
 
