@@ -192,6 +192,189 @@ def test_a_valid_event_whose_data_json_cannot_hold_is_rejected(app: Client, clie
     assert "NaN" in kept.data_prefix
 
 
+def nested(depth: int) -> dict[str, Any]:
+    """An object nesting `depth` objects, itself the first."""
+    data: dict[str, Any] = {"leaf": "x"}
+    for _ in range(depth - 1):
+        data = {"next": data}
+    return data
+
+
+def sent_three_ways(app: Client, message: pb.Event) -> list[pb.Violation]:
+    """Send message alone, in a batch and in a stream (with a new id each time); the violations
+    of each rejection, which every way must agree on."""
+    found: list[list[pb.Violation]] = []
+    with pytest.raises(QuartetError) as caught:
+        app.events.send(message)
+    assert (caught.value.code, caught.value.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "EVENT_REJECTED",
+    )
+    found.append(
+        [
+            pb.Violation(field=v.field.removeprefix("event."), reason=v.reason)
+            for v in caught.value.field_violations
+        ]
+    )
+    message.id = str(uuid.uuid4())
+    (result,) = app.events.send_batch([message]).results
+    assert result.status == pb.EVENT_STATUS_REJECTED
+    found.append([pb.Violation(field=v.field, reason=v.reason) for v in result.violations])
+    message.id = str(uuid.uuid4())
+    reply = app.events.stream([message])
+    assert (reply.stored_count, reply.rejected_count) == (0, 1)
+    found.append(
+        [pb.Violation(field=v.field, reason=v.reason) for v in reply.rejected[0].violations]
+    )
+    assert found[0] == found[1] == found[2]
+    return found[0]
+
+
+def test_data_nesting_too_deep_is_rejected_and_kept_without_it(app: Client, client: Client) -> None:
+    """Data nesting 33 objects decoded, but was stored (or, rejected, made every page of
+    rejected events holding it undecodable: no client could list them again)."""
+    client.events.create_type("deep", "anything", {"type": "object"})
+    at_limit = pageview(category="deep", name="anything", data=nested(32))
+    assert app.events.send(at_limit).event.data == at_limit.data
+    (stored,) = client.events.iter()
+    assert stored.data == at_limit.data
+    too_deep = pageview(category="deep", name="anything", data=nested(33))
+    violations = sent_three_ways(app, too_deep)
+    assert [(v.field, v.reason) for v in violations] == [("data", "LIMIT_EXCEEDED")]
+    kept = list(client.events.iter_rejected(reason="LIMIT_EXCEEDED"))
+    assert len(kept) == 3 and [e.id for e in client.events.iter()] == [at_limit.id]
+    for rejected in kept:
+        assert not rejected.event.HasField("data")
+        assert rejected.data_prefix == json.dumps(nested(33), separators=(",", ":"))
+        assert rejected.event.session_id == SESSION and rejected.size_bytes > 0
+    # A schema violation beside it is not checked (the schema check would walk all of it).
+    deep_and_late = pageview(category="deep", name="anything", data=nested(33))
+    deep_and_late.occur_time.FromDatetime(FUTURE)
+    reasons = {(v.field, v.reason) for v in sent_three_ways(app, deep_and_late)}
+    assert reasons == {("data", "LIMIT_EXCEEDED"), ("occur_time", "EVENT_TIME_IN_FUTURE")}
+    # At the limit, a rejection is kept whole, and its listing still decodes.
+    late = pageview(category="deep", name="anything", data=nested(32), occurred_at=FUTURE)
+    rejected_with(app, late)
+    listed = {r.event.id: r for r in client.events.iter_rejected()}
+    assert len(listed) == 7 and listed[late.id].event.data == late.data
+
+
+def raw_call(app: Client, method: str, request: Any) -> Any:
+    """Call an EventService method with request's bytes as they are: the SDK cannot build
+    messages this deep (protobuf's own copy of them fails), nor can the generated stub."""
+    path = f"/quartet.events.v1.EventService/{method}"
+    reply = getattr(pb, f"{method}Response").FromString
+    if method == "StreamEvents":
+        stream = app.channel.stream_unary(path, lambda b: b, reply)
+        return stream(iter(m.SerializeToString() for m in request), metadata=app.metadata)
+    call = app.channel.unary_unary(path, lambda b: b, reply)
+    return call(request.SerializeToString(), metadata=app.metadata, timeout=10)
+
+
+def test_data_too_deep_to_decode_costs_only_its_event(app: Client, client: Client) -> None:
+    """Data nesting 34 objects or more made the whole request undecodable: UNKNOWN (SendEvent,
+    SendEvents) or INTERNAL (StreamEvents), nothing kept. Now that event alone is rejected and
+    kept, without its data, on all three methods."""
+    client.events.create_type("deep", "anything", {"type": "object"})
+    depth = 40
+    single = pb.SendEventRequest(event=pageview(category="deep", name="anything", data={}))
+    single.event.data.update(nested(depth))
+    with pytest.raises(grpc.RpcError) as caught:
+        raw_call(app, "SendEvent", single)
+    error = QuartetError.from_rpc_error(caught.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "EVENT_REJECTED")
+    assert [(v.field, v.reason) for v in error.field_violations] == [
+        ("event.data", "LIMIT_EXCEEDED")
+    ]
+    batch = pb.SendEventsRequest(events=[pageview(), pageview(category="deep", name="anything")])
+    batch.events[1].data.update(nested(depth))
+    results = raw_call(app, "SendEvents", batch).results
+    assert [r.status for r in results] == [pb.EVENT_STATUS_STORED, pb.EVENT_STATUS_REJECTED]
+    assert [(v.field, v.reason) for v in results[1].violations] == [("data", "LIMIT_EXCEEDED")]
+    assert results[1].event_id == batch.events[1].id
+    streamed = [
+        pb.StreamEventsRequest(events=[pageview()]),
+        pb.StreamEventsRequest(events=[pageview(category="deep", name="anything")]),
+    ]
+    streamed[1].events[0].data.update(nested(depth))
+    reply = raw_call(app, "StreamEvents", streamed)
+    assert (reply.stored_count, reply.rejected_count) == (1, 1)
+    assert [(r.index, r.event_id) for r in reply.rejected] == [(1, streamed[1].events[0].id)]
+    stored = {e.id for e in client.events.iter()}
+    assert stored == {batch.events[0].id, streamed[0].events[0].id}
+    kept = list(client.events.iter_rejected(reason="LIMIT_EXCEEDED"))
+    assert {r.event.id for r in kept} == {
+        single.event.id,
+        batch.events[1].id,
+        streamed[1].events[0].id,
+    }
+    for rejected in kept:
+        assert not rejected.event.HasField("data") and rejected.data_prefix == ""
+        assert (rejected.event.category, rejected.event.session_id) == ("deep", SESSION)
+        assert rejected.size_bytes > 0
+
+
+def test_the_sdk_sends_data_too_deep_to_decode_for_the_server_to_keep(
+    app: Client, client: Client
+) -> None:
+    """The SDK failed with protobuf's DecodeError before sending (its request constructors
+    copy each event by decoding it), so such an event was neither sent nor kept."""
+    client.events.create_type("deep", "anything", {"type": "object"})
+    message = pageview(category="deep", name="anything", data=nested(40))
+    violations = sent_three_ways(app, message)
+    assert [(v.field, v.reason) for v in violations] == [("data", "LIMIT_EXCEEDED")]
+    assert len(list(client.events.iter_rejected(reason="LIMIT_EXCEEDED"))) == 3
+
+
+CONTROL_IN_DATA = {
+    "NUL in a value": ({"host": "a\u0000b"}, "data.host"),
+    "NUL in a key": ({"a\u0000b": "x"}, "data"),
+    "NUL deep in a list": ({"form": {"list": ["ok", {"x": "\u0000"}]}}, "data.form.list.1.x"),
+    "other control in a value": ({"host": "bell\u0007"}, "data.host"),
+    "DEL in a value": ({"host": "del\u007f"}, "data.host"),
+    "tab in a key": ({"a\tb": "x"}, "data"),
+}
+
+
+@pytest.mark.parametrize("case", CONTROL_IN_DATA)
+def test_control_characters_in_data_are_rejected_and_kept(
+    app: Client, client: Client, case: str
+) -> None:
+    """NUL (which PostgreSQL cannot hold in text or jsonb) and other control characters were
+    stored; a value may hold tabs and line breaks, as JSON text does, and nothing else."""
+    client.events.create_type("notes", "note", {"type": "object"})
+    data, path = CONTROL_IN_DATA[case]
+    message = pageview(category="notes", name="note", data=data)
+    violations = sent_three_ways(app, message)
+    assert [(v.field, v.reason) for v in violations] == [(path, "FIELD_INVALID")]
+    assert list(client.events.iter()) == []
+    kept = list(client.events.iter_rejected())
+    assert len(kept) == 3
+    for rejected in kept:
+        assert rejected.event.data == message.data and rejected.data_prefix == ""
+        (violation,) = rejected.violations
+        assert violation.field == path and "control characters" in violation.description
+
+
+def test_a_payload_full_of_control_characters_lists_ten(app: Client, client: Client) -> None:
+    client.events.create_type("notes", "note", {"type": "object"})
+    message = pageview(category="notes", name="note", data={f"k{n}": "\u0000" for n in range(500)})
+    violations = sent_three_ways(app, message)
+    assert len(violations) == 11
+    assert violations[-1].field == "data"
+    (kept, *_) = client.events.iter_rejected()
+    assert kept.violations[-1].description == "holds 490 more control characters"
+
+
+def test_tabs_and_line_breaks_in_data_values_are_stored(app: Client, client: Client) -> None:
+    client.events.create_type("notes", "note", {"type": "object"})
+    message = pageview(
+        category="notes", name="note", data={"text": "line\r\nnext\tcolumn", "n": [{"k": "\n"}]}
+    )
+    assert app.events.send(message).event.data == message.data
+    assert [e.data for e in client.events.iter()] == [message.data]
+
+
 def test_ids_the_server_assigns_are_time_ordered_version_7_uuids(app: Client) -> None:
     send = app.channel.unary_unary(
         "/quartet.events.v1.EventService/SendEvents",

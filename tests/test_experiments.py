@@ -73,7 +73,7 @@ def snapshot(client: Client) -> tuple[Any, ...]:
     )
 
 
-def rejected(client: Client, **files: bytes) -> QuartetError:
+def rejected(client: Client, **files: Any) -> QuartetError:
     """Import files over the seed data, expect IMPORT_FILES_INVALID, and check nothing changed."""
     load(client)
     before = snapshot(client)
@@ -330,9 +330,55 @@ def test_users_without_experiments_count_as_zero(client: Client) -> None:
 
 
 def test_an_empty_data_set_has_zero_averages(client: Client) -> None:
-    load(client, users=USERS_HEADER, compounds=b"", experiments=b"")
+    load(client, users=USERS_HEADER, compounds=b"", experiments=b"", allow_empty=True)
     assert client.experiments.get_report() == pb.ExperimentReport()
     assert report(client) == []
+
+
+NOTHING_ALLOWED = (
+    "users.csv has no rows, nor do the other files: importing them would empty the data set, "
+    "which the request must allow (allow_empty)"
+)
+
+
+@pytest.mark.parametrize("users", [b"", USERS_HEADER, b"\n  \n"])
+def test_files_without_rows_empty_the_data_set_only_when_allowed(
+    client: Client, users: bytes
+) -> None:
+    """Three files without a row were accepted and silently replaced the data set with nothing."""
+    error = rejected(client, users=users, compounds=COMPOUNDS_HEADER, experiments=b"")
+    assert violations(error) == [("users.csv", NOTHING_ALLOWED)]
+    load(client, users=users, compounds=COMPOUNDS_HEADER, experiments=b"", allow_empty=True)
+    assert client.experiments.get_report() == pb.ExperimentReport()
+
+
+def test_allow_empty_may_be_set_on_any_request_of_the_stream(client: Client) -> None:
+    load(client)
+    requests = [
+        pb.ImportExperimentDataRequest(file=pb.DATA_FILE_USERS),
+        pb.ImportExperimentDataRequest(file=pb.DATA_FILE_COMPOUNDS),
+        pb.ImportExperimentDataRequest(file=pb.DATA_FILE_EXPERIMENTS, allow_empty=True),
+    ]
+    assert list(raw_import(client, requests))[-1].stage == pb.IMPORT_STAGE_DONE
+    assert report(client) == []
+
+
+@pytest.mark.parametrize("allow_empty", [False, True])
+def test_an_empty_users_file_is_one_problem_not_one_per_experiment(
+    client: Client, allow_empty: bool
+) -> None:
+    """It was reported only as "user N is not in users.csv" on every experiment line."""
+    error = rejected(client, users=USERS_HEADER, allow_empty=allow_empty)
+    assert violations(error) == [("users.csv", "users.csv has no rows")]
+    error = rejected(client, users=b"", experiments=b"", allow_empty=allow_empty)
+    assert violations(error) == [("users.csv", "users.csv has no rows")]
+    error = rejected(client, compounds=COMPOUNDS_HEADER, allow_empty=allow_empty)
+    assert violations(error) == [
+        (
+            "compounds.csv",
+            "compounds.csv has no rows, but user_experiments.csv has experiments naming compounds",
+        )
+    ]
 
 
 def test_no_data_imported_yet(client: Client) -> None:

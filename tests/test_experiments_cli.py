@@ -117,6 +117,26 @@ def test_client_command_takes_files_and_logs_in(
     assert "give a DIRECTORY" in incomplete.stderr
 
 
+def test_both_commands_empty_the_data_set_only_with_allow_empty(
+    client: Client, database_url: str, target: str, admin: Principal, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for _, name in FLAGS:
+        (empty / name).write_bytes(b"")
+    env = {"QUARTET_TARGET": target, "QUARTET_TOKEN": mint_token(admin.id, "admin")}
+    for command, env_ in ([*SERVER, "--database-url", database_url], None), ([*CLIENT], env):
+        verb = ["import"] if command[-1].endswith("cli") else []
+        assert run([*SERVER, "--database-url", database_url]).returncode == 0  # the demo data
+        refused = run([*command, *verb, str(empty)], env_)
+        assert refused.returncode == 1
+        assert "users.csv: users.csv has no rows, nor do the other files" in refused.stderr
+        assert client.experiments.get_report().user_count == 10
+        allowed = run([*command, *verb, "--allow-empty", str(empty)], env_)
+        assert allowed.returncode == 0, allowed.stderr
+        assert client.experiments.get_report().user_count == 0
+
+
 def test_client_command_reports_problems_and_refusals(
     target: str, admin: Principal, sign_in: Any, tmp_path: Path
 ) -> None:

@@ -95,6 +95,14 @@ def test_formula(client: Client, input_value: float, expected: float) -> None:
 # --- beyond the seed ----------------------------------------------------------------------------
 
 
+def test_negative_zero_is_one_value_everywhere(client: Client) -> None:
+    """-0.0 was echoed as -0.0 but read back as +0.0 on SQLite (which keeps no sign of zero)."""
+    created = client.scores.create(-0.0)
+    read = [created, client.scores.get(created.id), *client.scores.iter()]
+    assert [(s.input_value, math.copysign(1, s.input_value)) for s in read] == [(0.0, 1.0)] * 3
+    assert {s.value for s in read} == {1.0}
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_non_finite_input_is_invalid_and_stores_nothing(client: Client, bad: float) -> None:
     # The seed answered 500 for NaN (SQLite stored it as NULL and broke a constraint).

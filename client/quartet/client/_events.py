@@ -10,11 +10,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import uuid_utils
 from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError
 
 from quartet.client._base import Closable, Transport, fields, pages, timestamp
 from quartet.client._errors import QuartetError
@@ -64,6 +65,22 @@ def _with_id(message: pb.Event) -> pb.Event:
     return copy
 
 
+Batch = TypeVar("Batch", pb.SendEventsRequest, pb.StreamEventsRequest)
+
+
+def _holding(request_class: type[Batch], messages: list[pb.Event]) -> Batch:
+    """request_class(events=messages). Protobuf copies each event by decoding it, which fails
+    for data nesting 34 objects or more: those go in one by one (CopyFrom copies without
+    decoding), for the server to reject and keep rather than the SDK to fail with DecodeError."""
+    try:
+        return request_class(events=messages)
+    except DecodeError:
+        request = request_class()
+        for message in messages:
+            request.events.add().CopyFrom(message)
+        return request
+
+
 def _batch_bytes(message: pb.Event) -> int:
     """What an event adds to a batch's size: its encoding, plus its field tag and length."""
     size = message.ByteSize()
@@ -102,14 +119,15 @@ class Events:
         A rejected event raises QuartetError INVALID_ARGUMENT, reason EVENT_REJECTED, with one
         field violation (and its own reason) per problem; it is kept among the rejected events.
         """
-        request = pb.SendEventRequest(event=_with_id(message))
+        request = pb.SendEventRequest()
+        request.event.CopyFrom(_with_id(message))  # the constructor's copy fails on deep data
         return self._transport.invoke(self._stub.SendEvent, request, timeout)
 
     def send_batch(
         self, messages: Sequence[pb.Event], *, timeout: float | None = None
     ) -> pb.SendEventsResponse:
         """Send up to 1000 events in one call; one result per event, in order."""
-        request = pb.SendEventsRequest(events=[_with_id(m) for m in messages])
+        request = _holding(pb.SendEventsRequest, [_with_id(m) for m in messages])
         return self._transport.invoke(self._stub.SendEvents, request, timeout)
 
     def stream(
@@ -126,7 +144,7 @@ class Events:
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size must be 1 to {MAX_BATCH}")
         requests = (
-            pb.StreamEventsRequest(events=batch)
+            _holding(pb.StreamEventsRequest, batch)
             for batch in _batches(messages, batch_size, max_batch_bytes)
         )
         return self._transport.invoke_stream_unary(self._stub.StreamEvents, requests, timeout)

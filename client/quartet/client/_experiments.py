@@ -42,6 +42,7 @@ class Experiments:
         on_progress: Callable[[Progress], None] | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         timeout: float | None = None,
+        allow_empty: bool = False,
     ) -> Progress:
         """Replace the stored data set with these three CSV files; return the final progress.
 
@@ -50,11 +51,18 @@ class Experiments:
         stage IMPORT_STAGE_DONE). On a problem in the files, QuartetError INVALID_ARGUMENT (reason
         IMPORT_FILES_INVALID) lists every one's `file:line:column` in `field_violations` (the
         first 10,000; `metadata["problem_count"]` counts them all), and the stored data set is
-        unchanged. timeout bounds the whole import (default one hour).
+        unchanged. timeout bounds the whole import (default one hour). Files without any row
+        empty the data set only with allow_empty (else they are a problem, as an empty users.csv
+        always is).
         """
         final = Progress()
         for progress in self.iter_import(
-            users, compounds, experiments, chunk_size=chunk_size, timeout=timeout
+            users,
+            compounds,
+            experiments,
+            chunk_size=chunk_size,
+            timeout=timeout,
+            allow_empty=allow_empty,
         ):
             if on_progress is not None:
                 on_progress(progress)
@@ -68,6 +76,7 @@ class Experiments:
         on_progress: Callable[[Progress], None] | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         timeout: float | None = None,
+        allow_empty: bool = False,
     ) -> Progress:
         """import_files with directory's users.csv, compounds.csv and user_experiments.csv."""
         folder = Path(directory)
@@ -79,6 +88,7 @@ class Experiments:
             on_progress=on_progress,
             chunk_size=chunk_size,
             timeout=timeout,
+            allow_empty=allow_empty,
         )
 
     def iter_import(
@@ -89,6 +99,7 @@ class Experiments:
         *,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         timeout: float | None = None,
+        allow_empty: bool = False,
     ) -> Iterator[Progress]:
         """Like import_files, but yields each progress message; the import runs as you iterate.
 
@@ -107,7 +118,7 @@ class Experiments:
             try:
                 for progress in self._transport.invoke_streaming(
                     self._stub.ImportExperimentData,
-                    _chunks(files, chunk_size),
+                    _chunks(files, chunk_size, allow_empty),
                     IMPORT_TIMEOUT if timeout is None else timeout,
                 ):
                     problems += (_violation(p) for p in progress.problems)
@@ -189,13 +200,13 @@ def _open(source: Source, stack: contextlib.ExitStack) -> BinaryIO:
 
 
 def _chunks(
-    files: list[tuple[pb.DataFile.ValueType, BinaryIO]], chunk_size: int
+    files: list[tuple[pb.DataFile.ValueType, BinaryIO]], chunk_size: int, allow_empty: bool
 ) -> Iterator[pb.ImportExperimentDataRequest]:
     """Each file's chunks in turn; an empty file is one empty chunk, so that it counts as sent."""
     for kind, file in files:
         data = file.read(chunk_size)
-        yield pb.ImportExperimentDataRequest(file=kind, data=data)
+        yield pb.ImportExperimentDataRequest(file=kind, data=data, allow_empty=allow_empty)
         while data:
             data = file.read(chunk_size)
             if data:
-                yield pb.ImportExperimentDataRequest(file=kind, data=data)
+                yield pb.ImportExperimentDataRequest(file=kind, data=data, allow_empty=allow_empty)

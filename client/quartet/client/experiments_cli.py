@@ -56,7 +56,9 @@ def _import(client: Client, args: argparse.Namespace) -> None:
     users, compounds, experiments = paths
     total = sum(path.stat().st_size for path in (users, compounds, experiments))
     with ImportProgressBar(total) as bar:
-        client.experiments.import_files(users, compounds, experiments, on_progress=bar)
+        client.experiments.import_files(
+            users, compounds, experiments, on_progress=bar, allow_empty=args.allow_empty
+        )
 
 
 def _report(client: Client, args: argparse.Namespace) -> None:
@@ -132,6 +134,11 @@ def _parser() -> argparse.ArgumentParser:
     importer.add_argument("directory", nargs="?", metavar="DIRECTORY")
     for name, file_name in zip(FLAGS, FILE_NAMES.values(), strict=True):
         importer.add_argument(f"--{name}", metavar="FILE", help=f"instead of DIRECTORY/{file_name}")
+    importer.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="let files without any row empty the data set (refused otherwise)",
+    )
     report = commands.add_parser("report", help="print the report (analysts and admins)")
     report.set_defaults(command=_report)
     report.add_argument("--user", type=int, metavar="ID", help="only this user's report")

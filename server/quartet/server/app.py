@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from quartet import storage
 from quartet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
-from quartet.events.v1 import event_service_pb2, event_service_pb2_grpc
+from quartet.events.v1 import event_service_pb2
 from quartet.experiments.v1 import experiment_service_pb2, experiment_service_pb2_grpc
 from quartet.regions.v1 import region_service_pb2, region_service_pb2_grpc
 from quartet.score.v1 import score_service_pb2, score_service_pb2_grpc
@@ -153,7 +153,7 @@ def build_server(
         name="quartet-events",
     )
     checkpointer = storage.WalCheckpointer(database)
-    event_service_pb2_grpc.add_EventServiceServicer_to_server(
+    events.add_event_service(
         events.EventServicer(
             runner,
             event_writer,

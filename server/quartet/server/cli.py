@@ -140,7 +140,7 @@ def _demo_data(settings: Settings, args: argparse.Namespace) -> None:
 def _import_experiments(settings: Settings, args: argparse.Namespace) -> int:
     from quartet.server.experiments.command import import_experiments
 
-    return import_experiments(settings.database_url, args.directory)
+    return import_experiments(settings.database_url, args.directory, allow_empty=args.allow_empty)
 
 
 def _admin_password(args: argparse.Namespace) -> str:
@@ -249,6 +249,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     experiments_parser.set_defaults(command=_import_experiments)
     experiments_parser.add_argument("directory", nargs="?", type=Path, metavar="DIRECTORY")
+    experiments_parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="let files without any row empty the data set (refused otherwise)",
+    )
     return parser
 
 

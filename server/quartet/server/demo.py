@@ -106,7 +106,7 @@ def fill(
         _store(batch, now, filled)
         if experiments:
             files = _experiment_files(fake, rng, max(1, experiments // 5), experiments)
-            run_import(((kind, data) for kind, data in files.items()), lambda progress: None)
+            run_import(((kind, data, False) for kind, data in files.items()), lambda progress: None)
             filled.experiment_users, filled.experiments = max(1, experiments // 5), experiments
     return filled
 

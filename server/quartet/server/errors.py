@@ -147,15 +147,19 @@ _CODES = {code: getattr(code_pb2, code.name) for code in grpc.StatusCode}
 # The C0 control characters and DEL. PostgreSQL cannot store NUL in text at all, and none of them
 # means anything in the names, ids, emails, filters and data cells requests carry.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# The same but tab, line feed and carriage return, which multi-line text (an event's data
+# values) legitimately holds: the control characters XML 1.0 admits in its text, too.
+_CONTROL_BUT_LINE_BREAKS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-def text_problem(text: str) -> str | None:
+def text_problem(text: str, *, multiline: bool = False) -> str | None:
     """Why text cannot be a request's text field (it holds a control character), or None.
 
     The one check for request text: servicers apply it (through `Violations.check_text`) to
-    every text field before it reaches the database or a query.
+    every text field before it reaches the database or a query. `multiline` text (the string
+    values of an event's data) may hold tabs and line breaks, nothing else below U+0020.
     """
-    found = _CONTROL.search(text)
+    found = (_CONTROL_BUT_LINE_BREAKS if multiline else _CONTROL).search(text)
     if found is None:
         return None
     return f"must not contain control characters; found {found.group()!r} at {found.start()}"

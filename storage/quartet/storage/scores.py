@@ -41,6 +41,9 @@ def create_score(
     RecordNotFound for an unknown user, and RecordExists when request_id was already used for
     another owner's score.
     """
+    # Zero is stored without its sign: SQLite keeps no -0.0 (PostgreSQL would), so a reply
+    # echoing -0.0 would disagree with every later read of the same score.
+    input_value, value = input_value + 0.0, value + 0.0
     now = utcnow()
     insert = Score.insert(
         input_value=input_value,

@@ -91,7 +91,11 @@ class Event(_message.Message):
     """
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
-        """The event's payload, a JSON object whose shape the event type's schema defines."""
+        """The event's payload, a JSON object whose shape the event type's schema defines. It nests at
+        most 32 objects and arrays (itself the first; deeper is rejected, LIMIT_EXCEEDED). Its keys
+        hold no control character (below U+0020, or DEL), nor do its string values but tab, line
+        feed and carriage return (else rejected, FIELD_INVALID, at the path holding it).
+        """
 
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp:
@@ -518,9 +522,9 @@ class RejectedEvent(_message.Message):
     another application's event has).
     """
     data_prefix: _builtins.str
-    """Only when `event` has no `data` because it was too large (EVENT_TOO_LARGE) or held NaN or
-    an infinity: the first 4096 characters of its `data` as compact JSON (NaN and Infinity
-    written as such). Empty otherwise.
+    """Only when `event` has no `data` because it was too large (EVENT_TOO_LARGE), held NaN or
+    an infinity, or nested too deep: the first 4096 characters of its `data` as compact JSON
+    (NaN and Infinity written as such). Empty otherwise.
     """
     @_builtins.property
     def event(self) -> Global___Event:
@@ -529,7 +533,8 @@ class RejectedEvent(_message.Message):
         protects: it has no `data` (see `data_prefix`), and its id, session_id, category and name
         are cut to 256 characters. Nor is what JSON cannot hold: a timestamp out of Timestamp's
         range is left unset (a violation says it was invalid), and `data` holding NaN or an
-        infinity is left out (see `data_prefix`).
+        infinity, or nesting deeper than 32 (too deep for clients to decode in this message), is
+        left out (see `data_prefix`).
         """
 
     @_builtins.property

@@ -109,6 +109,7 @@ class ImportExperimentDataRequest(_message.Message):
 
     FILE_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    ALLOW_EMPTY_FIELD_NUMBER: _builtins.int
     file: Global___DataFile.ValueType
     """Required. The file these bytes belong to. A file's chunks must follow each other: once another
     file has started, a chunk of an earlier file is INVALID_ARGUMENT.
@@ -118,15 +119,21 @@ class ImportExperimentDataRequest(_message.Message):
     anywhere. Keep each request under 4 MiB (gRPC's default message limit); the SDK sends 256 KiB.
     A request with no bytes still counts as sending the file, so an empty file is one empty chunk.
     """
+    allow_empty: _builtins.bool
+    """Allow an import whose three files hold no rows at all, which empties the stored data set.
+    Without it such an import is rejected (IMPORT_FILES_INVALID), as a mistake is likelier than
+    the wish to delete everything. Set on any request of the stream (the SDK sets it on each).
+    """
     def __init__(
         self,
         *,
         file: Global___DataFile.ValueType = ...,
         data: _builtins.bytes = ...,
+        allow_empty: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "file", b"file"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_empty", b"allow_empty", "data", b"data", "file", b"file"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

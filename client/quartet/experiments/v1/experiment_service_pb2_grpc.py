@@ -87,7 +87,9 @@ class ExperimentServiceServicer:
         reason in IMPORT_STAGE_REJECTED messages, and the call then fails with INVALID_ARGUMENT, reason
         IMPORT_FILES_INVALID, whose `google.rpc.BadRequest` repeats the first of them (as many as fit
         in gRPC's trailers).
-        Importing the same files again leaves the same data set, so the call is safe to retry.
+        An empty users.csv is a problem ("users.csv has no rows"), unless all three files are empty
+        and a request sets `allow_empty`. Importing the same files again leaves the same data set, so
+        the call is safe to retry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

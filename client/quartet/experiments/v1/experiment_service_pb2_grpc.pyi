@@ -50,7 +50,9 @@ class ExperimentServiceStub:
     reason in IMPORT_STAGE_REJECTED messages, and the call then fails with INVALID_ARGUMENT, reason
     IMPORT_FILES_INVALID, whose `google.rpc.BadRequest` repeats the first of them (as many as fit
     in gRPC's trailers).
-    Importing the same files again leaves the same data set, so the call is safe to retry.
+    An empty users.csv is a problem ("users.csv has no rows"), unless all three files are empty
+    and a request sets `allow_empty`. Importing the same files again leaves the same data set, so
+    the call is safe to retry.
     """
     GetExperimentReport: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.GetExperimentReportRequest, _experiment_service_pb2.ExperimentReport]
     """Returns the figures over the whole data set: counts and the average experiments per user."""
@@ -85,7 +87,9 @@ class ExperimentServiceAsyncStub(ExperimentServiceStub):
     reason in IMPORT_STAGE_REJECTED messages, and the call then fails with INVALID_ARGUMENT, reason
     IMPORT_FILES_INVALID, whose `google.rpc.BadRequest` repeats the first of them (as many as fit
     in gRPC's trailers).
-    Importing the same files again leaves the same data set, so the call is safe to retry.
+    An empty users.csv is a problem ("users.csv has no rows"), unless all three files are empty
+    and a request sets `allow_empty`. Importing the same files again leaves the same data set, so
+    the call is safe to retry.
     """
     GetExperimentReport: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.GetExperimentReportRequest, _experiment_service_pb2.ExperimentReport]  # type: ignore[assignment]
     """Returns the figures over the whole data set: counts and the average experiments per user."""
@@ -123,7 +127,9 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         reason in IMPORT_STAGE_REJECTED messages, and the call then fails with INVALID_ARGUMENT, reason
         IMPORT_FILES_INVALID, whose `google.rpc.BadRequest` repeats the first of them (as many as fit
         in gRPC's trailers).
-        Importing the same files again leaves the same data set, so the call is safe to retry.
+        An empty users.csv is a problem ("users.csv has no rows"), unless all three files are empty
+        and a request sets `allow_empty`. Importing the same files again leaves the same data set, so
+        the call is safe to retry.
         """
 
     @_abc_1.abstractmethod

@@ -37,7 +37,7 @@ class Score(_message.Message):
     stored without an owner by other means (such as rows written straight into the database).
     """
     input_value: _builtins.float
-    """The input value the score was computed from."""
+    """The input value the score was computed from (-0.0 is stored, and answered, as 0.0)."""
     value: _builtins.float
     """The computed score. Today the formula is `input_value + 1`."""
     @_builtins.property

@@ -15,7 +15,8 @@ from google.protobuf import json_format, struct_pb2
 
 from quartet.errors.v1 import error_reason_pb2
 from quartet.events.v1 import event_service_pb2 as pb
-from quartet.server.errors import FieldViolation, Violations
+from quartet.server.errors import FieldViolation, Violations, text_problem
+from quartet.server.events.decoding import data_not_decoded
 from quartet.server.events.registry import TEXT_LENGTH, Registry
 from quartet.server.timestamps import from_timestamp
 from quartet.storage.events import NewEvent, Rejection
@@ -25,6 +26,19 @@ from quartet.storage.events import NewEvent, Rejection
 KEPT_TEXT_LENGTH = 256
 DATA_PREFIX_LENGTH = 4096
 _TEXT_FIELDS = ("id", "session_id", "category", "name")
+# Objects and arrays an event's data may nest, itself the first. Each object costs a Struct three
+# protobuf levels, and protobuf decoders (upb, C++, Java) stop at 100: 32 is the most whose
+# deepest carrier, a RejectedEvent in a ListRejectedEventsResponse, every client can decode.
+MAX_DATA_DEPTH = 32
+_TOO_DEEP = (
+    f"nests objects and arrays more than {MAX_DATA_DEPTH} deep; at most {MAX_DATA_DEPTH} are "
+    "accepted (data itself is the first)"
+)
+# Control characters in data reported one by one, at most: each violation is returned and kept
+# with the rejected event, so a payload full of them must not make either huge.
+MAX_LISTED_CONTROLS = 10
+# What compact ASCII JSON shows of a control character; data without one skips the walk.
+_JSON_CONTROL = re.compile(r"\\u00[01][0-9a-f]|\\u007f|\\[bfnrt]")
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _FIELD = error_reason_pb2.ErrorReason.Name(error_reason_pb2.FIELD_INVALID)
 _REASON = error_reason_pb2.ErrorReason.Name
@@ -72,12 +86,22 @@ class EventChecker:
             else:
                 problems.check_text(field, text, _FIELD)
         occur_time = self._occur_time(event, now, problems)
+        if data_not_decoded(event):
+            problems.add(
+                "data",
+                f"{_TOO_DEEP}; it was too deep for protobuf to decode, so it is not kept",
+                _REASON(error_reason_pb2.LIMIT_EXCEEDED),
+            )
+            return self._rejected(event, application_id, problems, size, too_deep=True)
         data = struct_to_dict(event.data)
         try:
             data_json = _compact_json(data)
         except ValueError:  # NaN or an infinity: JSON has no such numbers
             data_json = ""
             problems.add("data", "holds NaN or an infinity, which JSON cannot hold", _FIELD)
+        too_deep = _data_problems(data, data_json, problems)
+        if too_deep:  # a schema check would recurse through all of it
+            return self._rejected(event, application_id, problems, size, too_deep=True)
         schema = self._registry.get(event.category, event.name)
         if schema is None and not self._policy.accept_unknown_types:
             problems.add(
@@ -124,18 +148,30 @@ class EventChecker:
         return occur_time
 
     def _rejected(
-        self, event: pb.Event, application_id: int, problems: Violations, size: int
+        self,
+        event: pb.Event,
+        application_id: int,
+        problems: Violations,
+        size: int,
+        *,
+        too_deep: bool = False,
     ) -> Rejection:
         """The rejection to keep: the event as sent, with its size. But one too large to store
         is kept without its data, and the first DATA_PREFIX_LENGTH characters of that (else a
-        rejection would take the room the size limit protects); and one JSON cannot hold whole
-        without what it cannot hold (see _as_json)."""
+        rejection would take the room the size limit protects); one JSON cannot hold whole
+        without what it cannot hold (see _as_json); and one whose data nests too deep without
+        that data (as a Struct no client could decode its listing), which goes to the prefix
+        if it could be decoded at all."""
         violations = [  # shared checks (a timestamp's) give no reason: theirs is FIELD_INVALID
             {"field": v.field, "reason": v.reason or _FIELD, "description": v.description}
             for v in problems.items
         ]
         too_large = size > self._policy.max_event_bytes
-        if not too_large:
+        if too_deep:
+            kept = pb.Event()
+            kept.CopyFrom(event)
+            kept.ClearField("data")
+        elif not too_large:
             try:
                 sent = json_format.MessageToJson(event, indent=None)
                 return Rejection(application_id, sent, violations, size)
@@ -149,8 +185,11 @@ class EventChecker:
             if event.HasField("occur_time"):
                 kept.occur_time.CopyFrom(event.occur_time)
         sent, holds_data = _as_json(kept)
+        decoded = event.HasField("data") or not too_deep  # else there is nothing to show
         prefix = (
-            json_prefix(event.data, DATA_PREFIX_LENGTH) if too_large or not holds_data else None
+            json_prefix(event.data, DATA_PREFIX_LENGTH)
+            if decoded and (too_large or too_deep or not holds_data)
+            else None
         )
         return Rejection(application_id, sent, violations, size, data_prefix=prefix)
 
@@ -194,6 +233,49 @@ def _value(value: struct_pb2.Value) -> Any:
     if kind == "null_value" or kind is None:
         return None
     return getattr(value, kind)
+
+
+def _data_problems(data: dict[str, Any], data_json: str, problems: Violations) -> bool:
+    """Add a violation for each control character in data's keys or string values (tab and line
+    breaks are text in a value), at the path that holds it (the first MAX_LISTED_CONTROLS; the
+    violations are returned and kept with the event), and one if data nests deeper than
+    MAX_DATA_DEPTH; True in that case. data_json ("" if unknown) spares most events the walk."""
+    if data_json and (
+        data_json.count("{") + data_json.count("[") <= MAX_DATA_DEPTH
+        and not _JSON_CONTROL.search(data_json)
+    ):
+        return False
+    found: list[tuple[str, str]] = []
+    too_deep = _walk(data, "data", 1, found)
+    found.sort()  # the same first ones whatever order the sender's map came in
+    for path, description in found[:MAX_LISTED_CONTROLS]:
+        problems.add(path, description, _FIELD)
+    if len(found) > MAX_LISTED_CONTROLS:
+        more = len(found) - MAX_LISTED_CONTROLS
+        problems.add("data", f"holds {more} more control characters", _FIELD)
+    if too_deep:
+        problems.add("data", _TOO_DEEP, _REASON(error_reason_pb2.LIMIT_EXCEEDED))
+    return too_deep
+
+
+def _walk(value: Any, path: str, depth: int, found: list[tuple[str, str]]) -> bool:
+    """_data_problems for value (at path, nested depth containers deep): (path, description) of
+    each control character into found; True if too deep."""
+    if isinstance(value, dict | list) and depth > MAX_DATA_DEPTH:
+        return True
+    if isinstance(value, dict):
+        too_deep = False
+        for key, item in value.items():
+            if (problem := text_problem(key)) is not None:
+                found.append((path, f"has a key {key[:80]!r} that {problem}"))
+                key = key.encode("unicode_escape").decode("ascii")  # no control in paths
+            too_deep |= _walk(item, f"{path}.{key}", depth + 1, found)
+        return too_deep
+    if isinstance(value, list):
+        return any([_walk(item, f"{path}.{n}", depth + 1, found) for n, item in enumerate(value)])
+    if isinstance(value, str) and (problem := text_problem(value, multiline=True)) is not None:
+        found.append((path, problem))
+    return False
 
 
 def _as_json(event: pb.Event) -> tuple[str, bool]:

@@ -13,13 +13,16 @@ from quartet.client.progress import ImportProgressBar
 from quartet.experiments.v1 import experiment_service_pb2 as pb
 from quartet.server.errors import InvalidArgument
 from quartet.server.experiments.csvfiles import FILE_NAMES, DataFile, Problem
-from quartet.server.experiments.importer import run_import
+from quartet.server.experiments.importer import Chunk, run_import
 
 CHUNK_SIZE = 256 * 1024
 
 
-def import_experiments(database_url: str, directory: Path | None) -> int:
-    """Import directory's three files (or the demo data); the exit status: 0, or 1 on problems."""
+def import_experiments(
+    database_url: str, directory: Path | None, *, allow_empty: bool = False
+) -> int:
+    """Import directory's three files (or the demo data); the exit status: 0, or 1 on problems.
+    allow_empty lets files without any row empty the data set."""
     with importlib.resources.as_file(
         importlib.resources.files("quartet.storage") / "data" / "experiments"
     ) as demo:
@@ -41,7 +44,7 @@ def import_experiments(database_url: str, directory: Path | None) -> int:
                 bar(reply)
 
             with ImportProgressBar(total) as bar, database.connection_context():
-                run_import(_chunks(paths), progress)
+                run_import(_chunks(paths, allow_empty), progress)
         except InvalidArgument as error:
             print(f"error: {error.message}", file=sys.stderr)
             for problem in problems:
@@ -58,11 +61,11 @@ def import_experiments(database_url: str, directory: Path | None) -> int:
     return 0
 
 
-def _chunks(paths: dict[DataFile, Path]) -> Iterator[tuple[DataFile, bytes]]:
+def _chunks(paths: dict[DataFile, Path], allow_empty: bool) -> Iterator[Chunk]:
     """Each file's chunks in turn; an empty file is one empty chunk, so that it counts as sent."""
     for kind, path in paths.items():
         with path.open("rb") as file:
             data = file.read(CHUNK_SIZE)
-            yield kind, data
+            yield kind, data, allow_empty
             while data := file.read(CHUNK_SIZE):
-                yield kind, data
+                yield kind, data, allow_empty

@@ -30,6 +30,8 @@ MAX_REPORTED = 50  # problems repeated in the error's details ...
 MAX_REPORTED_BYTES = 6_000  # ... and their text, to fit gRPC's default 8 KiB of trailers
 
 Progress = Callable[[pb.ImportExperimentDataResponse], None]
+# One chunk: its file, its bytes, and whether its request allows an import of no rows at all.
+Chunk = tuple[DataFile, bytes, bool]
 
 _FILES: dict[str, DataFile] = {
     "user": pb.DATA_FILE_USERS,
@@ -38,8 +40,8 @@ _FILES: dict[str, DataFile] = {
 }
 
 
-def run_import(chunks: Iterable[tuple[DataFile, bytes]], progress: Progress) -> None:
-    """Import the files in chunks, (file, bytes) pairs, calling progress as it goes.
+def run_import(chunks: Iterable[Chunk], progress: Progress) -> None:
+    """Import the files in chunks, calling progress as it goes.
 
     Raises InvalidArgument when a file has problems (the stored data set is then unchanged) or when
     the chunks break the protocol (a file unnamed, or resumed after another began).
@@ -56,7 +58,9 @@ def run_import(chunks: Iterable[tuple[DataFile, bytes]], progress: Progress) -> 
 
     with experiment_import.staging() as staging:
         current: Reader | None = None
-        for file, data in chunks:
+        allow_empty = False
+        for file, data, allow in chunks:
+            allow_empty |= allow
             if current is None or file != current.file:
                 _check_order(file, readers)
                 if current is not None:
@@ -72,11 +76,14 @@ def run_import(chunks: Iterable[tuple[DataFile, bytes]], progress: Progress) -> 
         for file, name in FILE_NAMES.items():
             if file not in readers:
                 problems.add(file, 0, "", f"{name} was not sent; an import needs all three files")
+        rows_referenced = _check_rows(readers, problems, allow_empty=allow_empty)
         report(pb.IMPORT_STAGE_CHECKING)
         # Without a file's rows, every reference to them would look broken: check them only when
         # every file could be read.
-        references = len(readers) == len(FILE_NAMES) and not any(
-            reader.unusable for reader in readers.values()
+        references = (
+            rows_referenced
+            and len(readers) == len(FILE_NAMES)
+            and not any(reader.unusable for reader in readers.values())
         )
         found, findings = staging.findings(MAX_LISTED, references=references)
         if problems.count or found:
@@ -105,6 +112,37 @@ def _check_order(file: DataFile, readers: dict[DataFile, Reader]) -> None:
             f"{name} was sent again after another file began; send each file's chunks together",
             violations=[FieldViolation("file", f"{name} was already sent")],
         )
+
+
+def _check_rows(readers: dict[DataFile, Reader], problems: Problems, *, allow_empty: bool) -> bool:
+    """An import replaces the whole data set, so one without users is refused: an empty
+    users.csv beside rows in the others is a mistake, and files without any row empty the data
+    set, which only a request saying so (allow_empty) may do. Experiments need compounds too.
+    Whether the references across files are worth checking: not when a file they name is empty,
+    each would look broken (that file's one problem says it all)."""
+    empty = {file for file, r in readers.items() if not r.rows_read and not r.unusable}
+    if len(empty) == len(FILE_NAMES):
+        if not allow_empty:
+            problems.add(
+                pb.DATA_FILE_USERS,
+                0,
+                "",
+                "users.csv has no rows, nor do the other files: importing them would empty the "
+                "data set, which the request must allow (allow_empty)",
+            )
+        return True
+    if pb.DATA_FILE_USERS in empty:
+        problems.add(pb.DATA_FILE_USERS, 0, "", "users.csv has no rows")
+    experiments = readers.get(pb.DATA_FILE_EXPERIMENTS)
+    compounds_needed = experiments is not None and experiments.rows_read > 0
+    if pb.DATA_FILE_COMPOUNDS in empty and compounds_needed:
+        problems.add(
+            pb.DATA_FILE_COMPOUNDS,
+            0,
+            "",
+            "compounds.csv has no rows, but user_experiments.csv has experiments naming compounds",
+        )
+    return not empty & {pb.DATA_FILE_USERS, pb.DATA_FILE_COMPOUNDS}
 
 
 def _finish(reader: Reader, staging: experiment_import.Staging) -> None:

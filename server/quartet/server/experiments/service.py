@@ -12,8 +12,7 @@ import grpc
 from quartet.experiments.v1 import experiment_service_pb2 as pb
 from quartet.experiments.v1 import experiment_service_pb2_grpc
 from quartet.server.errors import Violations
-from quartet.server.experiments.csvfiles import DataFile
-from quartet.server.experiments.importer import run_import
+from quartet.server.experiments.importer import Chunk, run_import
 from quartet.server.pagination import decode_page_token, encode_page_token, page_size
 from quartet.storage import DatabaseRunner, experiments
 
@@ -133,7 +132,7 @@ def _retrieve(job: asyncio.Future[None]) -> None:
 
 
 class _Chunks:
-    """The call's request stream as a blocking iterator of (file, bytes), for the import thread.
+    """The call's request stream as a blocking iterator of chunks, for the import thread.
 
     The thread asks the event loop for one request at a time, so the server holds one chunk per
     import and gRPC's flow control makes the client wait while the database catches up.
@@ -149,7 +148,7 @@ class _Chunks:
         self._loop = loop
         self._ended = ended
 
-    def __iter__(self) -> Iterator[tuple[DataFile, bytes]]:
+    def __iter__(self) -> Iterator[Chunk]:
         while True:
             future = asyncio.run_coroutine_threadsafe(self._next(), self._loop)
             while True:
@@ -162,7 +161,7 @@ class _Chunks:
                         raise ImportAbandoned("the call ended before the last chunk") from None
             if request is None:
                 return
-            yield request.file, request.data
+            yield request.file, request.data, request.allow_empty
 
     async def _next(self) -> pb.ImportExperimentDataRequest | None:
         return await anext(aiter(self._requests), None)
