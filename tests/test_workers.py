@@ -182,7 +182,10 @@ def test_a_killed_worker_is_replaced_and_no_acknowledged_event_is_lost(
                 lambda: len(senders.acknowledged) >= acknowledged_at_recovery + 200,
                 "200 more acknowledged events",
             )
-        print(f"kill to replacement serving: {serving:.2f} s; errors seen: {senders.failed}")
+        print(
+            f"kill to replacement serving: {serving:.2f} s; "
+            f"{len(senders.acknowledged)} acknowledged; errors seen: {senders.failed}"
+        )
         for _ in range(10):  # fresh connections, over both workers
             with Client(server.address, token=key, options=OWN_CONNECTION) as client:
                 assert client.health.check()
