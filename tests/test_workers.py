@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import signal
@@ -37,6 +38,7 @@ FIELDS = {
 SENDERS = 4
 SENDS_PER_CONNECTION = 10  # then a fresh connection, which the kernel may give to any worker
 WAIT_SECONDS = 60.0
+SQLITE_PENDING_BYTE = 0x40000000  # the offset of the byte SQLite locks before a write
 # Channels to one target otherwise share one connection, and so one worker.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # generous: the machine may be loaded
 
@@ -227,24 +229,17 @@ def test_a_crash_loop_stops_the_server(tmp_path: Path) -> None:
 @contextlib.contextmanager
 def start_up_held(database_url: str) -> Iterator[None]:
     """Make a worker starting now wait in its first database read (of the event types) until the
-    block ends. PostgreSQL: an exclusive lock on the event_type table. SQLite (whose readers
-    never wait for a lock): the file's path names a FIFO, whose reads wait for a writer; at the
-    end the FIFO gets bytes that are not a database (that reader fails) and the file is put back.
-    Connections already open keep the file itself."""
+    block ends. PostgreSQL: an exclusive lock on the event_type table. SQLite: the lock on the
+    file's "pending byte" that a writer about to take the whole file holds, which a new reader
+    waits for (up to the busy timeout, 10 s) before it may read; connections already reading
+    are not affected. See https://www.sqlite.org/lockingv3.html."""
     if database_url.startswith("sqlite"):
-        path = Path(urlsplit(database_url).path[1:])
-        away = path.with_name(path.name + ".away")
-        path.rename(away)
-        os.mkfifo(path)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):  # nobody read it: opening it fails (ENXIO)
-                fifo = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-                os.write(fifo, b"not a database" * 100)
-                os.close(fifo)
-            path.unlink()
-            away.rename(path)
+        with open(urlsplit(database_url).path[1:], "r+b") as file:
+            fcntl.lockf(file, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, SQLITE_PENDING_BYTE)
+            try:
+                yield
+            finally:
+                fcntl.lockf(file, fcntl.LOCK_UN, 1, SQLITE_PENDING_BYTE)
         return
     pg = psycopg2.connect(database_url)
     try:
@@ -273,3 +268,24 @@ def test_a_stop_while_a_replacement_starts_is_graceful(database_url: str) -> Non
     stopping = next(i for i, m in enumerate(messages) if "shutting down" in m)
     assert not any(f"(pid {replacement}) is serving" in m for m in messages[:stopping]), messages
     assert not any("replaced by" in m for m in messages[stopping:]), messages
+
+
+def test_a_killed_metrics_server_is_replaced(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "QUARTET_SECRET": SECRET, "DATABASE_URL": f"sqlite:///{tmp_path}/q.db"}
+    with server_process("--workers", "1", "--metrics-port", str(port), env=env) as server:
+        supervisor = server.process.pid
+        with Client(server.address) as client:
+            assert client.health.check()
+        wait_for(lambda: bool(serving_pids(server.log)), "call")
+        (metrics_server,) = children(supervisor) - serving_pids(server.log)
+        os.kill(metrics_server, signal.SIGKILL)
+        wait_for(
+            lambda: metrics_server not in children(supervisor) and len(children(supervisor)) == 2,
+            "replacement",
+        )
+        (replacement,) = children(supervisor) - serving_pids(server.log)
+        wait_for(lambda: f"(pid {replacement}) is serving" in "".join(server.log), "serving")
+        assert restarts_metric(port) == 1
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=60) == 0
