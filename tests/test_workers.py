@@ -165,6 +165,7 @@ def test_a_killed_worker_is_replaced_and_no_acknowledged_event_is_lost(
             wait_for(lambda: len(senders.acknowledged) >= 200, "200 acknowledged events")
             victim = min(serving_pids(server.log))
             assert victim in workers
+            core = os.sched_getaffinity(victim)
             os.kill(victim, signal.SIGKILL)
             killed = time.monotonic()
             wait_for(lambda: victim not in children(supervisor), "reaped worker")
@@ -176,6 +177,7 @@ def test_a_killed_worker_is_replaced_and_no_acknowledged_event_is_lost(
             )
             assert server.process.poll() is None, "the supervisor stopped"
             (replacement,) = children(supervisor) - workers
+            assert os.sched_getaffinity(replacement) == core
             # The kernel gives some of the senders' fresh connections to the replacement.
             wait_for(lambda: replacement in serving_pids(server.log), "call on the replacement")
             serving = time.monotonic() - killed
@@ -256,15 +258,20 @@ def test_a_stop_while_a_replacement_starts_is_graceful(database_url: str) -> Non
     with server_process("--workers", "2", env=env) as server:
         supervisor = server.process.pid
         workers = children(supervisor)
-        with start_up_held(database_url):  # the replacement cannot finish starting
+        with start_up_held(database_url):  # replacements cannot finish starting
             os.kill(min(workers), signal.SIGKILL)
             wait_for(lambda: bool(children(supervisor) - workers), "replacement")
-            (replacement,) = children(supervisor) - workers
+            (first,) = children(supervisor) - workers
+            os.kill(first, signal.SIGKILL)  # dying before it serves is a death like any other
+            wait_for(lambda: bool(children(supervisor) - workers - {first}), "replacement")
+            (replacement,) = children(supervisor) - workers - {first}
             server.process.send_signal(signal.SIGTERM)
             wait_for(lambda: "shutting down" in "".join(server.log), "shutting down")
         assert server.process.wait(timeout=60) == 0
         assert not children(supervisor)
     messages = [str(r["message"]) for r in records(server.log)]
+    death = f"(pid {first}) was killed by SIGKILL while starting; replaced by pid {replacement}"
+    assert any(death in m for m in messages), messages
     stopping = next(i for i, m in enumerate(messages) if "shutting down" in m)
     assert not any(f"(pid {replacement}) is serving" in m for m in messages[:stopping]), messages
     assert not any("replaced by" in m for m in messages[stopping:]), messages
@@ -289,3 +296,18 @@ def test_a_killed_metrics_server_is_replaced(tmp_path: Path) -> None:
         assert restarts_metric(port) == 1
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=60) == 0
+
+
+def test_replacements_die_with_a_killed_supervisor(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "QUARTET_SECRET": SECRET, "DATABASE_URL": f"sqlite:///{tmp_path}/q.db"}
+    with server_process("--workers", "2", "--metrics-port", str(port), env=env) as server:
+        supervisor = server.process.pid
+        first = children(supervisor)
+        for pid in first:  # the workers and the metrics server
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: len(children(supervisor) - first) == 3, "replacements")
+        replacements = children(supervisor) - first
+        server.process.kill()
+        server.process.wait()
+        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in replacements), "exit")
