@@ -94,7 +94,7 @@ class _Supervisor:
         self.started = False  # every first child said "ready"
         self.stopping = False
         self.status = 0
-        self._deaths: collections.deque[float] = collections.deque()
+        self._deaths: collections.deque[float] = collections.deque()  # when, within the window
         self._stop_requested = False
         self._unread = b""  # the start of a ready message not read whole yet
         self._ready_read, self._ready_write = os.pipe()
