@@ -67,22 +67,6 @@ def test_workers_share_the_port_after_one_migration(tmp_path: Path) -> None:
     assert not any(alive(int(str(pid))) for pid in serving)
 
 
-def test_a_dying_worker_stops_the_server(tmp_path: Path) -> None:
-    env = {**os.environ, **ENV_SECRET, "DATABASE_URL": f"sqlite:///{tmp_path}/q.db"}
-    with server_process("--workers", "2", env=env) as server:
-        pids: set[int] = set()
-        while len(pids) < 2:
-            with Client(server.address) as client:
-                client.health.check()
-            pids = {
-                int(str(r["pid"])) for r in records(server.log) if r["logger"] == "quartet.access"
-            }
-        os.kill(min(pids), signal.SIGKILL)
-        assert server.process.wait(timeout=30) == 1
-        assert not alive(max(pids))
-    assert any("exited unexpectedly" in str(r["message"]) for r in records(server.log))
-
-
 def test_workers_die_with_a_killed_supervisor(tmp_path: Path) -> None:
     env = {**os.environ, **ENV_SECRET, "DATABASE_URL": f"sqlite:///{tmp_path}/q.db"}
     with server_process("--workers", "2", env=env) as server:

@@ -41,3 +41,7 @@ event_rejections = Counter(
 import_rows = Counter(
     "quartet_import_rows_total", "Rows stored by experiment imports, by file.", ("file",)
 )
+worker_restarts = Counter(
+    "quartet_worker_restarts",
+    "Child processes (workers, the metrics server) the supervisor replaced after they died.",
+)
