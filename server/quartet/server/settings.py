@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -13,6 +14,13 @@ from quartet.storage import default_database_url
 T = TypeVar("T")
 
 MIN_SECRET_LENGTH = 32
+# A production secret must also look random. Compressed with DEFLATE, 32 random characters take
+# at least 27 bytes (measured: 20,000 secrets each of hex, decimal digits and base64), while
+# repetitions shrink to a few bytes ("a" * 32: 5, "password" * 4: 13, "change-me" * 3 + "now": 18).
+MIN_SECRET_COMPRESSED_BYTES = 24
+# And use more than a handful of symbols (32 random hex digits use at least 9 of their 16).
+MIN_SECRET_DISTINCT_CHARACTERS = 8
+GOOD_SECRET_COMMAND = 'python -c "import secrets; print(secrets.token_urlsafe(48))"'
 
 
 class SettingsError(ValueError):
@@ -109,11 +117,14 @@ class Settings:
             raise SettingsError("log_format must be auto, json or text")
         if self.environment not in ("development", "production"):
             raise SettingsError("QUARTET_ENV must be development or production")
-        if self.environment == "production" and len(self.secret) < MIN_SECRET_LENGTH:
-            raise SettingsError(
-                f"in production QUARTET_SECRET (or QUARTET_SECRET_FILE) must hold at least "
-                f"{MIN_SECRET_LENGTH} random characters, e.g. from `openssl rand -base64 48`"
-            )
+        if self.environment == "production":
+            problem = secret_problem(self.secret)
+            if problem is not None:
+                raise SettingsError(
+                    f"in production QUARTET_SECRET (or QUARTET_SECRET_FILE) must hold at least "
+                    f"{MIN_SECRET_LENGTH} random characters, and this one {problem}; make one "
+                    f"with `{GOOD_SECRET_COMMAND}`"
+                )
         if self.access_token_minutes <= 0 or self.refresh_token_days <= 0:
             raise SettingsError("token lifetimes must be positive")
         if self.unknown_event_types not in ("reject", "accept"):
@@ -141,6 +152,27 @@ class Settings:
 
 # Field annotations are strings under `from __future__ import annotations`.
 _CASTS: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float}
+
+
+def secret_problem(secret: str) -> str | None:
+    """Why secret is obviously not random enough to sign tokens with, or None.
+
+    A simple rule, not a proof of randomness: long enough, enough distinct characters, and
+    incompressible (DEFLATE finds repetitions of every length, "a" * 32 and "password" * 4 alike).
+    """
+    if len(secret) < MIN_SECRET_LENGTH:
+        return f"has {len(secret)}"
+    distinct = len(set(secret))
+    if distinct < MIN_SECRET_DISTINCT_CHARACTERS:
+        return f"uses only {distinct} distinct characters"
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw DEFLATE: no header to discount
+    compressed = len(compressor.compress(secret.encode()) + compressor.flush())
+    if compressed < MIN_SECRET_COMPRESSED_BYTES:
+        return (
+            f"compresses to {compressed} bytes (random text of {MIN_SECRET_LENGTH} characters "
+            f"does not go below {MIN_SECRET_COMPRESSED_BYTES}): it repeats itself"
+        )
+    return None
 
 
 def cpu_count() -> int:
