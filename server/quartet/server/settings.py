@@ -84,6 +84,28 @@ class Settings:
     )
     # A JSON file of event types to register at start-up: [{"category", "name", "schema"}].
     event_types_file: str = field(default="", metadata={"env": "QUARTET_EVENT_TYPES_FILE"})
+    # Self sign-up: "open" (anyone may CreateAccount a user) or "closed" (only admins create
+    # accounts); unset means closed in production and open in development.
+    signup: str = field(default="", metadata={"env": "QUARTET_SIGNUP"})
+    # Login throttling (OWASP ASVS v4 2.2.1, v5 6.3: a soft lockout with growing delays). After
+    # this many failures in a row for one email (registered or not), each further attempt waits
+    # login_delay_seconds, doubled at each further failure, up to login_max_delay_seconds.
+    login_failures_per_account: int = field(
+        default=5, metadata={"env": "QUARTET_LOGIN_FAILURES_PER_ACCOUNT"}
+    )
+    # The same per client address (failed logins and sign-ups that hit a taken email, any email);
+    # 0 turns it off (behind a proxy every client has the proxy's address).
+    login_failures_per_address: int = field(
+        default=100, metadata={"env": "QUARTET_LOGIN_FAILURES_PER_ADDRESS"}
+    )
+    login_delay_seconds: float = field(default=1.0, metadata={"env": "QUARTET_LOGIN_DELAY_SECONDS"})
+    login_max_delay_seconds: float = field(
+        default=300.0, metadata={"env": "QUARTET_LOGIN_MAX_DELAY_SECONDS"}
+    )
+    # A key's failures are forgotten once it has had none for this long.
+    login_failure_window_seconds: float = field(
+        default=3600.0, metadata={"env": "QUARTET_LOGIN_FAILURE_WINDOW_SECONDS"}
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -125,6 +147,24 @@ class Settings:
                     f"{MIN_SECRET_LENGTH} random characters, and this one {problem}; make one "
                     f"with `{GOOD_SECRET_COMMAND}`"
                 )
+        if self.signup not in ("", "open", "closed"):
+            raise SettingsError("QUARTET_SIGNUP must be open or closed")
+        if self.login_failures_per_account < 1 or self.login_failures_per_address < 0:
+            raise SettingsError(
+                "QUARTET_LOGIN_FAILURES_PER_ACCOUNT must be at least 1, "
+                "QUARTET_LOGIN_FAILURES_PER_ADDRESS at least 0 (0: no limit per address)"
+            )
+        if not 0 < self.login_delay_seconds <= self.login_max_delay_seconds:
+            raise SettingsError(
+                "QUARTET_LOGIN_DELAY_SECONDS must be positive and at most "
+                "QUARTET_LOGIN_MAX_DELAY_SECONDS"
+            )
+        if self.login_failure_window_seconds < self.login_max_delay_seconds:
+            raise SettingsError(
+                "QUARTET_LOGIN_FAILURE_WINDOW_SECONDS must be at least "
+                "QUARTET_LOGIN_MAX_DELAY_SECONDS, or a key's count would be forgotten while it "
+                "waits"
+            )
         if self.access_token_minutes <= 0 or self.refresh_token_days <= 0:
             raise SettingsError("token lifetimes must be positive")
         if self.unknown_event_types not in ("reject", "accept"):
@@ -138,6 +178,14 @@ class Settings:
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise SettingsError("TLS needs both a certificate file and a key file")
         return self
+
+    @property
+    def signup_open(self) -> bool:
+        """Whether anyone may create an account (QUARTET_SIGNUP, by default open but in
+        production)."""
+        if self.signup:
+            return self.signup == "open"
+        return self.environment != "production"
 
     @property
     def tls(self) -> bool:
