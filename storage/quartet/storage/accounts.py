@@ -189,6 +189,13 @@ def take_attempt(rules: Sequence[ThrottleRule], now: datetime.datetime) -> datet
     blocked), so concurrent attempts, in any process, are each counted once and are let through
     only as far as the counts allow.
     """
+    # Most refusals need no write (and, on SQLite, not the one writer's lock): while an attack
+    # goes on, its keys stay blocked, and this read is all each further attempt costs.
+    blocking = LoginThrottle.select().where(
+        LoginThrottle.key.in_([rule.key for rule in rules]) & (LoginThrottle.blocked_until > now)
+    )
+    if until := max((row.blocked_until for row in blocking), default=None):
+        return until
     try:
         with db.atomic():
             LoginThrottle.delete().where(LoginThrottle.window_end < now).execute()
