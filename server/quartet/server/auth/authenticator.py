@@ -121,12 +121,11 @@ class Authenticator:
             if len(self._tokens) >= TOKEN_CACHE_SIZE:
                 self._tokens.clear()  # crude, but bounded, and refilled at once by live tokens
             self._tokens[token] = (expires, account_id)
-        role, _ = await self.account_state(account_id)
-        return Caller("account", account_id, role)
+        return Caller("account", account_id, await self._account_role(account_id))
 
-    async def account_state(self, account_id: int) -> tuple[str, bool]:
-        """(role, False) of an account that exists and is enabled, from the database or a cache
-        of it; Unauthenticated, saying why, if it is disabled or no longer exists."""
+    async def _account_role(self, account_id: int) -> str:
+        """The role of an account that exists and is enabled, from the database or a cache of
+        it; Unauthenticated, saying why, if it is disabled or no longer exists."""
         key = str(account_id)
         state = self._accounts.get(key)
         if state is None:
@@ -144,7 +143,7 @@ class Authenticator:
                 "this account is disabled; an admin may enable it again",
                 reason=error_reason_pb2.ACCOUNT_DISABLED,
             )
-        return role, disabled
+        return role
 
     def forget_account(self, account_id: int) -> None:
         """Drop an account from the cache (after its role or state changed here)."""
