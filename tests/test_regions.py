@@ -15,10 +15,11 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
+from quartet import storage
 from quartet.client import Client, QuartetError
 from quartet.regions.v1 import region_service_pb2 as pb
 from quartet.regions.v1 import region_service_pb2_grpc
-from quartet.storage import regions
+from quartet.storage import accounts, regions
 from tests.conftest import SECRET, Principal, mint_token
 from tests.helpers import server_process
 
@@ -356,8 +357,13 @@ def test_applications_may_read(client: Client, target: str) -> None:
 
 def test_every_worker_of_a_served_process_answers_lookups(tmp_path: Path) -> None:
     env = {**os.environ, "QUARTET_SECRET": SECRET, "DATABASE_URL": f"sqlite:///{tmp_path}/q.db"}
-    token = mint_token(1, "user")
     with server_process("--workers", "2", env=env) as server:
+        # Tokens are checked against their account: one must exist (the server migrated).
+        database = storage.open_database(env["DATABASE_URL"])
+        storage.bind(database)
+        with database.connection_context():
+            token = mint_token(accounts.create_account("reader@example.com").id, "user")
+        storage.close(database)
         served: set[object] = set()
         for _ in range(200):  # new connections, until the kernel has given both workers some
             with Client(server.address, token=token) as client:

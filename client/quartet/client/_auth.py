@@ -63,6 +63,16 @@ class Auth:
         request = pb.SetAccountRoleRequest(account_id=account_id, role=role)
         return self._transport.invoke(self._stub.SetAccountRole, request, timeout)
 
+    def disable_account(self, account_id: int, *, timeout: float | None = None) -> pb.Account:
+        """Disable an account (admins): its tokens and logins are refused until enabled."""
+        request = pb.DisableAccountRequest(account_id=account_id)
+        return self._transport.invoke(self._stub.DisableAccount, request, timeout)
+
+    def enable_account(self, account_id: int, *, timeout: float | None = None) -> pb.Account:
+        """Enable a disabled account again (admins)."""
+        request = pb.EnableAccountRequest(account_id=account_id)
+        return self._transport.invoke(self._stub.EnableAccount, request, timeout)
+
     def create_application(
         self, name: str, *, timeout: float | None = None
     ) -> pb.CreateApplicationResponse:

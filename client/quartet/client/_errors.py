@@ -42,6 +42,8 @@ class QuartetError(Exception):
     """The request fields that were invalid (google.rpc.BadRequest)."""
     resource: tuple[str, str] | None = None
     """The (type, name) of the resource concerned (google.rpc.ResourceInfo)."""
+    retry_delay: float | None = None
+    """Seconds to wait before trying again (google.rpc.RetryInfo), when the server says."""
     status: status_pb2.Status | None = None
     """The raw google.rpc.Status, for details not unpacked above."""
 
@@ -75,4 +77,8 @@ class QuartetError(Exception):
                 info_ = error_details_pb2.ResourceInfo()
                 detail.Unpack(info_)
                 result.resource = (info_.resource_type, info_.resource_name)
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                result.retry_delay = retry.retry_delay.ToTimedelta().total_seconds()
         return result

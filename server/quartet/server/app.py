@@ -137,7 +137,7 @@ def build_server(
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(
-        AuthServicer(runner, authenticator), server
+        AuthServicer(runner, authenticator, settings), server
     )
     score_service_pb2_grpc.add_ScoreServiceServicer_to_server(ScoreServicer(runner), server)
     registry = events.Registry()  # loaded by Server.start()

@@ -22,6 +22,7 @@ from quartet.server.auth.passwords import hash_password
 from quartet.server.auth.service import PASSWORD_LENGTH, normalized_email
 from quartet.server.settings import Settings, SettingsError
 from quartet.storage import accounts, regions
+from quartet.storage.base import utcnow
 
 # NOTE: quartet.server.app (and with it prometheus_client) is imported inside the commands, after
 # _metrics_directory() has set PROMETHEUS_MULTIPROC_DIR: prometheus_client reads it at import.
@@ -110,6 +111,7 @@ def _create_admin(settings: Settings, args: argparse.Namespace) -> None:
         else:
             accounts.set_password_hash(account.id, password_hash)
             accounts.set_role(account.id, "admin")
+            accounts.set_disabled(account.id, False, utcnow())  # the way back in, if disabled
             verb = "made admin"
     storage.close(database)
     print(f"{verb}: {account.email} (account {account.id}); log in with this email and password")
@@ -192,6 +194,12 @@ def _parser() -> argparse.ArgumentParser:
         help="calls per worker before RESOURCE_EXHAUSTED (QUARTET_MAX_CONCURRENT_RPCS; 1000)",
     )
     serve_parser.add_argument(
+        "--signup",
+        choices=("open", "closed"),
+        help="whether anyone may create an account (QUARTET_SIGNUP; closed in production, "
+        "open in development)",
+    )
+    serve_parser.add_argument(
         "--db-threads", type=int, help="threads doing database work (QUARTET_DB_THREADS; 8)"
     )
     serve_parser.add_argument(
@@ -223,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     admin_parser = commands.add_parser(
         "create-admin",
         parents=[database],
-        help="create the first admin account (or promote an existing one)",
+        help="create the first admin account (or promote, and enable, an existing one)",
         description="The password comes from --password-file, QUARTET_ADMIN_PASSWORD, or a prompt.",
     )
     admin_parser.set_defaults(command=_create_admin)

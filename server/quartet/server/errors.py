@@ -2,11 +2,13 @@
 
 Every error leaves the server as a status whose details hold an `ErrorInfo` (domain "quartet", a
 `quartet.errors.v1.ErrorReason` name as reason), plus a `BadRequest` listing field violations or a
-`ResourceInfo` naming the resource, as AIP-193 describes.
+`ResourceInfo` naming the resource, and a `RetryInfo` when the client should wait before trying
+again, as AIP-193 describes.
 """
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -50,6 +52,7 @@ class ServiceError(Exception):
         metadata: Mapping[str, str] | None = None,
         violations: Sequence[FieldViolation] = (),
         resource: tuple[str, str] | None = None,
+        retry_delay: datetime.timedelta | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -57,6 +60,7 @@ class ServiceError(Exception):
         self.metadata = dict(metadata or {})
         self.violations = list(violations)
         self.resource = resource
+        self.retry_delay = retry_delay
 
     def to_status(self) -> grpc.Status:
         """This error as a gRPC status carrying google.rpc.Status details in its trailers."""
@@ -85,6 +89,10 @@ class ServiceError(Exception):
                     resource_type=resource_type, resource_name=resource_name
                 )
             )
+        if self.retry_delay is not None:
+            retry = error_details_pb2.RetryInfo()
+            retry.retry_delay.FromTimedelta(self.retry_delay)
+            details.append(retry)
         packed = []
         for detail in details:
             any_detail = any_pb2.Any()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -13,6 +14,13 @@ from quartet.storage import default_database_url
 T = TypeVar("T")
 
 MIN_SECRET_LENGTH = 32
+# A production secret must also look random. Compressed with DEFLATE, 32 random characters take
+# at least 27 bytes (measured: 20,000 secrets each of hex, decimal digits and base64), while
+# repetitions shrink to a few bytes ("a" * 32: 5, "password" * 4: 13, "change-me" * 3 + "now": 18).
+MIN_SECRET_COMPRESSED_BYTES = 24
+# And use more than a handful of symbols (32 random hex digits use at least 9 of their 16).
+MIN_SECRET_DISTINCT_CHARACTERS = 8
+GOOD_SECRET_COMMAND = 'python -c "import secrets; print(secrets.token_urlsafe(48))"'
 
 
 class SettingsError(ValueError):
@@ -76,6 +84,28 @@ class Settings:
     )
     # A JSON file of event types to register at start-up: [{"category", "name", "schema"}].
     event_types_file: str = field(default="", metadata={"env": "QUARTET_EVENT_TYPES_FILE"})
+    # Self sign-up: "open" (anyone may CreateAccount a user) or "closed" (only admins create
+    # accounts); unset means closed in production and open in development.
+    signup: str = field(default="", metadata={"env": "QUARTET_SIGNUP"})
+    # Login throttling (OWASP ASVS v4 2.2.1, v5 6.3: a soft lockout with growing delays). After
+    # this many failures in a row for one email (registered or not), each further attempt waits
+    # login_delay_seconds, doubled at each further failure, up to login_max_delay_seconds.
+    login_failures_per_account: int = field(
+        default=5, metadata={"env": "QUARTET_LOGIN_FAILURES_PER_ACCOUNT"}
+    )
+    # The same per client address (failed logins and sign-ups that hit a taken email, any email);
+    # 0 turns it off (behind a proxy every client has the proxy's address).
+    login_failures_per_address: int = field(
+        default=100, metadata={"env": "QUARTET_LOGIN_FAILURES_PER_ADDRESS"}
+    )
+    login_delay_seconds: float = field(default=1.0, metadata={"env": "QUARTET_LOGIN_DELAY_SECONDS"})
+    login_max_delay_seconds: float = field(
+        default=300.0, metadata={"env": "QUARTET_LOGIN_MAX_DELAY_SECONDS"}
+    )
+    # A key's failures are forgotten once it has had none for this long.
+    login_failure_window_seconds: float = field(
+        default=3600.0, metadata={"env": "QUARTET_LOGIN_FAILURE_WINDOW_SECONDS"}
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -109,10 +139,31 @@ class Settings:
             raise SettingsError("log_format must be auto, json or text")
         if self.environment not in ("development", "production"):
             raise SettingsError("QUARTET_ENV must be development or production")
-        if self.environment == "production" and len(self.secret) < MIN_SECRET_LENGTH:
+        if self.environment == "production":
+            problem = secret_problem(self.secret)
+            if problem is not None:
+                raise SettingsError(
+                    f"in production QUARTET_SECRET (or QUARTET_SECRET_FILE) must hold at least "
+                    f"{MIN_SECRET_LENGTH} random characters, and this one {problem}; make one "
+                    f"with `{GOOD_SECRET_COMMAND}`"
+                )
+        if self.signup not in ("", "open", "closed"):
+            raise SettingsError("QUARTET_SIGNUP must be open or closed")
+        if self.login_failures_per_account < 1 or self.login_failures_per_address < 0:
             raise SettingsError(
-                f"in production QUARTET_SECRET (or QUARTET_SECRET_FILE) must hold at least "
-                f"{MIN_SECRET_LENGTH} random characters, e.g. from `openssl rand -base64 48`"
+                "QUARTET_LOGIN_FAILURES_PER_ACCOUNT must be at least 1, "
+                "QUARTET_LOGIN_FAILURES_PER_ADDRESS at least 0 (0: no limit per address)"
+            )
+        if not 0 < self.login_delay_seconds <= self.login_max_delay_seconds:
+            raise SettingsError(
+                "QUARTET_LOGIN_DELAY_SECONDS must be positive and at most "
+                "QUARTET_LOGIN_MAX_DELAY_SECONDS"
+            )
+        if self.login_failure_window_seconds < self.login_max_delay_seconds:
+            raise SettingsError(
+                "QUARTET_LOGIN_FAILURE_WINDOW_SECONDS must be at least "
+                "QUARTET_LOGIN_MAX_DELAY_SECONDS, or a key's count would be forgotten while it "
+                "waits"
             )
         if self.access_token_minutes <= 0 or self.refresh_token_days <= 0:
             raise SettingsError("token lifetimes must be positive")
@@ -129,6 +180,14 @@ class Settings:
         return self
 
     @property
+    def signup_open(self) -> bool:
+        """Whether anyone may create an account (QUARTET_SIGNUP, by default open but in
+        production)."""
+        if self.signup:
+            return self.signup == "open"
+        return self.environment != "production"
+
+    @property
     def tls(self) -> bool:
         return bool(self.tls_cert_file)
 
@@ -141,6 +200,27 @@ class Settings:
 
 # Field annotations are strings under `from __future__ import annotations`.
 _CASTS: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float}
+
+
+def secret_problem(secret: str) -> str | None:
+    """Why secret is obviously not random enough to sign tokens with, or None.
+
+    A simple rule, not a proof of randomness: long enough, enough distinct characters, and
+    incompressible (DEFLATE finds repetitions of every length, "a" * 32 and "password" * 4 alike).
+    """
+    if len(secret) < MIN_SECRET_LENGTH:
+        return f"has {len(secret)}"
+    distinct = len(set(secret))
+    if distinct < MIN_SECRET_DISTINCT_CHARACTERS:
+        return f"uses only {distinct} distinct characters"
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw DEFLATE: no header to discount
+    compressed = len(compressor.compress(secret.encode()) + compressor.flush())
+    if compressed < MIN_SECRET_COMPRESSED_BYTES:
+        return (
+            f"compresses to {compressed} bytes (random text of {MIN_SECRET_LENGTH} characters "
+            f"does not go below {MIN_SECRET_COMPRESSED_BYTES}): it repeats itself"
+        )
+    return None
 
 
 def cpu_count() -> int:

@@ -8,7 +8,7 @@ import peewee
 from playhouse import migrations
 
 from quartet.storage import regions
-from quartet.storage.accounts import Account, RefreshToken
+from quartet.storage.accounts import Account, LoginThrottle, RefreshToken
 from quartet.storage.applications import ApiKey, Application
 from quartet.storage.events import Event, EventType, RejectedEvent, RejectedEventReason
 from quartet.storage.experiments import Compound, Experiment, ExperimentCompound, ExperimentUser
@@ -23,6 +23,7 @@ ALL_MODELS: list[type[peewee.Model]] = [
     RefreshToken,
     Application,
     ApiKey,
+    LoginThrottle,
     EventType,
     Event,
     RejectedEvent,

@@ -58,6 +58,7 @@ class Account(_message.Message):
     EMAIL_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DISABLE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """The server-assigned identifier."""
     email: _builtins.str
@@ -68,6 +69,10 @@ class Account(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the account was created."""
 
+    @_builtins.property
+    def disable_time(self) -> _timestamp_pb2.Timestamp:
+        """When an admin disabled the account (DisableAccount); unset while it is enabled."""
+
     def __init__(
         self,
         *,
@@ -75,10 +80,11 @@ class Account(_message.Message):
         email: _builtins.str = ...,
         role: Global___Role.ValueType = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        disable_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "disable_time", b"disable_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "email", b"email", "id", b"id", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "disable_time", b"disable_time", "email", b"email", "id", b"id", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -326,6 +332,50 @@ class SetAccountRoleRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetAccountRoleRequest: _TypeAlias = SetAccountRoleRequest  # noqa: Y015
+
+@_typing.final
+class DisableAccountRequest(_message.Message):
+    """DisableAccountRequest names the account to disable."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    """Required. The account to disable; not the caller's own."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisableAccountRequest: _TypeAlias = DisableAccountRequest  # noqa: Y015
+
+@_typing.final
+class EnableAccountRequest(_message.Message):
+    """EnableAccountRequest names the account to enable."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    """Required. The account to enable."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnableAccountRequest: _TypeAlias = EnableAccountRequest  # noqa: Y015
 
 @_typing.final
 class Application(_message.Message):

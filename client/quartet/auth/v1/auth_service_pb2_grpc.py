@@ -69,6 +69,16 @@ class AuthServiceStub:
                 request_serializer=quartet_dot_auth_dot_v1_dot_auth__service__pb2.SetAccountRoleRequest.SerializeToString,
                 response_deserializer=quartet_dot_auth_dot_v1_dot_auth__service__pb2.Account.FromString,
                 _registered_method=True)
+        self.DisableAccount = channel.unary_unary(
+                '/quartet.auth.v1.AuthService/DisableAccount',
+                request_serializer=quartet_dot_auth_dot_v1_dot_auth__service__pb2.DisableAccountRequest.SerializeToString,
+                response_deserializer=quartet_dot_auth_dot_v1_dot_auth__service__pb2.Account.FromString,
+                _registered_method=True)
+        self.EnableAccount = channel.unary_unary(
+                '/quartet.auth.v1.AuthService/EnableAccount',
+                request_serializer=quartet_dot_auth_dot_v1_dot_auth__service__pb2.EnableAccountRequest.SerializeToString,
+                response_deserializer=quartet_dot_auth_dot_v1_dot_auth__service__pb2.Account.FromString,
+                _registered_method=True)
         self.CreateApplication = channel.unary_unary(
                 '/quartet.auth.v1.AuthService/CreateApplication',
                 request_serializer=quartet_dot_auth_dot_v1_dot_auth__service__pb2.CreateApplicationRequest.SerializeToString,
@@ -100,8 +110,12 @@ class AuthServiceServicer:
     """
 
     def CreateAccount(self, request, context):
-        """Creates an account. Anyone may create a `ROLE_USER` account; other roles need an admin's
-        credential. Returns the account and a first pair of tokens. A taken email is ALREADY_EXISTS.
+        """Creates an account. Anyone may create a `ROLE_USER` account while self sign-up is open
+        (QUARTET_SIGNUP, open by default in development, closed in production); when it is closed,
+        only an admin may create accounts, and others get PERMISSION_DENIED (reason SIGNUP_CLOSED).
+        Other roles always need an admin's credential. Returns the account and a first pair of tokens.
+        A taken email is ALREADY_EXISTS; such answers count as failures of the client's address, as
+        failed logins do (see Login), so that nobody can test many emails quickly.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,7 +123,12 @@ class AuthServiceServicer:
 
     def Login(self, request, context):
         """Exchanges an email and password for tokens. A wrong password and an unknown email give the
-        same UNAUTHENTICATED error (reason LOGIN_FAILED), so the answer reveals neither.
+        same UNAUTHENTICATED error (reason LOGIN_FAILED), so the answer reveals neither. After too
+        many failures for one email (registered or not) or from one client address, further attempts
+        are refused with RESOURCE_EXHAUSTED (reason LOGIN_THROTTLED) and a `google.rpc.RetryInfo`
+        until its `retry_delay` has passed, the right password included; the delay grows with each
+        further failure, up to a limit, and a successful login resets the email's count. The right
+        password of a disabled account is UNAUTHENTICATED with reason ACCOUNT_DISABLED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,6 +140,8 @@ class AuthServiceServicer:
         every refresh token of the same login is revoked, the one the first exchange returned
         included. Access tokens already issued to that login are not revoked: each stays valid until
         it expires (at most QUARTET_ACCESS_TOKEN_MINUTES, 15 by default, after it was issued).
+        A disabled account's refresh token is refused (ACCOUNT_DISABLED), and so is that of an
+        account that no longer exists (ACCOUNT_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,8 +162,29 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetAccountRole(self, request, context):
-        """Changes an account's role. Admins only. Takes effect when the account's access token is next
-        refreshed (access tokens carry the role and live for minutes).
+        """Changes an account's role. Admins only. Every call checks the role in the database (each
+        server process caches an account's role and state for up to 10 seconds, and forgets it at
+        once when the change goes through that process), so the change takes effect within 10
+        seconds, whatever role its access tokens were issued with.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisableAccount(self, request, context):
+        """Disables an account (AIP-136 custom method). Admins only. From then on its access tokens,
+        refresh tokens and logins are refused with UNAUTHENTICATED, reason ACCOUNT_DISABLED, on every
+        method, within the same 10 seconds as SetAccountRole. Nothing is deleted: EnableAccount
+        undoes it, and tokens not yet expired work again. Disabling a disabled account keeps its
+        first disable_time. An admin may not disable their own account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnableAccount(self, request, context):
+        """Enables a disabled account again (AIP-136 custom method). Admins only. Enabling an enabled
+        account changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -210,6 +252,16 @@ def add_AuthServiceServicer_to_server(servicer, server):
             'SetAccountRole': grpc.unary_unary_rpc_method_handler(
                     servicer.SetAccountRole,
                     request_deserializer=quartet_dot_auth_dot_v1_dot_auth__service__pb2.SetAccountRoleRequest.FromString,
+                    response_serializer=quartet_dot_auth_dot_v1_dot_auth__service__pb2.Account.SerializeToString,
+            ),
+            'DisableAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableAccount,
+                    request_deserializer=quartet_dot_auth_dot_v1_dot_auth__service__pb2.DisableAccountRequest.FromString,
+                    response_serializer=quartet_dot_auth_dot_v1_dot_auth__service__pb2.Account.SerializeToString,
+            ),
+            'EnableAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableAccount,
+                    request_deserializer=quartet_dot_auth_dot_v1_dot_auth__service__pb2.EnableAccountRequest.FromString,
                     response_serializer=quartet_dot_auth_dot_v1_dot_auth__service__pb2.Account.SerializeToString,
             ),
             'CreateApplication': grpc.unary_unary_rpc_method_handler(
@@ -399,6 +451,60 @@ class AuthService:
             target,
             '/quartet.auth.v1.AuthService/SetAccountRole',
             quartet_dot_auth_dot_v1_dot_auth__service__pb2.SetAccountRoleRequest.SerializeToString,
+            quartet_dot_auth_dot_v1_dot_auth__service__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartet.auth.v1.AuthService/DisableAccount',
+            quartet_dot_auth_dot_v1_dot_auth__service__pb2.DisableAccountRequest.SerializeToString,
+            quartet_dot_auth_dot_v1_dot_auth__service__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartet.auth.v1.AuthService/EnableAccount',
+            quartet_dot_auth_dot_v1_dot_auth__service__pb2.EnableAccountRequest.SerializeToString,
             quartet_dot_auth_dot_v1_dot_auth__service__pb2.Account.FromString,
             options,
             channel_credentials,

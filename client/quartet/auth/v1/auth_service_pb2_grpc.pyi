@@ -39,12 +39,21 @@ class AuthServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuthServiceAsyncStub: ...
     CreateAccount: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CreateAccountRequest, _auth_service_pb2.CreateAccountResponse]
-    """Creates an account. Anyone may create a `ROLE_USER` account; other roles need an admin's
-    credential. Returns the account and a first pair of tokens. A taken email is ALREADY_EXISTS.
+    """Creates an account. Anyone may create a `ROLE_USER` account while self sign-up is open
+    (QUARTET_SIGNUP, open by default in development, closed in production); when it is closed,
+    only an admin may create accounts, and others get PERMISSION_DENIED (reason SIGNUP_CLOSED).
+    Other roles always need an admin's credential. Returns the account and a first pair of tokens.
+    A taken email is ALREADY_EXISTS; such answers count as failures of the client's address, as
+    failed logins do (see Login), so that nobody can test many emails quickly.
     """
     Login: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.LoginRequest, _auth_service_pb2.TokenPair]
     """Exchanges an email and password for tokens. A wrong password and an unknown email give the
-    same UNAUTHENTICATED error (reason LOGIN_FAILED), so the answer reveals neither.
+    same UNAUTHENTICATED error (reason LOGIN_FAILED), so the answer reveals neither. After too
+    many failures for one email (registered or not) or from one client address, further attempts
+    are refused with RESOURCE_EXHAUSTED (reason LOGIN_THROTTLED) and a `google.rpc.RetryInfo`
+    until its `retry_delay` has passed, the right password included; the delay grows with each
+    further failure, up to a limit, and a successful login resets the email's count. The right
+    password of a disabled account is UNAUTHENTICATED with reason ACCOUNT_DISABLED.
     """
     RefreshToken: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RefreshTokenRequest, _auth_service_pb2.TokenPair]
     """Exchanges a refresh token for a new pair. The refresh token is single-use: presenting it a
@@ -52,14 +61,29 @@ class AuthServiceStub:
     every refresh token of the same login is revoked, the one the first exchange returned
     included. Access tokens already issued to that login are not revoked: each stays valid until
     it expires (at most QUARTET_ACCESS_TOKEN_MINUTES, 15 by default, after it was issued).
+    A disabled account's refresh token is refused (ACCOUNT_DISABLED), and so is that of an
+    account that no longer exists (ACCOUNT_NOT_FOUND).
     """
     GetCurrentAccount: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.GetCurrentAccountRequest, _auth_service_pb2.Account]
     """Returns the caller's own account."""
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ListAccountsRequest, _auth_service_pb2.ListAccountsResponse]
     """Lists accounts, oldest first. Admins only."""
     SetAccountRole: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.SetAccountRoleRequest, _auth_service_pb2.Account]
-    """Changes an account's role. Admins only. Takes effect when the account's access token is next
-    refreshed (access tokens carry the role and live for minutes).
+    """Changes an account's role. Admins only. Every call checks the role in the database (each
+    server process caches an account's role and state for up to 10 seconds, and forgets it at
+    once when the change goes through that process), so the change takes effect within 10
+    seconds, whatever role its access tokens were issued with.
+    """
+    DisableAccount: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.DisableAccountRequest, _auth_service_pb2.Account]
+    """Disables an account (AIP-136 custom method). Admins only. From then on its access tokens,
+    refresh tokens and logins are refused with UNAUTHENTICATED, reason ACCOUNT_DISABLED, on every
+    method, within the same 10 seconds as SetAccountRole. Nothing is deleted: EnableAccount
+    undoes it, and tokens not yet expired work again. Disabling a disabled account keeps its
+    first disable_time. An admin may not disable their own account.
+    """
+    EnableAccount: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.EnableAccountRequest, _auth_service_pb2.Account]
+    """Enables a disabled account again (AIP-136 custom method). Admins only. Enabling an enabled
+    account changes nothing.
     """
     CreateApplication: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CreateApplicationRequest, _auth_service_pb2.CreateApplicationResponse]
     """Registers an application (an event sender) and issues its first API key. Admins only."""
@@ -85,12 +109,21 @@ class AuthServiceAsyncStub(AuthServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateAccount: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CreateAccountRequest, _auth_service_pb2.CreateAccountResponse]  # type: ignore[assignment]
-    """Creates an account. Anyone may create a `ROLE_USER` account; other roles need an admin's
-    credential. Returns the account and a first pair of tokens. A taken email is ALREADY_EXISTS.
+    """Creates an account. Anyone may create a `ROLE_USER` account while self sign-up is open
+    (QUARTET_SIGNUP, open by default in development, closed in production); when it is closed,
+    only an admin may create accounts, and others get PERMISSION_DENIED (reason SIGNUP_CLOSED).
+    Other roles always need an admin's credential. Returns the account and a first pair of tokens.
+    A taken email is ALREADY_EXISTS; such answers count as failures of the client's address, as
+    failed logins do (see Login), so that nobody can test many emails quickly.
     """
     Login: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.LoginRequest, _auth_service_pb2.TokenPair]  # type: ignore[assignment]
     """Exchanges an email and password for tokens. A wrong password and an unknown email give the
-    same UNAUTHENTICATED error (reason LOGIN_FAILED), so the answer reveals neither.
+    same UNAUTHENTICATED error (reason LOGIN_FAILED), so the answer reveals neither. After too
+    many failures for one email (registered or not) or from one client address, further attempts
+    are refused with RESOURCE_EXHAUSTED (reason LOGIN_THROTTLED) and a `google.rpc.RetryInfo`
+    until its `retry_delay` has passed, the right password included; the delay grows with each
+    further failure, up to a limit, and a successful login resets the email's count. The right
+    password of a disabled account is UNAUTHENTICATED with reason ACCOUNT_DISABLED.
     """
     RefreshToken: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RefreshTokenRequest, _auth_service_pb2.TokenPair]  # type: ignore[assignment]
     """Exchanges a refresh token for a new pair. The refresh token is single-use: presenting it a
@@ -98,14 +131,29 @@ class AuthServiceAsyncStub(AuthServiceStub):
     every refresh token of the same login is revoked, the one the first exchange returned
     included. Access tokens already issued to that login are not revoked: each stays valid until
     it expires (at most QUARTET_ACCESS_TOKEN_MINUTES, 15 by default, after it was issued).
+    A disabled account's refresh token is refused (ACCOUNT_DISABLED), and so is that of an
+    account that no longer exists (ACCOUNT_NOT_FOUND).
     """
     GetCurrentAccount: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.GetCurrentAccountRequest, _auth_service_pb2.Account]  # type: ignore[assignment]
     """Returns the caller's own account."""
     ListAccounts: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ListAccountsRequest, _auth_service_pb2.ListAccountsResponse]  # type: ignore[assignment]
     """Lists accounts, oldest first. Admins only."""
     SetAccountRole: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.SetAccountRoleRequest, _auth_service_pb2.Account]  # type: ignore[assignment]
-    """Changes an account's role. Admins only. Takes effect when the account's access token is next
-    refreshed (access tokens carry the role and live for minutes).
+    """Changes an account's role. Admins only. Every call checks the role in the database (each
+    server process caches an account's role and state for up to 10 seconds, and forgets it at
+    once when the change goes through that process), so the change takes effect within 10
+    seconds, whatever role its access tokens were issued with.
+    """
+    DisableAccount: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.DisableAccountRequest, _auth_service_pb2.Account]  # type: ignore[assignment]
+    """Disables an account (AIP-136 custom method). Admins only. From then on its access tokens,
+    refresh tokens and logins are refused with UNAUTHENTICATED, reason ACCOUNT_DISABLED, on every
+    method, within the same 10 seconds as SetAccountRole. Nothing is deleted: EnableAccount
+    undoes it, and tokens not yet expired work again. Disabling a disabled account keeps its
+    first disable_time. An admin may not disable their own account.
+    """
+    EnableAccount: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.EnableAccountRequest, _auth_service_pb2.Account]  # type: ignore[assignment]
+    """Enables a disabled account again (AIP-136 custom method). Admins only. Enabling an enabled
+    account changes nothing.
     """
     CreateApplication: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CreateApplicationRequest, _auth_service_pb2.CreateApplicationResponse]  # type: ignore[assignment]
     """Registers an application (an event sender) and issues its first API key. Admins only."""
@@ -134,8 +182,12 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.CreateAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.CreateAccountResponse, _abc.Awaitable[_auth_service_pb2.CreateAccountResponse]]:
-        """Creates an account. Anyone may create a `ROLE_USER` account; other roles need an admin's
-        credential. Returns the account and a first pair of tokens. A taken email is ALREADY_EXISTS.
+        """Creates an account. Anyone may create a `ROLE_USER` account while self sign-up is open
+        (QUARTET_SIGNUP, open by default in development, closed in production); when it is closed,
+        only an admin may create accounts, and others get PERMISSION_DENIED (reason SIGNUP_CLOSED).
+        Other roles always need an admin's credential. Returns the account and a first pair of tokens.
+        A taken email is ALREADY_EXISTS; such answers count as failures of the client's address, as
+        failed logins do (see Login), so that nobody can test many emails quickly.
         """
 
     @_abc_1.abstractmethod
@@ -145,7 +197,12 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.TokenPair, _abc.Awaitable[_auth_service_pb2.TokenPair]]:
         """Exchanges an email and password for tokens. A wrong password and an unknown email give the
-        same UNAUTHENTICATED error (reason LOGIN_FAILED), so the answer reveals neither.
+        same UNAUTHENTICATED error (reason LOGIN_FAILED), so the answer reveals neither. After too
+        many failures for one email (registered or not) or from one client address, further attempts
+        are refused with RESOURCE_EXHAUSTED (reason LOGIN_THROTTLED) and a `google.rpc.RetryInfo`
+        until its `retry_delay` has passed, the right password included; the delay grows with each
+        further failure, up to a limit, and a successful login resets the email's count. The right
+        password of a disabled account is UNAUTHENTICATED with reason ACCOUNT_DISABLED.
         """
 
     @_abc_1.abstractmethod
@@ -159,6 +216,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         every refresh token of the same login is revoked, the one the first exchange returned
         included. Access tokens already issued to that login are not revoked: each stays valid until
         it expires (at most QUARTET_ACCESS_TOKEN_MINUTES, 15 by default, after it was issued).
+        A disabled account's refresh token is refused (ACCOUNT_DISABLED), and so is that of an
+        account that no longer exists (ACCOUNT_NOT_FOUND).
         """
 
     @_abc_1.abstractmethod
@@ -183,8 +242,33 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.SetAccountRoleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.Account, _abc.Awaitable[_auth_service_pb2.Account]]:
-        """Changes an account's role. Admins only. Takes effect when the account's access token is next
-        refreshed (access tokens carry the role and live for minutes).
+        """Changes an account's role. Admins only. Every call checks the role in the database (each
+        server process caches an account's role and state for up to 10 seconds, and forgets it at
+        once when the change goes through that process), so the change takes effect within 10
+        seconds, whatever role its access tokens were issued with.
+        """
+
+    @_abc_1.abstractmethod
+    def DisableAccount(
+        self,
+        request: _auth_service_pb2.DisableAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.Account, _abc.Awaitable[_auth_service_pb2.Account]]:
+        """Disables an account (AIP-136 custom method). Admins only. From then on its access tokens,
+        refresh tokens and logins are refused with UNAUTHENTICATED, reason ACCOUNT_DISABLED, on every
+        method, within the same 10 seconds as SetAccountRole. Nothing is deleted: EnableAccount
+        undoes it, and tokens not yet expired work again. Disabling a disabled account keeps its
+        first disable_time. An admin may not disable their own account.
+        """
+
+    @_abc_1.abstractmethod
+    def EnableAccount(
+        self,
+        request: _auth_service_pb2.EnableAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.Account, _abc.Awaitable[_auth_service_pb2.Account]]:
+        """Enables a disabled account again (AIP-136 custom method). Admins only. Enabling an enabled
+        account changes nothing.
         """
 
     @_abc_1.abstractmethod

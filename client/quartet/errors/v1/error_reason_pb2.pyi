@@ -56,6 +56,22 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     database work failed, so a call safe to repeat (a read, or a write with its idempotency key)
     may be retried later; the SDK retries those itself, a few times.
     """
+    LOGIN_THROTTLED: _ErrorReason.ValueType  # 14
+    """Too many failed logins for this email, or too many failed logins and sign-ups from this
+    client address, in a short time. Sent with status RESOURCE_EXHAUSTED and a
+    `google.rpc.RetryInfo` whose `retry_delay` says when to try again; the delay grows with each
+    further failure, up to a limit. Unknown emails are throttled exactly like registered ones.
+    """
+    ACCOUNT_DISABLED: _ErrorReason.ValueType  # 15
+    """The account was disabled by an administrator: its tokens and logins are refused until an
+    administrator enables it again.
+    """
+    ACCOUNT_NOT_FOUND: _ErrorReason.ValueType  # 16
+    """The account a token was issued to no longer exists."""
+    SIGNUP_CLOSED: _ErrorReason.ValueType  # 17
+    """Self sign-up is closed on this server (QUARTET_SIGNUP=closed): only an administrator may
+    create accounts.
+    """
     EVENT_REJECTED: _ErrorReason.ValueType  # 20
     """An event failed validation and was kept among the rejected events; each field violation
     carries its own reason.
@@ -127,6 +143,22 @@ DATABASE_UNAVAILABLE: ErrorReason.ValueType  # 13
 connections or disk, or its file cannot be opened. Sent with status UNAVAILABLE. The call's
 database work failed, so a call safe to repeat (a read, or a write with its idempotency key)
 may be retried later; the SDK retries those itself, a few times.
+"""
+LOGIN_THROTTLED: ErrorReason.ValueType  # 14
+"""Too many failed logins for this email, or too many failed logins and sign-ups from this
+client address, in a short time. Sent with status RESOURCE_EXHAUSTED and a
+`google.rpc.RetryInfo` whose `retry_delay` says when to try again; the delay grows with each
+further failure, up to a limit. Unknown emails are throttled exactly like registered ones.
+"""
+ACCOUNT_DISABLED: ErrorReason.ValueType  # 15
+"""The account was disabled by an administrator: its tokens and logins are refused until an
+administrator enables it again.
+"""
+ACCOUNT_NOT_FOUND: ErrorReason.ValueType  # 16
+"""The account a token was issued to no longer exists."""
+SIGNUP_CLOSED: ErrorReason.ValueType  # 17
+"""Self sign-up is closed on this server (QUARTET_SIGNUP=closed): only an administrator may
+create accounts.
 """
 EVENT_REJECTED: ErrorReason.ValueType  # 20
 """An event failed validation and was kept among the rejected events; each field violation

@@ -12,7 +12,7 @@ from quartet.errors.v1 import error_reason_pb2
 from quartet.server.auth.policy import Caller
 from quartet.server.auth.tokens import TokenIssuer, hash_api_secret, split_api_key
 from quartet.server.errors import Unauthenticated
-from quartet.storage import DatabaseRunner, applications
+from quartet.storage import DatabaseRunner, accounts, applications
 
 # How long a key lookup is reused. Events arrive by the thousand per second with the same few
 # keys: without the cache each would cost a database round trip. A key revoked through this
@@ -29,6 +29,12 @@ KEY_MISS_CACHE_SIZE = 1_000
 # a tenth of a small call; a token that verified once stays valid until its expiry, and any other
 # text (a tampered token included) is another key, so it is verified in full.
 TOKEN_CACHE_SIZE = 10_000
+# Each call with an access token takes the account's role and state from the database, not from
+# the token: a role change, a disabled or a deleted account takes effect within the same bound as
+# a revoked API key (at once in the process that made the change). Accounts looked up (found or
+# not: only this server signs the ids in tokens) are kept this long, this many at most.
+ACCOUNT_CACHE_SECONDS = KEY_CACHE_SECONDS
+ACCOUNT_CACHE_SIZE = 10_000
 
 
 V = TypeVar("V")
@@ -84,8 +90,12 @@ class Authenticator:
         )
         # key ids that do not exist
         self._missing: ExpiringCache[bool] = ExpiringCache(KEY_MISS_CACHE_SIZE, KEY_CACHE_SECONDS)
-        # access token -> (expiry as a Unix time, account id, role)
-        self._tokens: dict[str, tuple[float, int, str]] = {}
+        # access token -> (expiry as a Unix time, account id)
+        self._tokens: dict[str, tuple[float, int]] = {}
+        # account id -> (role, disabled); role None for an account that does not exist
+        self._accounts: ExpiringCache[tuple[str | None, bool]] = ExpiringCache(
+            ACCOUNT_CACHE_SIZE, ACCOUNT_CACHE_SECONDS
+        )
 
     async def authenticate(self, metadata: Iterable[tuple[str, str | bytes]]) -> Caller | None:
         """The caller named by the metadata, None if it has no credentials; Unauthenticated if
@@ -100,17 +110,44 @@ class Authenticator:
         key = split_api_key(credential)
         if key is not None:
             return await self._application(*key)
-        return self._account(credential)
+        return await self._account(credential)
 
-    def _account(self, token: str) -> Caller:
+    async def _account(self, token: str) -> Caller:
         cached = self._tokens.get(token)
         if cached is not None and cached[0] > time.time():
-            return Caller("account", cached[1], cached[2])
-        account_id, role, expires = self.issuer.verify_access(token)  # raises if expired too
-        if len(self._tokens) >= TOKEN_CACHE_SIZE:
-            self._tokens.clear()  # crude, but bounded, and refilled at once by live tokens
-        self._tokens[token] = (expires, account_id, role)
-        return Caller("account", account_id, role)
+            account_id = cached[1]
+        else:
+            account_id, _, expires = self.issuer.verify_access(token)  # raises if expired too
+            if len(self._tokens) >= TOKEN_CACHE_SIZE:
+                self._tokens.clear()  # crude, but bounded, and refilled at once by live tokens
+            self._tokens[token] = (expires, account_id)
+        return Caller("account", account_id, await self._account_role(account_id))
+
+    async def _account_role(self, account_id: int) -> str:
+        """The role of an account that exists and is enabled, from the database or a cache of
+        it; Unauthenticated, saying why, if it is disabled or no longer exists."""
+        key = str(account_id)
+        state = self._accounts.get(key)
+        if state is None:
+            found = await self._runner.run(accounts.find_account_by_id, account_id)
+            state = (None, False) if found is None else (found.role, found.disable_time is not None)
+            self._accounts.put(key, state)
+        role, disabled = state
+        if role is None:
+            raise Unauthenticated(
+                "the account of this token no longer exists",
+                reason=error_reason_pb2.ACCOUNT_NOT_FOUND,
+            )
+        if disabled:
+            raise Unauthenticated(
+                "this account is disabled; an admin may enable it again",
+                reason=error_reason_pb2.ACCOUNT_DISABLED,
+            )
+        return role
+
+    def forget_account(self, account_id: int) -> None:
+        """Drop an account from the cache (after its role or state changed here)."""
+        self._accounts.pop(str(account_id))
 
     async def _application(self, key_id: str, secret: str) -> Caller:
         cached = self._keys.get(key_id)

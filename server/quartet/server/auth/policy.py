@@ -67,6 +67,8 @@ RULES: dict[str, Rule] = {
     "/quartet.auth.v1.AuthService/GetCurrentAccount": USERS,
     "/quartet.auth.v1.AuthService/ListAccounts": ADMINS,
     "/quartet.auth.v1.AuthService/SetAccountRole": ADMINS,
+    "/quartet.auth.v1.AuthService/DisableAccount": ADMINS,
+    "/quartet.auth.v1.AuthService/EnableAccount": ADMINS,
     "/quartet.auth.v1.AuthService/CreateApplication": ADMINS,
     "/quartet.auth.v1.AuthService/ListApplications": ADMINS,
     "/quartet.auth.v1.AuthService/CreateApiKey": ADMINS,

@@ -14,9 +14,11 @@ from quartet.errors.v1 import error_reason_pb2
 from quartet.server.auth.authenticator import Authenticator
 from quartet.server.auth.passwords import hash_password, needs_rehash, verify_password
 from quartet.server.auth.policy import current_caller, require_caller
+from quartet.server.auth.throttle import Throttle
 from quartet.server.auth.tokens import Issued, TokenIssuer, new_api_key
 from quartet.server.errors import PermissionDenied, Unauthenticated, Violations, text_problem
 from quartet.server.pagination import decode_page_token, page_size, paged
+from quartet.server.settings import Settings
 from quartet.server.timestamps import to_timestamp
 from quartet.storage import DatabaseRunner, accounts, applications
 from quartet.storage.base import utcnow
@@ -32,14 +34,25 @@ LOGIN_FAILED = "the email and password do not match an account"
 
 
 class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
-    def __init__(self, runner: DatabaseRunner, authenticator: Authenticator) -> None:
+    def __init__(
+        self, runner: DatabaseRunner, authenticator: Authenticator, settings: Settings
+    ) -> None:
         self._db = runner
         self._authenticator = authenticator
         self._issuer: TokenIssuer = authenticator.issuer
+        self._signup_open = settings.signup_open
+        self._throttle = Throttle(settings, runner)
 
     async def CreateAccount(
         self, request: pb.CreateAccountRequest, context: Context
     ) -> pb.CreateAccountResponse:
+        caller = current_caller()
+        by_admin = caller is not None and caller.may("admin")
+        if not by_admin and not self._signup_open:
+            raise PermissionDenied(
+                "self sign-up is closed on this server: ask an admin to create your account",
+                reason=error_reason_pb2.SIGNUP_CLOSED,
+            )
         violations = Violations()
         email = _valid_email(request.email, violations)
         _check_password(request.password, violations)
@@ -50,16 +63,26 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         )
         violations.raise_if_any()
         role = ROLE_NAMES.get(request.role, "user")
-        caller = current_caller()
-        if role != "user" and (caller is None or not caller.may("admin")):
+        if role != "user" and not by_admin:
             raise PermissionDenied(f"only an admin may create an account with role {role}")
+        # A stranger's sign-up that hits a taken email is counted as a failure of its address,
+        # as a failed login is: it tells who is registered, so it must not be repeated quickly.
+        peer = context.peer()
+        if not by_admin:
+            await self._throttle.attempt(None, peer)
         password_hash = await asyncio.to_thread(hash_password, request.password)
         account = await self._db.run(accounts.create_account, email, password_hash, role)
+        if not by_admin:
+            await self._throttle.succeeded(None, peer)
         return pb.CreateAccountResponse(
             account=account_message(account), tokens=await self._tokens(account)
         )
 
     async def Login(self, request: pb.LoginRequest, context: Context) -> pb.TokenPair:
+        # Counted, and refused if throttled, before the password is hashed: a refusal costs no
+        # hash. Unknown emails are counted alike, so the throttle tells nothing either.
+        peer = context.peer()
+        await self._throttle.attempt(request.email, peer)
         # An email no account can have is one more unknown email: the same answer, after the
         # same work, as a wrong password (no hint which was wrong).
         account = None
@@ -69,6 +92,12 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         if not await asyncio.to_thread(verify_password, request.password, encoded):
             raise Unauthenticated(LOGIN_FAILED, reason=error_reason_pb2.LOGIN_FAILED)
         assert account is not None and encoded is not None
+        await self._throttle.succeeded(request.email, peer)
+        if account.disable_time is not None:  # said only to who knows the password
+            raise Unauthenticated(
+                "this account is disabled; an admin may enable it again",
+                reason=error_reason_pb2.ACCOUNT_DISABLED,
+            )
         if needs_rehash(encoded):
             rehashed = await asyncio.to_thread(hash_password, request.password)
             await self._db.run(accounts.set_password_hash, account.id, rehashed)
@@ -84,6 +113,11 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
             accounts.use_refresh_token, claims.jti, now, new_claims.jti, refresh.expire_time
         )
         if token is None:
+            if await self._db.run(accounts.find_account_by_id, claims.account_id) is None:
+                raise Unauthenticated(  # its tokens went with it
+                    "the account of this token no longer exists",
+                    reason=error_reason_pb2.ACCOUNT_NOT_FOUND,
+                )
             raise Unauthenticated("the refresh token is not valid")
         if account is None:
             raise Unauthenticated(
@@ -91,6 +125,11 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
                 "login is now revoked (access tokens already issued still work until they "
                 "expire); log in again",
                 reason=error_reason_pb2.CREDENTIALS_REVOKED,
+            )
+        if account.disable_time is not None:
+            raise Unauthenticated(
+                "this account is disabled; an admin may enable it again",
+                reason=error_reason_pb2.ACCOUNT_DISABLED,
             )
         access = self._issuer.access(account.id, account.role, now)
         return _token_pair(access, refresh)
@@ -123,6 +162,31 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         account = await self._db.run(
             accounts.set_role, request.account_id, ROLE_NAMES[request.role]
         )
+        self._authenticator.forget_account(account.id)
+        return account_message(account)
+
+    async def DisableAccount(
+        self, request: pb.DisableAccountRequest, context: Context
+    ) -> pb.Account:
+        violations = Violations()
+        violations.check(request.account_id > 0, "account_id", "must be a positive account id")
+        violations.check(
+            request.account_id != require_caller().id,
+            "account_id",
+            "must not be your own account (another admin may disable it)",
+        )
+        violations.raise_if_any()
+        return await self._set_disabled(request.account_id, True)
+
+    async def EnableAccount(self, request: pb.EnableAccountRequest, context: Context) -> pb.Account:
+        violations = Violations()
+        violations.check(request.account_id > 0, "account_id", "must be a positive account id")
+        violations.raise_if_any()
+        return await self._set_disabled(request.account_id, False)
+
+    async def _set_disabled(self, account_id: int, disabled: bool) -> pb.Account:
+        account = await self._db.run(accounts.set_disabled, account_id, disabled, utcnow())
+        self._authenticator.forget_account(account.id)
         return account_message(account)
 
     async def CreateApplication(
@@ -228,12 +292,15 @@ def _check_password(password: str, violations: Violations) -> None:
 
 
 def account_message(account: accounts.Account) -> pb.Account:
-    return pb.Account(
+    message = pb.Account(
         id=account.id,
         email=account.email,
         role=ROLES.get(account.role, pb.ROLE_UNSPECIFIED),
         create_time=to_timestamp(account.create_time),
     )
+    if account.disable_time is not None:
+        message.disable_time.CopyFrom(to_timestamp(account.disable_time))
+    return message
 
 
 def api_key_message(key: applications.ApiKey) -> pb.ApiKey:
