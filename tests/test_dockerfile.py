@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import shlex
+import secrets
 import shutil
 import signal
 import socket
@@ -120,7 +121,7 @@ def test_the_dockerfile_commands_build_install_serve_and_pass_the_healthcheck(
     env["DATABASE_URL"] = env["DATABASE_URL"].replace("/data", str(tmp_path / "data"))
     env["QUARTET_HOST"], env["QUARTET_PORT"] = "127.0.0.1", str(free_port())
     env["QUARTET_METRICS_PORT"] = str(free_port())
-    env["QUARTET_SECRET"] = "s" * 48  # what `docker run -e QUARTET_SECRET=...` provides
+    env["QUARTET_SECRET"] = secrets.token_urlsafe(48)  # as `docker run -e QUARTET_SECRET=...`
     (cmd,) = [exec_form(rest) for keyword, rest in runtime if keyword == "CMD"]
     (healthcheck,) = [rest for keyword, rest in runtime if keyword == "HEALTHCHECK"]
     probe = exec_form(healthcheck.split(" CMD ", 1)[1])
