@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$quartet/errors/v1/error_reason.proto\x12\x11quartet.errors.v1*\xfa\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x11\n\rFIELD_INVALID\x10\x01\x12\x16\n\x12PAGE_TOKEN_INVALID\x10\x02\x12\x16\n\x12RESOURCE_NOT_FOUND\x10\x03\x12\x1b\n\x17RESOURCE_ALREADY_EXISTS\x10\x04\x12\x12\n\x0eINTERNAL_ERROR\x10\x05\x12\x17\n\x13\x43REDENTIALS_MISSING\x10\x06\x12\x17\n\x13\x43REDENTIALS_INVALID\x10\x07\x12\x17\n\x13\x43REDENTIALS_EXPIRED\x10\x08\x12\x17\n\x13\x43REDENTIALS_REVOKED\x10\t\x12\x10\n\x0cLOGIN_FAILED\x10\n\x12\x14\n\x10ROLE_NOT_ALLOWED\x10\x0b\x12\x12\n\x0eLIMIT_EXCEEDED\x10\x0c\x12\x18\n\x14\x44\x41TABASE_UNAVAILABLE\x10\r\x12\x12\n\x0e\x45VENT_REJECTED\x10\x14\x12\x16\n\x12\x45VENT_TYPE_UNKNOWN\x10\x15\x12\x19\n\x15\x45VENT_PAYLOAD_INVALID\x10\x16\x12\x18\n\x14\x45VENT_TIME_IN_FUTURE\x10\x17\x12\x13\n\x0f\x45VENT_TOO_LARGE\x10\x18\x12\x0f\n\x0b\x46SA_INVALID\x10(\x12\x18\n\x14IMPORT_FILES_INVALID\x10\x1e\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$quartet/errors/v1/error_reason.proto\x12\x11quartet.errors.v1*\x93\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x11\n\rFIELD_INVALID\x10\x01\x12\x16\n\x12PAGE_TOKEN_INVALID\x10\x02\x12\x16\n\x12RESOURCE_NOT_FOUND\x10\x03\x12\x1b\n\x17RESOURCE_ALREADY_EXISTS\x10\x04\x12\x12\n\x0eINTERNAL_ERROR\x10\x05\x12\x17\n\x13\x43REDENTIALS_MISSING\x10\x06\x12\x17\n\x13\x43REDENTIALS_INVALID\x10\x07\x12\x17\n\x13\x43REDENTIALS_EXPIRED\x10\x08\x12\x17\n\x13\x43REDENTIALS_REVOKED\x10\t\x12\x10\n\x0cLOGIN_FAILED\x10\n\x12\x14\n\x10ROLE_NOT_ALLOWED\x10\x0b\x12\x12\n\x0eLIMIT_EXCEEDED\x10\x0c\x12\x18\n\x14\x44\x41TABASE_UNAVAILABLE\x10\r\x12\x17\n\x13REQUEST_UNDECODABLE\x10\x13\x12\x12\n\x0e\x45VENT_REJECTED\x10\x14\x12\x16\n\x12\x45VENT_TYPE_UNKNOWN\x10\x15\x12\x19\n\x15\x45VENT_PAYLOAD_INVALID\x10\x16\x12\x18\n\x14\x45VENT_TIME_IN_FUTURE\x10\x17\x12\x13\n\x0f\x45VENT_TOO_LARGE\x10\x18\x12\x0f\n\x0b\x46SA_INVALID\x10(\x12\x18\n\x14IMPORT_FILES_INVALID\x10\x1e\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quartet.errors.v1.error_rea
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERRORREASON']._serialized_start=60
-  _globals['_ERRORREASON']._serialized_end=566
+  _globals['_ERRORREASON']._serialized_end=591
 # @@protoc_insertion_point(module_scope)

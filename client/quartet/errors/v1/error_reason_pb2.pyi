@@ -56,6 +56,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     database work failed, so a call safe to repeat (a read, or a write with its idempotency key)
     may be retried later; the SDK retries those itself, a few times.
     """
+    REQUEST_UNDECODABLE: _ErrorReason.ValueType  # 19
+    """The request's bytes are not a valid protobuf encoding of the method's request message (a client
+    built for another version of the API, or a corrupted or hand-made message). Sent with status
+    INVALID_ARGUMENT, before the credentials are checked on a unary request.
+    """
     EVENT_REJECTED: _ErrorReason.ValueType  # 20
     """An event failed validation and was kept among the rejected events; each field violation
     carries its own reason.
@@ -127,6 +132,11 @@ DATABASE_UNAVAILABLE: ErrorReason.ValueType  # 13
 connections or disk, or its file cannot be opened. Sent with status UNAVAILABLE. The call's
 database work failed, so a call safe to repeat (a read, or a write with its idempotency key)
 may be retried later; the SDK retries those itself, a few times.
+"""
+REQUEST_UNDECODABLE: ErrorReason.ValueType  # 19
+"""The request's bytes are not a valid protobuf encoding of the method's request message (a client
+built for another version of the API, or a corrupted or hand-made message). Sent with status
+INVALID_ARGUMENT, before the credentials are checked on a unary request.
 """
 EVENT_REJECTED: ErrorReason.ValueType  # 20
 """An event failed validation and was kept among the rejected events; each field violation
