@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
@@ -45,10 +46,10 @@ def test_reflection_lists_and_describes_every_service(client: Client) -> None:
 def test_reflection_v1_lists_every_service_and_describes_itself(client: Client) -> None:
     """grpc.reflection.v1, which newer grpcurl, ghz and Postman ask first, answers as v1alpha."""
     pool = descriptor_pool.Default()  # the v1 messages, as the server added them
-    request_class = message_factory.GetMessageClass(
+    request_class: Any = message_factory.GetMessageClass(
         pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionRequest")
     )
-    response_class = message_factory.GetMessageClass(
+    response_class: Any = message_factory.GetMessageClass(
         pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionResponse")
     )
     info = client.channel.stream_stream(

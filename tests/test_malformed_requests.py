@@ -74,7 +74,7 @@ def call(
                         iter([UNDECODABLE]), timeout=10, metadata=metadata
                     )
                 )
-    return caught.value  # type: ignore[return-value]
+    return caught.value
 
 
 def test_every_method_refuses_undecodable_bytes_as_invalid_argument(
