@@ -131,6 +131,7 @@ def build_server(
     )
     authenticator = Authenticator(issuer, runner)
     limits = budgets.Limits(
+        signed_in_calls=settings.max_concurrent_rpcs,
         anonymous_calls=settings.max_anonymous_calls,
         anonymous_streams=settings.max_anonymous_streams,
         streams=settings.max_streams,
@@ -140,9 +141,9 @@ def build_server(
     server = grpc.aio.server(
         interceptors=[CallInterceptor(authenticator, budgets.Budgets(limits))],
         options=_options(settings, reuse_port),
-        # Above the sum of the budgeted calls, so that they can never fill it: signed-in unary
-        # calls keep max_concurrent_rpcs of it for themselves.
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs
+        # The sum of the interceptor's call budgets, so that no kind of call can fill it and
+        # starve the others; the budgets refuse first, with details.
+        maximum_concurrent_rpcs=limits.signed_in_calls
         + limits.anonymous_calls
         + limits.anonymous_streams
         + limits.streams,

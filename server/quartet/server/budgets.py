@@ -5,6 +5,7 @@ watches or one key's idle streams could fill it and leave signed-in callers noth
 circuit breakers per priority and its overload manager, calls are sorted into pools of their own,
 each with a budget a call takes when it starts and gives back when it ends, however it ends:
 
+- signed-in unary calls per worker (QUARTET_MAX_CONCURRENT_RPCS);
 - anonymous unary calls (methods that read no credentials: health checks, login) per worker;
 - anonymous streams (health watches, reflection) per worker;
 - signed-in streams (StreamEvents, ImportExperimentData) per worker, and per caller (an account,
@@ -13,9 +14,8 @@ each with a budget a call takes when it starts and gives back when it ends, howe
   worker.
 
 A call past a budget is refused with RESOURCE_EXHAUSTED, reason LIMIT_EXCEEDED, the metadata
-naming the budget and its limit. gRPC's limit is kept above the sum of the call budgets, so the
-budgeted kinds can never fill it: signed-in unary calls always have `max_concurrent_rpcs` to
-themselves.
+naming the budget and its limit. gRPC's limit is the sum of the call budgets, so
+that no kind can fill it: each has its own share, whatever the others do.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ TRIM_DELAY = 1.0
 class Limits:
     """The budgets of one worker (see the module's docstring)."""
 
+    signed_in_calls: int
     anonymous_calls: int
     anonymous_streams: int
     streams: int
@@ -120,6 +121,7 @@ class Budgets:
     """One worker's pools."""
 
     def __init__(self, limits: Limits) -> None:
+        self.signed_in_calls = Pool("signed_in_calls", limits.signed_in_calls)
         self.anonymous_calls = Pool("anonymous_calls", limits.anonymous_calls)
         self.anonymous_streams = Pool("anonymous_streams", limits.anonymous_streams)
         self.streams = Pool("streams", limits.streams)

@@ -157,15 +157,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             await context.abort(failure.code, failure.details, failure.trailing_metadata)
 
     def _slot(self, rule: Rule, shape: _Shape) -> budgets.Pool:
-        """The pool a call of this rule and shape takes its slot from. Signed-in unary calls
-        take theirs from gRPC's own limit, which the pools cannot fill (see build_server)."""
+        """The pool a call of this rule and shape takes its place from."""
+        pools = self._budgets
         if rule.credentials == "none":
-            return (
-                self._budgets.anonymous_streams
-                if shape.streaming
-                else self._budgets.anonymous_calls
-            )
-        return self._budgets.streams if shape.streaming else _UNBUDGETED
+            return pools.anonymous_streams if shape.streaming else pools.anonymous_calls
+        return pools.streams if shape.streaming else pools.signed_in_calls
 
 
 def as_service_error(exc: Exception) -> errors.ServiceError:
@@ -227,10 +223,6 @@ def _kind(handler: Handler) -> str:
 class _Shape:
     streaming_request: bool  # the client sends a stream of messages
     streaming: bool  # either side streams: the call may stay open indefinitely
-
-
-# Signed-in unary calls: counted by gRPC's limit, not by a pool of ours.
-_UNBUDGETED = budgets.Pool("unbudgeted", 2**62)
 
 
 class _CallHolds:
