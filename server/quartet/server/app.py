@@ -172,6 +172,7 @@ def build_server(
             registry,
             events.EventChecker(registry, policy),
             max_batch_bytes=settings.max_batch_bytes,
+            max_page_bytes=settings.max_page_bytes,
         ),
         server,
     )

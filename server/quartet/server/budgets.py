@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -33,8 +34,8 @@ from quartet.server.errors import ResourceExhausted
 
 logger = logging.getLogger(__name__)
 
-# After replies of this many bytes in total were released, memory is handed back to the system
-# (see _trim_heap) once no more are released for TRIM_DELAY seconds.
+# After replies of this many bytes in all, memory is handed back to the system (see _trim_heap)
+# once TRIM_DELAY seconds pass without another reply given back or refused.
 TRIM_AFTER_BYTES = 16 * 1024 * 1024
 TRIM_DELAY = 1.0
 
@@ -94,26 +95,38 @@ class Pool:
 
 
 class ReplyBytes(Pool):
-    """The reply-bytes budget, which also returns freed memory to the system after large
-    replies: glibc keeps freed memory in its arenas, so without a trim a worker stays at its
-    high-water mark long after the replies are gone."""
+    """The reply-bytes budget, which also hands memory back to the system after large replies
+    came and went (held, or refused once built): glibc keeps freed memory in its arenas, so
+    without a trim a worker would stay at its high-water mark long after the replies are gone."""
 
     def __init__(self, limit: int) -> None:
         super().__init__("reply_bytes", limit)
-        self._released_since_trim = 0
+        self._churn = 0  # bytes of replies taken or refused since the last trim
         self._trim: asyncio.TimerHandle | None = None
+
+    def take(self, amount: int = 1, key: str = "") -> Lease:
+        self._churn += amount
+        try:
+            return super().take(amount, key)
+        except ResourceExhausted:
+            self._trim_soon()
+            raise
 
     def give_back(self, key: str, amount: int) -> None:
         super().give_back(key, amount)
-        self._released_since_trim += amount
-        if self._released_since_trim >= TRIM_AFTER_BYTES:
-            if self._trim is not None:
-                self._trim.cancel()
-            self._trim = asyncio.get_running_loop().call_later(TRIM_DELAY, self._trim_now)
+        self._trim_soon()
+
+    def _trim_soon(self) -> None:
+        """Trim once the burst is over (trimming takes milliseconds: not after every call)."""
+        if self._churn < TRIM_AFTER_BYTES:
+            return
+        if self._trim is not None:
+            self._trim.cancel()
+        self._trim = asyncio.get_running_loop().call_later(TRIM_DELAY, self._trim_now)
 
     def _trim_now(self) -> None:
         self._trim = None
-        self._released_since_trim = 0
+        self._churn = 0
         _trim_heap()
 
 
@@ -141,6 +154,8 @@ _malloc_trim = _load_malloc_trim()
 
 
 def _trim_heap() -> None:
-    """Hand the free memory at the top of glibc's heaps back to the system (a no-op elsewhere)."""
+    """Free what only reference cycles still hold (a refused call's traceback holds its reply),
+    then hand glibc's free memory back to the system (a no-op on other C libraries)."""
+    gc.collect()
     if _malloc_trim is not None:
         _malloc_trim(0)

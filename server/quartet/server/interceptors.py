@@ -139,7 +139,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             code = error.code
             failure = error.to_status()
         finally:
-            holds.settle()
+            holds.settle(context)
             duration = time.perf_counter() - start
             counts.finish(code, duration)
             # Logged before the status is sent, so the line exists once the client has its answer.
@@ -228,11 +228,11 @@ class _Shape:
 class _CallHolds:
     """The budget leases of one call. They are given back when gRPC reports the call done, not
     when its handler returns: a reply the client has not read yet is still held, and so is the
-    call's place in gRPC's own limit."""
+    call's place in gRPC's own limit. (No reference to the context: its done callback refers to
+    this object, and a cycle would keep both, and the reply, until the garbage collector ran.)"""
 
     def __init__(self, reply_bytes: budgets.Pool, context: grpc.aio.ServicerContext[Any, Any]):
         self._reply_bytes = reply_bytes
-        self._context = context
         self._leases: list[budgets.Lease] = []
         # The stubs type the callback as a class of their own (types-grpcio); any callable works.
         context.add_done_callback(lambda _: self.release())  # type: ignore[arg-type]
@@ -244,10 +244,10 @@ class _CallHolds:
         """Charge the reply's size to the worker's reply-bytes budget, or refuse it."""
         self.add(self._reply_bytes.take(reply.ByteSize()))
 
-    def settle(self) -> None:
+    def settle(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """At the handler's end: give back now if the call is already over (a cancelled call may
         end before its done callback could be added)."""
-        if self._context.done():
+        if context.done():
             self.release()
 
     def release(self) -> None:

@@ -56,8 +56,9 @@ class Settings:
     max_reply_bytes: int = field(
         default=64 * 1024 * 1024, metadata={"env": "QUARTET_MAX_REPLY_BYTES"}
     )
-    # A list page stops early once its items would pass this size; next_page_token continues.
-    max_page_bytes: int = field(default=4 * 1024 * 1024, metadata={"env": "QUARTET_MAX_PAGE_BYTES"})
+    # A page of events stops early once its items would pass this size, next_page_token going
+    # on from there: well under the 4 MiB that gRPC clients accept by default.
+    max_page_bytes: int = field(default=2 * 1024 * 1024, metadata={"env": "QUARTET_MAX_PAGE_BYTES"})
     # The largest message accepted or sent (a batch of 1000 events needs a few MiB).
     max_message_bytes: int = field(
         default=16 * 1024 * 1024, metadata={"env": "QUARTET_MAX_MESSAGE_BYTES"}
