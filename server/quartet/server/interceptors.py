@@ -46,6 +46,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self._authenticator = authenticator
         self._budgets = budgets
         self._wrapped: dict[str, Handler] = {}
+        logging.getLogger("grpc._cython.cygrpc").addFilter(_CLIENT_GONE)
 
     async def intercept_service(
         self,
@@ -162,6 +163,21 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if rule.credentials == "none":
             return pools.anonymous_streams if shape.streaming else pools.anonymous_calls
         return pools.streams if shape.streaming else pools.signed_in_calls
+
+
+class _ClientGone(logging.Filter):
+    """gRPC logs an ERROR with a traceback when a reply cannot be sent because its client went
+    away (ExecuteBatchError), which any client can cause at will, for instance by leaving with
+    its reply unread: a WARNING line instead, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("ExecuteBatchError raised in core"):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_CLIENT_GONE = _ClientGone()
 
 
 def as_service_error(exc: Exception) -> errors.ServiceError:
