@@ -80,7 +80,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 async with self._call(method, context, counts, shape, request) as call:
                     response = await inner(_requests(request, shape), context)
-                    call.hold_reply(response)
+                    if response is not None:  # None: a stream written with context.write()
+                        call.hold_reply(response)
                     return response
 
             behaviour = unary
