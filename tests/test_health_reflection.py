@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -39,6 +41,43 @@ def test_reflection_lists_and_describes_every_service(client: Client) -> None:
     method = service.methods_by_name["CreateScore"]
     assert method.input_type.full_name == "quartet.score.v1.CreateScoreRequest"
     assert "input_value" in method.input_type.fields_by_name
+
+
+def test_reflection_v1_lists_every_service_and_describes_itself(client: Client) -> None:
+    """grpc.reflection.v1, which newer grpcurl, ghz and Postman ask first, answers as v1alpha."""
+    pool = descriptor_pool.Default()  # the v1 messages, as the server added them
+    request_class: Any = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionRequest")
+    )
+    response_class: Any = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionResponse")
+    )
+    info = client.channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=request_class.SerializeToString,
+        response_deserializer=response_class.FromString,
+    )
+    requests = [
+        request_class(list_services=""),
+        request_class(file_containing_symbol="grpc.reflection.v1.ServerReflection"),
+        request_class(file_containing_symbol="quartet.score.v1.ScoreService"),
+    ]
+    listed, itself, score = list(info(iter(requests), timeout=10))
+    services = {service.name for service in listed.list_services_response.service}
+    assert services == {
+        *SERVICE_NAMES,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in itself.file_descriptor_response.file_descriptor_proto
+    ]
+    assert [f.service[0].name for f in files if f.package == "grpc.reflection.v1"] == [
+        "ServerReflection"
+    ]
+    assert score.file_descriptor_response.file_descriptor_proto
 
 
 def test_unreachable_database_turns_database_services_not_serving() -> None:

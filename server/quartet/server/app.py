@@ -16,7 +16,6 @@ from typing import Any
 import grpc
 import peewee
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from quartet import storage
 from quartet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
@@ -24,7 +23,7 @@ from quartet.events.v1 import event_service_pb2
 from quartet.experiments.v1 import experiment_service_pb2, experiment_service_pb2_grpc
 from quartet.regions.v1 import region_service_pb2, region_service_pb2_grpc
 from quartet.score.v1 import score_service_pb2, score_service_pb2_grpc
-from quartet.server import events, regions
+from quartet.server import budgets, events, reflection, regions
 from quartet.server.auth import Authenticator, AuthServicer, TokenIssuer
 from quartet.server.experiments import ExperimentServicer
 from quartet.server.interceptors import CallInterceptor
@@ -131,10 +130,23 @@ def build_server(
         refresh_ttl=datetime.timedelta(days=settings.refresh_token_days),
     )
     authenticator = Authenticator(issuer, runner)
+    limits = budgets.Limits(
+        signed_in_calls=settings.max_concurrent_rpcs,
+        anonymous_calls=settings.max_anonymous_calls,
+        anonymous_streams=settings.max_anonymous_streams,
+        streams=settings.max_streams,
+        streams_per_caller=settings.max_streams_per_caller,
+        reply_bytes=settings.max_reply_bytes,
+    )
     server = grpc.aio.server(
-        interceptors=[CallInterceptor(authenticator)],
+        interceptors=[CallInterceptor(authenticator, budgets.Budgets(limits))],
         options=_options(settings, reuse_port),
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        # The sum of the interceptor's call budgets, so that no kind of call can fill it and
+        # starve the others; the budgets refuse first, with details.
+        maximum_concurrent_rpcs=limits.signed_in_calls
+        + limits.anonymous_calls
+        + limits.anonymous_streams
+        + limits.streams,
     )
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(
         AuthServicer(runner, authenticator, settings), server
@@ -160,6 +172,7 @@ def build_server(
             registry,
             events.EventChecker(registry, policy),
             max_batch_bytes=settings.max_batch_bytes,
+            max_page_bytes=settings.max_page_bytes,
         ),
         server,
     )
@@ -171,9 +184,7 @@ def build_server(
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    reflection.enable((*SERVICE_NAMES, health.SERVICE_NAME), server)
     try:
         if settings.tls:
             credentials = grpc.ssl_server_credentials([_key_pair(settings)])
@@ -193,6 +204,10 @@ def _options(settings: Settings, reuse_port: bool) -> list[tuple[str, int]]:
         ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
+        # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: calls one connection may have open at once, as
+        # Envoy's edge configuration limits them (100), so that a few connections cannot hold
+        # a worker's whole budget of streams.
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
         # Ping idle connections every minute and drop those that do not answer within 20 s, so
         # that clients gone without a goodbye (NAT, crashed hosts) do not hold resources.
         ("grpc.keepalive_time_ms", 60_000),

@@ -191,7 +191,8 @@ def _parser() -> argparse.ArgumentParser:
     serve_parser.add_argument(
         "--max-concurrent-rpcs",
         type=int,
-        help="calls per worker before RESOURCE_EXHAUSTED (QUARTET_MAX_CONCURRENT_RPCS; 1000)",
+        help="signed-in unary calls per worker before RESOURCE_EXHAUSTED "
+        "(QUARTET_MAX_CONCURRENT_RPCS; 1000; the other kinds of call have budgets of their own)",
     )
     serve_parser.add_argument(
         "--signup",

@@ -8,12 +8,17 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from quartet import storage
-from quartet.server import auth, errors, metrics
+from quartet.errors.v1 import error_reason_pb2
+from quartet.server import auth, budgets, errors, metrics
+from quartet.server.auth.policy import Rule
+from quartet.server.budgets import Budgets
 
 access_log = logging.getLogger("quartet.access")
 logger = logging.getLogger(__name__)
@@ -24,7 +29,11 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # grpc types are generic
 class CallInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every method handler once, so that each call:
 
+    - refuses a request whose bytes do not decode (INVALID_ARGUMENT, REQUEST_UNDECODABLE), before
+      authentication and without a traceback: anyone can send such bytes;
     - records its deadline, so that database work queued past it is skipped;
+    - takes its share of the worker's budgets (`quartet.server.budgets`): anonymous calls, streams
+      (per worker and per caller), and the bytes of its reply, all given back when the call ends;
     - authenticates the caller and checks the method's rule (`quartet.server.auth.policy`);
     - turns a `ServiceError` (or a storage error a client caused) into a rich status, a database
       that cannot be reached into UNAVAILABLE (retryable), and anything unexpected into INTERNAL
@@ -33,9 +42,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
       Prometheus counts (started, handled by code, latency, in flight).
     """
 
-    def __init__(self, authenticator: auth.Authenticator) -> None:
+    def __init__(self, authenticator: auth.Authenticator, budgets: Budgets) -> None:
         self._authenticator = authenticator
+        self._budgets = budgets
         self._wrapped: dict[str, Handler] = {}
+        logging.getLogger("grpc._cython.cygrpc").addFilter(_CLIENT_GONE)
 
     async def intercept_service(
         self,
@@ -55,32 +66,41 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         kind = _kind(handler)
         inner = getattr(handler, kind)
         counts = _MethodMetrics(method, kind)
+        shape = _Shape(streaming_request=kind.startswith("stream"), streaming=kind != "unary_unary")
         if inspect.isasyncgenfunction(inner):
 
             async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                async with self._call(method, context, counts):
-                    async for response in inner(request, context):
+                async with self._call(method, context, counts, shape, request):
+                    async for response in inner(_requests(request, shape), context):
                         yield response
 
             behaviour: Callable[..., Any] = streaming
         else:
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                async with self._call(method, context, counts):
-                    return await inner(request, context)
+                async with self._call(method, context, counts, shape, request) as call:
+                    response = await inner(_requests(request, shape), context)
+                    if response is not None:  # None: a stream written with context.write()
+                        call.hold_reply(response)
+                    return response
 
             behaviour = unary
         factory = getattr(grpc, f"{kind}_rpc_method_handler")
         return factory(  # type: ignore[no-any-return]
             behaviour,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
     @contextlib.asynccontextmanager
     async def _call(
-        self, method: str, context: grpc.aio.ServicerContext[Any, Any], counts: _MethodMetrics
-    ) -> AsyncIterator[None]:
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        counts: _MethodMetrics,
+        shape: _Shape,
+        request: Any,
+    ) -> AsyncIterator[_CallHolds]:
         counts.start()
         start = time.perf_counter()
         # Read now, not when logging: gRPC core frees the peer string with the transport, and
@@ -89,16 +109,22 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         code = grpc.StatusCode.OK
         failure: grpc.Status | None = None
         caller: auth.Caller | None = None
+        holds = _CallHolds(self._budgets.reply_bytes, context)
         try:
+            if isinstance(request, _Undecodable):
+                raise request.error()
             remaining = context.time_remaining()
             if remaining is not None:
                 # Each call runs in its own task, so this value lives exactly as long as the call.
                 storage.deadline.set(time.monotonic() + remaining)
             rule = auth.rule_for(method)
+            holds.add(self._slot(rule, shape).take())
             if rule.credentials != "none":
                 caller = await self._authenticator.authenticate(context.invocation_metadata() or ())
             auth.admit(rule, caller)
-            yield
+            if shape.streaming and caller is not None:
+                holds.add(self._budgets.streams_per_caller.take(key=str(caller)))
+            yield holds
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
@@ -115,6 +141,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             code = error.code
             failure = error.to_status()
         finally:
+            holds.settle(context)
             duration = time.perf_counter() - start
             counts.finish(code, duration)
             # Logged before the status is sent, so the line exists once the client has its answer.
@@ -130,6 +157,28 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             )
         if failure is not None:
             await context.abort(failure.code, failure.details, failure.trailing_metadata)
+
+    def _slot(self, rule: Rule, shape: _Shape) -> budgets.Pool:
+        """The pool a call of this rule and shape takes its place from."""
+        pools = self._budgets
+        if rule.credentials == "none":
+            return pools.anonymous_streams if shape.streaming else pools.anonymous_calls
+        return pools.streams if shape.streaming else pools.signed_in_calls
+
+
+class _ClientGone(logging.Filter):
+    """gRPC logs an ERROR with a traceback when a reply cannot be sent because its client went
+    away (ExecuteBatchError), which any client can cause at will, for instance by leaving with
+    its reply unread: a WARNING line instead, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("ExecuteBatchError raised in core"):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_CLIENT_GONE = _ClientGone()
 
 
 def as_service_error(exc: Exception) -> errors.ServiceError:
@@ -185,3 +234,85 @@ def _kind(handler: Handler) -> str:
         if getattr(handler, kind) is not None:
             return kind
     raise ValueError("method handler has no behaviour")
+
+
+@dataclass(frozen=True)
+class _Shape:
+    streaming_request: bool  # the client sends a stream of messages
+    streaming: bool  # either side streams: the call may stay open indefinitely
+
+
+class _CallHolds:
+    """The budget leases of one call. They are given back when gRPC reports the call done, not
+    when its handler returns: a reply the client has not read yet is still held, and so is the
+    call's place in gRPC's own limit. (No reference to the context: its done callback refers to
+    this object, and a cycle would keep both, and the reply, until the garbage collector ran.)"""
+
+    def __init__(self, reply_bytes: budgets.Pool, context: grpc.aio.ServicerContext[Any, Any]):
+        self._reply_bytes = reply_bytes
+        self._leases: list[budgets.Lease] = []
+        # The stubs type the callback as a class of their own (types-grpcio); any callable works.
+        context.add_done_callback(lambda _: self.release())  # type: ignore[arg-type]
+
+    def add(self, lease: budgets.Lease) -> None:
+        self._leases.append(lease)
+
+    def hold_reply(self, reply: Message) -> None:
+        """Charge the reply's size to the worker's reply-bytes budget, or refuse it."""
+        self.add(self._reply_bytes.take(reply.ByteSize()))
+
+    def settle(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """At the handler's end: give back now if the call is already over (a cancelled call may
+        end before its done callback could be added)."""
+        if context.done():
+            self.release()
+
+    def release(self) -> None:
+        for lease in self._leases:
+            lease.release()
+        self._leases.clear()
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """What the deserializer returns for bytes that do not decode, so that the call answers
+    INVALID_ARGUMENT (gRPC would answer UNKNOWN and log a traceback if it raised)."""
+
+    message_type: str
+
+    def error(self) -> errors.InvalidArgument:
+        return errors.InvalidArgument(
+            f"the request is not a valid {self.message_type} message (its bytes do not decode)",
+            reason=error_reason_pb2.REQUEST_UNDECODABLE,
+            metadata={"message_type": self.message_type},
+        )
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """deserialize, returning an _Undecodable instead of raising DecodeError."""
+    if deserialize is None:
+        return None
+    message_class = getattr(deserialize, "__self__", None)
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    message_type = descriptor.full_name if descriptor is not None else "request"
+
+    def tolerant(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except DecodeError:
+            return _Undecodable(message_type)
+
+    return tolerant
+
+
+def _requests(request: Any, shape: _Shape) -> Any:
+    """The handler's request: a message (checked by _call), or a stream whose messages are checked
+    as they arrive."""
+    return _decoded(request) if shape.streaming_request else request
+
+
+async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request.error()
+        yield request

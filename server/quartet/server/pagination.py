@@ -31,6 +31,9 @@ INT64_RANGE = (-(2**63), 2**63 - 1)  # ids are BIGINT
 
 Key = tuple[Any, ...]
 Row = TypeVar("Row")
+M = TypeVar("M", bound=Message)
+# A repeated message field's tag and length prefix, at most, for messages under 2 GiB.
+_FIELD_OVERHEAD = 6
 
 
 class PagedRequest(Protocol):
@@ -56,6 +59,30 @@ def paged(
     if len(rows) <= limit:
         return rows, ""
     return rows[:limit], encode_page_token(request, key(rows[limit - 1]))
+
+
+def paged_messages(
+    request: Message,
+    rows: Sequence[Row],
+    limit: int,
+    key: Callable[[Row], Key],
+    to_message: Callable[[Row], M],
+    max_bytes: int,
+) -> tuple[list[M], str]:
+    """Like paged(), with the rows made messages, and a byte budget besides the row count: the
+    page stops before the message that would take it past max_bytes (keeping at least one) and
+    its token continues from there. A client thus never asks for a reply larger than that,
+    whatever the rows hold."""
+    page, token = paged(request, rows, limit, key)
+    messages: list[M] = []
+    size = 0
+    for row in page:
+        message = to_message(row)
+        size += message.ByteSize() + _FIELD_OVERHEAD
+        if messages and size > max_bytes:
+            return messages, encode_page_token(request, key(page[len(messages) - 1]))
+        messages.append(message)
+    return messages, token
 
 
 def encode_page_token(request: Message, key: Key) -> str:

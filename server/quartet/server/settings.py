@@ -40,8 +40,33 @@ class Settings:
     workers: int = field(default_factory=lambda: cpu_count(), metadata={"env": "QUARTET_WORKERS"})
     # Prometheus metrics over HTTP on this port (same host); 0 serves none.
     metrics_port: int = field(default=0, metadata={"env": "QUARTET_METRICS_PORT"})
-    # Calls handled at once per worker; more are refused with RESOURCE_EXHAUSTED.
+    # Signed-in unary calls handled at once per worker; more are refused with RESOURCE_EXHAUSTED.
+    # The budgets below are kept apart from it (quartet.server.budgets), so that anonymous calls
+    # and streams can never take its place.
     max_concurrent_rpcs: int = field(default=1000, metadata={"env": "QUARTET_MAX_CONCURRENT_RPCS"})
+    # Anonymous unary calls (health checks, login) at once per worker.
+    max_anonymous_calls: int = field(default=200, metadata={"env": "QUARTET_MAX_ANONYMOUS_CALLS"})
+    # Anonymous streams (health watches, reflection) open at once per worker.
+    max_anonymous_streams: int = field(
+        default=500, metadata={"env": "QUARTET_MAX_ANONYMOUS_STREAMS"}
+    )
+    # Signed-in streams open at once per worker, and per account or application.
+    max_streams: int = field(default=1000, metadata={"env": "QUARTET_MAX_STREAMS"})
+    max_streams_per_caller: int = field(
+        default=100, metadata={"env": "QUARTET_MAX_STREAMS_PER_CALLER"}
+    )
+    # Calls one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    max_streams_per_connection: int = field(
+        default=100, metadata={"env": "QUARTET_MAX_STREAMS_PER_CONNECTION"}
+    )
+    # Bytes of replies built but not yet delivered, per worker: a client that does not read holds
+    # its reply until it goes away.
+    max_reply_bytes: int = field(
+        default=64 * 1024 * 1024, metadata={"env": "QUARTET_MAX_REPLY_BYTES"}
+    )
+    # A page of events stops early once its items would pass this size, next_page_token going
+    # on from there: well under the 4 MiB that gRPC clients accept by default.
+    max_page_bytes: int = field(default=2 * 1024 * 1024, metadata={"env": "QUARTET_MAX_PAGE_BYTES"})
     # The largest message accepted or sent (a batch of 1000 events needs a few MiB).
     max_message_bytes: int = field(
         default=16 * 1024 * 1024, metadata={"env": "QUARTET_MAX_MESSAGE_BYTES"}
@@ -129,6 +154,15 @@ class Settings:
             raise SettingsError(
                 "workers and max_concurrent_rpcs must be at least 1, max_message_bytes 1024"
             )
+        if min(self.budgets) < 1 or self.max_page_bytes < 1:
+            raise SettingsError("call budgets and max_page_bytes must be at least 1")
+        if (
+            self.max_page_bytes > self.max_message_bytes
+            or self.max_page_bytes > self.max_reply_bytes
+        ):
+            raise SettingsError(
+                "max_page_bytes must not exceed max_message_bytes nor max_reply_bytes"
+            )
         if self.db_threads < 1:
             raise SettingsError("db_threads must be at least 1")
         if self.grace_seconds < 0:
@@ -186,6 +220,18 @@ class Settings:
         if self.signup:
             return self.signup == "open"
         return self.environment != "production"
+
+    @property
+    def budgets(self) -> tuple[int, ...]:
+        """The per-worker call budgets and limits, for validation."""
+        return (
+            self.max_anonymous_calls,
+            self.max_anonymous_streams,
+            self.max_streams,
+            self.max_streams_per_caller,
+            self.max_streams_per_connection,
+            self.max_reply_bytes,
+        )
 
     @property
     def tls(self) -> bool:

@@ -72,6 +72,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """Self sign-up is closed on this server (QUARTET_SIGNUP=closed): only an administrator may
     create accounts.
     """
+    REQUEST_UNDECODABLE: _ErrorReason.ValueType  # 18
+    """The request's bytes are not a valid protobuf encoding of the method's request message (a client
+    built for another version of the API, or a corrupted or hand-made message). Sent with status
+    INVALID_ARGUMENT, before the credentials are checked on a unary request.
+    """
     EVENT_REJECTED: _ErrorReason.ValueType  # 20
     """An event failed validation and was kept among the rejected events; each field violation
     carries its own reason.
@@ -159,6 +164,11 @@ ACCOUNT_NOT_FOUND: ErrorReason.ValueType  # 16
 SIGNUP_CLOSED: ErrorReason.ValueType  # 17
 """Self sign-up is closed on this server (QUARTET_SIGNUP=closed): only an administrator may
 create accounts.
+"""
+REQUEST_UNDECODABLE: ErrorReason.ValueType  # 18
+"""The request's bytes are not a valid protobuf encoding of the method's request message (a client
+built for another version of the API, or a corrupted or hand-made message). Sent with status
+INVALID_ARGUMENT, before the credentials are checked on a unary request.
 """
 EVENT_REJECTED: ErrorReason.ValueType  # 20
 """An event failed validation and was kept among the rejected events; each field violation

@@ -60,6 +60,7 @@ SIGNED_IN = Rule(frozenset({"user", "application"}))
 RULES: dict[str, Rule] = {
     "/grpc.health.v1.Health/Check": OPEN,
     "/grpc.health.v1.Health/Watch": OPEN,
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": OPEN,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": OPEN,
     "/quartet.auth.v1.AuthService/CreateAccount": OPTIONAL,
     "/quartet.auth.v1.AuthService/Login": OPEN,

@@ -26,7 +26,7 @@ from quartet.server.errors import (
 )
 from quartet.server.events.registry import TEXT_LENGTH, Registry, Schema, SchemaInvalid
 from quartet.server.events.validation import EventChecker, canonical_uuid, violations_of
-from quartet.server.pagination import decode_page_token, page_size, paged
+from quartet.server.pagination import decode_page_token, page_size, paged_messages
 from quartet.server.timestamps import optional_timestamp, to_timestamp
 from quartet.storage import DatabaseRunner, events
 from quartet.storage.base import utcnow
@@ -119,12 +119,14 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         checker: EventChecker,
         *,
         max_batch_bytes: int,
+        max_page_bytes: int,
     ) -> None:
         self._db = runner
         self._writer = writer
         self._registry = registry
         self._checker = checker
         self._max_batch_bytes = max_batch_bytes
+        self._max_page_bytes = max_page_bytes
 
     async def SendEvent(
         self, request: pb.SendEventRequest, context: Context
@@ -255,10 +257,15 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             occur_time_end=end,
             newest_first=request.newest_first,
         )
-        page, token = paged(request, rows, limit, lambda row: (row.occur_time, row.seq))
-        return pb.ListEventsResponse(
-            events=[event_message(row) for row in page], next_page_token=token
+        page, token = paged_messages(
+            request,
+            rows,
+            limit,
+            lambda row: (row.occur_time, row.seq),
+            event_message,
+            self._max_page_bytes,
         )
+        return pb.ListEventsResponse(events=page, next_page_token=token)
 
     async def ListRejectedEvents(
         self, request: pb.ListRejectedEventsRequest, context: Context
@@ -284,10 +291,15 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             reject_time_start=start,
             reject_time_end=end,
         )
-        page, token = paged(request, rows, limit, lambda row: (row.reject_time, row.id))
-        return pb.ListRejectedEventsResponse(
-            rejected_events=[rejected_message(row) for row in page], next_page_token=token
+        page, token = paged_messages(
+            request,
+            rows,
+            limit,
+            lambda row: (row.reject_time, row.id),
+            rejected_message,
+            self._max_page_bytes,
         )
+        return pb.ListRejectedEventsResponse(rejected_events=page, next_page_token=token)
 
     async def CreateEventType(
         self, request: pb.CreateEventTypeRequest, context: Context
