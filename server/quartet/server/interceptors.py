@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf import descriptor_pool
 from google.protobuf.message import DecodeError, Message
 
 from quartet import storage
@@ -88,7 +89,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         factory = getattr(grpc, f"{kind}_rpc_method_handler")
         return factory(  # type: ignore[no-any-return]
             behaviour,
-            request_deserializer=_tolerant(handler.request_deserializer),
+            request_deserializer=_tolerant(method, handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -288,13 +289,13 @@ class _Undecodable:
         )
 
 
-def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+def _tolerant(
+    method: str, deserialize: Callable[[bytes], Any] | None
+) -> Callable[[bytes], Any] | None:
     """deserialize, returning an _Undecodable instead of raising DecodeError."""
     if deserialize is None:
         return None
-    message_class = getattr(deserialize, "__self__", None)
-    descriptor = getattr(message_class, "DESCRIPTOR", None)
-    message_type = descriptor.full_name if descriptor is not None else "request"
+    message_type = _input_type(method)
 
     def tolerant(raw: bytes) -> Any:
         try:
@@ -303,6 +304,17 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
             return _Undecodable(message_type)
 
     return tolerant
+
+
+def _input_type(method: str) -> str:
+    """The full name of method's request message, from the descriptors of the services served
+    (the deserializer may be any function, not only a message class's FromString)."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    try:
+        found = descriptor_pool.Default().FindServiceByName(service).methods_by_name[name]
+    except KeyError:
+        return "request"
+    return str(found.input_type.full_name)
 
 
 def _requests(request: Any, shape: _Shape) -> Any:
