@@ -21,6 +21,7 @@ from playhouse.db_url import parse
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
 from quartet.storage.base import db
+from quartet.storage.errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,13 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
     as the lock is released, in this process or another. Write transactions BEGIN IMMEDIATE and
     hold the file lock exactly while they hold SQLite's write lock; a transaction begun DEFERRED
     (reads, or writes to temporary tables only, as an import's staging does) takes neither.
+
+    Before SQLite touches the files, their state is checked (`check_files`): SQLite maps
+    `<database>-shm` into memory and writes to it on every write and most reads, and a write to
+    the mapping of a file that cannot be written (immutable, a read-only remount) is not an error
+    SQLite could report but SIGBUS, which kills the process. And a database file deleted or
+    replaced under the server would take every later write with it, while a new connection
+    would create an empty database in its place.
     """
 
     def __init__(self, database: str, **kwargs: object) -> None:
@@ -64,12 +72,26 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
         self._lock_path = f"{database}.writelock"
         self._held = threading.local()  # the lock file of this thread's open transaction
         self._log_path = f"{database}-wal"
+        self._shm_path = f"{database}-shm"
+        self._directory = os.path.dirname(os.path.abspath(database))
         self._background_checkpoints = False
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file first opened
+        self._lost = False  # the path stopped naming that file (logged once)
+
+    def _connect(self) -> sqlite3.Connection:
+        """Check the files, then hand out a pooled connection (or open one)."""
+        self.check_files(writing=False)
+        conn: sqlite3.Connection = super()._connect()
+        if self._identity is None:
+            found = os.stat(self.database)
+            self._identity = (found.st_dev, found.st_ino)
+        return conn
 
     def begin(self, lock_type: str | None = None) -> None:
         if (lock_type or "").upper() == "DEFERRED":  # a read, or temporary tables only
             super().begin(lock_type)
             return
+        self.check_files(writing=True)
         lock = self._lock_writers()
         try:
             super().begin(lock_type)
@@ -79,6 +101,10 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
         self._held.lock = lock
 
     def commit(self) -> None:
+        if getattr(self._held, "lock", None) is not None:
+            # Again: files made read-only while the transaction ran must fail it here, not in
+            # the shared memory that COMMIT writes. (The rollback that follows releases the lock.)
+            self.check_files(writing=True)
         try:
             super().commit()
         finally:
@@ -86,9 +112,49 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
 
     def rollback(self) -> None:
         try:
-            super().rollback()
+            # SQLite rolls a transaction back by itself when its COMMIT fails for want of disk
+            # (an I/O error, a full disk, a file too large): a ROLLBACK then fails with "no
+            # transaction is active" and would hide why the COMMIT failed.
+            if not self.is_closed() and self.connection().in_transaction:
+                super().rollback()
         finally:
             self._release()
+
+    def check_files(self, *, writing: bool) -> None:
+        """Raise DatabaseUnavailable unless the path still names the file first opened and
+        SQLite may write its shared memory (and, if writing, the database, its log and its
+        directory). A few stat() and access() calls: microseconds."""
+        self._check_identity()
+        paths = [self._shm_path]
+        if writing:
+            paths += [self.database, self._log_path, self._directory]
+        for path in paths:
+            # W_OK also fails for an immutable file and on a read-only file system, even as root.
+            if not os.access(path, os.W_OK) and os.path.lexists(path):
+                raise DatabaseUnavailable(f"the SQLite database file {path} cannot be written")
+
+    def _check_identity(self) -> None:
+        if self._identity is None:
+            return
+        try:
+            found = os.stat(self.database)
+            same = (found.st_dev, found.st_ino) == self._identity
+        except FileNotFoundError:
+            same = False
+        if same:
+            if self._lost:
+                self._lost = False
+                logger.warning("the SQLite database file %s is back", self.database)
+            return
+        if not self._lost:
+            self._lost = True
+            logger.error(
+                "the SQLite database file %s was deleted or replaced while the server had it "
+                "open: refusing every call rather than losing writes or opening an empty "
+                "database; restore the file (from a backup) and restart the server",
+                self.database,
+            )
+        raise DatabaseUnavailable(f"the SQLite database file {self.database} is gone")
 
     def checkpoint_in_background(self, on: bool) -> None:
         """Whether connections leave checkpoints to a WalCheckpointer (from the next one made:
@@ -226,6 +292,7 @@ class WalCheckpointer:
     def _checkpoint(self, database: _SqliteDatabase) -> bool:
         """Checkpoint; whether it copied all that it could."""
         with database.connection_context():
+            database.check_files(writing=True)  # a checkpoint writes the database file
             busy, logged, _ = _wal_checkpoint(database, "PASSIVE")
             if busy or logged < self._restart_pages:
                 return not busy
@@ -259,9 +326,10 @@ _SQLITE_UNAVAILABLE = {
     sqlite3.SQLITE_PROTOCOL,
 }
 # PostgreSQL SQLSTATEs (or their classes) of the same kind: connection exceptions (08),
-# insufficient resources such as too many connections or a full disk (53), and the server shutting
-# down, crashing or starting up (57P01-57P03).
-_POSTGRES_UNAVAILABLE = ("08", "53", "57P01", "57P02", "57P03")
+# insufficient resources such as too many connections or a full disk (53), the server shutting
+# down, crashing or starting up (57P01-57P03), and a server that takes no writes (25006: a hot
+# standby, or default_transaction_read_only).
+_POSTGRES_UNAVAILABLE = ("08", "53", "57P01", "57P02", "57P03", "25006")
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -272,6 +340,8 @@ def unavailable(exc: BaseException) -> bool:
     Only driver errors count: peewee's own errors (an unbound model, say) are programming errors,
     and so are an IntegrityError, a missing table or a syntax error on any backend.
     """
+    if isinstance(exc, DatabaseUnavailable):
+        return True
     if isinstance(exc, peewee.PeeweeException):
         driver = getattr(exc, "orig", None)
         if driver is None:
@@ -288,6 +358,28 @@ def unavailable(exc: BaseException) -> bool:
         code = exc.pgcode
         return code is None or code.startswith(_POSTGRES_UNAVAILABLE)
     return False
+
+
+def probe_writes(database: peewee.Database) -> None:
+    """Write to database and commit, or raise: what health checks ask, since a database that
+    still answers reads may take no writes (read-only files, a full disk, a standby server).
+
+    SQLite rewrites its header's user_version with the value it holds (one page in the log);
+    PostgreSQL assigns a transaction id, which a standby refuses and whose commit needs the WAL.
+    """
+    with database.connection_context(), database.atomic():
+        if isinstance(database, _SqliteDatabase):
+            cursor = database.execute_sql("PRAGMA user_version")
+            database.execute_sql(f"PRAGMA user_version = {int(cursor.fetchone()[0])}")
+        else:
+            database.execute_sql("SELECT txid_current()")  # type: ignore[no-untyped-call]
+
+
+def check_files(database: peewee.Database) -> None:
+    """Raise DatabaseUnavailable if an SQLite database's files cannot take a write now, or its
+    path no longer names the file opened (microseconds, no connection); a no-op on PostgreSQL."""
+    if isinstance(database, _SqliteDatabase):
+        database.check_files(writing=True)
 
 
 def default_database_url() -> str:
