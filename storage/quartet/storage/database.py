@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
+import json
 import logging
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -45,8 +47,6 @@ SQLITE_PRAGMAS = {
     "cache_size": -8_000,  # 8 MB per pooled connection (SQLite's default is 2 MB)
     "wal_autocheckpoint": 10_000,
 }
-# How long a RESTART checkpoint, which holds every writer, waits for readers (milliseconds).
-RESTART_WAIT_MS = 50
 
 
 class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
@@ -77,6 +77,7 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
         self._background_checkpoints = False
         self._identity: tuple[int, int] | None = None  # (device, inode) of the file first opened
         self._lost = False  # the path stopped naming that file (logged once)
+        self._abandoned: list[sqlite3.Connection] = []  # left open: see _close_raw
 
     def _connect(self) -> sqlite3.Connection:
         """Check the files, then hand out a pooled connection (or open one)."""
@@ -86,6 +87,17 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
             found = os.stat(self.database)
             self._identity = (found.st_dev, found.st_ino)
         return conn
+
+    def _close_raw(self, conn: sqlite3.Connection) -> None:
+        """Close conn, unless the files cannot be written: the last connection of a process to
+        close checkpoints the log into them, through -shm (SIGBUS). Such a connection stays open
+        (and unused) until the process exits, which releases its locks without writing."""
+        try:
+            self.check_files(writing=True)
+        except DatabaseUnavailable:
+            self._abandoned.append(conn)
+            return
+        super()._close_raw(conn)
 
     def begin(self, lock_type: str | None = None) -> None:
         if (lock_type or "").upper() == "DEFERRED":  # a read, or temporary tables only
@@ -162,24 +174,10 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
         self._background_checkpoints = on
         self.close_idle()
 
-    def log_stamp(self) -> tuple[int, int] | None:
-        """The write-ahead log's size and modification time (None if there is none)."""
-        try:
-            found = os.stat(self._log_path)
-        except OSError:
-            return None
-        return found.st_size, found.st_mtime_ns
-
     def _set_pragmas(self, conn: sqlite3.Connection) -> None:
         super()._set_pragmas(conn)
         if self._background_checkpoints:
             conn.execute("PRAGMA wal_autocheckpoint = 0")
-
-    @contextlib.contextmanager
-    def writers_held(self) -> Iterator[None]:
-        """Keep every writer, in this process and others, waiting until the block ends."""
-        with self._lock_writers():
-            yield
 
     def _lock_writers(self) -> IO[str]:
         lock = open(self._lock_path, "a")  # closing it releases the lock
@@ -236,7 +234,8 @@ class _PostgresqlDatabase(PooledPostgresqlDatabase):  # type: ignore[misc]
 
 
 class WalCheckpointer:
-    """Copies an SQLite database's write-ahead log back into the database, from its own thread.
+    """Copies an SQLite database's write-ahead log back into the database, from a process of its
+    own (`quartet/storage/checkpointer.py`).
 
     SQLite's automatic checkpoint runs at the end of the COMMIT that fills the log past its
     threshold: SQLite's own write lock is free by then, but the flock above is held until the
@@ -246,72 +245,85 @@ class WalCheckpointer:
     in which the log changed (by a commit of any process), a PASSIVE checkpoint copies it beside
     the writers. That cannot copy the frames the writers keep appending, so once the log holds
     `restart_pages` pages the writers are also made to wait for a RESTART checkpoint, which copies
-    the little left and has the next writer start the log from its beginning. A database that is
-    not SQLite needs none of this: no thread starts.
+    the little left and has the next writer start the log from its beginning.
+
+    The checkpoints run in a child process because one that finds the files made read-only
+    after its fsyncs dies of SIGBUS (see checkpointer.py): a thread would take the worker with
+    it. A child that dies is started again a second later. A database that is not SQLite needs
+    none of this: nothing starts.
     """
 
     def __init__(
         self, database: peewee.Database, *, interval: float = 0.2, restart_pages: int = 10_000
     ) -> None:
-        self._interval = interval
-        self._restart_pages = restart_pages
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # between close() and starting a child
+        self._child: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
         if isinstance(database, _SqliteDatabase):
+            script = Path(__file__).with_name("checkpointer.py")
+            # -I: the standard library alone, whatever the environment says.
+            command = [sys.executable, "-I", str(script), database.database]
+            command += [str(interval), str(restart_pages)]
             database.checkpoint_in_background(True)
+            started = threading.Event()
             self._thread = threading.Thread(
-                target=self._run, args=(database,), name="quartet-checkpoint", daemon=True
+                target=self._run,
+                args=(database, command, started),
+                name="quartet-checkpoint",
+                daemon=True,
             )
             self._thread.start()
+            started.wait(30)  # checkpoints run from now on
 
     def close(self) -> None:
-        """Stop the thread after a last checkpoint."""
-        self._stop.set()
+        """Stop the child after a last checkpoint."""
+        with self._lock:
+            self._stop.set()
+            if self._child is not None and self._child.stdin is not None:
+                self._child.stdin.close()  # its cue to finish
         if self._thread is not None:
             self._thread.join()
 
-    def _run(self, database: _SqliteDatabase) -> None:
-        seen: tuple[int, int] | None = None
-        while True:
-            stopping = self._stop.wait(self._interval)
-            stamp = database.log_stamp()
-            if stamp is not None and stamp != seen:
-                try:
-                    if self._checkpoint(database):
-                        seen = stamp  # else another process was checkpointing: try again
-                except Exception as exc:  # tried again once the log changes
-                    seen = stamp
-                    if not unavailable(exc):
-                        logger.exception("checkpointing the SQLite log failed")
-                    else:  # one line, not a traceback: the calls report the outage too
-                        logger.warning("cannot checkpoint the SQLite log: %s", exc)
-            if stopping:
-                database.checkpoint_in_background(False)
-                return
-
-    def _checkpoint(self, database: _SqliteDatabase) -> bool:
-        """Checkpoint; whether it copied all that it could."""
-        with database.connection_context():
-            database.check_files(writing=True)  # a checkpoint writes the database file
-            busy, logged, _ = _wal_checkpoint(database, "PASSIVE")
-            if busy or logged < self._restart_pages:
-                return not busy
-            # Writers wait meanwhile, so a reader that keeps the log from restarting (RESTART
-            # waits for readers) may hold them up for RESTART_WAIT_MS, not the busy timeout.
-            database.execute_sql(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
-            try:
-                with database.writers_held():
-                    busy, _, _ = _wal_checkpoint(database, "RESTART")
-            finally:
-                database.execute_sql(f"PRAGMA busy_timeout = {SQLITE_PRAGMAS['busy_timeout']}")
-            return not busy
+    def _run(self, database: _SqliteDatabase, command: list[str], started: threading.Event) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if self._stop.is_set():
+                        return
+                    child = self._child = subprocess.Popen(
+                        command,
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                    )
+                with child:  # closes the pipes and waits
+                    assert child.stdout is not None and child.stderr is not None
+                    child.stdout.readline()  # "ready", or nothing if it failed to start
+                    started.set()
+                    for line in child.stderr:
+                        _relay(line)
+                code = child.returncode
+                if self._stop.is_set():
+                    return
+                logger.warning(
+                    "the SQLite checkpointer process exited (%s); starting another",
+                    f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}",
+                )
+                self._stop.wait(1.0)
+        finally:
+            started.set()
+            database.checkpoint_in_background(False)
 
 
-def _wal_checkpoint(database: peewee.Database, mode: str) -> tuple[int, int, int]:
-    """Run a checkpoint: (1 if it could not finish, pages in the log, pages copied)."""
-    cursor = database.execute_sql(f"PRAGMA wal_checkpoint({mode})")  # type: ignore[no-untyped-call]
-    busy, logged, copied = cursor.fetchone()
-    return int(busy), int(logged), int(copied)
+def _relay(line: bytes) -> None:
+    """Log a line the checkpointer process wrote: its JSON records, or anything else as is."""
+    try:
+        record = json.loads(line)
+        level, message = logging.getLevelName(record["level"]), str(record["message"])
+    except (ValueError, KeyError, TypeError):
+        level, message = logging.WARNING, line.decode(errors="replace").rstrip()
+    logger.log(level if isinstance(level, int) else logging.WARNING, "%s", message)
 
 
 # SQLite's primary result codes that mean the database cannot be used right now, not that a
