@@ -11,6 +11,7 @@ import logging
 import os
 import resource
 import shutil
+import signal
 import sqlite3
 import subprocess
 import threading
@@ -324,3 +325,44 @@ def test_health_follows_the_database_within_seconds(
     # While unhealthy the probe runs every second, so the server is back about as fast.
     wait_for(lambda: serving(client, SCORES), timeout=5)
     assert client.scores.create(2).value == 3
+
+
+def checkpointers() -> list[int]:
+    """The pids of this process's SQLite checkpointer children."""
+    found = []
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                if "checkpointer.py" in Path(f"/proc/{pid}/cmdline").read_text():
+                    found.append(int(pid))
+    return found
+
+
+def test_a_checkpointer_that_dies_is_replaced(
+    migrated_sqlite_template: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, token = sqlite_database(migrated_sqlite_template, tmp_path / "data")
+    settings = Settings(database_url=f"sqlite:///{path}", grace_seconds=0, secret=SECRET)
+    with running_server(settings) as target, Client(target, token=token) as client:
+        (first,) = checkpointers()
+        with caplog.at_level(logging.WARNING):
+            os.kill(first, signal.SIGBUS)  # what a checkpoint into read-only files gets
+            wait_for(lambda: checkpointers() not in ([], [first]), timeout=10)
+        assert "the SQLite checkpointer process exited (signal SIGBUS); starting another" in [
+            r.getMessage() for r in caplog.records
+        ]
+        with Client(target, token=client.auth.create_application("app").api_key) as sender:
+            sender.events.send_batch(submits(100))
+        # The new one copies the log into the database file, as the first did.
+        copy = tmp_path / "copy.db"
+
+        def copied() -> int:
+            shutil.copyfile(path, copy)  # the database file alone, without its log
+            try:
+                with contextlib.closing(sqlite3.connect(copy)) as connection:
+                    return int(connection.execute("SELECT COUNT(*) FROM event").fetchone()[0])
+            except sqlite3.DatabaseError:  # copied in the middle of a checkpoint
+                return 0
+
+        wait_for(lambda: copied() == 100, timeout=10)
+    assert checkpointers() == []  # stopped with the server

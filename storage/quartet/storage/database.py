@@ -88,6 +88,14 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
             self._identity = (found.st_dev, found.st_ino)
         return conn
 
+    def cursor(self, named_cursor: object = None) -> sqlite3.Cursor:
+        cursor: sqlite3.Cursor = super().cursor(named_cursor)
+        if not cursor.connection.in_transaction:
+            # The statement begins a read of its own, which may write its mark into -shm: check
+            # right before it, not only when the connection was handed out.
+            self.check_files(writing=False)
+        return cursor
+
     def _close_raw(self, conn: sqlite3.Connection) -> None:
         """Close conn, unless the files cannot be written: the last connection of a process to
         close checkpoints the log into them, through -shm (SIGBUS). Such a connection stays open
