@@ -21,8 +21,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
+import psycopg2
 import pytest
 
 from quartet import storage
@@ -366,3 +368,44 @@ def test_a_checkpointer_that_dies_is_replaced(
 
         wait_for(lambda: copied() == 100, timeout=10)
     assert checkpointers() == []  # stopped with the server
+
+
+@contextlib.contextmanager
+def writes_refused(database_url: str, db: Any) -> Iterator[None]:
+    """Make the database refuse writes but not reads: PostgreSQL's default_transaction_read_only
+    (as a standby would), SQLite's database file and log made immutable (not its -shm)."""
+    if database_url.startswith("sqlite"):
+        path = Path(urlsplit(database_url).path[1:])
+        with immutable([path, Path(f"{path}-wal")]):
+            yield
+        return
+    name = urlsplit(database_url).path[1:]
+    admin = psycopg2.connect(database_url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        db.close_idle()  # the setting holds for connections made from now on
+        try:
+            yield
+        finally:
+            with admin.cursor() as cursor:
+                cursor.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+            db.close_idle()
+    finally:
+        admin.close()
+
+
+def test_a_database_that_takes_no_writes_refuses_them_and_serves_reads(
+    client: Client, database_url: str, db: Any
+) -> None:
+    client.scores.create(1)
+    with writes_refused(database_url, db):
+        # Before: INTERNAL on both (PostgreSQL's 25006 was not taken for unavailability, and
+        # SQLite's failed COMMIT was hidden by its ROLLBACK), and health stayed SERVING.
+        assert outcome(lambda: client.scores.create(2)) == UNAVAILABLE
+        assert [s.value for s in client.scores.iter()] == [2]  # reads are served
+        wait_for(lambda: not serving(client, SCORES), timeout=5)
+        assert serving(client, REGIONS)
+    wait_for(lambda: serving(client, SCORES), timeout=5)
+    assert client.scores.create(3).value == 4

@@ -372,27 +372,31 @@ def unavailable(exc: BaseException) -> bool:
         return code is not None and code & 0xFF in _SQLITE_UNAVAILABLE
     if isinstance(exc, psycopg2.InterfaceError):  # "connection already closed"
         return True
-    if isinstance(exc, psycopg2.OperationalError) or type(exc) is psycopg2.DatabaseError:
-        # No SQLSTATE: libpq failed to connect, or lost the connection ("server closed the
-        # connection unexpectedly"); the server never answered the statement.
-        code = exc.pgcode
-        return code is None or code.startswith(_POSTGRES_UNAVAILABLE)
-    return False
+    if isinstance(exc, psycopg2.Error) and exc.pgcode is not None:
+        return exc.pgcode.startswith(_POSTGRES_UNAVAILABLE)  # 25006 is an InternalError
+    # No SQLSTATE: libpq failed to connect, or lost the connection ("server closed the
+    # connection unexpectedly"); the server never answered the statement.
+    return isinstance(exc, psycopg2.OperationalError) or type(exc) is psycopg2.DatabaseError
 
 
 def probe_writes(database: peewee.Database) -> None:
     """Write to database and commit, or raise: what health checks ask, since a database that
     still answers reads may take no writes (read-only files, a full disk, a standby server).
 
-    SQLite rewrites its header's user_version with the value it holds (one page in the log);
-    PostgreSQL assigns a transaction id, which a standby refuses and whose commit needs the WAL.
+    SQLite rewrites its header's user_version with the value it holds (one page in the log).
+    PostgreSQL assigns a transaction id, which a standby refuses and whose commit needs the WAL,
+    and says whether the transaction is read-only (default_transaction_read_only).
     """
     with database.connection_context(), database.atomic():
         if isinstance(database, _SqliteDatabase):
             cursor = database.execute_sql("PRAGMA user_version")
             database.execute_sql(f"PRAGMA user_version = {int(cursor.fetchone()[0])}")
-        else:
-            database.execute_sql("SELECT txid_current()")  # type: ignore[no-untyped-call]
+            return
+        cursor = database.execute_sql(  # type: ignore[no-untyped-call]
+            "SELECT txid_current(), current_setting('transaction_read_only')"
+        )
+        if cursor.fetchone()[1] == "on":
+            raise DatabaseUnavailable("the PostgreSQL database takes no writes (read-only)")
 
 
 def check_files(database: peewee.Database) -> None:
