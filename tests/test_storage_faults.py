@@ -106,10 +106,12 @@ class WriteLoad:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[WriteLoad]:
-        threads = [
-            threading.Thread(target=self._send, args=(self.api_key, sends), daemon=True)
-            for sends in (self._send_events, self._send_events, self._create_scores)
+        senders = [
+            (self.api_key, self._send_events),
+            (self.api_key, self._send_events),
+            (self.token, self._create_scores),
         ]
+        threads = [threading.Thread(target=self._send, args=s, daemon=True) for s in senders]
         for thread in threads:
             thread.start()
         try:
@@ -119,18 +121,19 @@ class WriteLoad:
             for thread in threads:
                 thread.join(30)
 
-    def _send(self, token: str, sends: Callable[[Client], None]) -> None:
+    def _send(self, token: str, sends: Callable[[Client], object]) -> None:
         with Client(self.target, token=token) as client:
             while not self._stop.is_set():
                 self.outcomes[outcome(lambda: sends(client))] += 1
                 time.sleep(0.005)
 
-    def _send_events(self, client: Client) -> None:
-        client.events.send_batch(submits(20), timeout=5)
+    @staticmethod
+    def _send_events(client: Client) -> object:
+        return client.events.send_batch(submits(20), timeout=5)
 
-    def _create_scores(self, client: Client) -> None:
-        client.set_token(self.token)
-        client.scores.create(1, timeout=5)
+    @staticmethod
+    def _create_scores(client: Client) -> object:
+        return client.scores.create(1, timeout=5)
 
 
 @contextlib.contextmanager
