@@ -8,6 +8,7 @@ import dataclasses
 import datetime
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +44,13 @@ DATABASE_SERVICES = (
 )
 MEMORY_SERVICES = (region_service_pb2.DESCRIPTOR.services_by_name["RegionService"].full_name,)
 SERVICE_NAMES = (*DATABASE_SERVICES, *MEMORY_SERVICES)
-# Seconds between refreshes: reloading the event types (so that a schema registered through
-# another process is used here too) doubles as the database check behind the health of the
-# server ("") and of every service that needs the database.
+# How each worker keeps the health of the database services true. Every PROBE_INTERVAL seconds
+# it checks the SQLite files (a few system calls: still the file opened, still writable); every
+# REFRESH_INTERVAL it also writes to the database (storage.probe_writes) and reloads the event
+# types (so that a schema registered through another process is used here too). Once a call found
+# the database unavailable, and for as long as it stays so, the write comes every PROBE_INTERVAL:
+# the server turns NOT_SERVING, and SERVING again, within about that much of the change.
+PROBE_INTERVAL = 1.0
 REFRESH_INTERVAL = 10.0
 
 
@@ -70,7 +75,10 @@ class Server:
         await self.grpc_server.start()
         for name in MEMORY_SERVICES:
             await self.health.set(name, _status(True))
-        self._serving = await self.refresh()
+        problem = await self.refresh()
+        if problem is not None:
+            logger.warning("database unavailable: %s", problem)
+        self._serving = problem is None
         await self._set_health(_status(self._serving))
 
     async def stop(self, grace: float | None) -> None:
@@ -82,24 +90,52 @@ class Server:
         self.checkpointer.close()
         self.runner.close()
 
-    async def refresh(self) -> bool:
-        """Reload the event types from the database; False if it cannot be reached."""
+    async def refresh(self) -> str | None:
+        """Reload the event types and write to the database; what failed, or None."""
         try:
             self.event_types.replace(await self.runner.run(latest_event_types))
+            await self.runner.run(storage.probe_writes, self.runner.database)
         except Exception as exc:
-            logger.warning("database unreachable: %s", exc)
-            return False
-        return True
+            return str(exc) or type(exc).__name__
+        return None
 
-    async def watch(self, interval: float = REFRESH_INTERVAL) -> None:
-        """Refresh every interval; keep every service's health in step with the database."""
+    async def watch(
+        self, interval: float = PROBE_INTERVAL, refresh_interval: float = REFRESH_INTERVAL
+    ) -> None:
+        """Keep every service's health in step with the database (see PROBE_INTERVAL)."""
+        refreshed = time.monotonic()
+        failures = self._failures()
         while True:
             await asyncio.sleep(interval)
-            serving = await self.refresh()
+            due = (
+                not self._serving
+                or self._failures() != failures
+                or time.monotonic() - refreshed >= refresh_interval
+            )
+            problem = await self._check_files()
+            if problem is None and due:
+                problem = await self.refresh()
+                refreshed = time.monotonic()
+            failures = self._failures()
+            serving = problem is None
             if serving != self._serving:
                 self._serving = serving
-                logger.warning("database %s", "reachable again" if serving else "unreachable")
+                if serving:
+                    logger.warning("database available again: SERVING")
+                else:
+                    logger.warning("database unavailable, NOT_SERVING: %s", problem)
                 await self._set_health(_status(serving))
+
+    async def _check_files(self) -> str | None:
+        try:
+            await asyncio.to_thread(storage.check_files, self.runner.database)
+        except storage.DatabaseUnavailable as exc:
+            return str(exc)
+        return None
+
+    def _failures(self) -> int:
+        """How many calls and event batches found the database unavailable so far."""
+        return self.runner.unavailable + self.event_writer.unavailable
 
     async def _set_health(
         self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType

@@ -8,13 +8,20 @@ from quartet.storage.database import (
     DEFAULT_SQLITE_PATH,
     WalCheckpointer,
     bind,
+    check_files,
     close,
     default_database_url,
     open_database,
+    probe_writes,
     redacted,
     unavailable,
 )
-from quartet.storage.errors import DeadlineExceeded, RecordExists, RecordNotFound
+from quartet.storage.errors import (
+    DatabaseUnavailable,
+    DeadlineExceeded,
+    RecordExists,
+    RecordNotFound,
+)
 from quartet.storage.migrate import ALL_MODELS, REFERENCE_MODELS, migrate
 from quartet.storage.runner import DatabaseRunner, deadline
 from quartet.storage.writer import BatchWriter
@@ -25,16 +32,19 @@ __all__ = [
     "REFERENCE_MODELS",
     "BatchWriter",
     "DatabaseRunner",
+    "DatabaseUnavailable",
     "DeadlineExceeded",
     "RecordExists",
     "RecordNotFound",
     "WalCheckpointer",
     "bind",
+    "check_files",
     "close",
     "deadline",
     "default_database_url",
     "migrate",
     "open_database",
+    "probe_writes",
     "redacted",
     "unavailable",
 ]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
+import json
 import logging
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,6 +23,7 @@ from playhouse.db_url import parse
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
 from quartet.storage.base import db
+from quartet.storage.errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +47,6 @@ SQLITE_PRAGMAS = {
     "cache_size": -8_000,  # 8 MB per pooled connection (SQLite's default is 2 MB)
     "wal_autocheckpoint": 10_000,
 }
-# How long a RESTART checkpoint, which holds every writer, waits for readers (milliseconds).
-RESTART_WAIT_MS = 50
 
 
 class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
@@ -57,6 +58,13 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
     as the lock is released, in this process or another. Write transactions BEGIN IMMEDIATE and
     hold the file lock exactly while they hold SQLite's write lock; a transaction begun DEFERRED
     (reads, or writes to temporary tables only, as an import's staging does) takes neither.
+
+    Before SQLite touches the files, their state is checked (`check_files`): SQLite maps
+    `<database>-shm` into memory and writes to it on every write and most reads, and a write to
+    the mapping of a file that cannot be written (immutable, a read-only remount) is not an error
+    SQLite could report but SIGBUS, which kills the process. And a database file deleted or
+    replaced under the server would take every later write with it, while a new connection
+    would create an empty database in its place.
     """
 
     def __init__(self, database: str, **kwargs: object) -> None:
@@ -64,12 +72,46 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
         self._lock_path = f"{database}.writelock"
         self._held = threading.local()  # the lock file of this thread's open transaction
         self._log_path = f"{database}-wal"
+        self._shm_path = f"{database}-shm"
+        self._directory = os.path.dirname(os.path.abspath(database))
         self._background_checkpoints = False
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file first opened
+        self._lost = False  # the path stopped naming that file (logged once)
+        self._abandoned: list[sqlite3.Connection] = []  # left open: see _close_raw
+
+    def _connect(self) -> sqlite3.Connection:
+        """Check the files, then hand out a pooled connection (or open one)."""
+        self.check_files(writing=False)
+        conn: sqlite3.Connection = super()._connect()
+        if self._identity is None:
+            found = os.stat(self.database)
+            self._identity = (found.st_dev, found.st_ino)
+        return conn
+
+    def cursor(self, named_cursor: object = None) -> sqlite3.Cursor:
+        cursor: sqlite3.Cursor = super().cursor(named_cursor)
+        if not cursor.connection.in_transaction:
+            # The statement begins a read of its own, which may write its mark into -shm: check
+            # right before it, not only when the connection was handed out.
+            self.check_files(writing=False)
+        return cursor
+
+    def _close_raw(self, conn: sqlite3.Connection) -> None:
+        """Close conn, unless the files cannot be written: the last connection of a process to
+        close checkpoints the log into them, through -shm (SIGBUS). Such a connection stays open
+        (and unused) until the process exits, which releases its locks without writing."""
+        try:
+            self.check_files(writing=True)
+        except DatabaseUnavailable:
+            self._abandoned.append(conn)
+            return
+        super()._close_raw(conn)
 
     def begin(self, lock_type: str | None = None) -> None:
         if (lock_type or "").upper() == "DEFERRED":  # a read, or temporary tables only
             super().begin(lock_type)
             return
+        self.check_files(writing=True)
         lock = self._lock_writers()
         try:
             super().begin(lock_type)
@@ -79,6 +121,10 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
         self._held.lock = lock
 
     def commit(self) -> None:
+        if getattr(self._held, "lock", None) is not None:
+            # Again: files made read-only while the transaction ran must fail it here, not in
+            # the shared memory that COMMIT writes. (The rollback that follows releases the lock.)
+            self.check_files(writing=True)
         try:
             super().commit()
         finally:
@@ -86,9 +132,49 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
 
     def rollback(self) -> None:
         try:
-            super().rollback()
+            # SQLite rolls a transaction back by itself when its COMMIT fails for want of disk
+            # (an I/O error, a full disk, a file too large): a ROLLBACK then fails with "no
+            # transaction is active" and would hide why the COMMIT failed.
+            if not self.is_closed() and self.connection().in_transaction:
+                super().rollback()
         finally:
             self._release()
+
+    def check_files(self, *, writing: bool) -> None:
+        """Raise DatabaseUnavailable unless the path still names the file first opened and
+        SQLite may write its shared memory (and, if writing, the database, its log and its
+        directory). A few stat() and access() calls: microseconds."""
+        self._check_identity()
+        paths = [self._shm_path]
+        if writing:
+            paths += [self.database, self._log_path, self._directory]
+        for path in paths:
+            # W_OK also fails for an immutable file and on a read-only file system, even as root.
+            if not os.access(path, os.W_OK) and os.path.lexists(path):
+                raise DatabaseUnavailable(f"the SQLite database file {path} cannot be written")
+
+    def _check_identity(self) -> None:
+        if self._identity is None:
+            return
+        try:
+            found = os.stat(self.database)
+            same = (found.st_dev, found.st_ino) == self._identity
+        except FileNotFoundError:
+            same = False
+        if same:
+            if self._lost:
+                self._lost = False
+                logger.warning("the SQLite database file %s is back", self.database)
+            return
+        if not self._lost:
+            self._lost = True
+            logger.error(
+                "the SQLite database file %s was deleted or replaced while the server had it "
+                "open: refusing every call rather than losing writes or opening an empty "
+                "database; restore the file (from a backup) and restart the server",
+                self.database,
+            )
+        raise DatabaseUnavailable(f"the SQLite database file {self.database} is gone")
 
     def checkpoint_in_background(self, on: bool) -> None:
         """Whether connections leave checkpoints to a WalCheckpointer (from the next one made:
@@ -96,24 +182,10 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
         self._background_checkpoints = on
         self.close_idle()
 
-    def log_stamp(self) -> tuple[int, int] | None:
-        """The write-ahead log's size and modification time (None if there is none)."""
-        try:
-            found = os.stat(self._log_path)
-        except OSError:
-            return None
-        return found.st_size, found.st_mtime_ns
-
     def _set_pragmas(self, conn: sqlite3.Connection) -> None:
         super()._set_pragmas(conn)
         if self._background_checkpoints:
             conn.execute("PRAGMA wal_autocheckpoint = 0")
-
-    @contextlib.contextmanager
-    def writers_held(self) -> Iterator[None]:
-        """Keep every writer, in this process and others, waiting until the block ends."""
-        with self._lock_writers():
-            yield
 
     def _lock_writers(self) -> IO[str]:
         lock = open(self._lock_path, "a")  # closing it releases the lock
@@ -170,7 +242,8 @@ class _PostgresqlDatabase(PooledPostgresqlDatabase):  # type: ignore[misc]
 
 
 class WalCheckpointer:
-    """Copies an SQLite database's write-ahead log back into the database, from its own thread.
+    """Copies an SQLite database's write-ahead log back into the database, from a process of its
+    own (`quartet/storage/checkpointer.py`).
 
     SQLite's automatic checkpoint runs at the end of the COMMIT that fills the log past its
     threshold: SQLite's own write lock is free by then, but the flock above is held until the
@@ -180,71 +253,85 @@ class WalCheckpointer:
     in which the log changed (by a commit of any process), a PASSIVE checkpoint copies it beside
     the writers. That cannot copy the frames the writers keep appending, so once the log holds
     `restart_pages` pages the writers are also made to wait for a RESTART checkpoint, which copies
-    the little left and has the next writer start the log from its beginning. A database that is
-    not SQLite needs none of this: no thread starts.
+    the little left and has the next writer start the log from its beginning.
+
+    The checkpoints run in a child process because one that finds the files made read-only
+    after its fsyncs dies of SIGBUS (see checkpointer.py): a thread would take the worker with
+    it. A child that dies is started again a second later. A database that is not SQLite needs
+    none of this: nothing starts.
     """
 
     def __init__(
         self, database: peewee.Database, *, interval: float = 0.2, restart_pages: int = 10_000
     ) -> None:
-        self._interval = interval
-        self._restart_pages = restart_pages
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # between close() and starting a child
+        self._child: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
         if isinstance(database, _SqliteDatabase):
+            script = Path(__file__).with_name("checkpointer.py")
+            # -I: the standard library alone, whatever the environment says.
+            command = [sys.executable, "-I", str(script), database.database]
+            command += [str(interval), str(restart_pages)]
             database.checkpoint_in_background(True)
+            started = threading.Event()
             self._thread = threading.Thread(
-                target=self._run, args=(database,), name="quartet-checkpoint", daemon=True
+                target=self._run,
+                args=(database, command, started),
+                name="quartet-checkpoint",
+                daemon=True,
             )
             self._thread.start()
+            started.wait(30)  # checkpoints run from now on
 
     def close(self) -> None:
-        """Stop the thread after a last checkpoint."""
-        self._stop.set()
+        """Stop the child after a last checkpoint."""
+        with self._lock:
+            self._stop.set()
+            if self._child is not None and self._child.stdin is not None:
+                self._child.stdin.close()  # its cue to finish
         if self._thread is not None:
             self._thread.join()
 
-    def _run(self, database: _SqliteDatabase) -> None:
-        seen: tuple[int, int] | None = None
-        while True:
-            stopping = self._stop.wait(self._interval)
-            stamp = database.log_stamp()
-            if stamp is not None and stamp != seen:
-                try:
-                    if self._checkpoint(database):
-                        seen = stamp  # else another process was checkpointing: try again
-                except Exception as exc:  # tried again once the log changes
-                    seen = stamp
-                    if not unavailable(exc):
-                        logger.exception("checkpointing the SQLite log failed")
-                    else:  # one line, not a traceback: the calls report the outage too
-                        logger.warning("cannot checkpoint the SQLite log: %s", exc)
-            if stopping:
-                database.checkpoint_in_background(False)
-                return
-
-    def _checkpoint(self, database: _SqliteDatabase) -> bool:
-        """Checkpoint; whether it copied all that it could."""
-        with database.connection_context():
-            busy, logged, _ = _wal_checkpoint(database, "PASSIVE")
-            if busy or logged < self._restart_pages:
-                return not busy
-            # Writers wait meanwhile, so a reader that keeps the log from restarting (RESTART
-            # waits for readers) may hold them up for RESTART_WAIT_MS, not the busy timeout.
-            database.execute_sql(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
-            try:
-                with database.writers_held():
-                    busy, _, _ = _wal_checkpoint(database, "RESTART")
-            finally:
-                database.execute_sql(f"PRAGMA busy_timeout = {SQLITE_PRAGMAS['busy_timeout']}")
-            return not busy
+    def _run(self, database: _SqliteDatabase, command: list[str], started: threading.Event) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if self._stop.is_set():
+                        return
+                    child = self._child = subprocess.Popen(
+                        command,
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                    )
+                with child:  # closes the pipes and waits
+                    assert child.stdout is not None and child.stderr is not None
+                    child.stdout.readline()  # "ready", or nothing if it failed to start
+                    started.set()
+                    for line in child.stderr:
+                        _relay(line)
+                code = child.returncode
+                if self._stop.is_set():
+                    return
+                logger.warning(
+                    "the SQLite checkpointer process exited (%s); starting another",
+                    f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}",
+                )
+                self._stop.wait(1.0)
+        finally:
+            started.set()
+            database.checkpoint_in_background(False)
 
 
-def _wal_checkpoint(database: peewee.Database, mode: str) -> tuple[int, int, int]:
-    """Run a checkpoint: (1 if it could not finish, pages in the log, pages copied)."""
-    cursor = database.execute_sql(f"PRAGMA wal_checkpoint({mode})")  # type: ignore[no-untyped-call]
-    busy, logged, copied = cursor.fetchone()
-    return int(busy), int(logged), int(copied)
+def _relay(line: bytes) -> None:
+    """Log a line the checkpointer process wrote: its JSON records, or anything else as is."""
+    try:
+        record = json.loads(line)
+        level, message = logging.getLevelName(record["level"]), str(record["message"])
+    except (ValueError, KeyError, TypeError):
+        level, message = logging.WARNING, line.decode(errors="replace").rstrip()
+    logger.log(level if isinstance(level, int) else logging.WARNING, "%s", message)
 
 
 # SQLite's primary result codes that mean the database cannot be used right now, not that a
@@ -259,9 +346,10 @@ _SQLITE_UNAVAILABLE = {
     sqlite3.SQLITE_PROTOCOL,
 }
 # PostgreSQL SQLSTATEs (or their classes) of the same kind: connection exceptions (08),
-# insufficient resources such as too many connections or a full disk (53), and the server shutting
-# down, crashing or starting up (57P01-57P03).
-_POSTGRES_UNAVAILABLE = ("08", "53", "57P01", "57P02", "57P03")
+# insufficient resources such as too many connections or a full disk (53), the server shutting
+# down, crashing or starting up (57P01-57P03), and a server that takes no writes (25006: a hot
+# standby, or default_transaction_read_only).
+_POSTGRES_UNAVAILABLE = ("08", "53", "57P01", "57P02", "57P03", "25006")
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -272,6 +360,8 @@ def unavailable(exc: BaseException) -> bool:
     Only driver errors count: peewee's own errors (an unbound model, say) are programming errors,
     and so are an IntegrityError, a missing table or a syntax error on any backend.
     """
+    if isinstance(exc, DatabaseUnavailable):
+        return True
     if isinstance(exc, peewee.PeeweeException):
         driver = getattr(exc, "orig", None)
         if driver is None:
@@ -282,12 +372,38 @@ def unavailable(exc: BaseException) -> bool:
         return code is not None and code & 0xFF in _SQLITE_UNAVAILABLE
     if isinstance(exc, psycopg2.InterfaceError):  # "connection already closed"
         return True
-    if isinstance(exc, psycopg2.OperationalError) or type(exc) is psycopg2.DatabaseError:
-        # No SQLSTATE: libpq failed to connect, or lost the connection ("server closed the
-        # connection unexpectedly"); the server never answered the statement.
-        code = exc.pgcode
-        return code is None or code.startswith(_POSTGRES_UNAVAILABLE)
-    return False
+    if isinstance(exc, psycopg2.Error) and exc.pgcode is not None:
+        return exc.pgcode.startswith(_POSTGRES_UNAVAILABLE)  # 25006 is an InternalError
+    # No SQLSTATE: libpq failed to connect, or lost the connection ("server closed the
+    # connection unexpectedly"); the server never answered the statement.
+    return isinstance(exc, psycopg2.OperationalError) or type(exc) is psycopg2.DatabaseError
+
+
+def probe_writes(database: peewee.Database) -> None:
+    """Write to database and commit, or raise: what health checks ask, since a database that
+    still answers reads may take no writes (read-only files, a full disk, a standby server).
+
+    SQLite rewrites its header's user_version with the value it holds (one page in the log).
+    PostgreSQL assigns a transaction id, which a standby refuses and whose commit needs the WAL,
+    and says whether the transaction is read-only (default_transaction_read_only).
+    """
+    with database.connection_context(), database.atomic():
+        if isinstance(database, _SqliteDatabase):
+            cursor = database.execute_sql("PRAGMA user_version")
+            database.execute_sql(f"PRAGMA user_version = {int(cursor.fetchone()[0])}")
+            return
+        cursor = database.execute_sql(  # type: ignore[no-untyped-call]
+            "SELECT txid_current(), current_setting('transaction_read_only')"
+        )
+        if cursor.fetchone()[1] == "on":
+            raise DatabaseUnavailable("the PostgreSQL database takes no writes (read-only)")
+
+
+def check_files(database: peewee.Database) -> None:
+    """Raise DatabaseUnavailable if an SQLite database's files cannot take a write now, or its
+    path no longer names the file opened (microseconds, no connection); a no-op on PostgreSQL."""
+    if isinstance(database, _SqliteDatabase):
+        database.check_files(writing=True)
 
 
 def default_database_url() -> str:

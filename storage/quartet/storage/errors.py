@@ -23,3 +23,8 @@ class RecordExists(Exception):
 
 class DeadlineExceeded(TimeoutError):
     """The caller's deadline passed before the database work started, so none was done."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be used now (its files are read-only or gone), found before any
+    statement ran; like the driver errors that `unavailable()` recognises, not the caller's."""

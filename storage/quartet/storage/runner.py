@@ -11,7 +11,7 @@ from typing import ParamSpec, TypeVar
 
 import peewee
 
-from quartet.storage.database import close
+from quartet.storage.database import close, unavailable
 from quartet.storage.errors import DeadlineExceeded
 
 P = ParamSpec("P")
@@ -33,14 +33,20 @@ class DatabaseRunner:
     def __init__(self, database: peewee.Database, threads: int) -> None:
         self.database = database
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="quartet-db")
+        self.unavailable = 0  # units of work the database could not serve (a health hint)
 
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run fn(*args, **kwargs) in a database thread and return its result."""
         context = contextvars.copy_context()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, lambda: context.run(self._call, fn, *args, **kwargs)
-        )
+        try:
+            return await loop.run_in_executor(
+                self._executor, lambda: context.run(self._call, fn, *args, **kwargs)
+            )
+        except Exception as exc:
+            if unavailable(exc):
+                self.unavailable += 1
+            raise
 
     def _call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         limit = deadline.get()

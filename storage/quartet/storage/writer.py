@@ -25,6 +25,7 @@ from typing import Generic, TypeVar
 
 import peewee
 
+from quartet.storage.database import unavailable
 from quartet.storage.errors import DeadlineExceeded
 from quartet.storage.runner import deadline
 
@@ -71,6 +72,7 @@ class BatchWriter(Generic[Item, Result]):
         self._thread.start()
         self.batches = 0
         self.items_written = 0
+        self.unavailable = 0  # batches the database could not take (see storage.unavailable)
 
     async def submit(self, items: Sequence[Item]) -> list[Result]:
         """Queue items and wait until their transaction committed; their results, in order."""
@@ -131,7 +133,15 @@ class BatchWriter(Generic[Item, Result]):
                 self.batches += 1
                 self.items_written += len(items)
         except Exception as exc:
-            logger.exception("a batch of %d items failed; none was written", len(items))
+            if unavailable(exc):  # one line, not a traceback: an outage fails every batch
+                self.unavailable += 1
+                logger.warning(
+                    "a batch of %d items failed, none was written: the database is unavailable: %s",
+                    len(items),
+                    exc,
+                )
+            else:
+                logger.exception("a batch of %d items failed; none was written", len(items))
             outcomes += [(submission, exc) for submission in live]
         else:
             start = 0
