@@ -20,7 +20,9 @@ import sqlite3
 import sys
 import threading
 
-BUSY_TIMEOUT_MS = 10_000  # quartet.storage.database.SQLITE_PRAGMAS["busy_timeout"]
+# How long a connection waits for SQLite's write lock: every connection, the workers' too
+# (quartet.storage.database imports it from here, which it can: this file needs nothing else).
+BUSY_TIMEOUT_MS = 10_000
 # How long a RESTART checkpoint, which holds every writer, waits for readers (milliseconds).
 RESTART_WAIT_MS = 50
 

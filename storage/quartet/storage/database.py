@@ -23,6 +23,7 @@ from playhouse.db_url import parse
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
 from quartet.storage.base import db
+from quartet.storage.checkpointer import BUSY_TIMEOUT_MS
 from quartet.storage.errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ DEFAULT_SQLITE_PATH = (
 # with its fsync. The server checkpoints beside its writers instead (WalCheckpointer).
 SQLITE_PRAGMAS = {
     "journal_mode": "wal",
-    "busy_timeout": 10_000,
+    "busy_timeout": BUSY_TIMEOUT_MS,
     "foreign_keys": 1,
     "synchronous": "normal",
     "cache_size": -8_000,  # 8 MB per pooled connection (SQLite's default is 2 MB)
