@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500, help="events per batch or message")
     args = parser.parse_args()
     benchlib.announce(args.seconds)
-    single = pb.SendEventRequest(event=pageview()).SerializeToString()
+    single = pb.SendEventRequest(event=benchlib.pageview()).SerializeToString()
     with benchlib.bare_server() as target:
         bare, _ = benchlib.load(
             "bare grpcio, empty reply", target, SERVICE + "SendEvent", single, seconds=args.seconds
@@ -37,30 +37,27 @@ def main() -> None:
     benchlib.print_table(results, bare)
 
 
-def pageview() -> pb.Event:
-    message = pb.Event(
-        session_id="e2085be5-9137-4e4e-80b5-f1ffddc25423",
-        category="page interaction",
-        name="pageview",
-    )
-    message.data.update({"host": "www.ca.com", "path": "/"})
-    message.occur_time.FromJsonString("2021-01-01T09:15:27.243860Z")
-    return message
-
-
 def scenarios(
     backend: str, url: str, seconds: float, batch: int, workers: int
 ) -> list[benchlib.Result]:
     key = benchlib.application_key(url)
-    batch_request = pb.SendEventsRequest(events=[pageview()] * batch).SerializeToString()
-    stream_message = pb.StreamEventsRequest(events=[pageview()] * batch).SerializeToString()
+    batch_request = pb.SendEventsRequest(events=[benchlib.pageview()] * batch).SerializeToString()
+    stream_message = pb.StreamEventsRequest(
+        events=[benchlib.pageview()] * batch
+    ).SerializeToString()
     # Single events come from many small senders (50 calls in flight); batches and streams
     # from a few bulk senders (8 calls in flight), as they would in production. Each bulk
     # sender has a connection of its own: the kernel hands each connection to one worker, so
     # 4 connections left a worker idle one run in eight, and one with a single sender half
     # the time (2 workers, 8 connections: one run in 128).
     cases = [
-        ("SendEvent", pb.SendEventRequest(event=pageview()).SerializeToString(), 1, 1, (10, 5)),
+        (
+            "SendEvent",
+            pb.SendEventRequest(event=benchlib.pageview()).SerializeToString(),
+            1,
+            1,
+            (10, 5),
+        ),
         ("SendEvents", batch_request, batch, 1, (8, 1)),
         ("StreamEvents", stream_message, batch * STREAM_MESSAGES, STREAM_MESSAGES, (8, 1)),
     ]

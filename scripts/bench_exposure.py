@@ -52,24 +52,16 @@ def main() -> None:
     os.environ["QUARTET_MAX_STREAMS_PER_CALLER"] = str(args.streams)
     os.environ["QUARTET_MAX_STREAMS"] = str(max(args.streams, 1000))
     method, _ = METHODS["SendEvent"]
-    METHODS["SendEvent"] = (method, pb.SendEventRequest(event=pageview()).SerializeToString())
+    METHODS["SendEvent"] = (
+        method,
+        pb.SendEventRequest(event=benchlib.pageview()).SerializeToString(),
+    )
     results = []
     for backend in benchlib.backends(args.postgres):
         for workers in benchlib.worker_counts(args.workers):
             with benchlib.fresh_database(backend, args.postgres) as url:
                 results += scenarios(backend, url, workers, args)
     benchlib.print_table(results)
-
-
-def pageview() -> pb.Event:
-    message = pb.Event(
-        session_id="e2085be5-9137-4e4e-80b5-f1ffddc25423",
-        category="page interaction",
-        name="pageview",
-    )
-    message.data.update({"host": "www.ca.com", "path": "/"})
-    message.occur_time.FromJsonString("2021-01-01T09:15:27.243860Z")
-    return message
 
 
 def scenarios(

@@ -39,6 +39,7 @@ import peewee
 import psycopg2
 
 from quartet import storage
+from quartet.events.v1 import event_service_pb2 as pb
 from quartet.server.auth import TokenIssuer
 from quartet.server.auth.tokens import new_api_key
 from quartet.storage import accounts, applications
@@ -458,3 +459,15 @@ def median(values: Sequence[float]) -> float:
 
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0))
+
+
+def pageview() -> pb.Event:
+    """The seed's example pageview event, as every event benchmark sends it."""
+    message = pb.Event(
+        session_id="e2085be5-9137-4e4e-80b5-f1ffddc25423",
+        category="page interaction",
+        name="pageview",
+    )
+    message.data.update({"host": "www.ca.com", "path": "/"})
+    message.occur_time.FromJsonString("2021-01-01T09:15:27.243860Z")
+    return message
