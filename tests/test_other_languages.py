@@ -10,6 +10,8 @@ whatever the protos and the data say.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -160,3 +162,41 @@ def test_grpcurl_prints_the_error_details(target: str, admin_token: str, client:
     assert violation["field"] == "input_value" and violation["description"]
     reasons = POOL.FindEnumTypeByName("quartet.errors.v1.ErrorReason").values_by_name
     assert printed["details"][0]["reason"] in reasons
+
+
+def test_the_node_example_calls_and_reads_the_error_details(
+    target: str, admin_token: str, client: Any, tmp_path: Path
+) -> None:
+    """docs/examples/node/call.js, with its locked dependencies from the npm registry."""
+    example = REPO / "docs" / "examples" / "node"
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy(example / name, tmp_path)
+    npm = ["npm", "ci", "--prefer-offline", "--no-audit", "--no-fund", "--silent"]
+    subprocess.run(npm, cwd=tmp_path, check=True, timeout=300)
+    env = {**os.environ, "NODE_PATH": str(tmp_path / "node_modules"), "QUARTET_TOKEN": admin_token}
+    result = subprocess.run(
+        ["node", str(example / "call.js"), target],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    score_line, error_line = (json.loads(line) for line in result.stdout.splitlines())
+
+    score = score_line["score"]
+    get = json.dumps({"id": score["id"]})
+    stored, _ = stub_call(
+        client.channel, admin_token, "quartet.score.v1.ScoreService/GetScore", get
+    )
+    assert score["input_value"] == stored["input_value"] == 2.5
+    assert score["value"] == stored["value"] and score["id"] == stored["id"]
+
+    error = error_line["error"]
+    assert error["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    with pytest.raises(grpc.RpcError) as caught:
+        stub_call(client.channel, admin_token, "quartet.score.v1.ScoreService/CreateScore", "{}")
+    status = rpc_status.from_call(caught.value)
+    assert status is not None
+    expected = json_format.MessageToDict(status, preserving_proto_field_name=True)["details"]
+    assert error["details"] == expected
