@@ -126,3 +126,24 @@ def test_a_shallow_clone_fetches_the_previous_commit(tmp_path: Path) -> None:
 
 def test_scripts_check_runs_it() -> None:
     assert "scripts/check_breaking.py" in (REPO / "scripts" / "check").read_text()
+
+
+def probe_service(level: str = "") -> str:
+    option = f" {{\n    option idempotency_level = {level};\n  }}" if level else ";"
+    method = f"  rpc Probe(ContractProbe) returns (ContractProbe){option}"
+    return f"\nservice ContractProbeService {{\n{method}\n}}\n"
+
+
+def test_an_idempotency_level_may_rise_but_not_fall(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    append(repo, PROTO, probe_service())
+    commit(repo, "a method of unknown idempotency")
+    replace(repo, PROTO, probe_service(), probe_service("IDEMPOTENT"))
+    assert check(repo).returncode == 0, "clients built on the old level only retry less"
+    commit(repo, "the method declares itself idempotent")
+    replace(repo, PROTO, probe_service("IDEMPOTENT"), probe_service("NO_SIDE_EFFECTS"))
+    assert check(repo).returncode == 0
+    replace(repo, PROTO, probe_service("NO_SIDE_EFFECTS"), probe_service())
+    result = check(repo)
+    assert result.returncode != 0, "old clients would retry a call no longer safe to repeat"
+    assert "quartet.score.v1.ContractProbeService/Probe" in result.stderr, result
