@@ -11,6 +11,7 @@ COPY pyproject.toml README.md ./
 COPY client ./client
 COPY server ./server
 COPY storage ./storage
+COPY protos ./protos
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
 
 # Stage 2: the runtime, with quartet[server] and its dependencies only, as a non-root user.

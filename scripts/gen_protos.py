@@ -3,6 +3,11 @@
 Writes, for every package under protos/quartet/:
 - client/quartet/<domain>/v1/*_pb2.py, *_pb2_grpc.py and their mypy-protobuf stubs (*.pyi),
   with __init__.py and py.typed files, each generated directory replaced wholesale;
+- client/quartet/quartet.binpb, the descriptor set of every quartet proto with its imports and
+  comments (source info), which the wheel ships beside the .proto files for other languages' tools;
+- third_party/protos/, the Google protos a client in another language needs beside quartet's
+  (google.rpc.Status and its error details, field_behavior), copied from the installed
+  googleapis-common-protos, whose version the dev dependency group pins;
 - docs/api.md, the reference generated from the comments in the .proto files.
 
 Usage: python scripts/gen_protos.py [--out ROOT]   (ROOT defaults to the repository; the freshness
@@ -12,6 +17,7 @@ test writes to a temporary ROOT and compares it with the committed files).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import shutil
 import subprocess
 import sys
@@ -26,6 +32,30 @@ from google.protobuf import descriptor_pb2
 REPO = Path(__file__).resolve().parent.parent
 PROTOS = REPO / "protos"
 HAND_WRITTEN = {"client"}  # directories under client/quartet/ that the generator must never touch
+DESCRIPTOR_SET = "quartet.binpb"
+# What a client outside Python needs to read quartet's errors (google.rpc.Status in the
+# grpc-status-details-bin trailer, with ErrorInfo and BadRequest details) and field behaviours.
+VENDORED_DISTRIBUTION = "googleapis-common-protos"
+VENDORED = [
+    "google/api/field_behavior.proto",
+    "google/rpc/code.proto",
+    "google/rpc/error_details.proto",
+    "google/rpc/status.proto",
+]
+THIRD_PARTY_README = """# Vendored protos
+
+Copied by `scripts/gen_protos.py` from {distribution} {version} (Apache License 2.0, as each
+file's header says); do not edit. With `protos/` they are every import a quartet client needs
+beyond protoc's own `google/protobuf/*`, so that protoc or `buf generate` works offline:
+
+    protoc -I protos -I third_party/protos ...
+
+gRPC health checking and reflection (`grpc.health.v1`, `grpc.reflection.v1`) come with the gRPC
+library of every language (and `grpcurl` speaks them). Their protos, at the grpcio version
+quartet pins ({grpc_version}), are
+https://github.com/grpc/grpc/blob/v{grpc_version}/src/proto/grpc/health/v1/health.proto and
+https://github.com/grpc/grpc/blob/v{grpc_version}/src/proto/grpc/reflection/v1/reflection.proto.
+"""
 PACKAGE_DOC = '"""Generated from protos/{path}. Do not edit; run scripts/gen_protos.py."""\n'
 
 
@@ -52,6 +82,8 @@ def generate(root: Path) -> None:
                 shutil.rmtree(stale)
         for generated in sorted(out.iterdir()):
             shutil.copytree(generated, target / generated.name)
+        shutil.copyfile(descriptor_set, target / DESCRIPTOR_SET)
+        _vendor(root / "third_party" / "protos")
         docs = root / "docs"
         docs.mkdir(parents=True, exist_ok=True)
         (docs / "api.md").write_text(render_reference(descriptor_set, proto_files))
@@ -74,9 +106,26 @@ def _protoc(proto_files: list[str], out: Path, descriptor_set: Path) -> None:
         f"--mypy_grpc_out=quiet:{out}",
         f"--descriptor_set_out={descriptor_set}",
         "--include_source_info",
+        "--include_imports",
         *proto_files,
     ]
     subprocess.run(command, check=True, cwd=PROTOS)
+
+
+def _vendor(target: Path) -> None:
+    """Copy VENDORED from the installed distribution into target, replacing what was there."""
+    distribution = importlib.metadata.distribution(VENDORED_DISTRIBUTION)
+    if target.exists():
+        shutil.rmtree(target)
+    for name in VENDORED:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(str(distribution.locate_file(name))), target / name)
+    readme = THIRD_PARTY_README.format(
+        distribution=VENDORED_DISTRIBUTION,
+        version=distribution.version,
+        grpc_version=importlib.metadata.version("grpcio-tools"),
+    )
+    (target / "README.md").write_text(readme)
 
 
 def _prune_empty_grpc_modules(out: Path) -> None:

@@ -1,4 +1,5 @@
-"""The committed generated code and API reference are exactly what scripts/gen_protos.py makes."""
+"""The committed generated code, descriptor set, vendored protos and API reference are exactly what
+scripts/gen_protos.py makes."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ def generated_files(root: Path) -> dict[str, bytes]:
         if path.is_file() and "__pycache__" not in path.parts and path.parts[-2:][0] != "client"
     }
     files["docs/api.md"] = (root / "docs" / "api.md").read_bytes()
+    vendored = root / "third_party" / "protos"
+    files.update(
+        (path.relative_to(root).as_posix(), path.read_bytes())
+        for path in vendored.rglob("*")
+        if path.is_file()
+    )
     return {k: v for k, v in files.items() if not k.startswith("client/quartet/client/")}
 
 
