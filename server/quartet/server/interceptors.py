@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf import descriptor_pool
 from google.protobuf.message import DecodeError, Message
 
 from quartet import storage
@@ -88,7 +89,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         factory = getattr(grpc, f"{kind}_rpc_method_handler")
         return factory(  # type: ignore[no-any-return]
             behaviour,
-            request_deserializer=_tolerant(handler.request_deserializer),
+            request_deserializer=_tolerant(handler.request_deserializer, _request_type(method)),
             response_serializer=handler.response_serializer,
         )
 
@@ -288,13 +289,23 @@ class _Undecodable:
         )
 
 
-def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+def _request_type(method: str) -> str:
+    """The full name of the method's request message, from its descriptor: not from its
+    deserializer, which may be a plain function (EventService's sending methods)."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    try:
+        found = descriptor_pool.Default().FindServiceByName(service).methods_by_name[name]
+    except KeyError:
+        return "request"
+    return str(found.input_type.full_name)
+
+
+def _tolerant(
+    deserialize: Callable[[bytes], Any] | None, message_type: str
+) -> Callable[[bytes], Any] | None:
     """deserialize, returning an _Undecodable instead of raising DecodeError."""
     if deserialize is None:
         return None
-    message_class = getattr(deserialize, "__self__", None)
-    descriptor = getattr(message_class, "DESCRIPTOR", None)
-    message_type = descriptor.full_name if descriptor is not None else "request"
 
     def tolerant(raw: bytes) -> Any:
         try:
