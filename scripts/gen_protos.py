@@ -23,11 +23,11 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import grpc_tools
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOS = REPO / "protos"
@@ -105,6 +105,7 @@ def _protoc(proto_files: list[str], out: Path, descriptor_set: Path) -> None:
         f"--mypy_out=quiet:{out}",
         f"--mypy_grpc_out=quiet:{out}",
         f"--descriptor_set_out={descriptor_set}",
+        "--include_imports",  # descriptor.proto too, to read quartet's method option
         "--include_source_info",
         "--include_imports",
         *proto_files,
@@ -174,18 +175,32 @@ def render_reference(descriptor_set: Path, proto_files: list[str]) -> str:
         "Generated from the comments in `protos/` by `scripts/gen_protos.py`; do not edit.",
         "Errors are described in `quartet.errors.v1.ErrorReason` below and in the README.",
         "",
+        "Each method says who may call it (**access**): `anyone`, or the grants that admit a",
+        "caller (see `quartet.api.v1.Grant`: an account holds the grant of its role and of the",
+        "roles below it, an application holds `application`); and whether a call may be retried",
+        "(**idempotency**, protobuf's `idempotency_level`): a call `NO_SIDE_EFFECTS` or",
+        "`IDEMPOTENT` is safe to repeat, for example after UNAVAILABLE.",
+        "",
     ]
+    access_of = _access_reader(files)
     for file in sorted(ours, key=lambda f: f.name):
         comments = {tuple(loc.path): loc.leading_comments for loc in file.source_code_info.location}
         lines += [f"## `{file.package}` ({file.name})", ""]
         for i, service in enumerate(file.service):
             lines += [f"### service `{service.name}`", "", _text(comments, (_SERVICE, i)), ""]
-            lines += ["| method | request | response | description |", "|---|---|---|---|"]
+            lines += [
+                "| method | request | response | access | idempotency | description |",
+                "|---|---|---|---|---|---|",
+            ]
             for j, method in enumerate(service.method):
                 request = _stream(method.client_streaming) + _short(method.input_type)
                 response = _stream(method.server_streaming) + _short(method.output_type)
                 doc = _cell(comments, (_SERVICE, i, _METHOD, j))
-                lines.append(f"| `{method.name}` | `{request}` | `{response}` | {doc} |")
+                access, idempotency = access_of(method.options), _idempotency(method.options)
+                lines.append(
+                    f"| `{method.name}` | `{request}` | `{response}` | {access} | {idempotency} "
+                    f"| {doc} |"
+                )
             lines.append("")
         for path, name, message in _messages(file.message_type, (_MESSAGE,), ""):
             lines += [f"### message `{name}`", "", _text(comments, path), ""]
@@ -200,6 +215,45 @@ def render_reference(descriptor_set: Path, proto_files: list[str]) -> str:
         for i, enum in enumerate(file.enum_type):
             lines += _enum(enum.name, enum, comments, (_ENUM, i))
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _access_reader(
+    files: Iterable[descriptor_pb2.FileDescriptorProto],
+) -> Callable[[descriptor_pb2.MethodOptions], str]:
+    """A function that says who may call a method, from its `(quartet.api.v1.access)` option.
+
+    The option is read through a pool made of the protos just compiled, not through the
+    generated modules, which may be the stale ones this run replaces."""
+    pool = descriptor_pool.DescriptorPool()
+    for file in files:
+        pool.Add(file)
+    options_class = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("google.protobuf.MethodOptions")
+    )
+    credentials = pool.FindEnumTypeByName("quartet.api.v1.Credentials").values_by_number
+    grants = pool.FindEnumTypeByName("quartet.api.v1.Grant").values_by_number
+
+    def access(options: descriptor_pb2.MethodOptions) -> str:
+        declared = options_class.FromString(options.SerializeToString()).ListFields()
+        found = [value for field, value in declared if field.full_name == "quartet.api.v1.access"]
+        if not found:
+            return "undeclared"
+        rule = found[0]
+        match credentials[rule.credentials].name:
+            case "CREDENTIALS_NONE":
+                return "anyone"
+            case "CREDENTIALS_OPTIONAL":
+                return "anyone (a credential, when sent, is used)"
+        names = [grants[g].name.removeprefix("GRANT_").lower() for g in rule.grants]
+        return " or ".join(f"`{name}`" for name in names) or "any credential"
+
+    return access
+
+
+def _idempotency(options: descriptor_pb2.MethodOptions) -> str:
+    level = descriptor_pb2.MethodOptions.IdempotencyLevel.Name(options.idempotency_level)
+    safe = options.idempotency_level != descriptor_pb2.MethodOptions.IDEMPOTENCY_UNKNOWN
+    return f"`{level}` ({'safe' if safe else 'not safe'} to retry)"
 
 
 def _messages(

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from quartet.auth.v1 import auth_service_pb2
+from quartet.client import contract
 from quartet.client._auth import Auth
 from quartet.client._base import Closable, Transport
 from quartet.client._events import Events
@@ -19,22 +20,20 @@ from quartet.client._scores import Scores
 
 DEFAULT_TIMEOUT = 10.0
 
-# Calls safe to repeat: reads, and writes that carry an idempotency key (the SDK always sets one).
-# gRPC retries them itself when the server was unreachable or shutting down (UNAVAILABLE); see
+# gRPC retries a call itself when the server was unreachable or shutting down (UNAVAILABLE), if
+# the call is safe to repeat: its proto declares it NO_SIDE_EFFECTS or IDEMPOTENT (a write that
+# carries an idempotency key the SDK always sets). See
 # https://github.com/grpc/proposal/blob/master/A6-client-retries.md
 _RETRYABLE: list[dict[str, str]] = [
+    # A health check is a read, but the health proto is gRPC's own and declares no level.
     {"service": "grpc.health.v1.Health", "method": "Check"},
-    {"service": "quartet.score.v1.ScoreService"},
-    {"service": "quartet.events.v1.EventService"},  # every event sent by the SDK has an id
-    {"service": "quartet.regions.v1.RegionService"},  # reads only
-    # An import replaces the whole data set, so repeating one is harmless too.
-    {"service": "quartet.experiments.v1.ExperimentService"},
-    {"service": "quartet.auth.v1.AuthService", "method": "Login"},
-    {"service": "quartet.auth.v1.AuthService", "method": "GetCurrentAccount"},
-    {"service": "quartet.auth.v1.AuthService", "method": "ListAccounts"},
-    {"service": "quartet.auth.v1.AuthService", "method": "ListApplications"},
+    *(
+        {"service": method.containing_service.full_name, "method": method.name}
+        for method in contract.methods()
+        if contract.is_retryable(method)
+    ),
 ]
-_SERVICE_CONFIG = {
+_SERVICE_CONFIG: dict[str, Any] = {
     "methodConfig": [
         {
             "name": _RETRYABLE,

@@ -30,7 +30,8 @@ class AuthServiceStub:
 
     Every call to quartet carries `authorization: Bearer <credential>` in its metadata, where the
     credential is an access token from Login (or RefreshToken) or an application's API key.
-    CreateAccount, Login and RefreshToken need no credential; health checks and reflection are open.
+    Each method's `quartet.api.v1.access` option says who may call it (CreateAccount, Login and
+    RefreshToken need no credential); health checks and reflection are open to anyone.
     """
 
     def __init__(self, channel):
@@ -106,7 +107,8 @@ class AuthServiceServicer:
 
     Every call to quartet carries `authorization: Bearer <credential>` in its metadata, where the
     credential is an access token from Login (or RefreshToken) or an application's API key.
-    CreateAccount, Login and RefreshToken need no credential; health checks and reflection are open.
+    Each method's `quartet.api.v1.access` option says who may call it (CreateAccount, Login and
+    RefreshToken need no credential); health checks and reflection are open to anyone.
     """
 
     def CreateAccount(self, request, context):
@@ -129,6 +131,8 @@ class AuthServiceServicer:
         until its `retry_delay` has passed, the right password included; the delay grows with each
         further failure, up to a limit, and a successful login resets the email's count. The right
         password of a disabled account is UNAUTHENTICATED with reason ACCOUNT_DISABLED.
+        Logging in again issues another pair of tokens and changes nothing else, so the call is safe
+        to retry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -155,14 +159,14 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAccounts(self, request, context):
-        """Lists accounts, oldest first. Admins only.
+        """Lists accounts, oldest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetAccountRole(self, request, context):
-        """Changes an account's role. Admins only. Every call checks the role in the database (each
+        """Changes an account's role. Every call checks the role in the database (each
         server process caches an account's role and state for up to 10 seconds, and forgets it at
         once when the change goes through that process), so the change takes effect within 10
         seconds, whatever role its access tokens were issued with.
@@ -172,8 +176,8 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DisableAccount(self, request, context):
-        """Disables an account (AIP-136 custom method). Admins only. From then on its access tokens,
-        refresh tokens and logins are refused with UNAUTHENTICATED, reason ACCOUNT_DISABLED, on every
+        """Disables an account (AIP-136 custom method). From then on its access tokens, refresh
+        tokens and logins are refused with UNAUTHENTICATED, reason ACCOUNT_DISABLED, on every
         method, within the same 10 seconds as SetAccountRole. Nothing is deleted: EnableAccount
         undoes it, and tokens not yet expired work again. Disabling a disabled account keeps its
         first disable_time. An admin may not disable their own account.
@@ -183,36 +187,36 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EnableAccount(self, request, context):
-        """Enables a disabled account again (AIP-136 custom method). Admins only. Enabling an enabled
-        account changes nothing.
+        """Enables a disabled account again (AIP-136 custom method). Enabling an enabled account
+        changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateApplication(self, request, context):
-        """Registers an application (an event sender) and issues its first API key. Admins only.
+        """Registers an application (an event sender) and issues its first API key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListApplications(self, request, context):
-        """Lists applications with their keys (never the secrets), oldest first. Admins only.
+        """Lists applications with their keys (never the secrets), oldest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateApiKey(self, request, context):
-        """Issues another API key for an application, for example to rotate keys. Admins only.
+        """Issues another API key for an application, for example to rotate keys.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevokeApiKey(self, request, context):
-        """Revokes an API key. Admins only. The server process that handles this call refuses the key
+        """Revokes an API key. The server process that handles this call refuses the key
         from then on; the server's other worker processes, and other replicas, cache each key they
         checked for up to 10 seconds, so they may accept it for that long. Revoking a revoked key
         keeps its first revoke_time.
@@ -297,7 +301,8 @@ class AuthService:
 
     Every call to quartet carries `authorization: Bearer <credential>` in its metadata, where the
     credential is an access token from Login (or RefreshToken) or an application's API key.
-    CreateAccount, Login and RefreshToken need no credential; health checks and reflection are open.
+    Each method's `quartet.api.v1.access` option says who may call it (CreateAccount, Login and
+    RefreshToken need no credential); health checks and reflection are open to anyone.
     """
 
     @staticmethod

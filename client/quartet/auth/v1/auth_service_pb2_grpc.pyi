@@ -31,7 +31,8 @@ class AuthServiceStub:
 
     Every call to quartet carries `authorization: Bearer <credential>` in its metadata, where the
     credential is an access token from Login (or RefreshToken) or an application's API key.
-    CreateAccount, Login and RefreshToken need no credential; health checks and reflection are open.
+    Each method's `quartet.api.v1.access` option says who may call it (CreateAccount, Login and
+    RefreshToken need no credential); health checks and reflection are open to anyone.
     """
 
     @_typing.overload
@@ -54,6 +55,8 @@ class AuthServiceStub:
     until its `retry_delay` has passed, the right password included; the delay grows with each
     further failure, up to a limit, and a successful login resets the email's count. The right
     password of a disabled account is UNAUTHENTICATED with reason ACCOUNT_DISABLED.
+    Logging in again issues another pair of tokens and changes nothing else, so the call is safe
+    to retry.
     """
     RefreshToken: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RefreshTokenRequest, _auth_service_pb2.TokenPair]
     """Exchanges a refresh token for a new pair. The refresh token is single-use: presenting it a
@@ -67,32 +70,32 @@ class AuthServiceStub:
     GetCurrentAccount: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.GetCurrentAccountRequest, _auth_service_pb2.Account]
     """Returns the caller's own account."""
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ListAccountsRequest, _auth_service_pb2.ListAccountsResponse]
-    """Lists accounts, oldest first. Admins only."""
+    """Lists accounts, oldest first."""
     SetAccountRole: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.SetAccountRoleRequest, _auth_service_pb2.Account]
-    """Changes an account's role. Admins only. Every call checks the role in the database (each
+    """Changes an account's role. Every call checks the role in the database (each
     server process caches an account's role and state for up to 10 seconds, and forgets it at
     once when the change goes through that process), so the change takes effect within 10
     seconds, whatever role its access tokens were issued with.
     """
     DisableAccount: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.DisableAccountRequest, _auth_service_pb2.Account]
-    """Disables an account (AIP-136 custom method). Admins only. From then on its access tokens,
-    refresh tokens and logins are refused with UNAUTHENTICATED, reason ACCOUNT_DISABLED, on every
+    """Disables an account (AIP-136 custom method). From then on its access tokens, refresh
+    tokens and logins are refused with UNAUTHENTICATED, reason ACCOUNT_DISABLED, on every
     method, within the same 10 seconds as SetAccountRole. Nothing is deleted: EnableAccount
     undoes it, and tokens not yet expired work again. Disabling a disabled account keeps its
     first disable_time. An admin may not disable their own account.
     """
     EnableAccount: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.EnableAccountRequest, _auth_service_pb2.Account]
-    """Enables a disabled account again (AIP-136 custom method). Admins only. Enabling an enabled
-    account changes nothing.
+    """Enables a disabled account again (AIP-136 custom method). Enabling an enabled account
+    changes nothing.
     """
     CreateApplication: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CreateApplicationRequest, _auth_service_pb2.CreateApplicationResponse]
-    """Registers an application (an event sender) and issues its first API key. Admins only."""
+    """Registers an application (an event sender) and issues its first API key."""
     ListApplications: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ListApplicationsRequest, _auth_service_pb2.ListApplicationsResponse]
-    """Lists applications with their keys (never the secrets), oldest first. Admins only."""
+    """Lists applications with their keys (never the secrets), oldest first."""
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CreateApiKeyRequest, _auth_service_pb2.CreateApiKeyResponse]
-    """Issues another API key for an application, for example to rotate keys. Admins only."""
+    """Issues another API key for an application, for example to rotate keys."""
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeApiKeyRequest, _auth_service_pb2.ApiKey]
-    """Revokes an API key. Admins only. The server process that handles this call refuses the key
+    """Revokes an API key. The server process that handles this call refuses the key
     from then on; the server's other worker processes, and other replicas, cache each key they
     checked for up to 10 seconds, so they may accept it for that long. Revoking a revoked key
     keeps its first revoke_time.
@@ -104,7 +107,8 @@ class AuthServiceAsyncStub(AuthServiceStub):
 
     Every call to quartet carries `authorization: Bearer <credential>` in its metadata, where the
     credential is an access token from Login (or RefreshToken) or an application's API key.
-    CreateAccount, Login and RefreshToken need no credential; health checks and reflection are open.
+    Each method's `quartet.api.v1.access` option says who may call it (CreateAccount, Login and
+    RefreshToken need no credential); health checks and reflection are open to anyone.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -124,6 +128,8 @@ class AuthServiceAsyncStub(AuthServiceStub):
     until its `retry_delay` has passed, the right password included; the delay grows with each
     further failure, up to a limit, and a successful login resets the email's count. The right
     password of a disabled account is UNAUTHENTICATED with reason ACCOUNT_DISABLED.
+    Logging in again issues another pair of tokens and changes nothing else, so the call is safe
+    to retry.
     """
     RefreshToken: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RefreshTokenRequest, _auth_service_pb2.TokenPair]  # type: ignore[assignment]
     """Exchanges a refresh token for a new pair. The refresh token is single-use: presenting it a
@@ -137,32 +143,32 @@ class AuthServiceAsyncStub(AuthServiceStub):
     GetCurrentAccount: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.GetCurrentAccountRequest, _auth_service_pb2.Account]  # type: ignore[assignment]
     """Returns the caller's own account."""
     ListAccounts: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ListAccountsRequest, _auth_service_pb2.ListAccountsResponse]  # type: ignore[assignment]
-    """Lists accounts, oldest first. Admins only."""
+    """Lists accounts, oldest first."""
     SetAccountRole: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.SetAccountRoleRequest, _auth_service_pb2.Account]  # type: ignore[assignment]
-    """Changes an account's role. Admins only. Every call checks the role in the database (each
+    """Changes an account's role. Every call checks the role in the database (each
     server process caches an account's role and state for up to 10 seconds, and forgets it at
     once when the change goes through that process), so the change takes effect within 10
     seconds, whatever role its access tokens were issued with.
     """
     DisableAccount: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.DisableAccountRequest, _auth_service_pb2.Account]  # type: ignore[assignment]
-    """Disables an account (AIP-136 custom method). Admins only. From then on its access tokens,
-    refresh tokens and logins are refused with UNAUTHENTICATED, reason ACCOUNT_DISABLED, on every
+    """Disables an account (AIP-136 custom method). From then on its access tokens, refresh
+    tokens and logins are refused with UNAUTHENTICATED, reason ACCOUNT_DISABLED, on every
     method, within the same 10 seconds as SetAccountRole. Nothing is deleted: EnableAccount
     undoes it, and tokens not yet expired work again. Disabling a disabled account keeps its
     first disable_time. An admin may not disable their own account.
     """
     EnableAccount: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.EnableAccountRequest, _auth_service_pb2.Account]  # type: ignore[assignment]
-    """Enables a disabled account again (AIP-136 custom method). Admins only. Enabling an enabled
-    account changes nothing.
+    """Enables a disabled account again (AIP-136 custom method). Enabling an enabled account
+    changes nothing.
     """
     CreateApplication: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CreateApplicationRequest, _auth_service_pb2.CreateApplicationResponse]  # type: ignore[assignment]
-    """Registers an application (an event sender) and issues its first API key. Admins only."""
+    """Registers an application (an event sender) and issues its first API key."""
     ListApplications: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ListApplicationsRequest, _auth_service_pb2.ListApplicationsResponse]  # type: ignore[assignment]
-    """Lists applications with their keys (never the secrets), oldest first. Admins only."""
+    """Lists applications with their keys (never the secrets), oldest first."""
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CreateApiKeyRequest, _auth_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
-    """Issues another API key for an application, for example to rotate keys. Admins only."""
+    """Issues another API key for an application, for example to rotate keys."""
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeApiKeyRequest, _auth_service_pb2.ApiKey]  # type: ignore[assignment]
-    """Revokes an API key. Admins only. The server process that handles this call refuses the key
+    """Revokes an API key. The server process that handles this call refuses the key
     from then on; the server's other worker processes, and other replicas, cache each key they
     checked for up to 10 seconds, so they may accept it for that long. Revoking a revoked key
     keeps its first revoke_time.
@@ -173,7 +179,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every call to quartet carries `authorization: Bearer <credential>` in its metadata, where the
     credential is an access token from Login (or RefreshToken) or an application's API key.
-    CreateAccount, Login and RefreshToken need no credential; health checks and reflection are open.
+    Each method's `quartet.api.v1.access` option says who may call it (CreateAccount, Login and
+    RefreshToken need no credential); health checks and reflection are open to anyone.
     """
 
     @_abc_1.abstractmethod
@@ -203,6 +210,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         until its `retry_delay` has passed, the right password included; the delay grows with each
         further failure, up to a limit, and a successful login resets the email's count. The right
         password of a disabled account is UNAUTHENTICATED with reason ACCOUNT_DISABLED.
+        Logging in again issues another pair of tokens and changes nothing else, so the call is safe
+        to retry.
         """
 
     @_abc_1.abstractmethod
@@ -234,7 +243,7 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.ListAccountsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.ListAccountsResponse, _abc.Awaitable[_auth_service_pb2.ListAccountsResponse]]:
-        """Lists accounts, oldest first. Admins only."""
+        """Lists accounts, oldest first."""
 
     @_abc_1.abstractmethod
     def SetAccountRole(
@@ -242,7 +251,7 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.SetAccountRoleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.Account, _abc.Awaitable[_auth_service_pb2.Account]]:
-        """Changes an account's role. Admins only. Every call checks the role in the database (each
+        """Changes an account's role. Every call checks the role in the database (each
         server process caches an account's role and state for up to 10 seconds, and forgets it at
         once when the change goes through that process), so the change takes effect within 10
         seconds, whatever role its access tokens were issued with.
@@ -254,8 +263,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.DisableAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.Account, _abc.Awaitable[_auth_service_pb2.Account]]:
-        """Disables an account (AIP-136 custom method). Admins only. From then on its access tokens,
-        refresh tokens and logins are refused with UNAUTHENTICATED, reason ACCOUNT_DISABLED, on every
+        """Disables an account (AIP-136 custom method). From then on its access tokens, refresh
+        tokens and logins are refused with UNAUTHENTICATED, reason ACCOUNT_DISABLED, on every
         method, within the same 10 seconds as SetAccountRole. Nothing is deleted: EnableAccount
         undoes it, and tokens not yet expired work again. Disabling a disabled account keeps its
         first disable_time. An admin may not disable their own account.
@@ -267,8 +276,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.EnableAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.Account, _abc.Awaitable[_auth_service_pb2.Account]]:
-        """Enables a disabled account again (AIP-136 custom method). Admins only. Enabling an enabled
-        account changes nothing.
+        """Enables a disabled account again (AIP-136 custom method). Enabling an enabled account
+        changes nothing.
         """
 
     @_abc_1.abstractmethod
@@ -277,7 +286,7 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.CreateApplicationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.CreateApplicationResponse, _abc.Awaitable[_auth_service_pb2.CreateApplicationResponse]]:
-        """Registers an application (an event sender) and issues its first API key. Admins only."""
+        """Registers an application (an event sender) and issues its first API key."""
 
     @_abc_1.abstractmethod
     def ListApplications(
@@ -285,7 +294,7 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.ListApplicationsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.ListApplicationsResponse, _abc.Awaitable[_auth_service_pb2.ListApplicationsResponse]]:
-        """Lists applications with their keys (never the secrets), oldest first. Admins only."""
+        """Lists applications with their keys (never the secrets), oldest first."""
 
     @_abc_1.abstractmethod
     def CreateApiKey(
@@ -293,7 +302,7 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.CreateApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.CreateApiKeyResponse, _abc.Awaitable[_auth_service_pb2.CreateApiKeyResponse]]:
-        """Issues another API key for an application, for example to rotate keys. Admins only."""
+        """Issues another API key for an application, for example to rotate keys."""
 
     @_abc_1.abstractmethod
     def RevokeApiKey(
@@ -301,7 +310,7 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.RevokeApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.ApiKey, _abc.Awaitable[_auth_service_pb2.ApiKey]]:
-        """Revokes an API key. Admins only. The server process that handles this call refuses the key
+        """Revokes an API key. The server process that handles this call refuses the key
         from then on; the server's other worker processes, and other replicas, cache each key they
         checked for up to 10 seconds, so they may accept it for that long. Revoking a revoked key
         keeps its first revoke_time.

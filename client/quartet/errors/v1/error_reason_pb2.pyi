@@ -54,7 +54,7 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The database could not be reached or used: it is down, restarting or unreachable, out of
     connections or disk, or its file cannot be opened. Sent with status UNAVAILABLE. The call's
     database work failed, so a call safe to repeat (a read, or a write with its idempotency key)
-    may be retried later; the SDK retries those itself, a few times.
+    may be retried later: its `idempotency_level` is NO_SIDE_EFFECTS or IDEMPOTENT.
     """
     LOGIN_THROTTLED: _ErrorReason.ValueType  # 14
     """Too many failed logins for this email, or too many failed logins and sign-ups from this
@@ -147,7 +147,7 @@ DATABASE_UNAVAILABLE: ErrorReason.ValueType  # 13
 """The database could not be reached or used: it is down, restarting or unreachable, out of
 connections or disk, or its file cannot be opened. Sent with status UNAVAILABLE. The call's
 database work failed, so a call safe to repeat (a read, or a write with its idempotency key)
-may be retried later; the SDK retries those itself, a few times.
+may be retried later: its `idempotency_level` is NO_SIDE_EFFECTS or IDEMPOTENT.
 """
 LOGIN_THROTTLED: ErrorReason.ValueType  # 14
 """Too many failed logins for this email, or too many failed logins and sign-ups from this

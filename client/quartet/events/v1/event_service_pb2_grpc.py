@@ -31,8 +31,7 @@ class EventServiceStub:
     An event is acknowledged only once it is durably stored: a successful reply means the event
     survives a crash of the server. Every event is validated against the JSON Schema registered for
     its type (category and name); an event that fails is not stored as an event but kept, with its
-    original payload and the reasons, among the rejected events. Sending is for applications (and
-    admins); reading is for analysts and admins.
+    original payload and the reasons, among the rejected events.
     """
 
     def __init__(self, channel):
@@ -89,8 +88,7 @@ class EventServiceServicer:
     An event is acknowledged only once it is durably stored: a successful reply means the event
     survives a crash of the server. Every event is validated against the JSON Schema registered for
     its type (category and name); an event that fails is not stored as an event but kept, with its
-    original payload and the reasons, among the rejected events. Sending is for applications (and
-    admins); reading is for analysts and admins.
+    original payload and the reasons, among the rejected events.
     """
 
     def SendEvent(self, request, context):
@@ -152,7 +150,8 @@ class EventServiceServicer:
 
     def CreateEventType(self, request, context):
         """Registers a JSON Schema for an event type, as a new version that validates every later
-        event of that type. Admins only.
+        event of that type. Each call stores a new version, even of the same schema, so the call is
+        not safe to retry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -222,8 +221,7 @@ class EventService:
     An event is acknowledged only once it is durably stored: a successful reply means the event
     survives a crash of the server. Every event is validated against the JSON Schema registered for
     its type (category and name); an event that fails is not stored as an event but kept, with its
-    original payload and the reasons, among the rejected events. Sending is for applications (and
-    admins); reading is for analysts and admins.
+    original payload and the reasons, among the rejected events.
     """
 
     @staticmethod

@@ -32,8 +32,7 @@ class EventServiceStub:
     An event is acknowledged only once it is durably stored: a successful reply means the event
     survives a crash of the server. Every event is validated against the JSON Schema registered for
     its type (category and name); an event that fails is not stored as an event but kept, with its
-    original payload and the reasons, among the rejected events. Sending is for applications (and
-    admins); reading is for analysts and admins.
+    original payload and the reasons, among the rejected events.
     """
 
     @_typing.overload
@@ -73,7 +72,8 @@ class EventServiceStub:
     """Lists rejected events, newest first, by reason, application and time of rejection."""
     CreateEventType: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.CreateEventTypeRequest, _event_service_pb2.EventType]
     """Registers a JSON Schema for an event type, as a new version that validates every later
-    event of that type. Admins only.
+    event of that type. Each call stores a new version, even of the same schema, so the call is
+    not safe to retry.
     """
     ListEventTypes: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.ListEventTypesRequest, _event_service_pb2.ListEventTypesResponse]
     """Lists the registered event types, each at its latest version."""
@@ -85,8 +85,7 @@ class EventServiceAsyncStub(EventServiceStub):
     An event is acknowledged only once it is durably stored: a successful reply means the event
     survives a crash of the server. Every event is validated against the JSON Schema registered for
     its type (category and name); an event that fails is not stored as an event but kept, with its
-    original payload and the reasons, among the rejected events. Sending is for applications (and
-    admins); reading is for analysts and admins.
+    original payload and the reasons, among the rejected events.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -123,7 +122,8 @@ class EventServiceAsyncStub(EventServiceStub):
     """Lists rejected events, newest first, by reason, application and time of rejection."""
     CreateEventType: _aio.UnaryUnaryMultiCallable[_event_service_pb2.CreateEventTypeRequest, _event_service_pb2.EventType]  # type: ignore[assignment]
     """Registers a JSON Schema for an event type, as a new version that validates every later
-    event of that type. Admins only.
+    event of that type. Each call stores a new version, even of the same schema, so the call is
+    not safe to retry.
     """
     ListEventTypes: _aio.UnaryUnaryMultiCallable[_event_service_pb2.ListEventTypesRequest, _event_service_pb2.ListEventTypesResponse]  # type: ignore[assignment]
     """Lists the registered event types, each at its latest version."""
@@ -134,8 +134,7 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     An event is acknowledged only once it is durably stored: a successful reply means the event
     survives a crash of the server. Every event is validated against the JSON Schema registered for
     its type (category and name); an event that fails is not stored as an event but kept, with its
-    original payload and the reasons, among the rejected events. Sending is for applications (and
-    admins); reading is for analysts and admins.
+    original payload and the reasons, among the rejected events.
     """
 
     @_abc_1.abstractmethod
@@ -212,7 +211,8 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_event_service_pb2.EventType, _abc.Awaitable[_event_service_pb2.EventType]]:
         """Registers a JSON Schema for an event type, as a new version that validates every later
-        event of that type. Admins only.
+        event of that type. Each call stores a new version, even of the same schema, so the call is
+        not safe to retry.
         """
 
     @_abc_1.abstractmethod

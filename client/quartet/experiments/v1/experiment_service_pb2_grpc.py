@@ -30,8 +30,6 @@ class ExperimentServiceStub:
     three CSV files) and reports on it: how many experiments each user ran, the average per user, and
     each user's most used compound. The data set's users are people in the experiment data, not
     quartet accounts.
-
-    Importing needs the admin role; reading needs the analyst role (admins may read too).
     """
 
     def __init__(self, channel):
@@ -72,8 +70,6 @@ class ExperimentServiceServicer:
     three CSV files) and reports on it: how many experiments each user ran, the average per user, and
     each user's most used compound. The data set's users are people in the experiment data, not
     quartet accounts.
-
-    Importing needs the admin role; reading needs the analyst role (admins may read too).
     """
 
     def ImportExperimentData(self, request_iterator, context):
@@ -165,8 +161,6 @@ class ExperimentService:
     three CSV files) and reports on it: how many experiments each user ran, the average per user, and
     each user's most used compound. The data set's users are people in the experiment data, not
     quartet accounts.
-
-    Importing needs the admin role; reading needs the analyst role (admins may read too).
     """
 
     @staticmethod

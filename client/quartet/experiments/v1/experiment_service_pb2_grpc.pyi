@@ -31,8 +31,6 @@ class ExperimentServiceStub:
     three CSV files) and reports on it: how many experiments each user ran, the average per user, and
     each user's most used compound. The data set's users are people in the experiment data, not
     quartet accounts.
-
-    Importing needs the admin role; reading needs the analyst role (admins may read too).
     """
 
     @_typing.overload
@@ -71,8 +69,6 @@ class ExperimentServiceAsyncStub(ExperimentServiceStub):
     three CSV files) and reports on it: how many experiments each user ran, the average per user, and
     each user's most used compound. The data set's users are people in the experiment data, not
     quartet accounts.
-
-    Importing needs the admin role; reading needs the analyst role (admins may read too).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -107,8 +103,6 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
     three CSV files) and reports on it: how many experiments each user ran, the average per user, and
     each user's most used compound. The data set's users are people in the experiment data, not
     quartet accounts.
-
-    Importing needs the admin role; reading needs the analyst role (admins may read too).
     """
 
     @_abc_1.abstractmethod

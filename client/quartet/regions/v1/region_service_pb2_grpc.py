@@ -33,7 +33,7 @@ class RegionServiceStub:
     The answers come from reference data shipped with quartet (an FSA to health region concordance
     on Statistics Canada's 2018 health regions, as the COVIDTrends project published it;
     docs/regions.md lists its source and every correction made to it). The data never changes while a server runs, so every
-    method answers from memory. Any signed-in account or application may call every method.
+    method answers from memory.
     """
 
     def __init__(self, channel):
@@ -87,7 +87,7 @@ class RegionServiceServicer:
     The answers come from reference data shipped with quartet (an FSA to health region concordance
     on Statistics Canada's 2018 health regions, as the COVIDTrends project published it;
     docs/regions.md lists its source and every correction made to it). The data never changes while a server runs, so every
-    method answers from memory. Any signed-in account or application may call every method.
+    method answers from memory.
     """
 
     def ListRegions(self, request, context):
@@ -198,7 +198,7 @@ class RegionService:
     The answers come from reference data shipped with quartet (an FSA to health region concordance
     on Statistics Canada's 2018 health regions, as the COVIDTrends project published it;
     docs/regions.md lists its source and every correction made to it). The data never changes while a server runs, so every
-    method answers from memory. Any signed-in account or application may call every method.
+    method answers from memory.
     """
 
     @staticmethod

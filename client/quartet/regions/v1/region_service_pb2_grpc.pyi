@@ -34,7 +34,7 @@ class RegionServiceStub:
     The answers come from reference data shipped with quartet (an FSA to health region concordance
     on Statistics Canada's 2018 health regions, as the COVIDTrends project published it;
     docs/regions.md lists its source and every correction made to it). The data never changes while a server runs, so every
-    method answers from memory. Any signed-in account or application may call every method.
+    method answers from memory.
     """
 
     @_typing.overload
@@ -72,7 +72,7 @@ class RegionServiceAsyncStub(RegionServiceStub):
     The answers come from reference data shipped with quartet (an FSA to health region concordance
     on Statistics Canada's 2018 health regions, as the COVIDTrends project published it;
     docs/regions.md lists its source and every correction made to it). The data never changes while a server runs, so every
-    method answers from memory. Any signed-in account or application may call every method.
+    method answers from memory.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -106,7 +106,7 @@ class RegionServiceServicer(metaclass=_abc_1.ABCMeta):
     The answers come from reference data shipped with quartet (an FSA to health region concordance
     on Statistics Canada's 2018 health regions, as the COVIDTrends project published it;
     docs/regions.md lists its source and every correction made to it). The data never changes while a server runs, so every
-    method answers from memory. Any signed-in account or application may call every method.
+    method answers from memory.
     """
 
     @_abc_1.abstractmethod

@@ -28,6 +28,8 @@ if _version_not_supported:
 class ScoreServiceStub:
     """ScoreService computes scores from input values, stores them with their owner and time, and lists
     them with the filters of the original admin view.
+
+    A user account reads only its own scores; analysts and admins read everyone's.
     """
 
     def __init__(self, channel):
@@ -56,13 +58,15 @@ class ScoreServiceStub:
 class ScoreServiceServicer:
     """ScoreService computes scores from input values, stores them with their owner and time, and lists
     them with the filters of the original admin view.
+
+    A user account reads only its own scores; analysts and admins read everyone's.
     """
 
     def CreateScore(self, request, context):
         """Computes the score of an input value, stores it and returns it.
 
         A retried call with the same `request_id` returns the score stored by the first call instead of
-        storing a second one, so the SDK retries this call safely.
+        storing a second one, so the call is safe to retry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +115,8 @@ def add_ScoreServiceServicer_to_server(servicer, server):
 class ScoreService:
     """ScoreService computes scores from input values, stores them with their owner and time, and lists
     them with the filters of the original admin view.
+
+    A user account reads only its own scores; analysts and admins read everyone's.
     """
 
     @staticmethod

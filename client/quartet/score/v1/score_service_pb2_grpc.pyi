@@ -29,6 +29,8 @@ GRPC_VERSION: str
 class ScoreServiceStub:
     """ScoreService computes scores from input values, stores them with their owner and time, and lists
     them with the filters of the original admin view.
+
+    A user account reads only its own scores; analysts and admins read everyone's.
     """
 
     @_typing.overload
@@ -39,7 +41,7 @@ class ScoreServiceStub:
     """Computes the score of an input value, stores it and returns it.
 
     A retried call with the same `request_id` returns the score stored by the first call instead of
-    storing a second one, so the SDK retries this call safely.
+    storing a second one, so the call is safe to retry.
     """
     GetScore: _grpc.UnaryUnaryMultiCallable[_score_service_pb2.GetScoreRequest, _score_service_pb2.Score]
     """Returns one stored score."""
@@ -50,6 +52,8 @@ class ScoreServiceStub:
 class ScoreServiceAsyncStub(ScoreServiceStub):
     """ScoreService computes scores from input values, stores them with their owner and time, and lists
     them with the filters of the original admin view.
+
+    A user account reads only its own scores; analysts and admins read everyone's.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -57,7 +61,7 @@ class ScoreServiceAsyncStub(ScoreServiceStub):
     """Computes the score of an input value, stores it and returns it.
 
     A retried call with the same `request_id` returns the score stored by the first call instead of
-    storing a second one, so the SDK retries this call safely.
+    storing a second one, so the call is safe to retry.
     """
     GetScore: _aio.UnaryUnaryMultiCallable[_score_service_pb2.GetScoreRequest, _score_service_pb2.Score]  # type: ignore[assignment]
     """Returns one stored score."""
@@ -67,6 +71,8 @@ class ScoreServiceAsyncStub(ScoreServiceStub):
 class ScoreServiceServicer(metaclass=_abc_1.ABCMeta):
     """ScoreService computes scores from input values, stores them with their owner and time, and lists
     them with the filters of the original admin view.
+
+    A user account reads only its own scores; analysts and admins read everyone's.
     """
 
     @_abc_1.abstractmethod
@@ -78,7 +84,7 @@ class ScoreServiceServicer(metaclass=_abc_1.ABCMeta):
         """Computes the score of an input value, stores it and returns it.
 
         A retried call with the same `request_id` returns the score stored by the first call instead of
-        storing a second one, so the SDK retries this call safely.
+        storing a second one, so the call is safe to retry.
         """
 
     @_abc_1.abstractmethod

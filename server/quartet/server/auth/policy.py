@@ -1,22 +1,27 @@
-"""Who may call what: the one table of method rules, and the caller of the current call."""
+"""Who may call what: the method rules the protos declare, and the caller of the current call."""
 
 from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass
 
+from quartet.api.v1 import access_pb2
+from quartet.auth.v1 import auth_service_pb2
+from quartet.client import contract
 from quartet.errors.v1 import error_reason_pb2
 from quartet.server.errors import PermissionDenied, Unauthenticated
 
-# What each kind of caller is allowed, by grant. Each account role includes the ones below it,
-# up to admin. Only applications send events, so that every event records the application that
-# sent it; an application may also read reference data, and nothing else.
-GRANTS: dict[str, frozenset[str]] = {
-    "user": frozenset({"user"}),
-    "analyst": frozenset({"user", "analyst"}),
-    "admin": frozenset({"user", "analyst", "admin"}),
-    "application": frozenset({"application"}),
-}
+
+def _grants() -> dict[str, frozenset[str]]:
+    """What each kind of caller is allowed, by grant: each account role holds its own grant and
+    those of the roles below it (in auth.v1.Role's order); an application holds its own only."""
+    role = auth_service_pb2.Role
+    names = [role.Name(n).removeprefix("ROLE_").lower() for n in sorted(role.values()) if n]
+    grants = {name: frozenset(names[: i + 1]) for i, name in enumerate(names)}
+    return {**grants, "application": frozenset({"application"})}
+
+
+GRANTS: dict[str, frozenset[str]] = _grants()
 
 
 @dataclass(frozen=True)
@@ -46,66 +51,43 @@ class Rule:
 
 
 OPEN = Rule(credentials="none")
-OPTIONAL = Rule(credentials="optional")
-USERS = Rule(frozenset({"user"}))
-ANALYSTS = Rule(frozenset({"analyst"}))
-ADMINS = Rule(frozenset({"admin"}))
-APPLICATIONS = Rule(
-    frozenset({"application"}),
-    hint="events are sent with an application's API key, so that the sender is recorded; "
-    "an admin creates one with CreateApplication",
+# A method whose proto declares no access is an oversight (a test fails on it): admins only.
+UNLISTED = Rule(frozenset({"admin"}))
+
+
+def rule_from(access: access_pb2.Access) -> Rule:
+    """The rule a method's `(quartet.api.v1.access)` option declares."""
+    credentials = access_pb2.Credentials.Name(access.credentials)
+    return Rule(
+        grants=frozenset(
+            access_pb2.Grant.Name(grant).removeprefix("GRANT_").lower() for grant in access.grants
+        ),
+        # Unspecified is the strictest: required.
+        credentials={"CREDENTIALS_OPTIONAL": "optional", "CREDENTIALS_NONE": "none"}.get(
+            credentials, "required"
+        ),
+        hint=access.hint,
+    )
+
+
+def _rules() -> dict[str, Rule]:
+    rules = {}
+    for method in contract.methods():
+        access = contract.access(method)
+        rules[contract.path(method)] = UNLISTED if access is None else rule_from(access)
+    return rules
+
+
+# Health checks and reflection are gRPC's own services, whose protos carry no quartet option:
+# they are open, as load balancers, orchestrators and tools such as grpcurl call them before
+# anyone signs in, and they reveal nothing a caller could not learn from the protos.
+GRPC_OPEN_METHODS = (
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 )
-SIGNED_IN = Rule(frozenset({"user", "application"}))
-
-RULES: dict[str, Rule] = {
-    "/grpc.health.v1.Health/Check": OPEN,
-    "/grpc.health.v1.Health/Watch": OPEN,
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": OPEN,
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": OPEN,
-    "/quartet.auth.v1.AuthService/CreateAccount": OPTIONAL,
-    "/quartet.auth.v1.AuthService/Login": OPEN,
-    "/quartet.auth.v1.AuthService/RefreshToken": OPEN,
-    "/quartet.auth.v1.AuthService/GetCurrentAccount": USERS,
-    "/quartet.auth.v1.AuthService/ListAccounts": ADMINS,
-    "/quartet.auth.v1.AuthService/SetAccountRole": ADMINS,
-    "/quartet.auth.v1.AuthService/DisableAccount": ADMINS,
-    "/quartet.auth.v1.AuthService/EnableAccount": ADMINS,
-    "/quartet.auth.v1.AuthService/CreateApplication": ADMINS,
-    "/quartet.auth.v1.AuthService/ListApplications": ADMINS,
-    "/quartet.auth.v1.AuthService/CreateApiKey": ADMINS,
-    "/quartet.auth.v1.AuthService/RevokeApiKey": ADMINS,
-    # Users compute and read their own scores; analysts and admins read everyone's (the servicer
-    # enforces ownership).
-    "/quartet.score.v1.ScoreService/CreateScore": USERS,
-    "/quartet.score.v1.ScoreService/GetScore": USERS,
-    "/quartet.score.v1.ScoreService/ListScores": USERS,
-    # Events are sent with an application's key, and read by analysts.
-    "/quartet.events.v1.EventService/SendEvent": APPLICATIONS,
-    "/quartet.events.v1.EventService/SendEvents": APPLICATIONS,
-    "/quartet.events.v1.EventService/StreamEvents": APPLICATIONS,
-    "/quartet.events.v1.EventService/GetEvent": ANALYSTS,
-    "/quartet.events.v1.EventService/ListEvents": ANALYSTS,
-    "/quartet.events.v1.EventService/ListRejectedEvents": ANALYSTS,
-    "/quartet.events.v1.EventService/CreateEventType": ADMINS,
-    "/quartet.events.v1.EventService/ListEventTypes": SIGNED_IN,
-    # Reference data: any signed-in account or application reads it.
-    "/quartet.regions.v1.RegionService/ListRegions": SIGNED_IN,
-    "/quartet.regions.v1.RegionService/ListProvinces": SIGNED_IN,
-    "/quartet.regions.v1.RegionService/GetProvince": SIGNED_IN,
-    "/quartet.regions.v1.RegionService/ListHealthRegions": SIGNED_IN,
-    "/quartet.regions.v1.RegionService/GetHealthRegion": SIGNED_IN,
-    "/quartet.regions.v1.RegionService/LookupFsa": SIGNED_IN,
-    "/quartet.regions.v1.RegionService/BatchLookupFsas": SIGNED_IN,
-    # Importing replaces the whole experiment data set; its report is for analysts.
-    "/quartet.experiments.v1.ExperimentService/ImportExperimentData": ADMINS,
-    "/quartet.experiments.v1.ExperimentService/GetExperimentReport": ANALYSTS,
-    "/quartet.experiments.v1.ExperimentService/ListUserReports": ANALYSTS,
-    "/quartet.experiments.v1.ExperimentService/GetUserReport": ANALYSTS,
-    "/quartet.experiments.v1.ExperimentService/ListExperiments": ANALYSTS,
-}
-
-# A method missing from RULES is an oversight; it is admins-only until someone decides.
-UNLISTED = ADMINS
+RULES: dict[str, Rule] = {**dict.fromkeys(GRPC_OPEN_METHODS, OPEN), **_rules()}
 
 _caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)
 

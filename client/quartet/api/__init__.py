@@ -1,0 +1,1 @@
+"""Generated from protos/quartet/api. Do not edit; run scripts/gen_protos.py."""
