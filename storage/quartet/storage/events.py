@@ -349,6 +349,21 @@ def rejected_query(
 
 def latest_event_types() -> list[EventType]:
     """Every event type at its latest version, ordered by category and name."""
+    return list(_latest_event_types_query())
+
+
+def list_event_types(*, limit: int, after: tuple[str, str] | None = None) -> list[EventType]:
+    """Up to limit event types at their latest version, ordered by category and name, after
+    the keyset position `after` (a category and name)."""
+    query = _latest_event_types_query()
+    if after is not None:
+        query = query.where(peewee.Tuple(EventType.category, EventType.name) > peewee.Tuple(*after))
+    return list(query.limit(limit))
+
+
+def _latest_event_types_query() -> peewee.ModelSelect[EventType]:
+    """The latest version of each event type, ordered by category and name: the unique index on
+    (category, name, version) serves both the grouping and the order."""
     latest = (
         EventType.select(
             EventType.category, EventType.name, peewee.fn.MAX(EventType.version).alias("v")
@@ -356,7 +371,7 @@ def latest_event_types() -> list[EventType]:
         .group_by(EventType.category, EventType.name)
         .alias("latest")
     )
-    return list(
+    return (
         EventType.select()
         .join(
             latest,

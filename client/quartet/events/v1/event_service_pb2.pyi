@@ -716,16 +716,25 @@ Global___CreateEventTypeRequest: _TypeAlias = CreateEventTypeRequest  # noqa: Y0
 
 @_typing.final
 class ListEventTypesRequest(_message.Message):
-    """ListEventTypesRequest asks for the registered event types."""
+    """ListEventTypesRequest paginates the registered event types."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """The maximum number of event types to return (default 50, at most 1000)."""
+    page_token: _builtins.str
+    """The `next_page_token` of a previous call."""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -733,23 +742,27 @@ Global___ListEventTypesRequest: _TypeAlias = ListEventTypesRequest  # noqa: Y015
 
 @_typing.final
 class ListEventTypesResponse(_message.Message):
-    """ListEventTypesResponse lists every event type at its latest version."""
+    """ListEventTypesResponse is one page of event types, each at its latest version."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """A token for the next page, or empty when this is the last page."""
     @_builtins.property
     def event_types(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventType]:
-        """The event types, ordered by category and name."""
+        """The event types of this page, ordered by category and then name."""
 
     def __init__(
         self,
         *,
         event_types: _abc.Iterable[Global___EventType] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_types", b"event_types"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_types", b"event_types", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -158,7 +158,8 @@ class EventServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListEventTypes(self, request, context):
-        """Lists the registered event types, each at its latest version.
+        """Lists the registered event types, each at its latest version, ordered by category and then
+        name.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -76,7 +76,9 @@ class EventServiceStub:
     not safe to retry.
     """
     ListEventTypes: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.ListEventTypesRequest, _event_service_pb2.ListEventTypesResponse]
-    """Lists the registered event types, each at its latest version."""
+    """Lists the registered event types, each at its latest version, ordered by category and then
+    name.
+    """
 
 @_typing.type_check_only
 class EventServiceAsyncStub(EventServiceStub):
@@ -126,7 +128,9 @@ class EventServiceAsyncStub(EventServiceStub):
     not safe to retry.
     """
     ListEventTypes: _aio.UnaryUnaryMultiCallable[_event_service_pb2.ListEventTypesRequest, _event_service_pb2.ListEventTypesResponse]  # type: ignore[assignment]
-    """Lists the registered event types, each at its latest version."""
+    """Lists the registered event types, each at its latest version, ordered by category and then
+    name.
+    """
 
 class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     """EventService collects analytics events from trusted applications ("The Eye").
@@ -221,6 +225,8 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _event_service_pb2.ListEventTypesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_event_service_pb2.ListEventTypesResponse, _abc.Awaitable[_event_service_pb2.ListEventTypesResponse]]:
-        """Lists the registered event types, each at its latest version."""
+        """Lists the registered event types, each at its latest version, ordered by category and then
+        name.
+        """
 
 def add_EventServiceServicer_to_server(servicer: EventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
