@@ -73,7 +73,7 @@ class Event(_message.Message):
     id: _builtins.str
     """A UUID identifying the event. Set it when sending, so that a retried send is recognised and
     stored once; the server generates one when it is empty. Any UUID is accepted; time-ordered
-    ones (version 7, as the SDK and the server make) are the cheapest to store.
+    ones (version 7, as the server makes) are the cheapest to store.
     """
     session_id: _builtins.str
     """Required. The UUID of the session the event belongs to, chosen by the application. Several
@@ -301,8 +301,8 @@ class StreamEventsRequest(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
-        """At most 1000 events, within the server's limit per batch (QUARTET_MAX_BATCH_BYTES, 8 MiB by
-        default). A message over either limit ends the stream with INVALID_ARGUMENT and a field
+        """At most 1000 events, within the server's limit on a batch's bytes (8 MiB by default, as
+        SendEvents answers it in "max_batch_bytes"). A message over either limit ends the stream with INVALID_ARGUMENT and a field
         violation on `messages[N].events` (N counting messages from 0); resend the events from
         there in smaller messages (ids make resending the earlier ones safe).
         """
