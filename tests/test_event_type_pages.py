@@ -6,12 +6,15 @@ import dataclasses
 from collections.abc import Callable
 
 import grpc
+import peewee
 import pytest
 
 from quartet.client import Client, QuartetError
 from quartet.server.settings import Settings
 from quartet.server.testing import running_server
+from quartet.storage import events
 from tests.conftest import Principal, mint_token
+from tests.test_events import assert_served_by_an_index
 
 SCHEMA = {"type": "object"}
 
@@ -134,3 +137,11 @@ def test_a_page_of_large_schemas_stops_at_the_byte_budget(
         assert [name for category, name in walked if category == "large"] == [
             f"type{n}" for n in range(8)
         ]
+
+
+@pytest.mark.parametrize("after", [None, ("page interaction", "cta click")], ids=str)
+def test_every_page_is_served_by_an_index(
+    db: peewee.Database, after: tuple[str, str] | None
+) -> None:
+    """No full scan of the versions and no sort: a page reads from its position on."""
+    assert_served_by_an_index(db, events.event_types_query(after=after).limit(50))
