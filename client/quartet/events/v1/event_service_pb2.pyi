@@ -429,7 +429,10 @@ class ListEventsRequest(_message.Message):
     OCCUR_TIME_END_FIELD_NUMBER: _builtins.int
     NEWEST_FIRST_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of events to return (default 50, at most 1000)."""
+    """The maximum number of events to return (default 50, at most 1000). A page stops
+    sooner when its size in bytes reaches the server's limit (2 MiB by default), so it may hold
+    fewer even when more follow: go on while `next_page_token` is set.
+    """
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same filters."""
     session_id: _builtins.str
@@ -577,7 +580,10 @@ class ListRejectedEventsRequest(_message.Message):
     REJECT_TIME_START_FIELD_NUMBER: _builtins.int
     REJECT_TIME_END_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of rejected events to return (default 50, at most 1000)."""
+    """The maximum number of rejected events to return (default 50, at most 1000). A page stops
+    sooner when its size in bytes reaches the server's limit (2 MiB by default), so it may hold
+    fewer even when more follow: go on while `next_page_token` is set.
+    """
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same filters."""
     reason: _builtins.str
@@ -723,7 +729,10 @@ class ListEventTypesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of event types to return (default 50, at most 1000)."""
+    """The maximum number of event types to return (default 50, at most 1000). A page stops
+    sooner when its size in bytes reaches the server's limit (2 MiB by default), so it may hold
+    fewer even when more follow: go on while `next_page_token` is set.
+    """
     page_token: _builtins.str
     """The `next_page_token` of a previous call."""
     def __init__(
