@@ -884,7 +884,7 @@ VIDEO = {
 
 
 def test_seed_types_are_registered(app: Client) -> None:
-    types = app.events.list_types()
+    types = list(app.events.iter_types())
     assert [(t.category, t.name, t.version) for t in types] == [
         ("form interaction", "submit", 1),
         ("page interaction", "cta click", 1),
@@ -979,7 +979,7 @@ def test_concurrent_registrations_each_get_their_own_version(client: Client, app
         thread.join()
     assert failures == []
     assert sorted(versions) == list(range(1, 19))
-    (play,) = [t for t in client.events.list_types() if t.category == "video"]
+    (play,) = [t for t in client.events.iter_types() if t.category == "video"]
     assert play.version == 18
     # The server validates with the latest version, whichever registration finished last.
     sent = app.events.send(pageview(category="video", name="play", data={"video_id": "v"}))
@@ -1019,7 +1019,7 @@ def test_event_types_file_registers_at_start(
     token = mint_token(admin.id, "admin")
     for _ in range(2):  # the second start finds the same schema and registers nothing
         with running_server(with_file) as target, Client(target, token=token) as client:
-            types = {(t.category, t.name): t.version for t in client.events.list_types()}
+            types = {(t.category, t.name): t.version for t in client.events.iter_types()}
             assert types[("video", "play")] == 1
 
 

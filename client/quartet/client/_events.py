@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import collections
 import dataclasses
 import datetime
@@ -256,10 +255,19 @@ class Events:
         request = pb.CreateEventTypeRequest(category=category, name=name, schema=document)
         return self._transport.invoke(self._stub.CreateEventType, request, timeout)
 
-    def list_types(self, *, timeout: float | None = None) -> builtins.list[pb.EventType]:
-        """Every event type at its latest version."""
-        request = pb.ListEventTypesRequest()
-        return list(self._transport.invoke(self._stub.ListEventTypes, request, timeout).event_types)
+    def list_types(
+        self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> pb.ListEventTypesResponse:
+        """One page of event types, each at its latest version, by category and then name."""
+        request = pb.ListEventTypesRequest(page_size=page_size, page_token=page_token)
+        return self._transport.invoke(self._stub.ListEventTypes, request, timeout)
+
+    def iter_types(self, *, page_size: int = 0) -> Iterator[pb.EventType]:
+        """Every event type at its latest version, fetching page after page."""
+        return pages(
+            lambda token: self.list_types(page_size=page_size, page_token=token),
+            lambda page: page.event_types,
+        )
 
 
 @dataclasses.dataclass

@@ -349,25 +349,33 @@ def rejected_query(
 
 def latest_event_types() -> list[EventType]:
     """Every event type at its latest version, ordered by category and name."""
-    latest = (
-        EventType.select(
-            EventType.category, EventType.name, peewee.fn.MAX(EventType.version).alias("v")
+    return list(event_types_query())
+
+
+def list_event_types(*, limit: int, after: tuple[str, str] | None = None) -> list[EventType]:
+    """Up to limit event types at their latest version; see event_types_query."""
+    return list(event_types_query(after=after).limit(limit))
+
+
+def event_types_query(*, after: tuple[str, str] | None = None) -> peewee.ModelSelect[EventType]:
+    """The latest version of each event type, ordered by category and name, after the keyset
+    position `after` (a category and name). The versions are read in the order of the unique
+    index on (category, name, version), keeping each that no later version follows, so that a
+    page reads from its position on and sorts nothing (tests/test_event_type_pages.py checks the
+    plans); a join with the grouped maximum would be sorted whole for each page on SQLite."""
+    newer = EventType.alias("newer")
+    query = EventType.select().where(
+        ~peewee.fn.EXISTS(
+            newer.select(newer.id).where(
+                (newer.category == EventType.category)
+                & (newer.name == EventType.name)
+                & (newer.version > EventType.version)
+            )
         )
-        .group_by(EventType.category, EventType.name)
-        .alias("latest")
     )
-    return list(
-        EventType.select()
-        .join(
-            latest,
-            on=(
-                (EventType.category == latest.c.category)
-                & (EventType.name == latest.c.name)
-                & (EventType.version == latest.c.v)
-            ),
-        )
-        .order_by(EventType.category, EventType.name)
-    )
+    if after is not None:
+        query = query.where(peewee.Tuple(EventType.category, EventType.name) > peewee.Tuple(*after))
+    return query.order_by(EventType.category, EventType.name)
 
 
 # Concurrent registrations of one type that all lose the race, one after the other, this often.

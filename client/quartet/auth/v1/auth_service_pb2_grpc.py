@@ -112,9 +112,9 @@ class AuthServiceServicer:
     """
 
     def CreateAccount(self, request, context):
-        """Creates an account. Anyone may create a `ROLE_USER` account while self sign-up is open
-        (QUARTET_SIGNUP, open by default in development, closed in production); when it is closed,
-        only an admin may create accounts, and others get PERMISSION_DENIED (reason SIGNUP_CLOSED).
+        """Creates an account. Anyone may create a `ROLE_USER` account on a server whose self sign-up
+        is open; where it is closed, only an admin may create accounts, and others get
+        PERMISSION_DENIED (reason SIGNUP_CLOSED).
         Other roles always need an admin's credential. Returns the account and a first pair of tokens.
         A taken email is ALREADY_EXISTS; such answers count as failures of the client's address, as
         failed logins do (see Login), so that nobody can test many emails quickly.
@@ -143,7 +143,7 @@ class AuthServiceServicer:
         second time (or twice at once) means it leaked, so the call fails with CREDENTIALS_REVOKED and
         every refresh token of the same login is revoked, the one the first exchange returned
         included. Access tokens already issued to that login are not revoked: each stays valid until
-        it expires (at most QUARTET_ACCESS_TOKEN_MINUTES, 15 by default, after it was issued).
+        its `access_token_expire_time`.
         A disabled account's refresh token is refused (ACCOUNT_DISABLED), and so is that of an
         account that no longer exists (ACCOUNT_NOT_FOUND).
         """
@@ -166,10 +166,8 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetAccountRole(self, request, context):
-        """Changes an account's role. Every call checks the role in the database (each
-        server process caches an account's role and state for up to 10 seconds, and forgets it at
-        once when the change goes through that process), so the change takes effect within 10
-        seconds, whatever role its access tokens were issued with.
+        """Changes an account's role. Calls are admitted by the account's current role, whatever role
+        its access tokens were issued with: the change applies to every call within 10 seconds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -216,9 +214,8 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeApiKey(self, request, context):
-        """Revokes an API key. The server process that handles this call refuses the key
-        from then on; the server's other worker processes, and other replicas, cache each key they
-        checked for up to 10 seconds, so they may accept it for that long. Revoking a revoked key
+        """Revokes an API key. Calls with the key are refused within 10 seconds (UNAUTHENTICATED,
+        reason CREDENTIALS_REVOKED); until then some may still be accepted. Revoking a revoked key
         keeps its first revoke_time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

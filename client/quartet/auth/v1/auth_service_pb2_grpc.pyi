@@ -40,9 +40,9 @@ class AuthServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuthServiceAsyncStub: ...
     CreateAccount: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CreateAccountRequest, _auth_service_pb2.CreateAccountResponse]
-    """Creates an account. Anyone may create a `ROLE_USER` account while self sign-up is open
-    (QUARTET_SIGNUP, open by default in development, closed in production); when it is closed,
-    only an admin may create accounts, and others get PERMISSION_DENIED (reason SIGNUP_CLOSED).
+    """Creates an account. Anyone may create a `ROLE_USER` account on a server whose self sign-up
+    is open; where it is closed, only an admin may create accounts, and others get
+    PERMISSION_DENIED (reason SIGNUP_CLOSED).
     Other roles always need an admin's credential. Returns the account and a first pair of tokens.
     A taken email is ALREADY_EXISTS; such answers count as failures of the client's address, as
     failed logins do (see Login), so that nobody can test many emails quickly.
@@ -63,7 +63,7 @@ class AuthServiceStub:
     second time (or twice at once) means it leaked, so the call fails with CREDENTIALS_REVOKED and
     every refresh token of the same login is revoked, the one the first exchange returned
     included. Access tokens already issued to that login are not revoked: each stays valid until
-    it expires (at most QUARTET_ACCESS_TOKEN_MINUTES, 15 by default, after it was issued).
+    its `access_token_expire_time`.
     A disabled account's refresh token is refused (ACCOUNT_DISABLED), and so is that of an
     account that no longer exists (ACCOUNT_NOT_FOUND).
     """
@@ -72,10 +72,8 @@ class AuthServiceStub:
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ListAccountsRequest, _auth_service_pb2.ListAccountsResponse]
     """Lists accounts, oldest first."""
     SetAccountRole: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.SetAccountRoleRequest, _auth_service_pb2.Account]
-    """Changes an account's role. Every call checks the role in the database (each
-    server process caches an account's role and state for up to 10 seconds, and forgets it at
-    once when the change goes through that process), so the change takes effect within 10
-    seconds, whatever role its access tokens were issued with.
+    """Changes an account's role. Calls are admitted by the account's current role, whatever role
+    its access tokens were issued with: the change applies to every call within 10 seconds.
     """
     DisableAccount: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.DisableAccountRequest, _auth_service_pb2.Account]
     """Disables an account (AIP-136 custom method). From then on its access tokens, refresh
@@ -95,9 +93,8 @@ class AuthServiceStub:
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CreateApiKeyRequest, _auth_service_pb2.CreateApiKeyResponse]
     """Issues another API key for an application, for example to rotate keys."""
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeApiKeyRequest, _auth_service_pb2.ApiKey]
-    """Revokes an API key. The server process that handles this call refuses the key
-    from then on; the server's other worker processes, and other replicas, cache each key they
-    checked for up to 10 seconds, so they may accept it for that long. Revoking a revoked key
+    """Revokes an API key. Calls with the key are refused within 10 seconds (UNAUTHENTICATED,
+    reason CREDENTIALS_REVOKED); until then some may still be accepted. Revoking a revoked key
     keeps its first revoke_time.
     """
 
@@ -113,9 +110,9 @@ class AuthServiceAsyncStub(AuthServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateAccount: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CreateAccountRequest, _auth_service_pb2.CreateAccountResponse]  # type: ignore[assignment]
-    """Creates an account. Anyone may create a `ROLE_USER` account while self sign-up is open
-    (QUARTET_SIGNUP, open by default in development, closed in production); when it is closed,
-    only an admin may create accounts, and others get PERMISSION_DENIED (reason SIGNUP_CLOSED).
+    """Creates an account. Anyone may create a `ROLE_USER` account on a server whose self sign-up
+    is open; where it is closed, only an admin may create accounts, and others get
+    PERMISSION_DENIED (reason SIGNUP_CLOSED).
     Other roles always need an admin's credential. Returns the account and a first pair of tokens.
     A taken email is ALREADY_EXISTS; such answers count as failures of the client's address, as
     failed logins do (see Login), so that nobody can test many emails quickly.
@@ -136,7 +133,7 @@ class AuthServiceAsyncStub(AuthServiceStub):
     second time (or twice at once) means it leaked, so the call fails with CREDENTIALS_REVOKED and
     every refresh token of the same login is revoked, the one the first exchange returned
     included. Access tokens already issued to that login are not revoked: each stays valid until
-    it expires (at most QUARTET_ACCESS_TOKEN_MINUTES, 15 by default, after it was issued).
+    its `access_token_expire_time`.
     A disabled account's refresh token is refused (ACCOUNT_DISABLED), and so is that of an
     account that no longer exists (ACCOUNT_NOT_FOUND).
     """
@@ -145,10 +142,8 @@ class AuthServiceAsyncStub(AuthServiceStub):
     ListAccounts: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ListAccountsRequest, _auth_service_pb2.ListAccountsResponse]  # type: ignore[assignment]
     """Lists accounts, oldest first."""
     SetAccountRole: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.SetAccountRoleRequest, _auth_service_pb2.Account]  # type: ignore[assignment]
-    """Changes an account's role. Every call checks the role in the database (each
-    server process caches an account's role and state for up to 10 seconds, and forgets it at
-    once when the change goes through that process), so the change takes effect within 10
-    seconds, whatever role its access tokens were issued with.
+    """Changes an account's role. Calls are admitted by the account's current role, whatever role
+    its access tokens were issued with: the change applies to every call within 10 seconds.
     """
     DisableAccount: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.DisableAccountRequest, _auth_service_pb2.Account]  # type: ignore[assignment]
     """Disables an account (AIP-136 custom method). From then on its access tokens, refresh
@@ -168,9 +163,8 @@ class AuthServiceAsyncStub(AuthServiceStub):
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CreateApiKeyRequest, _auth_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
     """Issues another API key for an application, for example to rotate keys."""
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeApiKeyRequest, _auth_service_pb2.ApiKey]  # type: ignore[assignment]
-    """Revokes an API key. The server process that handles this call refuses the key
-    from then on; the server's other worker processes, and other replicas, cache each key they
-    checked for up to 10 seconds, so they may accept it for that long. Revoking a revoked key
+    """Revokes an API key. Calls with the key are refused within 10 seconds (UNAUTHENTICATED,
+    reason CREDENTIALS_REVOKED); until then some may still be accepted. Revoking a revoked key
     keeps its first revoke_time.
     """
 
@@ -189,9 +183,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.CreateAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.CreateAccountResponse, _abc.Awaitable[_auth_service_pb2.CreateAccountResponse]]:
-        """Creates an account. Anyone may create a `ROLE_USER` account while self sign-up is open
-        (QUARTET_SIGNUP, open by default in development, closed in production); when it is closed,
-        only an admin may create accounts, and others get PERMISSION_DENIED (reason SIGNUP_CLOSED).
+        """Creates an account. Anyone may create a `ROLE_USER` account on a server whose self sign-up
+        is open; where it is closed, only an admin may create accounts, and others get
+        PERMISSION_DENIED (reason SIGNUP_CLOSED).
         Other roles always need an admin's credential. Returns the account and a first pair of tokens.
         A taken email is ALREADY_EXISTS; such answers count as failures of the client's address, as
         failed logins do (see Login), so that nobody can test many emails quickly.
@@ -224,7 +218,7 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         second time (or twice at once) means it leaked, so the call fails with CREDENTIALS_REVOKED and
         every refresh token of the same login is revoked, the one the first exchange returned
         included. Access tokens already issued to that login are not revoked: each stays valid until
-        it expires (at most QUARTET_ACCESS_TOKEN_MINUTES, 15 by default, after it was issued).
+        its `access_token_expire_time`.
         A disabled account's refresh token is refused (ACCOUNT_DISABLED), and so is that of an
         account that no longer exists (ACCOUNT_NOT_FOUND).
         """
@@ -251,10 +245,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.SetAccountRoleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.Account, _abc.Awaitable[_auth_service_pb2.Account]]:
-        """Changes an account's role. Every call checks the role in the database (each
-        server process caches an account's role and state for up to 10 seconds, and forgets it at
-        once when the change goes through that process), so the change takes effect within 10
-        seconds, whatever role its access tokens were issued with.
+        """Changes an account's role. Calls are admitted by the account's current role, whatever role
+        its access tokens were issued with: the change applies to every call within 10 seconds.
         """
 
     @_abc_1.abstractmethod
@@ -310,9 +302,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.RevokeApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.ApiKey, _abc.Awaitable[_auth_service_pb2.ApiKey]]:
-        """Revokes an API key. The server process that handles this call refuses the key
-        from then on; the server's other worker processes, and other replicas, cache each key they
-        checked for up to 10 seconds, so they may accept it for that long. Revoking a revoked key
+        """Revokes an API key. Calls with the key are refused within 10 seconds (UNAUTHENTICATED,
+        reason CREDENTIALS_REVOKED); until then some may still be accepted. Revoking a revoked key
         keeps its first revoke_time.
         """
 

@@ -69,9 +69,7 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ACCOUNT_NOT_FOUND: _ErrorReason.ValueType  # 16
     """The account a token was issued to no longer exists."""
     SIGNUP_CLOSED: _ErrorReason.ValueType  # 17
-    """Self sign-up is closed on this server (QUARTET_SIGNUP=closed): only an administrator may
-    create accounts.
-    """
+    """Self sign-up is closed on this server: only an administrator may create accounts."""
     REQUEST_UNDECODABLE: _ErrorReason.ValueType  # 18
     """The request's bytes are not a valid protobuf encoding of the method's request message (a client
     built for another version of the API, or a corrupted or hand-made message). Sent with status
@@ -83,7 +81,7 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     EVENT_TYPE_UNKNOWN: _ErrorReason.ValueType  # 21
     """No schema is registered for the event's category and name, and the server rejects events of
-    unknown types (QUARTET_UNKNOWN_EVENT_TYPES=reject, the default).
+    unknown types (as it does unless configured otherwise).
     """
     EVENT_PAYLOAD_INVALID: _ErrorReason.ValueType  # 22
     """The event's data does not satisfy its type's JSON Schema."""
@@ -162,9 +160,7 @@ administrator enables it again.
 ACCOUNT_NOT_FOUND: ErrorReason.ValueType  # 16
 """The account a token was issued to no longer exists."""
 SIGNUP_CLOSED: ErrorReason.ValueType  # 17
-"""Self sign-up is closed on this server (QUARTET_SIGNUP=closed): only an administrator may
-create accounts.
-"""
+"""Self sign-up is closed on this server: only an administrator may create accounts."""
 REQUEST_UNDECODABLE: ErrorReason.ValueType  # 18
 """The request's bytes are not a valid protobuf encoding of the method's request message (a client
 built for another version of the API, or a corrupted or hand-made message). Sent with status
@@ -176,7 +172,7 @@ carries its own reason.
 """
 EVENT_TYPE_UNKNOWN: ErrorReason.ValueType  # 21
 """No schema is registered for the event's category and name, and the server rejects events of
-unknown types (QUARTET_UNKNOWN_EVENT_TYPES=reject, the default).
+unknown types (as it does unless configured otherwise).
 """
 EVENT_PAYLOAD_INVALID: ErrorReason.ValueType  # 22
 """The event's data does not satisfy its type's JSON Schema."""

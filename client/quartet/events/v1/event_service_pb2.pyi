@@ -73,7 +73,7 @@ class Event(_message.Message):
     id: _builtins.str
     """A UUID identifying the event. Set it when sending, so that a retried send is recognised and
     stored once; the server generates one when it is empty. Any UUID is accepted; time-ordered
-    ones (version 7, as the SDK and the server make) are the cheapest to store.
+    ones (version 7, as the server makes) are the cheapest to store.
     """
     session_id: _builtins.str
     """Required. The UUID of the session the event belongs to, chosen by the application. Several
@@ -301,8 +301,8 @@ class StreamEventsRequest(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
-        """At most 1000 events, within the server's limit per batch (QUARTET_MAX_BATCH_BYTES, 8 MiB by
-        default). A message over either limit ends the stream with INVALID_ARGUMENT and a field
+        """At most 1000 events, within the server's limit on a batch's bytes (8 MiB by default, as
+        SendEvents answers it in "max_batch_bytes"). A message over either limit ends the stream with INVALID_ARGUMENT and a field
         violation on `messages[N].events` (N counting messages from 0); resend the events from
         there in smaller messages (ids make resending the earlier ones safe).
         """
@@ -429,7 +429,10 @@ class ListEventsRequest(_message.Message):
     OCCUR_TIME_END_FIELD_NUMBER: _builtins.int
     NEWEST_FIRST_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of events to return (default 50, at most 1000)."""
+    """The maximum number of events to return (default 50, at most 1000). A page stops
+    sooner when its size in bytes reaches the server's limit (2 MiB by default), so it may hold
+    fewer even when more follow: go on while `next_page_token` is set.
+    """
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same filters."""
     session_id: _builtins.str
@@ -577,7 +580,10 @@ class ListRejectedEventsRequest(_message.Message):
     REJECT_TIME_START_FIELD_NUMBER: _builtins.int
     REJECT_TIME_END_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of rejected events to return (default 50, at most 1000)."""
+    """The maximum number of rejected events to return (default 50, at most 1000). A page stops
+    sooner when its size in bytes reaches the server's limit (2 MiB by default), so it may hold
+    fewer even when more follow: go on while `next_page_token` is set.
+    """
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same filters."""
     reason: _builtins.str
@@ -716,16 +722,28 @@ Global___CreateEventTypeRequest: _TypeAlias = CreateEventTypeRequest  # noqa: Y0
 
 @_typing.final
 class ListEventTypesRequest(_message.Message):
-    """ListEventTypesRequest asks for the registered event types."""
+    """ListEventTypesRequest paginates the registered event types."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """The maximum number of event types to return (default 50, at most 1000). A page stops
+    sooner when its size in bytes reaches the server's limit (2 MiB by default), so it may hold
+    fewer even when more follow: go on while `next_page_token` is set.
+    """
+    page_token: _builtins.str
+    """The `next_page_token` of a previous call."""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -733,23 +751,27 @@ Global___ListEventTypesRequest: _TypeAlias = ListEventTypesRequest  # noqa: Y015
 
 @_typing.final
 class ListEventTypesResponse(_message.Message):
-    """ListEventTypesResponse lists every event type at its latest version."""
+    """ListEventTypesResponse is one page of event types, each at its latest version."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """A token for the next page, or empty when this is the last page."""
     @_builtins.property
     def event_types(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventType]:
-        """The event types, ordered by category and name."""
+        """The event types of this page, ordered by category and then name."""
 
     def __init__(
         self,
         *,
         event_types: _abc.Iterable[Global___EventType] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_types", b"event_types"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_types", b"event_types", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -108,8 +108,8 @@ class EventServiceServicer:
         """Sends a batch of events (at most 1000). Each event is stored or rejected on its own: the
         reply lists one result per event, in order. The call fails as a whole only when the batch
         itself is invalid: no events or more than 1000 (INVALID_ARGUMENT, reason FIELD_INVALID), or
-        too large, over the server's limit per batch (QUARTET_MAX_BATCH_BYTES, 8 MiB by default:
-        INVALID_ARGUMENT, reason LIMIT_EXCEEDED, the limit in the metadata's "max_batch_bytes").
+        too large, over the server's limit on a batch's bytes (8 MiB by default: INVALID_ARGUMENT,
+        reason LIMIT_EXCEEDED, the server's limit in the metadata's "max_batch_bytes").
         Either way a field violation names `events`. A message over the server's message size
         limit (16 MiB by default) is refused by gRPC itself: RESOURCE_EXHAUSTED, without details.
         """
@@ -158,7 +158,8 @@ class EventServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListEventTypes(self, request, context):
-        """Lists the registered event types, each at its latest version.
+        """Lists the registered event types, each at its latest version, ordered by category and then
+        name.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

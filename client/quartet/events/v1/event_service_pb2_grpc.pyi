@@ -52,8 +52,8 @@ class EventServiceStub:
     """Sends a batch of events (at most 1000). Each event is stored or rejected on its own: the
     reply lists one result per event, in order. The call fails as a whole only when the batch
     itself is invalid: no events or more than 1000 (INVALID_ARGUMENT, reason FIELD_INVALID), or
-    too large, over the server's limit per batch (QUARTET_MAX_BATCH_BYTES, 8 MiB by default:
-    INVALID_ARGUMENT, reason LIMIT_EXCEEDED, the limit in the metadata's "max_batch_bytes").
+    too large, over the server's limit on a batch's bytes (8 MiB by default: INVALID_ARGUMENT,
+    reason LIMIT_EXCEEDED, the server's limit in the metadata's "max_batch_bytes").
     Either way a field violation names `events`. A message over the server's message size
     limit (16 MiB by default) is refused by gRPC itself: RESOURCE_EXHAUSTED, without details.
     """
@@ -76,7 +76,9 @@ class EventServiceStub:
     not safe to retry.
     """
     ListEventTypes: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.ListEventTypesRequest, _event_service_pb2.ListEventTypesResponse]
-    """Lists the registered event types, each at its latest version."""
+    """Lists the registered event types, each at its latest version, ordered by category and then
+    name.
+    """
 
 @_typing.type_check_only
 class EventServiceAsyncStub(EventServiceStub):
@@ -102,8 +104,8 @@ class EventServiceAsyncStub(EventServiceStub):
     """Sends a batch of events (at most 1000). Each event is stored or rejected on its own: the
     reply lists one result per event, in order. The call fails as a whole only when the batch
     itself is invalid: no events or more than 1000 (INVALID_ARGUMENT, reason FIELD_INVALID), or
-    too large, over the server's limit per batch (QUARTET_MAX_BATCH_BYTES, 8 MiB by default:
-    INVALID_ARGUMENT, reason LIMIT_EXCEEDED, the limit in the metadata's "max_batch_bytes").
+    too large, over the server's limit on a batch's bytes (8 MiB by default: INVALID_ARGUMENT,
+    reason LIMIT_EXCEEDED, the server's limit in the metadata's "max_batch_bytes").
     Either way a field violation names `events`. A message over the server's message size
     limit (16 MiB by default) is refused by gRPC itself: RESOURCE_EXHAUSTED, without details.
     """
@@ -126,7 +128,9 @@ class EventServiceAsyncStub(EventServiceStub):
     not safe to retry.
     """
     ListEventTypes: _aio.UnaryUnaryMultiCallable[_event_service_pb2.ListEventTypesRequest, _event_service_pb2.ListEventTypesResponse]  # type: ignore[assignment]
-    """Lists the registered event types, each at its latest version."""
+    """Lists the registered event types, each at its latest version, ordered by category and then
+    name.
+    """
 
 class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     """EventService collects analytics events from trusted applications ("The Eye").
@@ -161,8 +165,8 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         """Sends a batch of events (at most 1000). Each event is stored or rejected on its own: the
         reply lists one result per event, in order. The call fails as a whole only when the batch
         itself is invalid: no events or more than 1000 (INVALID_ARGUMENT, reason FIELD_INVALID), or
-        too large, over the server's limit per batch (QUARTET_MAX_BATCH_BYTES, 8 MiB by default:
-        INVALID_ARGUMENT, reason LIMIT_EXCEEDED, the limit in the metadata's "max_batch_bytes").
+        too large, over the server's limit on a batch's bytes (8 MiB by default: INVALID_ARGUMENT,
+        reason LIMIT_EXCEEDED, the server's limit in the metadata's "max_batch_bytes").
         Either way a field violation names `events`. A message over the server's message size
         limit (16 MiB by default) is refused by gRPC itself: RESOURCE_EXHAUSTED, without details.
         """
@@ -221,6 +225,8 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _event_service_pb2.ListEventTypesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_event_service_pb2.ListEventTypesResponse, _abc.Awaitable[_event_service_pb2.ListEventTypesResponse]]:
-        """Lists the registered event types, each at its latest version."""
+        """Lists the registered event types, each at its latest version, ordered by category and then
+        name.
+        """
 
 def add_EventServiceServicer_to_server(servicer: EventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

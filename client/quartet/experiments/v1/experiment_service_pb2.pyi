@@ -116,13 +116,14 @@ class ImportExperimentDataRequest(_message.Message):
     """
     data: _builtins.bytes
     """The next bytes of the file, UTF-8 (ASCII is fine); chunks may split lines, and even characters,
-    anywhere. Keep each request under 4 MiB (gRPC's default message limit); the SDK sends 256 KiB.
+    anywhere. Keep each request under the server's message size limit (16 MiB by default); chunks
+    of a few hundred KiB keep the progress messages frequent.
     A request with no bytes still counts as sending the file, so an empty file is one empty chunk.
     """
     allow_empty: _builtins.bool
     """Allow an import whose three files hold no rows at all, which empties the stored data set.
     Without it such an import is rejected (IMPORT_FILES_INVALID), as a mistake is likelier than
-    the wish to delete everything. Set on any request of the stream (the SDK sets it on each).
+    the wish to delete everything. Set it on any request of the stream.
     """
     def __init__(
         self,

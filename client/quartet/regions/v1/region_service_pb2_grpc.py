@@ -32,8 +32,8 @@ class RegionServiceStub:
 
     The answers come from reference data shipped with quartet (an FSA to health region concordance
     on Statistics Canada's 2018 health regions, as the COVIDTrends project published it;
-    docs/regions.md lists its source and every correction made to it). The data never changes while a server runs, so every
-    method answers from memory.
+    docs/regions.md in quartet's repository lists its source and every correction made to it). The
+    data never changes while a server runs, so a request gets the same answer each time.
     """
 
     def __init__(self, channel):
@@ -86,8 +86,8 @@ class RegionServiceServicer:
 
     The answers come from reference data shipped with quartet (an FSA to health region concordance
     on Statistics Canada's 2018 health regions, as the COVIDTrends project published it;
-    docs/regions.md lists its source and every correction made to it). The data never changes while a server runs, so every
-    method answers from memory.
+    docs/regions.md in quartet's repository lists its source and every correction made to it). The
+    data never changes while a server runs, so a request gets the same answer each time.
     """
 
     def ListRegions(self, request, context):
@@ -197,8 +197,8 @@ class RegionService:
 
     The answers come from reference data shipped with quartet (an FSA to health region concordance
     on Statistics Canada's 2018 health regions, as the COVIDTrends project published it;
-    docs/regions.md lists its source and every correction made to it). The data never changes while a server runs, so every
-    method answers from memory.
+    docs/regions.md in quartet's repository lists its source and every correction made to it). The
+    data never changes while a server runs, so a request gets the same answer each time.
     """
 
     @staticmethod

@@ -33,8 +33,8 @@ class RegionServiceStub:
 
     The answers come from reference data shipped with quartet (an FSA to health region concordance
     on Statistics Canada's 2018 health regions, as the COVIDTrends project published it;
-    docs/regions.md lists its source and every correction made to it). The data never changes while a server runs, so every
-    method answers from memory.
+    docs/regions.md in quartet's repository lists its source and every correction made to it). The
+    data never changes while a server runs, so a request gets the same answer each time.
     """
 
     @_typing.overload
@@ -71,8 +71,8 @@ class RegionServiceAsyncStub(RegionServiceStub):
 
     The answers come from reference data shipped with quartet (an FSA to health region concordance
     on Statistics Canada's 2018 health regions, as the COVIDTrends project published it;
-    docs/regions.md lists its source and every correction made to it). The data never changes while a server runs, so every
-    method answers from memory.
+    docs/regions.md in quartet's repository lists its source and every correction made to it). The
+    data never changes while a server runs, so a request gets the same answer each time.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -105,8 +105,8 @@ class RegionServiceServicer(metaclass=_abc_1.ABCMeta):
 
     The answers come from reference data shipped with quartet (an FSA to health region concordance
     on Statistics Canada's 2018 health regions, as the COVIDTrends project published it;
-    docs/regions.md lists its source and every correction made to it). The data never changes while a server runs, so every
-    method answers from memory.
+    docs/regions.md in quartet's repository lists its source and every correction made to it). The
+    data never changes while a server runs, so a request gets the same answer each time.
     """
 
     @_abc_1.abstractmethod

@@ -328,8 +328,19 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
     async def ListEventTypes(
         self, request: pb.ListEventTypesRequest, context: Context
     ) -> pb.ListEventTypesResponse:
-        rows = await self._db.run(events.latest_event_types)
-        return pb.ListEventTypesResponse(event_types=[event_type_message(row) for row in rows])
+        limit = page_size(request)
+        after = decode_page_token(request, (str, str))
+        rows = await self._db.run(events.list_event_types, limit=limit + 1, after=after)
+        # Schemas have no size limit of their own, so pages of them get the byte budget too.
+        page, token = paged_messages(
+            request,
+            rows,
+            limit,
+            lambda row: (row.category, row.name),
+            event_type_message,
+            self._max_page_bytes,
+        )
+        return pb.ListEventTypesResponse(event_types=page, next_page_token=token)
 
     def _check_batch_bytes(self, size: int, field: str) -> None:
         """A batch larger than QUARTET_MAX_BATCH_BYTES fails as a whole (one ByteSize per batch,
