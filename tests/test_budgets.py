@@ -17,7 +17,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from quartet.client import Client, event
+from quartet.client import Client, QuartetError, event
 from quartet.events.v1 import event_service_pb2 as pb
 from quartet.events.v1 import event_service_pb2_grpc
 from quartet.server.settings import Settings
@@ -146,3 +146,36 @@ def test_anonymous_watches_and_one_keys_streams_leave_signed_in_calls_served(
         assert (len(reopened), refused) == (ANONYMOUS_STREAMS, [])
         for watch in reopened:
             watch.cancel()  # type: ignore[attr-defined]
+
+
+def test_sign_ups_cannot_crowd_out_health_checks_or_signed_in_calls(settings: Settings) -> None:
+    # One anonymous place: concurrent logins, each waiting for its password hash, overflow it.
+    one_anonymous = dataclasses.replace(settings, max_anonymous_calls=1, max_concurrent_rpcs=2)
+    with running_server(one_anonymous) as address, Client(address) as anonymous:
+        tokens = anonymous.auth.create_account("user@example.com", "a long enough password").tokens
+        user = Client(address, token=tokens.access_token)
+        start = threading.Barrier(8)
+        refused: list[dict[str, str]] = []
+
+        def log_in(n: int) -> None:
+            start.wait()
+            try:
+                anonymous.auth.create_account(f"signup{n}@example.com", "a long enough password")
+            except QuartetError as error:
+                assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED, error
+                refused.append(error.metadata)
+
+        threads = [threading.Thread(target=log_in, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        with grpc.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while any(thread.is_alive() for thread in threads):
+                # Health checks and signed-in calls are served while sign-ups fill their pool.
+                assert health.Check(health_pb2.HealthCheckRequest()).status == 1
+                assert user.regions.list_provinces()
+        for thread in threads:
+            thread.join()
+        user.close()
+        assert refused, "eight concurrent sign-ups fit in one anonymous place"
+        assert all(m == {"budget": "anonymous_calls", "limit": "1"} for m in refused), refused

@@ -180,6 +180,8 @@ def test_unread_replies_are_bounded_and_their_memory_returns(
         info = error_details_pb2.ErrorInfo()
         assert status.details[0].Unpack(info)
         assert (info.reason, info.metadata["budget"]) == ("LIMIT_EXCEEDED", "reply_bytes")
+        # A write's reply is never refused: its work is done, and a new key's secret only there.
+        assert client.auth.create_application("while full").api_key
         held = rss_bytes() - before
     finally:
         for connection in stalled:

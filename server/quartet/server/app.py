@@ -179,10 +179,7 @@ def build_server(
         options=_options(settings, reuse_port),
         # The sum of the interceptor's call budgets, so that no kind of call can fill it and
         # starve the others; the budgets refuse first, with details.
-        maximum_concurrent_rpcs=limits.signed_in_calls
-        + limits.anonymous_calls
-        + limits.anonymous_streams
-        + limits.streams,
+        maximum_concurrent_rpcs=limits.calls,
     )
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(
         AuthServicer(runner, authenticator, settings), server

@@ -6,7 +6,8 @@ circuit breakers per priority and its overload manager, calls are sorted into po
 each with a budget a call takes when it starts and gives back when it ends, however it ends:
 
 - signed-in unary calls per worker (QUARTET_MAX_CONCURRENT_RPCS);
-- anonymous unary calls (methods that read no credentials: health checks, login) per worker;
+- anonymous unary calls (calls that present no credential: login, sign-up) per worker;
+- health checks per worker (HEALTH_CHECKS), so that no other kind can fail a load balancer's probe;
 - anonymous streams (health watches, reflection) per worker;
 - signed-in streams (StreamEvents, ImportExperimentData) per worker, and per caller (an account,
   or an application whichever of its keys it uses);
@@ -50,6 +51,18 @@ class Limits:
     streams: int
     streams_per_caller: int
     reply_bytes: int
+    health_checks: int = 100  # plenty: a probe waits for its answer, answered from memory
+
+    @property
+    def calls(self) -> int:
+        """Every call budget together: gRPC's own limit, which they fill before it."""
+        return (
+            self.signed_in_calls
+            + self.anonymous_calls
+            + self.health_checks
+            + self.anonymous_streams
+            + self.streams
+        )
 
 
 class Lease:
@@ -75,10 +88,11 @@ class Pool:
         self.limit = limit
         self.held: Counter[str] = Counter()
 
-    def take(self, amount: int = 1, key: str = "") -> Lease:
-        """A lease of amount, or ResourceExhausted if the key would hold more than the limit.
-        A single amount larger than the whole budget is refused too: it could never fit."""
-        if self.held[key] + amount > self.limit:
+    def take(self, amount: int = 1, key: str = "", *, force: bool = False) -> Lease:
+        """A lease of amount, or ResourceExhausted if the key would hold more than the limit
+        (unless forced: counted all the same, so that later calls are refused instead). A single
+        amount larger than the whole budget is refused too: it could never fit."""
+        if self.held[key] + amount > self.limit and not force:
             raise ResourceExhausted(
                 f"the server is at its limit of {self.name.replace('_', ' ')} "
                 f"({self.limit}); retry later",
@@ -104,10 +118,10 @@ class ReplyBytes(Pool):
         self._churn = 0  # bytes of replies taken or refused since the last trim
         self._trim: asyncio.TimerHandle | None = None
 
-    def take(self, amount: int = 1, key: str = "") -> Lease:
+    def take(self, amount: int = 1, key: str = "", *, force: bool = False) -> Lease:
         self._churn += amount
         try:
-            return super().take(amount, key)
+            return super().take(amount, key, force=force)
         except ResourceExhausted:
             self._trim_soon()
             raise
@@ -136,6 +150,7 @@ class Budgets:
     def __init__(self, limits: Limits) -> None:
         self.signed_in_calls = Pool("signed_in_calls", limits.signed_in_calls)
         self.anonymous_calls = Pool("anonymous_calls", limits.anonymous_calls)
+        self.health_checks = Pool("health_checks", limits.health_checks)
         self.anonymous_streams = Pool("anonymous_streams", limits.anonymous_streams)
         self.streams = Pool("streams", limits.streams)
         self.streams_per_caller = Pool("streams_per_caller", limits.streams_per_caller)
@@ -155,7 +170,8 @@ _malloc_trim = _load_malloc_trim()
 
 def _trim_heap() -> None:
     """Free what only reference cycles still hold (a refused call's traceback holds its reply),
-    then hand glibc's free memory back to the system (a no-op on other C libraries)."""
+    then hand glibc's free memory back to the system (a no-op on other C libraries), in a thread:
+    trimming a large heap takes milliseconds, and ctypes lets the event loop run meanwhile."""
     gc.collect()
     if _malloc_trim is not None:
-        _malloc_trim(0)
+        asyncio.get_running_loop().run_in_executor(None, _malloc_trim, 0)

@@ -12,16 +12,17 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
-from google.protobuf import descriptor_pool
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from quartet import storage
 from quartet.errors.v1 import error_reason_pb2
 from quartet.server import auth, budgets, errors, metrics
-from quartet.server.auth.policy import Rule
 from quartet.server.budgets import Budgets
 
 access_log = logging.getLogger("quartet.access")
+_HEALTH = "/grpc.health.v1.Health/"
 logger = logging.getLogger(__name__)
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # grpc types are generic only in stubs
@@ -67,7 +68,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         kind = _kind(handler)
         inner = getattr(handler, kind)
         counts = _MethodMetrics(method, kind)
-        shape = _Shape(streaming_request=kind.startswith("stream"), streaming=kind != "unary_unary")
+        shape = _Shape(
+            streaming_request=kind.startswith("stream"),
+            streaming=kind != "unary_unary",
+            read_only=_read_only(method),
+        )
         if inspect.isasyncgenfunction(inner):
 
             async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -119,12 +124,20 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 # Each call runs in its own task, so this value lives exactly as long as the call.
                 storage.deadline.set(time.monotonic() + remaining)
             rule = auth.rule_for(method)
-            holds.add(self._slot(rule, shape).take())
-            if rule.credentials != "none":
-                caller = await self._authenticator.authenticate(context.invocation_metadata() or ())
+            metadata = context.invocation_metadata() or ()
+            presented = rule.credentials != "none" and any(
+                k == "authorization" for k, _ in metadata
+            )
+            # A credential is checked holding a signed-in place (checking one may take a
+            # database read), so that made-up credentials can only crowd out signed-in calls;
+            # a call with none (health, login, a sign-up) takes an anonymous place instead.
+            holds.add(self._slot(method, shape, signed_in=presented).take())
+            if presented:
+                caller = await self._authenticator.authenticate(metadata)
             auth.admit(rule, caller)
             if shape.streaming and caller is not None:
                 holds.add(self._budgets.streams_per_caller.take(key=str(caller)))
+            holds.reply_may_be_refused = shape.read_only
             yield holds
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
@@ -159,12 +172,16 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if failure is not None:
             await context.abort(failure.code, failure.details, failure.trailing_metadata)
 
-    def _slot(self, rule: Rule, shape: _Shape) -> budgets.Pool:
-        """The pool a call of this rule and shape takes its place from."""
+    def _slot(self, method: str, shape: _Shape, *, signed_in: bool) -> budgets.Pool:
+        """The pool a call takes its place from."""
         pools = self._budgets
-        if rule.credentials == "none":
-            return pools.anonymous_streams if shape.streaming else pools.anonymous_calls
-        return pools.streams if shape.streaming else pools.signed_in_calls
+        if signed_in:
+            return pools.streams if shape.streaming else pools.signed_in_calls
+        if shape.streaming:
+            return pools.anonymous_streams
+        # Health checks have a pool of their own, as Envoy keeps them outside its circuit
+        # breakers: logins waiting for their password hash must not fail a load balancer's probe.
+        return pools.health_checks if method.startswith(_HEALTH) else pools.anonymous_calls
 
 
 class _ClientGone(logging.Filter):
@@ -241,6 +258,7 @@ def _kind(handler: Handler) -> str:
 class _Shape:
     streaming_request: bool  # the client sends a stream of messages
     streaming: bool  # either side streams: the call may stay open indefinitely
+    read_only: bool  # the method declares no side effects: refusing its reply loses nothing
 
 
 class _CallHolds:
@@ -252,6 +270,7 @@ class _CallHolds:
     def __init__(self, reply_bytes: budgets.Pool, context: grpc.aio.ServicerContext[Any, Any]):
         self._reply_bytes = reply_bytes
         self._leases: list[budgets.Lease] = []
+        self.reply_may_be_refused = True
         # The stubs type the callback as a class of their own (types-grpcio); any callable works.
         context.add_done_callback(lambda _: self.release())  # type: ignore[arg-type]
 
@@ -259,8 +278,10 @@ class _CallHolds:
         self._leases.append(lease)
 
     def hold_reply(self, reply: Message) -> None:
-        """Charge the reply's size to the worker's reply-bytes budget, or refuse it."""
-        self.add(self._reply_bytes.take(reply.ByteSize()))
+        """Charge the reply's size to the worker's reply-bytes budget, or refuse it: only a read's
+        reply, since refusing a write's would hide that its work is done (and a new API key's
+        only copy of its secret)."""
+        self.add(self._reply_bytes.take(reply.ByteSize(), force=not self.reply_may_be_refused))
 
     def settle(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """At the handler's end: give back now if the call is already over (a cancelled call may
@@ -306,15 +327,30 @@ def _tolerant(
     return tolerant
 
 
-def _input_type(method: str) -> str:
-    """The full name of method's request message, from the descriptors of the services served
-    (the deserializer may be any function, not only a message class's FromString)."""
+def _descriptor(method: str) -> MethodDescriptor | None:
+    """The descriptor of a method served, by its path."""
     service, _, name = method.lstrip("/").rpartition("/")
     try:
-        found = descriptor_pool.Default().FindServiceByName(service).methods_by_name[name]
+        return descriptor_pool.Default().FindServiceByName(service).methods_by_name[name]
     except KeyError:
-        return "request"
-    return str(found.input_type.full_name)
+        return None
+
+
+def _input_type(method: str) -> str:
+    """The full name of method's request message, from its descriptor (the deserializer may be
+    any function, not only a message class's FromString)."""
+    found = _descriptor(method)
+    return "request" if found is None else str(found.input_type.full_name)
+
+
+def _read_only(method: str) -> bool:
+    """Whether the method declares no side effects; gRPC's own services (health, reflection,
+    which declare nothing) only read."""
+    found = _descriptor(method)
+    if found is None or not found.full_name.startswith("quartet."):
+        return True
+    level = found.GetOptions().idempotency_level
+    return bool(level == descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS)
 
 
 def _requests(request: Any, shape: _Shape) -> Any:
