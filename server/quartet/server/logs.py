@@ -8,6 +8,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is a field.
@@ -71,10 +72,13 @@ class RepeatFilter(logging.Filter):
 
     MAX_KINDS = 1_000  # templates are few; a bound all the same, so memory cannot grow
 
-    def __init__(self, burst: int = 5, interval: float = 10.0) -> None:
+    def __init__(
+        self, burst: int = 5, interval: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         super().__init__()
         self.burst = burst
         self.interval = interval
+        self._clock = clock
         self._lock = threading.Lock()
         self._kinds: dict[tuple[str, int, str], list[float | int]] = {}  # [start, passed, dropped]
 
@@ -82,7 +86,7 @@ class RepeatFilter(logging.Filter):
         if record.levelno < logging.WARNING:
             return True
         kind = (record.name, record.levelno, str(record.msg))
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             window = self._kinds.get(kind)
             if window is None or now - window[0] >= self.interval:
