@@ -3,19 +3,21 @@ costs that event alone, not its whole request.
 
 Protobuf decoders stop at 100 levels of nested messages (upb, as C++ and Java do), and each
 object in an event's data costs its Struct three: a request whose data nests 34 objects or more
-cannot be decoded at all. Such a request is decoded again event by event, an event that still
-fails without its data: its data's bytes are kept, undecoded, as an unknown field of the event
+cannot be decoded at all. Such a request is decoded again, still by protobuf's C decoder, as a
+mirror of its type whose events hold their data as undecoded bytes; each event is then decoded
+alone, and one that still fails keeps its data's bytes, undecoded, as an unknown field
 (DATA_NOT_DECODED), so that the checker rejects that event alone, its size counted as sent.
 Everything else that fails to decode is still a DecodeError, for the whole request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import unknown_fields
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, unknown_fields
+from google.protobuf.descriptor import FileDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from quartet.events.v1 import event_service_pb2 as pb
@@ -27,9 +29,43 @@ M = TypeVar("M", bound=Message)
 # decoded is kept. (A client sending that field itself, without data, has its event rejected
 # alike: no honest encoder writes it.)
 DATA_NOT_DECODED = 2**29 - 1
-_EVENTS = 1  # the field holding the event (SendEventRequest) or events of each request
-_DATA = pb.Event.DESCRIPTOR.fields_by_name["data"].number
-_VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
+
+
+def _mirror_pool() -> descriptor_pool.DescriptorPool:
+    """event_service.proto again, in a pool of its own, with Event's data as bytes and a bytes
+    field numbered DATA_NOT_DECODED: the same wire format, minus the data's nesting."""
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(file: FileDescriptor) -> None:  # after its own dependencies, as the pool requires
+        for dependency in file.dependencies:
+            if dependency.name not in added:
+                add(dependency)
+                added.add(dependency.name)
+        if file is not pb.DESCRIPTOR:
+            proto = descriptor_pb2.FileDescriptorProto()
+            file.CopyToProto(proto)
+            pool.Add(proto)
+
+    add(pb.DESCRIPTOR)
+    mirror = descriptor_pb2.FileDescriptorProto()
+    pb.DESCRIPTOR.CopyToProto(mirror)
+    (event,) = [m for m in mirror.message_type if m.name == "Event"]
+    (data,) = [f for f in event.field if f.name == "data"]
+    data.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
+    data.ClearField("type_name")
+    event.field.add(
+        name="data_not_decoded",
+        number=DATA_NOT_DECODED,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_BYTES,
+        label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
+    )
+    mirror.ClearField("service")
+    pool.Add(mirror)
+    return pool
+
+
+_MIRROR = _mirror_pool()
 
 
 # The methods whose requests send events, and their request types.
@@ -92,90 +128,28 @@ def data_not_decoded(event: pb.Event) -> bool:
 
 
 def _decode_event_by_event(message_class: type[M], serialized: bytes) -> M:
-    field = message_class.DESCRIPTOR.fields_by_number[_EVENTS]
-    assert field.message_type is pb.Event.DESCRIPTOR, f"{message_class} sends no events"
-    request = message_class()
-    others = bytearray()
-    events = []
-    for number, wire_type, start, _, end in _fields(serialized):
-        if number == _EVENTS and wire_type == _LENGTH_DELIMITED:
-            events.append(_event(serialized[_payload_start(serialized, start) : end]))
-        else:
-            others += serialized[start:end]
-    request.MergeFromString(bytes(others))
-    if field.is_repeated:
-        getattr(request, field.name).extend(events)
-    else:
-        for event in events:  # a message field sent twice is merged, as protobuf does
-            getattr(request, field.name).MergeFrom(event)
+    name = message_class.DESCRIPTOR.full_name
+    mirror: Any = message_factory.GetMessageClass(_MIRROR.FindMessageTypeByName(name))()
+    mirror.ParseFromString(serialized)  # still a DecodeError if the data is not the cause
+    if "events" in message_class.DESCRIPTOR.fields_by_name:  # SendEvents, StreamEvents
+        events = [_event(event) for event in mirror.events]
+        mirror.ClearField("events")
+        batch = message_class.FromString(mirror.SerializeToString())
+        batch.events.extend(events)  # type: ignore[attr-defined]
+        return batch
+    event = _event(mirror.event) if mirror.HasField("event") else None  # SendEvent
+    mirror.ClearField("event")
+    request = message_class.FromString(mirror.SerializeToString())
+    if event is not None:
+        request.event.CopyFrom(event)  # type: ignore[attr-defined]
     return request
 
 
-def _event(serialized: bytes) -> pb.Event:
+def _event(mirror: Any) -> pb.Event:
+    """The event of a mirror event: decoded whole, or without the data it cannot decode."""
     try:
-        return pb.Event.FromString(serialized)
+        return pb.Event.FromString(mirror.SerializeToString())
     except DecodeError:
-        pass
-    rebuilt = bytearray()
-    for number, wire_type, start, tag_end, end in _fields(serialized):
-        if number == _DATA and wire_type == _LENGTH_DELIMITED:
-            rebuilt += _varint(DATA_NOT_DECODED << 3 | _LENGTH_DELIMITED)
-            rebuilt += serialized[tag_end:end]
-        else:
-            rebuilt += serialized[start:end]
-    return pb.Event.FromString(bytes(rebuilt))  # still failing: the request is undecodable
-
-
-def _fields(serialized: bytes) -> Iterator[tuple[int, int, int, int, int]]:
-    """(field number, wire type, start, end of tag, end) of each field of a message's encoding."""
-    position = 0
-    while position < len(serialized):
-        start = position
-        tag, position = _read_varint(serialized, position)
-        number, wire_type = tag >> 3, tag & 7
-        tag_end = position
-        if number == 0:
-            raise DecodeError("field number 0")
-        if wire_type == _VARINT:
-            _, position = _read_varint(serialized, position)
-        elif wire_type == _FIXED64:
-            position += 8
-        elif wire_type == _FIXED32:
-            position += 4
-        elif wire_type == _LENGTH_DELIMITED:
-            length, position = _read_varint(serialized, position)
-            position += length
-        else:  # groups: no quartet message has any
-            raise DecodeError(f"wire type {wire_type}")
-        if position > len(serialized):
-            raise DecodeError("truncated message")
-        yield number, wire_type, start, tag_end, position
-
-
-def _payload_start(serialized: bytes, start: int) -> int:
-    """Where the bytes of the length-delimited field at start begin (after tag and length)."""
-    _, position = _read_varint(serialized, start)
-    _, position = _read_varint(serialized, position)
-    return position
-
-
-def _read_varint(serialized: bytes, position: int) -> tuple[int, int]:
-    value = shift = 0
-    for offset in range(10):
-        if position + offset >= len(serialized):
-            break
-        byte = serialized[position + offset]
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, position + offset + 1
-        shift += 7
-    raise DecodeError("truncated or overlong varint")
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+        mirror.data_not_decoded, mirror.data = mirror.data, b""
+        mirror.ClearField("data")
+        return pb.Event.FromString(mirror.SerializeToString())
