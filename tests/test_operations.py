@@ -130,8 +130,9 @@ def test_metrics_count_every_call_across_workers(tmp_path: Path) -> None:
     )
     assert sample("grpc_server_handling_seconds_count", grpc_method="CreateScore", **score) == 5
     assert sample("grpc_server_in_flight", grpc_method="CreateScore", **score) == 0
-    assert sample("quartet_events_total", outcome="stored") == 5
-    assert sample("quartet_events_total", outcome="rejected") == 5
+    outcomes = {o: sample("quartet_events_total", outcome=o) for o in ("stored", "rejected")}
+    outcomes["duplicate"] = sample("quartet_events_total", outcome="duplicate")
+    assert outcomes == {"stored": 5, "rejected": 5, "duplicate": 0}, text
     assert sample("quartet_event_rejections_total", reason="FIELD_INVALID") == 5
 
 
