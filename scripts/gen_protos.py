@@ -107,7 +107,6 @@ def _protoc(proto_files: list[str], out: Path, descriptor_set: Path) -> None:
         f"--descriptor_set_out={descriptor_set}",
         "--include_imports",  # descriptor.proto too, to read quartet's method option
         "--include_source_info",
-        "--include_imports",
         *proto_files,
     ]
     subprocess.run(command, check=True, cwd=PROTOS)
