@@ -26,6 +26,7 @@ from psycopg2.extras import execute_values
 
 from quartet import storage
 from quartet.client import Client
+from quartet.server import services
 from quartet.server.auth import TokenIssuer
 from quartet.server.settings import Settings
 from quartet.server.testing import running_server
@@ -116,14 +117,14 @@ def migrated_postgres(postgres: PostgresServer) -> MigratedState:
 
 def _tables() -> list[str]:
     """The tables a test may write: every one but the reference data's, which no call writes."""
-    return [m._meta.table_name for m in storage.ALL_MODELS if m not in storage.REFERENCE_MODELS]
+    return [m._meta.table_name for m in services.MODELS if m not in storage.REFERENCE_MODELS]
 
 
 def _auto_keys() -> dict[str, str]:
     """Each table's auto-increment key column, if it has one."""
     return {
         m._meta.table_name: m._meta.primary_key.column_name
-        for m in storage.ALL_MODELS
+        for m in services.MODELS
         if isinstance(m._meta.primary_key, peewee.AutoField)
     }
 

@@ -28,12 +28,12 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from quartet import storage
 from quartet.auth.v1 import auth_service_pb2 as pb
 from quartet.client import Client, QuartetError
-from quartet.server.app import SERVICE_NAMES
 from quartet.server.auth import RULES, Authenticator, Caller, TokenIssuer, authenticator
 from quartet.server.auth.authenticator import ExpiringCache
 from quartet.server.auth.tokens import new_api_key
 from quartet.server.errors import Unauthenticated
 from quartet.server.pagination import encode_page_token
+from quartet.server.services import SERVICE_NAMES
 from quartet.server.settings import Settings
 from quartet.server.testing import running_server
 from quartet.storage import applications

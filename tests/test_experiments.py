@@ -16,10 +16,10 @@ import peewee
 import pytest
 from playhouse.schema_diff import diff_models
 
-from quartet import storage
 from quartet.client import Client, FieldViolation, QuartetError
 from quartet.experiments.v1 import experiment_service_pb2 as pb
 from quartet.experiments.v1 import experiment_service_pb2_grpc
+from quartet.server import services
 from tests.conftest import Principal
 from tests.helpers import Background
 
@@ -404,7 +404,7 @@ def test_imports_leave_the_schema_as_the_migrations_made_it(
     for _ in range(2):
         client.experiments.import_directory(SEED)
         with db.connection_context():
-            assert not diff_models(db, storage.ALL_MODELS)
+            assert not diff_models(db, services.MODELS)
             assert db.get_primary_keys("experiment") == ["id"]
             keys = db.get_primary_keys("experiment_compound")
             assert keys == ["experiment_id", "position"]

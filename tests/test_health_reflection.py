@@ -16,7 +16,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from quartet import storage
 from quartet.client import Client, QuartetError
-from quartet.server.app import DATABASE_SERVICES, MEMORY_SERVICES, SERVICE_NAMES, build_server
+from quartet.server.app import build_server
+from quartet.server.services import DATABASE_SERVICES, MEMORY_SERVICES, SERVICE_NAMES
 from quartet.server.settings import Settings
 
 

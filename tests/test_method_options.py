@@ -16,8 +16,8 @@ from quartet.api.v1 import access_pb2
 from quartet.auth.v1 import auth_service_pb2
 from quartet.client import Client, QuartetError, contract
 from quartet.client._client import _SERVICE_CONFIG
-from quartet.server.app import SERVICE_NAMES
 from quartet.server.auth import policy
+from quartet.server.services import SERVICE_NAMES
 from tests.conftest import Principal
 from tests.helpers import database_unreachable
 

@@ -11,6 +11,7 @@ from playhouse import migrations
 from playhouse.schema_diff import diff_models
 
 from quartet import storage
+from quartet.server import services
 from quartet.storage import events
 from quartet.storage.migrate import MIGRATIONS
 
@@ -96,7 +97,7 @@ def test_models_match_the_migrated_schema(empty_database_url: str) -> None:
         storage.migrate(database)
         storage.bind(database)
         with database.connection_context():
-            assert not diff_models(database, storage.ALL_MODELS)
+            assert not diff_models(database, services.MODELS)
     finally:
         storage.close(database)
 

@@ -18,6 +18,7 @@ import pytest
 
 from quartet import storage
 from quartet.client import Client, QuartetError, event
+from quartet.server import services
 from quartet.server.errors import text_problem
 from quartet.storage.events import RejectedEvent, RejectedEventReason
 from tests.test_auth import PASSWORD
@@ -143,7 +144,7 @@ OWN_DESCRIPTIONS = {"fsa", "province code"}
 
 def row_counts(db: peewee.Database) -> dict[str, int]:
     """Rows per table a call may write. Rejected events are kept by design, so not counted."""
-    models = [m for m in storage.ALL_MODELS if m not in storage.REFERENCE_MODELS]
+    models = [m for m in services.MODELS if m not in storage.REFERENCE_MODELS]
     with db.connection_context():
         return {
             m._meta.table_name: m.select().count()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
+
+from google.protobuf.descriptor import ServiceDescriptor
 
 from quartet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from quartet.client._base import Transport, pages
@@ -13,6 +16,11 @@ Role = pb.Role
 
 class Auth:
     """The AuthService, through `Client.auth`. See also `Client.login`."""
+
+    # The service it calls (tests/test_registration.py: a Client attribute for every service).
+    SERVICE: ClassVar[ServiceDescriptor] = auth_service_pb2.DESCRIPTOR.services_by_name[
+        "AuthService"
+    ]
 
     def __init__(self, transport: Transport) -> None:
         self._transport = transport

@@ -9,11 +9,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import grpc
 import uuid_utils
 from google.protobuf import struct_pb2
+from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 
 from quartet.client._base import Closable, Transport, fields, pages, timestamp
@@ -107,6 +108,9 @@ def _batches(
 
 class Events:
     """The EventService, through `Client.events`. Send with an application's API key."""
+
+    # The service it calls (tests/test_registration.py: a Client attribute for every service).
+    SERVICE: ClassVar[ServiceDescriptor] = pb.DESCRIPTOR.services_by_name["EventService"]
 
     def __init__(self, transport: Transport) -> None:
         self._transport = transport

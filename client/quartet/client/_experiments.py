@@ -6,7 +6,9 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, TypeAlias
+from typing import BinaryIO, ClassVar, TypeAlias
+
+from google.protobuf.descriptor import ServiceDescriptor
 
 from quartet.client._base import Transport, fields, pages
 from quartet.client._errors import FieldViolation, QuartetError
@@ -28,6 +30,9 @@ FILE_NAMES = {
 
 class Experiments:
     """The ExperimentService, through `Client.experiments`."""
+
+    # The service it calls (tests/test_registration.py: a Client attribute for every service).
+    SERVICE: ClassVar[ServiceDescriptor] = pb.DESCRIPTOR.services_by_name["ExperimentService"]
 
     def __init__(self, transport: Transport) -> None:
         self._transport = transport

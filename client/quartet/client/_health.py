@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import ClassVar
 
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from quartet.client._base import Transport
@@ -12,6 +14,9 @@ from quartet.client._base import Transport
 
 class Health:
     """The standard grpc.health.v1.Health service, through `Client.health`."""
+
+    # The service it calls (tests/test_registration.py: a Client attribute for every service).
+    SERVICE: ClassVar[ServiceDescriptor] = health_pb2.DESCRIPTOR.services_by_name["Health"]
 
     def __init__(self, transport: Transport) -> None:
         self._transport = transport

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import ClassVar
+
+from google.protobuf.descriptor import ServiceDescriptor
 
 from quartet.client._base import Transport, fields, pages
 from quartet.regions.v1 import region_service_pb2 as pb
@@ -18,6 +21,9 @@ MAX_BATCH = 1000  # FSAs per BatchLookupFsas call, the server's limit
 
 class Regions:
     """The RegionService, through `Client.regions`. Every method is a read, retried safely."""
+
+    # The service it calls (tests/test_registration.py: a Client attribute for every service).
+    SERVICE: ClassVar[ServiceDescriptor] = pb.DESCRIPTOR.services_by_name["RegionService"]
 
     def __init__(self, transport: Transport) -> None:
         self._transport = transport

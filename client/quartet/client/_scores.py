@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime
 import uuid
 from collections.abc import Iterator
+from typing import ClassVar
+
+from google.protobuf.descriptor import ServiceDescriptor
 
 from quartet.client._base import Transport, fields, pages, timestamp
 from quartet.score.v1 import score_service_pb2, score_service_pb2_grpc
@@ -14,6 +17,11 @@ Score = score_service_pb2.Score
 
 class Scores:
     """The ScoreService, through `Client.scores`."""
+
+    # The service it calls (tests/test_registration.py: a Client attribute for every service).
+    SERVICE: ClassVar[ServiceDescriptor] = score_service_pb2.DESCRIPTOR.services_by_name[
+        "ScoreService"
+    ]
 
     def __init__(self, transport: Transport) -> None:
         self._transport = transport

@@ -19,31 +19,16 @@ import peewee
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from quartet import storage
-from quartet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
-from quartet.events.v1 import event_service_pb2
-from quartet.experiments.v1 import experiment_service_pb2, experiment_service_pb2_grpc
-from quartet.regions.v1 import region_service_pb2, region_service_pb2_grpc
-from quartet.score.v1 import score_service_pb2, score_service_pb2_grpc
-from quartet.server import budgets, events, reflection, regions
-from quartet.server.auth import Authenticator, AuthServicer, TokenIssuer
-from quartet.server.experiments import ExperimentServicer
+from quartet.server import budgets, events, reflection
+from quartet.server.auth import Authenticator, TokenIssuer
 from quartet.server.interceptors import CallInterceptor
-from quartet.server.score import ScoreServicer
+from quartet.server.registration import Provided
+from quartet.server.services import DATABASE_SERVICES, MEMORY_SERVICES, SERVICE_NAMES, SERVICES
 from quartet.server.settings import Settings
 from quartet.storage.events import latest_event_types
 
 logger = logging.getLogger(__name__)
 
-# The full names of the services this server offers, as health checks and reflection know them:
-# those that need the database, and those that answer from memory (serving whatever it does).
-DATABASE_SERVICES = (
-    auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
-    score_service_pb2.DESCRIPTOR.services_by_name["ScoreService"].full_name,
-    event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
-    experiment_service_pb2.DESCRIPTOR.services_by_name["ExperimentService"].full_name,
-)
-MEMORY_SERVICES = (region_service_pb2.DESCRIPTOR.services_by_name["RegionService"].full_name,)
-SERVICE_NAMES = (*DATABASE_SERVICES, *MEMORY_SERVICES)
 # How each worker keeps the health of the database services true. Every PROBE_INTERVAL seconds
 # it checks the SQLite files (a few system calls: still the file opened, still writable); every
 # REFRESH_INTERVAL it also writes to the database (storage.probe_writes) and reloads the event
@@ -181,16 +166,7 @@ def build_server(
         # starve the others; the budgets refuse first, with details.
         maximum_concurrent_rpcs=limits.calls,
     )
-    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(
-        AuthServicer(runner, authenticator, settings), server
-    )
-    score_service_pb2_grpc.add_ScoreServiceServicer_to_server(ScoreServicer(runner), server)
     registry = events.Registry()  # loaded by Server.start()
-    policy = events.Policy(
-        accept_unknown_types=settings.unknown_event_types == "accept",
-        clock_skew=datetime.timedelta(seconds=settings.event_clock_skew_seconds),
-        max_event_bytes=settings.max_event_bytes,
-    )
     event_writer = storage.BatchWriter(
         database,
         events.write_batch,
@@ -198,23 +174,15 @@ def build_server(
         name="quartet-events",
     )
     checkpointer = storage.WalCheckpointer(database)
-    events.add_event_service(
-        events.EventServicer(
-            runner,
-            event_writer,
-            registry,
-            events.EventChecker(registry, policy),
-            max_batch_bytes=settings.max_batch_bytes,
-            max_page_bytes=settings.max_page_bytes,
-        ),
-        server,
+    provided = Provided(
+        settings=settings,
+        runner=runner,
+        authenticator=authenticator,
+        event_writer=event_writer,
+        event_types=registry,
     )
-    region_service_pb2_grpc.add_RegionServiceServicer_to_server(
-        regions.RegionServicer(regions.RegionIndex()), server
-    )
-    experiment_service_pb2_grpc.add_ExperimentServiceServicer_to_server(
-        ExperimentServicer(runner), server
-    )
+    for service in SERVICES:  # as each domain package registers it (quartet.server.services)
+        service.add_to_server(service.servicer(provided), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable((*SERVICE_NAMES, health.SERVICE_NAME), server)

@@ -22,12 +22,11 @@ from quartet.storage.errors import (
     RecordExists,
     RecordNotFound,
 )
-from quartet.storage.migrate import ALL_MODELS, REFERENCE_MODELS, migrate
+from quartet.storage.migrate import REFERENCE_MODELS, migrate
 from quartet.storage.runner import DatabaseRunner, deadline
 from quartet.storage.writer import BatchWriter
 
 __all__ = [
-    "ALL_MODELS",
     "DEFAULT_SQLITE_PATH",
     "REFERENCE_MODELS",
     "BatchWriter",

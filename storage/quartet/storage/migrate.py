@@ -8,32 +8,9 @@ import peewee
 from playhouse import migrations
 
 from quartet.storage import regions
-from quartet.storage.accounts import Account, LoginThrottle, RefreshToken
-from quartet.storage.applications import ApiKey, Application
-from quartet.storage.events import Event, EventType, RejectedEvent, RejectedEventReason
-from quartet.storage.experiments import Compound, Experiment, ExperimentCompound, ExperimentUser
-from quartet.storage.scores import Score
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
-# Every model, in dependency order; the drift test compares them with the migrated schema.
-ALL_MODELS: list[type[peewee.Model]] = [
-    Account,
-    Score,
-    RefreshToken,
-    Application,
-    ApiKey,
-    LoginThrottle,
-    EventType,
-    Event,
-    RejectedEvent,
-    RejectedEventReason,
-    ExperimentUser,
-    Compound,
-    Experiment,
-    ExperimentCompound,
-    *regions.MODELS,
-]
 # Reference data: shipped with quartet and loaded by migrate(), never written by a call, so test
 # cleanups leave it in place.
 REFERENCE_MODELS: list[type[peewee.Model]] = [*regions.MODELS]

@@ -1,5 +1,6 @@
 """Authentication (who is calling) and authorization (may they), for every quartet service."""
 
+from quartet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from quartet.server.auth.authenticator import Authenticator
 from quartet.server.auth.policy import (
     RULES,
@@ -11,9 +12,28 @@ from quartet.server.auth.policy import (
 )
 from quartet.server.auth.service import AuthServicer
 from quartet.server.auth.tokens import TokenIssuer
+from quartet.server.registration import Service
+from quartet.storage import accounts, applications
+
+SERVICE = Service(
+    descriptor=auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"],
+    servicer=lambda provided: AuthServicer(
+        provided.runner, provided.authenticator, provided.settings
+    ),
+    add_to_server=auth_service_pb2_grpc.add_AuthServiceServicer_to_server,
+    needs_database=True,
+    models=(
+        accounts.Account,
+        accounts.RefreshToken,
+        accounts.LoginThrottle,
+        applications.Application,
+        applications.ApiKey,
+    ),
+)
 
 __all__ = [
     "RULES",
+    "SERVICE",
     "AuthServicer",
     "Authenticator",
     "Caller",

@@ -1,4 +1,4 @@
-"""ScoreService: compute scores from input values, store them, list them as the admin view did."""
+"""ScoreService's servicer and its formula: compute scores, store them, list them."""
 
 from __future__ import annotations
 
