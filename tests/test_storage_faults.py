@@ -335,11 +335,14 @@ def test_health_follows_the_database_within_seconds(
 def checkpointers() -> list[int]:
     """The pids of this process's SQLite checkpointer children."""
     found = []
+    pids = []
     for task in Path("/proc/self/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            with contextlib.suppress(OSError):
-                if "checkpointer.py" in Path(f"/proc/{pid}/cmdline").read_text():
-                    found.append(int(pid))
+        with contextlib.suppress(OSError):  # the thread ended meanwhile
+            pids += (task / "children").read_text().split()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if "checkpointer.py" in Path(f"/proc/{pid}/cmdline").read_text():
+                found.append(int(pid))
     return found
 
 
