@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -97,6 +98,13 @@ class _SqliteDatabase(PooledSqliteDatabase, _SqliteConnections):  # type: ignore
     migrate it) may create its file, and only with its first connection.
     """
 
+    # At most this many connections are set aside (see _close_raw). Past that, the oldest is
+    # closed anyway: while the newer ones stay open it cannot be this process's last connection
+    # to the database, and only the last one checkpoints on closing (it alone gets the exclusive
+    # lock that takes), so that close writes nothing into the files (checked: their sizes and
+    # times stay the same). The health probe closes the rest within a second of recovery.
+    MAX_SET_ASIDE = 32
+
     def __init__(self, database: str, *, create: bool = True, **kwargs: object) -> None:
         super().__init__(database, **kwargs)
         self._may_create = create
@@ -109,7 +117,7 @@ class _SqliteDatabase(PooledSqliteDatabase, _SqliteConnections):  # type: ignore
         self._identity: tuple[int, int] | None = None  # (device, inode) of the file first opened
         self._lost = False  # the path stopped naming that file (logged once)
         self._missing = False  # the file was missing when first opened (logged once)
-        self._abandoned: list[sqlite3.Connection] = []  # left open: see _close_raw
+        self._set_aside: list[sqlite3.Connection] = []  # oldest first: see _close_raw
 
     def _connect(self) -> sqlite3.Connection:
         """Check the files, then hand out a pooled connection (or open one)."""
@@ -135,15 +143,45 @@ class _SqliteDatabase(PooledSqliteDatabase, _SqliteConnections):  # type: ignore
         return cursor
 
     def _close_raw(self, conn: sqlite3.Connection) -> None:
-        """Close conn, unless the files cannot be written: the last connection of a process to
-        close checkpoints the log into them, through -shm (SIGBUS). Such a connection stays open
-        (and unused) until the process exits, which releases its locks without writing."""
+        """Close conn, unless the files cannot be written: the last connection to close
+        checkpoints the log into them, through -shm (SIGBUS). Such a connection is set aside,
+        unused, and closed once the files can be written again (close_set_aside), or when the
+        process exits, which releases its locks without writing."""
+        with self._pool_lock:
+            try:
+                self.check_files(writing=True)
+            except DatabaseUnavailable:
+                self._set_aside.append(conn)
+                if len(self._set_aside) > self.MAX_SET_ASIDE:
+                    self._close_quietly(self._set_aside.pop(0))  # see MAX_SET_ASIDE
+                return
+            super()._close_raw(conn)
+            self._close_set_aside()
+
+    def close_set_aside(self) -> None:
+        """Close the connections set aside during a fault, if the files can be written now."""
+        with self._pool_lock:
+            if self._set_aside:
+                with contextlib.suppress(DatabaseUnavailable):
+                    self.check_files(writing=True)
+                    self._close_set_aside()
+
+    @property
+    def set_aside(self) -> int:
+        """How many connections are set aside, waiting for the files to be writable."""
+        return len(self._set_aside)
+
+    def _close_set_aside(self) -> None:
+        set_aside, self._set_aside = self._set_aside, []
+        for conn in set_aside:
+            self._close_quietly(conn)
+
+    @staticmethod
+    def _close_quietly(conn: sqlite3.Connection) -> None:
         try:
-            self.check_files(writing=True)
-        except DatabaseUnavailable:
-            self._abandoned.append(conn)
-            return
-        super()._close_raw(conn)
+            conn.close()
+        except sqlite3.Error as exc:  # the files failed again meanwhile: dropped all the same
+            logger.warning("cannot close an SQLite connection set aside: %s", exc)
 
     def begin(self, lock_type: str | None = None) -> None:
         if (lock_type or "").upper() == "DEFERRED":  # a read, or temporary tables only
@@ -459,9 +497,11 @@ def probe_writes(database: peewee.Database) -> None:
 
 def check_files(database: peewee.Database) -> None:
     """Raise DatabaseUnavailable if an SQLite database's files cannot take a write now, or its
-    path no longer names the file opened (microseconds, no connection); a no-op on PostgreSQL."""
+    path no longer names the file opened (microseconds, no connection); a no-op on PostgreSQL.
+    Once they can, close the connections set aside while they could not."""
     if isinstance(database, _SqliteDatabase):
         database.check_files(writing=True)
+        database.close_set_aside()
 
 
 def default_database_url() -> str:
