@@ -335,11 +335,14 @@ def test_health_follows_the_database_within_seconds(
 def checkpointers() -> list[int]:
     """The pids of this process's SQLite checkpointer children."""
     found = []
+    pids = []
     for task in Path("/proc/self/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            with contextlib.suppress(OSError):
-                if "checkpointer.py" in Path(f"/proc/{pid}/cmdline").read_text():
-                    found.append(int(pid))
+        with contextlib.suppress(OSError):  # the thread ended meanwhile
+            pids += (task / "children").read_text().split()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if "checkpointer.py" in Path(f"/proc/{pid}/cmdline").read_text():
+                found.append(int(pid))
     return found
 
 
@@ -412,3 +415,61 @@ def test_a_database_that_takes_no_writes_refuses_them_and_serves_reads(
         assert serving(client, REGIONS)
     wait_for(lambda: serving(client, SCORES), timeout=5)
     assert client.scores.create(3).value == 4
+
+
+def descriptors(path: Path) -> int:
+    """How many file descriptors this process holds on path. SQLite connections each hold one on
+    the database's -wal (once they read), closed when the connection closes."""
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            count += os.readlink(fd) == str(path)
+    return count
+
+
+def hold_connections(database: Any, count: int) -> None:
+    """Have count threads read at once through database, so that its pool keeps that many."""
+    barrier = threading.Barrier(count)
+
+    def read() -> None:
+        with database.connection_context():
+            database.execute_sql("SELECT COUNT(*) FROM event").fetchall()
+            barrier.wait(30)
+
+    threads = [threading.Thread(target=read) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+
+def test_connections_set_aside_during_a_fault_are_closed_once_it_clears(
+    migrated_sqlite_template: Path, tmp_path: Path
+) -> None:
+    path, token = sqlite_database(migrated_sqlite_template, tmp_path / "data")
+    log = Path(f"{path}-wal")
+    settings = Settings(database_url=f"sqlite:///{path}", grace_seconds=0, secret=SECRET)
+    with running_server(settings) as target, Client(target, token=token) as client:
+        database = storage.base.db.obj  # the server's, in this process
+        hold_connections(database, 6)
+        held = descriptors(log)
+        assert held >= 6
+        with immutable([path, log]):  # -shm stays writable: reads go on
+            # Closing one now could checkpoint into the read-only files: they are set aside.
+            database.close_idle()
+            assert descriptors(log) == held
+            cap = 32  # database.MAX_SET_ASIDE
+            for _ in range(cap // 6 + 2):  # more than the cap
+                hold_connections(database, 6)
+                database.close_idle()
+            assert descriptors(log) <= cap + 6, "the set-aside connections are not capped"
+            assert database.set_aside == database.MAX_SET_ASIDE == cap
+            wait_for(lambda: not serving(client, SCORES), timeout=10)
+        cleared = time.monotonic()
+        # The health probe closes them within a second of the files being writable again.
+        wait_for(lambda: descriptors(log) <= 2, timeout=10)
+        closed = time.monotonic() - cleared
+        assert database.set_aside == 0
+        wait_for(lambda: serving(client, SCORES), timeout=10)
+        assert client.scores.create(1).value == 2
+    print(f"set-aside connections closed {closed:.2f} s after the files became writable")

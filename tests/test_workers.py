@@ -311,3 +311,49 @@ def test_replacements_die_with_a_killed_supervisor(tmp_path: Path) -> None:
         server.process.kill()
         server.process.wait()
         wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in replacements), "exit")
+
+
+def test_a_replacement_worker_never_creates_a_deleted_database(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    database_url = f"sqlite:///{path}"
+    env = {**os.environ, "QUARTET_SECRET": SECRET, "DATABASE_URL": database_url}
+    with server_process("--workers", "2", env=env) as server:
+        supervisor = server.process.pid
+        workers = children(supervisor)
+        key = api_key_for(server.address, database_url)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink()
+        victim, survivor = sorted(workers)
+        wait_for(
+            lambda: any(
+                r["pid"] == survivor and str(r["message"]).startswith("database unavailable, NOT")
+                for r in records(server.log)
+            ),
+            "survivor NOT_SERVING",
+        )
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: bool(children(supervisor) - workers), "replacement")
+        (replacement,) = children(supervisor) - workers
+        wait_for(lambda: f"(pid {replacement}) is serving" in "".join(server.log), "serving")
+        answers = set()
+        for _ in range(40):  # fresh connections, until some reach the replacement
+            with Client(server.address, token=key, options=OWN_CONNECTION) as client:
+                assert not client.health.check()  # NOT_SERVING on every worker
+                try:
+                    client.events.send(event(**FIELDS), timeout=10)  # type: ignore[arg-type]
+                except QuartetError as exc:
+                    answers.add((exc.code.name, exc.reason))
+                else:
+                    answers.add(("OK", ""))
+            if replacement in serving_pids(server.log):
+                break
+        assert replacement in serving_pids(server.log), "no call reached the replacement"
+        # Before, the replacement made an empty database at the path: "no such table", INTERNAL.
+        assert answers == {("UNAVAILABLE", "DATABASE_UNAVAILABLE")}, answers
+        assert not path.exists()
+    errors = [r for r in records(server.log) if r["level"] == "ERROR" and r["pid"] == replacement]
+    assert [r["message"] for r in errors] == [
+        f"the SQLite database file {path} does not exist: refusing every call rather than "
+        "creating an empty database in its place; restore the file (from a backup) and "
+        "restart the server"
+    ]

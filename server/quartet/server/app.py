@@ -269,11 +269,13 @@ async def running(settings: Settings, *, worker: bool = False) -> AsyncIterator[
     """Open the database, then start the server; on exit, stop it gracefully.
 
     A worker (one of several processes on one port) finds the database already prepared by its
-    supervisor and shares the port.
+    supervisor, and shares the port. It never creates the database: should the file be gone by
+    the time it starts (deleted under the server, then this worker replaced a dead one), every
+    call is refused as for the other workers, rather than served from a new, empty database.
     """
     if worker:
         database = storage.open_database(
-            settings.database_url, max_connections=_connections(settings)
+            settings.database_url, max_connections=_connections(settings), create=False
         )
         storage.bind(database)
     else:

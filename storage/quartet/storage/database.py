@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -14,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import peewee
 import psycopg2
@@ -50,7 +51,35 @@ SQLITE_PRAGMAS = {
 }
 
 
-class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
+# Untyped, as PooledSqliteDatabase is to mypy: peewee's hints lack the _connect overridden below.
+_PeeweeSqlite: Any = peewee.SqliteDatabase
+
+
+class _SqliteConnections(_PeeweeSqlite):  # type: ignore[misc]
+    """Opens SQLite's connections: those of a database that may not create its file, and every
+    one after the first, with `mode=rw`, so that SQLite fails (SQLITE_CANTOPEN) instead of
+    creating an empty database where the file is missing. Peewee's pool opens its connections
+    through this class's `_connect` (it comes after the pool in _SqliteDatabase's MRO)."""
+
+    _may_create = True
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._may_create:
+            conn: sqlite3.Connection = super()._connect()
+            return conn
+        uri = f"file:{quote(os.path.abspath(self.database))}?mode=rw"
+        conn = sqlite3.connect(
+            uri, timeout=self._timeout, isolation_level=None, uri=True, **self.connect_params
+        )
+        try:
+            self._add_conn_hooks(conn)
+        except Exception:
+            conn.close()
+            raise
+        return conn
+
+
+class _SqliteDatabase(PooledSqliteDatabase, _SqliteConnections):  # type: ignore[misc]
     """Pooled SQLite whose write transactions queue on an flock() of `<database>.writelock`.
 
     SQLite admits one writer at a time; a writer that finds the lock taken sleeps and retries
@@ -65,11 +94,20 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
     the mapping of a file that cannot be written (immutable, a read-only remount) is not an error
     SQLite could report but SIGBUS, which kills the process. And a database file deleted or
     replaced under the server would take every later write with it, while a new connection
-    would create an empty database in its place.
+    would create an empty database in its place: only a database opened with `create=True` (to
+    migrate it) may create its file, and only with its first connection.
     """
 
-    def __init__(self, database: str, **kwargs: object) -> None:
+    # At most this many connections are set aside (see _close_raw). Past that, the oldest is
+    # closed anyway: while the newer ones stay open it cannot be this process's last connection
+    # to the database, and only the last one checkpoints on closing (it alone gets the exclusive
+    # lock that takes), so that close writes nothing into the files (checked: their sizes and
+    # times stay the same). The health probe closes the rest within a second of recovery.
+    MAX_SET_ASIDE = 32
+
+    def __init__(self, database: str, *, create: bool = True, **kwargs: object) -> None:
         super().__init__(database, **kwargs)
+        self._may_create = create
         self._lock_path = f"{database}.writelock"
         self._held = threading.local()  # the lock file of this thread's open transaction
         self._log_path = f"{database}-wal"
@@ -78,15 +116,22 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
         self._background_checkpoints = False
         self._identity: tuple[int, int] | None = None  # (device, inode) of the file first opened
         self._lost = False  # the path stopped naming that file (logged once)
-        self._abandoned: list[sqlite3.Connection] = []  # left open: see _close_raw
+        self._missing = False  # the file was missing when first opened (logged once)
+        self._set_aside: list[sqlite3.Connection] = []  # oldest first: see _close_raw
 
     def _connect(self) -> sqlite3.Connection:
         """Check the files, then hand out a pooled connection (or open one)."""
         self.check_files(writing=False)
-        conn: sqlite3.Connection = super()._connect()
+        try:
+            conn: sqlite3.Connection = super()._connect()
+        except sqlite3.OperationalError:
+            if not self._may_create and not os.path.lexists(self.database):
+                self._refuse_missing()  # deleted between the check and the open
+            raise
         if self._identity is None:
             found = os.stat(self.database)
             self._identity = (found.st_dev, found.st_ino)
+            self._may_create = False  # from now on a missing file is a lost one
         return conn
 
     def cursor(self, named_cursor: object = None) -> sqlite3.Cursor:
@@ -98,15 +143,45 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
         return cursor
 
     def _close_raw(self, conn: sqlite3.Connection) -> None:
-        """Close conn, unless the files cannot be written: the last connection of a process to
-        close checkpoints the log into them, through -shm (SIGBUS). Such a connection stays open
-        (and unused) until the process exits, which releases its locks without writing."""
+        """Close conn, unless the files cannot be written: the last connection to close
+        checkpoints the log into them, through -shm (SIGBUS). Such a connection is set aside,
+        unused, and closed once the files can be written again (close_set_aside), or when the
+        process exits, which releases its locks without writing."""
+        with self._pool_lock:
+            try:
+                self.check_files(writing=True)
+            except DatabaseUnavailable:
+                self._set_aside.append(conn)
+                if len(self._set_aside) > self.MAX_SET_ASIDE:
+                    self._close_quietly(self._set_aside.pop(0))  # see MAX_SET_ASIDE
+                return
+            super()._close_raw(conn)
+            self._close_set_aside()
+
+    def close_set_aside(self) -> None:
+        """Close the connections set aside during a fault, if the files can be written now."""
+        with self._pool_lock:
+            if self._set_aside:
+                with contextlib.suppress(DatabaseUnavailable):
+                    self.check_files(writing=True)
+                    self._close_set_aside()
+
+    @property
+    def set_aside(self) -> int:
+        """How many connections are set aside, waiting for the files to be writable."""
+        return len(self._set_aside)
+
+    def _close_set_aside(self) -> None:
+        set_aside, self._set_aside = self._set_aside, []
+        for conn in set_aside:
+            self._close_quietly(conn)
+
+    @staticmethod
+    def _close_quietly(conn: sqlite3.Connection) -> None:
         try:
-            self.check_files(writing=True)
-        except DatabaseUnavailable:
-            self._abandoned.append(conn)
-            return
-        super()._close_raw(conn)
+            conn.close()
+        except sqlite3.Error as exc:  # the files failed again meanwhile: dropped all the same
+            logger.warning("cannot close an SQLite connection set aside: %s", exc)
 
     def begin(self, lock_type: str | None = None) -> None:
         if (lock_type or "").upper() == "DEFERRED":  # a read, or temporary tables only
@@ -156,6 +231,8 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
 
     def _check_identity(self) -> None:
         if self._identity is None:
+            if not self._may_create and not os.path.lexists(self.database):
+                self._refuse_missing()
             return
         try:
             found = os.stat(self.database)
@@ -176,6 +253,17 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
                 self.database,
             )
         raise DatabaseUnavailable(f"the SQLite database file {self.database} is gone")
+
+    def _refuse_missing(self) -> None:
+        if not self._missing:
+            self._missing = True
+            logger.error(
+                "the SQLite database file %s does not exist: refusing every call rather than "
+                "creating an empty database in its place; restore the file (from a backup) and "
+                "restart the server",
+                self.database,
+            )
+        raise DatabaseUnavailable(f"the SQLite database file {self.database} does not exist")
 
     def checkpoint_in_background(self, on: bool) -> None:
         """Whether connections leave checkpoints to a WalCheckpointer (from the next one made:
@@ -297,6 +385,13 @@ class WalCheckpointer:
     def _run(self, database: _SqliteDatabase, command: list[str], started: threading.Event) -> None:
         try:
             while True:
+                if not os.path.lexists(database.database):
+                    # Deleted: the database refuses every call and logs why; a child could only
+                    # fail to open it (mode=rw), once a second. Wait for the file instead.
+                    started.set()
+                    if self._stop.wait(1.0):
+                        return
+                    continue
                 with self._lock:
                     if self._stop.is_set():
                         return
@@ -402,9 +497,11 @@ def probe_writes(database: peewee.Database) -> None:
 
 def check_files(database: peewee.Database) -> None:
     """Raise DatabaseUnavailable if an SQLite database's files cannot take a write now, or its
-    path no longer names the file opened (microseconds, no connection); a no-op on PostgreSQL."""
+    path no longer names the file opened (microseconds, no connection); a no-op on PostgreSQL.
+    Once they can, close the connections set aside while they could not."""
     if isinstance(database, _SqliteDatabase):
         database.check_files(writing=True)
+        database.close_set_aside()
 
 
 def default_database_url() -> str:
@@ -412,12 +509,15 @@ def default_database_url() -> str:
     return f"sqlite:///{DEFAULT_SQLITE_PATH}"
 
 
-def open_database(url: str, *, max_connections: int = 20) -> peewee.Database:
+def open_database(url: str, *, max_connections: int = 20, create: bool = True) -> peewee.Database:
     """Open (lazily: no connection is made yet) the database named by url.
 
     `sqlite:///relative/path` and `sqlite:////absolute/path` give SQLite with WAL, a busy timeout
-    and foreign keys; the file's directory is created. `postgresql://user:password@host:port/name`
-    (or `postgres://`) gives a PostgreSQL connection pool. Query parameters go to the driver.
+    and foreign keys; the file's directory is created, and the file by the first connection if
+    `create` (to migrate it). Without `create`, as in a server's workers, whose supervisor made
+    and migrated it, a missing file is DatabaseUnavailable (and one ERROR line), never a new
+    empty database. `postgresql://user:password@host:port/name` (or `postgres://`) gives a
+    PostgreSQL connection pool. Query parameters go to the driver.
     """
     scheme = urlsplit(url).scheme
     params = parse(url, unquote_password=True, unquote_user=True)
@@ -431,6 +531,7 @@ def open_database(url: str, *, max_connections: int = 20) -> peewee.Database:
         Path(name).expanduser().parent.mkdir(parents=True, exist_ok=True)
         database: peewee.Database = _SqliteDatabase(
             str(Path(name).expanduser()),
+            create=create,
             pragmas=SQLITE_PRAGMAS,
             max_connections=max_connections,
             timeout=30,
