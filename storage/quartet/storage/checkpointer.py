@@ -19,6 +19,7 @@ import signal
 import sqlite3
 import sys
 import threading
+from urllib.parse import quote
 
 # How long a connection waits for SQLite's write lock: every connection, the workers' too
 # (quartet.storage.database imports it from here, which it can: this file needs nothing else).
@@ -35,7 +36,7 @@ def main(argv: list[str]) -> None:
     try:
         # mode=rw: never create a database where there is none (the file was deleted).
         connection = sqlite3.connect(
-            f"file:{path}?mode=rw", uri=True, isolation_level=None, check_same_thread=False
+            f"file:{quote(os.path.abspath(path))}?mode=rw", uri=True, isolation_level=None, check_same_thread=False
         )
     except sqlite3.Error as exc:
         _log("WARNING", f"the checkpointer cannot open {path}: {exc}")
