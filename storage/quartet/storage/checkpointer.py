@@ -36,7 +36,10 @@ def main(argv: list[str]) -> None:
     try:
         # mode=rw: never create a database where there is none (the file was deleted).
         connection = sqlite3.connect(
-            f"file:{quote(os.path.abspath(path))}?mode=rw", uri=True, isolation_level=None, check_same_thread=False
+            f"file:{quote(os.path.abspath(path))}?mode=rw",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
         )
     except sqlite3.Error as exc:
         _log("WARNING", f"the checkpointer cannot open {path}: {exc}")
