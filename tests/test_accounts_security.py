@@ -138,7 +138,9 @@ def test_the_delay_grows_with_each_failure_after_the_threshold(settings: Setting
         time.sleep(first + 0.2)
         assert outcome(lambda: login("growing@example.com", WRONG)) == FAILED
         second = failure(lambda: login("growing@example.com", WRONG)).retry_delay
-        assert second is not None and 3 < second <= 4  # doubled: 4 s, less the time spent
+        # Doubled: 4 s from the failure that blocked, rounded up, less the time spent since (over
+        # a second on a loaded machine, with its hash); the first delay is never more than 2 s.
+        assert second is not None and 2 < second <= 4 and second > first
 
 
 def test_an_unknown_email_is_throttled_exactly_like_a_registered_one(settings: Settings) -> None:

@@ -80,6 +80,21 @@ class ExpiringCache(Generic[V]):
         return len(self._items)
 
 
+def account_disabled() -> Unauthenticated:
+    """The refusal of a disabled account's token, refresh token or login."""
+    return Unauthenticated(
+        "this account is disabled; an admin may enable it again",
+        reason=error_reason_pb2.ACCOUNT_DISABLED,
+    )
+
+
+def account_gone() -> Unauthenticated:
+    """The refusal of a token whose account no longer exists."""
+    return Unauthenticated(
+        "the account of this token no longer exists", reason=error_reason_pb2.ACCOUNT_NOT_FOUND
+    )
+
+
 class Authenticator:
     def __init__(self, issuer: TokenIssuer, runner: DatabaseRunner) -> None:
         self.issuer = issuer
@@ -134,15 +149,9 @@ class Authenticator:
             self._accounts.put(key, state)
         role, disabled = state
         if role is None:
-            raise Unauthenticated(
-                "the account of this token no longer exists",
-                reason=error_reason_pb2.ACCOUNT_NOT_FOUND,
-            )
+            raise account_gone()
         if disabled:
-            raise Unauthenticated(
-                "this account is disabled; an admin may enable it again",
-                reason=error_reason_pb2.ACCOUNT_DISABLED,
-            )
+            raise account_disabled()
         return role
 
     def forget_account(self, account_id: int) -> None:

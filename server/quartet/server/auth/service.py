@@ -11,7 +11,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from quartet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from quartet.errors.v1 import error_reason_pb2
-from quartet.server.auth.authenticator import Authenticator
+from quartet.server.auth.authenticator import Authenticator, account_disabled, account_gone
 from quartet.server.auth.passwords import hash_password, needs_rehash, verify_password
 from quartet.server.auth.policy import current_caller, require_caller
 from quartet.server.auth.throttle import Throttle
@@ -94,10 +94,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         assert account is not None and encoded is not None
         await self._throttle.succeeded(request.email, peer)
         if account.disable_time is not None:  # said only to who knows the password
-            raise Unauthenticated(
-                "this account is disabled; an admin may enable it again",
-                reason=error_reason_pb2.ACCOUNT_DISABLED,
-            )
+            raise account_disabled()
         if needs_rehash(encoded):
             rehashed = await asyncio.to_thread(hash_password, request.password)
             await self._db.run(accounts.set_password_hash, account.id, rehashed)
@@ -114,10 +111,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         )
         if token is None:
             if await self._db.run(accounts.find_account_by_id, claims.account_id) is None:
-                raise Unauthenticated(  # its tokens went with it
-                    "the account of this token no longer exists",
-                    reason=error_reason_pb2.ACCOUNT_NOT_FOUND,
-                )
+                raise account_gone()  # its tokens went with it
             raise Unauthenticated("the refresh token is not valid")
         if account is None:
             raise Unauthenticated(
@@ -127,10 +121,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
                 reason=error_reason_pb2.CREDENTIALS_REVOKED,
             )
         if account.disable_time is not None:
-            raise Unauthenticated(
-                "this account is disabled; an admin may enable it again",
-                reason=error_reason_pb2.ACCOUNT_DISABLED,
-            )
+            raise account_disabled()
         access = self._issuer.access(account.id, account.role, now)
         return _token_pair(access, refresh)
 
