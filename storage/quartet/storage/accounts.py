@@ -241,26 +241,32 @@ def _count(rule: ThrottleRule, now: datetime.datetime) -> bool:
     return bool(query.as_rowcount().execute())
 
 
-def forget_failures(key: str) -> None:
-    """A success: the key's count starts again."""
-    with db.atomic():
-        LoginThrottle.delete().where(LoginThrottle.key == key).execute()
-
-
-def refund_attempt(key: str, threshold: int, now: datetime.datetime) -> None:
-    """An attempt counted by take_attempt was no failure after all: count it no more (and lift
-    the block it set, if the count is below the threshold again)."""
+def forgive_attempt(
+    reset: str | None, refund: str | None, threshold: int, now: datetime.datetime
+) -> None:
+    """An attempt counted by take_attempt was no failure after all, in one transaction: the
+    `reset` key's count starts again (an email, after a success), and the `refund` key's count
+    forgets this one attempt (an address), lifting the block it set if the count is below
+    `threshold` again."""
     table = LoginThrottle
     with db.atomic():
-        (
-            table.update(
-                failures=table.failures - 1,
-                blocked_until=peewee.Case(
-                    None,
-                    [(table.failures - 1 < threshold, table.blocked_until.to_value(now))],
-                    table.blocked_until,
-                ),
-            )
-            .where((table.key == key) & (table.failures > 0))
-            .execute()
+        if reset is not None:
+            table.delete().where(table.key == reset).execute()
+        if refund is not None:
+            _refund(refund, threshold, now)
+
+
+def _refund(key: str, threshold: int, now: datetime.datetime) -> None:
+    table = LoginThrottle
+    (
+        table.update(
+            failures=table.failures - 1,
+            blocked_until=peewee.Case(
+                None,
+                [(table.failures - 1 < threshold, table.blocked_until.to_value(now))],
+                table.blocked_until,
+            ),
         )
+        .where((table.key == key) & (table.failures > 0))
+        .execute()
+    )

@@ -63,12 +63,15 @@ class Throttle:
         """The attempt was no failure: the email's count starts again, and the address's count
         forgets this attempt (an address's failures are never reset by its own successes, which
         an attacker holding one account could use)."""
-        if email is not None:
-            await self._db.run(accounts.forget_failures, email_key(email, self._secret))
-        if self._per_address:
-            await self._db.run(
-                accounts.refund_attempt, address_key(peer), self._per_address, utcnow()
-            )
+        if email is None and not self._per_address:
+            return
+        await self._db.run(
+            accounts.forgive_attempt,
+            None if email is None else email_key(email, self._secret),
+            address_key(peer) if self._per_address else None,
+            self._per_address,
+            utcnow(),
+        )
 
     def _rule(self, key: str, threshold: int, now: datetime.datetime) -> accounts.ThrottleRule:
         """The key's rule: no wait below the threshold, then delays doubling up to the maximum."""
