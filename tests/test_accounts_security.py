@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,7 +24,11 @@ import pytest
 
 from quartet import storage
 from quartet.auth.v1 import auth_service_pb2 as pb
-from quartet.client import Client, QuartetError
+from quartet.client import Client, QuartetError, event
+from quartet.events.v1 import event_service_pb2 as events_pb
+from quartet.events.v1 import event_service_pb2_grpc
+from quartet.experiments.v1 import experiment_service_pb2 as experiments_pb
+from quartet.experiments.v1 import experiment_service_pb2_grpc
 from quartet.server.auth import authenticator, passwords, service
 from quartet.server.settings import GOOD_SECRET_COMMAND, Settings, SettingsError
 from quartet.server.testing import running_server
@@ -358,6 +363,78 @@ def test_a_role_comes_from_the_database_not_the_token(
             )
             eventually(lambda: list(holder.auth.iter_accounts()), denied, quick_cache + 5)
             assert holder.events.list() is not None  # still an analyst
+
+
+def _held_stream(first: list[Any], rest: list[Any], go: threading.Event) -> Iterator[Any]:
+    """The messages of a stream: `first`, then, once `go` is set, `rest`."""
+    yield from first
+    go.wait(30)
+    yield from rest
+
+
+def test_an_open_import_stops_at_the_next_message_once_its_account_is_disabled(
+    client: Client, sign_in: Callable[..., Principal]
+) -> None:
+    importer = sign_in("admin")
+    files = [
+        experiments_pb.ImportExperimentDataRequest(file=experiments_pb.DATA_FILE_USERS, data=b"x"),
+        experiments_pb.ImportExperimentDataRequest(file=experiments_pb.DATA_FILE_COMPOUNDS),
+    ]
+    last = experiments_pb.ImportExperimentDataRequest(file=experiments_pb.DATA_FILE_EXPERIMENTS)
+    go = threading.Event()
+    stub = experiment_service_pb2_grpc.ExperimentServiceStub(importer.client.channel)
+    replies = stub.ImportExperimentData(
+        _held_stream(files, [last], go), metadata=importer.client.metadata, timeout=60
+    )
+    try:
+        assert next(replies).stage == experiments_pb.IMPORT_STAGE_RECEIVING  # under way
+        client.auth.disable_account(importer.id)
+        go.set()
+        with pytest.raises(grpc.RpcError) as caught:
+            list(replies)
+    finally:
+        go.set()
+    refused = QuartetError.from_rpc_error(caught.value)
+    assert (refused.code.name, refused.reason) == ("UNAUTHENTICATED", "ACCOUNT_DISABLED")
+    assert client.experiments.get_report().user_count == 0  # nothing imported
+
+
+def test_an_open_event_stream_stops_at_the_next_message_once_its_key_is_revoked(
+    client: Client, target: str
+) -> None:
+    created = client.auth.create_application("streamer")
+    first, second = (
+        event(
+            session_id=uuid.uuid4(),
+            category="page interaction",
+            name="pageview",
+            occurred_at="2021-01-01 09:15:27",
+            data={"host": "a.example", "path": "/"},
+        )
+        for _ in range(2)
+    )
+    go = threading.Event()
+    with Client(target, token=created.api_key) as sender:
+        stub = event_service_pb2_grpc.EventServiceStub(sender.channel)
+        messages = _held_stream(
+            [events_pb.StreamEventsRequest(events=[first])],
+            [events_pb.StreamEventsRequest(events=[second])],
+            go,
+        )
+        reply = stub.StreamEvents.future(messages, metadata=sender.metadata, timeout=60)
+        try:
+            deadline = time.monotonic() + 30
+            while not list(client.events.iter()):  # the first message is in: the call began
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            client.auth.revoke_api_key(created.application.api_keys[0].id)
+        finally:
+            go.set()
+        with pytest.raises(grpc.RpcError) as caught:
+            reply.result()
+    refused = QuartetError.from_rpc_error(caught.value)
+    assert (refused.code.name, refused.reason) == ("UNAUTHENTICATED", "CREDENTIALS_REVOKED")
+    assert [e.id for e in client.events.iter()] == [first.id]  # the second was never stored
 
 
 # --- item 12: self sign-up ------------------------------------------------------------------------

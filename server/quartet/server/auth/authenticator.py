@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import collections
+import contextvars
 import hmac
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 from quartet.errors.v1 import error_reason_pb2
-from quartet.server.auth.policy import Caller
+from quartet.server.auth.policy import Caller, check, current_caller, current_rule
 from quartet.server.auth.tokens import TokenIssuer, hash_api_secret, split_api_key
 from quartet.server.errors import Unauthenticated
 from quartet.storage import DatabaseRunner, accounts, applications
@@ -38,6 +39,8 @@ ACCOUNT_CACHE_SIZE = 10_000
 
 
 V = TypeVar("V")
+M = TypeVar("M")
+Metadata = Sequence[tuple[str, str | bytes]]
 
 
 class ExpiringCache(Generic[V]):
@@ -114,7 +117,10 @@ class Authenticator:
 
     async def authenticate(self, metadata: Iterable[tuple[str, str | bytes]]) -> Caller | None:
         """The caller named by the metadata, None if it has no credentials; Unauthenticated if
-        they are malformed, forged, expired or revoked."""
+        they are malformed, forged, expired or revoked. Remembered for the current call, so that
+        `rechecked` can check the caller again while the call goes on."""
+        metadata = tuple(metadata)
+        _authenticated.set((self, metadata))
         header = next((v for k, v in metadata if k == "authorization"), None)
         if header is None:
             return None
@@ -154,6 +160,17 @@ class Authenticator:
             raise account_disabled()
         return role
 
+    async def recheck(self, caller: Caller, metadata: Metadata) -> Caller:
+        """The caller of a call under way, as it stands now: an account's state and role (an
+        access token that has expired since the call began is not refused: gRPC checks a
+        call's credentials once, when it starts), an API key's revocation; from the caches."""
+        if caller.kind == "account":
+            return Caller("account", caller.id, await self._account_role(caller.id))
+        again = await self.authenticate(metadata)
+        if again is None:  # unreachable: the same metadata named a caller when the call began
+            raise Unauthenticated("the call's credentials are gone")
+        return again
+
     def forget_account(self, account_id: int) -> None:
         """Drop an account from the cache (after its role or state changed here)."""
         self._accounts.pop(str(account_id))
@@ -181,3 +198,35 @@ class Authenticator:
     def forget_key(self, key_id: str) -> None:
         """Drop a key from the cache (after it was revoked here)."""
         self._keys.pop(key_id)
+
+
+# The authenticator and metadata of the current call, recorded by `authenticate`.
+_authenticated: contextvars.ContextVar[tuple[Authenticator, Metadata] | None] = (
+    contextvars.ContextVar("authenticated", default=None)
+)
+
+
+def rechecked(requests: AsyncIterator[M]) -> AsyncIterator[M]:
+    """The current call's stream of requests, its caller checked again before each message after
+    the first, so that a stream opened before its account was disabled or deleted, its role
+    lowered or its API key revoked stops at the next message (UNAUTHENTICATED or
+    PERMISSION_DENIED, as a new call would be answered), not when the client ends it. A check
+    costs a cache lookup; the database is asked once per cache period (10 s) at most.
+
+    Call it in the call's own task: the caller and its credentials are taken at once."""
+    caller = current_caller()
+    rule = current_rule()
+    authenticated = _authenticated.get()
+    if caller is None or authenticated is None:
+        return requests
+    authenticator, metadata = authenticated
+
+    async def checked() -> AsyncIterator[M]:
+        first = True
+        async for message in requests:
+            if not first:
+                check(rule, await authenticator.recheck(caller, metadata))
+            first = False
+            yield message
+
+    return checked()
