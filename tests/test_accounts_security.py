@@ -226,6 +226,31 @@ def test_sign_ups_that_hit_a_taken_email_count_against_the_address(settings: Set
         assert outcome(lambda: anonymous.auth.login("new1@example.com", PASSWORD)) == THROTTLED
 
 
+def test_a_successful_login_writes_once_after_its_attempt_is_counted(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The count, then the refresh token's row with the success forgiven: two transactions (on
+    SQLite, two turns of the single writer), where resetting the email's count and refunding the
+    address's apart took four."""
+    limits = {**THROTTLE, "login_failures_per_address": 10}
+    with serve(settings, **limits) as server, server.client() as anonymous:
+        server.account(email="writes@example.com")
+        begun: list[object] = []
+        real = server.database.begin
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            begun.append(args)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(server.database, "begin", counting)
+        assert anonymous.auth.login("writes@example.com", PASSWORD).access_token
+        assert len(begun) == 2
+        monkeypatch.undo()
+        # Both keys were forgiven: the email starts again, the address lost this attempt.
+        stored = server.run(lambda: {row.key[:3]: row.failures for row in accounts.LoginThrottle})
+        assert stored == {"ip:": 0}
+
+
 def test_the_counts_live_in_the_database(settings: Settings) -> None:
     """Every worker and replica shares them: a server started afresh on the same database still
     refuses, where a count in memory would have been lost."""

@@ -72,10 +72,9 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
             await self._throttle.attempt(None, peer)
         password_hash = await asyncio.to_thread(hash_password, request.password)
         account = await self._db.run(accounts.create_account, email, password_hash, role)
-        if not by_admin:
-            await self._throttle.succeeded(None, peer)
+        forgiven = None if by_admin else self._throttle.forgiveness(None, peer)
         return pb.CreateAccountResponse(
-            account=account_message(account), tokens=await self._tokens(account)
+            account=account_message(account), tokens=await self._tokens(account, forgiven)
         )
 
     async def Login(self, request: pb.LoginRequest, context: Context) -> pb.TokenPair:
@@ -92,13 +91,14 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         if not await asyncio.to_thread(verify_password, request.password, encoded):
             raise Unauthenticated(LOGIN_FAILED, reason=error_reason_pb2.LOGIN_FAILED)
         assert account is not None and encoded is not None
-        await self._throttle.succeeded(request.email, peer)
         if account.disable_time is not None:  # said only to who knows the password
+            await self._throttle.succeeded(request.email, peer)
             raise account_disabled()
         if needs_rehash(encoded):
             rehashed = await asyncio.to_thread(hash_password, request.password)
             await self._db.run(accounts.set_password_hash, account.id, rehashed)
-        return await self._tokens(account)
+        # The success is forgiven with the refresh token's row: one write after the count.
+        return await self._tokens(account, self._throttle.forgiveness(request.email, peer))
 
     async def RefreshToken(self, request: pb.RefreshTokenRequest, context: Context) -> pb.TokenPair:
         claims = self._issuer.verify_refresh(request.refresh_token)
@@ -235,8 +235,11 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         self._authenticator.forget_key(key.id)
         return api_key_message(key)
 
-    async def _tokens(self, account: accounts.Account) -> pb.TokenPair:
-        """The first pair of a new login: its refresh token starts a family."""
+    async def _tokens(
+        self, account: accounts.Account, forgiven: accounts.Forgiveness | None
+    ) -> pb.TokenPair:
+        """The first pair of a new login: its refresh token starts a family. The attempt that
+        logged in is forgiven in the same transaction."""
         now = utcnow()
         access = self._issuer.access(account.id, account.role, now)
         refresh, claims = self._issuer.refresh(account.id, uuid.uuid4().hex, now)
@@ -246,6 +249,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
             account.id,
             claims.family,
             refresh.expire_time,
+            forgiven,
         )
         return _token_pair(access, refresh)
 

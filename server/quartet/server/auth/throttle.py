@@ -60,17 +60,23 @@ class Throttle:
             )
 
     async def succeeded(self, email: str | None, peer: str) -> None:
-        """The attempt was no failure: the email's count starts again, and the address's count
-        forgets this attempt (an address's failures are never reset by its own successes, which
-        an attacker holding one account could use)."""
+        """The attempt was no failure: forgive it (see `forgiveness`)."""
+        forgiven = self.forgiveness(email, peer)
+        if forgiven is not None:
+            await self._db.run(accounts.forgive_attempt, forgiven)
+
+    def forgiveness(self, email: str | None, peer: str) -> accounts.Forgiveness | None:
+        """What forgives an attempt that was no failure, to write with the login's other rows:
+        the email's count starts again, and the address's count forgets this attempt (an
+        address's failures are never reset by its own successes, which an attacker holding one
+        account could use). None if there is nothing to forgive."""
         if email is None and not self._per_address:
-            return
-        await self._db.run(
-            accounts.forgive_attempt,
-            None if email is None else email_key(email, self._secret),
-            address_key(peer) if self._per_address else None,
-            self._per_address,
-            utcnow(),
+            return None
+        return accounts.Forgiveness(
+            reset=None if email is None else email_key(email, self._secret),
+            refund=address_key(peer) if self._per_address else None,
+            threshold=self._per_address,
+            now=utcnow(),
         )
 
     def _rule(self, key: str, threshold: int, now: datetime.datetime) -> accounts.ThrottleRule:
