@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import contextvars
 import hmac
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 from quartet.errors.v1 import error_reason_pb2
@@ -98,6 +100,26 @@ def account_gone() -> Unauthenticated:
     )
 
 
+def _credential(metadata: Metadata) -> str | None:
+    """The token or API key of `authorization: Bearer ...`, None if there is no such metadata;
+    Unauthenticated if it is not of that form."""
+    header = next((v for k, v in metadata if k == "authorization"), None)
+    if header is None:
+        return None
+    scheme, _, credential = str(header).strip().partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
+        raise Unauthenticated("authorization metadata must be `Bearer <token or API key>`")
+    return credential
+
+
+async def _quietly(lookup: Callable[[], Awaitable[object]]) -> None:
+    # Wanted for the cache it fills, not its answer; a failure (the database unavailable) is
+    # tried again by the next check.
+    with contextlib.suppress(Exception):
+        await lookup()
+
+
 class Authenticator:
     def __init__(self, issuer: TokenIssuer, runner: DatabaseRunner) -> None:
         self.issuer = issuer
@@ -114,6 +136,8 @@ class Authenticator:
         self._accounts: ExpiringCache[tuple[str | None, bool]] = ExpiringCache(
             ACCOUNT_CACHE_SIZE, ACCOUNT_CACHE_SECONDS
         )
+        # lookups of open streams' callers under way in the background, by account or key
+        self._lookups: dict[str, asyncio.Future[None]] = {}
 
     async def authenticate(self, metadata: Iterable[tuple[str, str | bytes]]) -> Caller | None:
         """The caller named by the metadata, None if it has no credentials; Unauthenticated if
@@ -121,13 +145,9 @@ class Authenticator:
         `rechecked` can check the caller again while the call goes on."""
         metadata = tuple(metadata)
         _authenticated.set((self, metadata))
-        header = next((v for k, v in metadata if k == "authorization"), None)
-        if header is None:
+        credential = _credential(metadata)
+        if credential is None:
             return None
-        scheme, _, credential = str(header).strip().partition(" ")
-        credential = credential.strip()
-        if scheme.lower() != "bearer" or not credential:
-            raise Unauthenticated("authorization metadata must be `Bearer <token or API key>`")
         key = split_api_key(credential)
         if key is not None:
             return await self._application(*key)
@@ -162,14 +182,33 @@ class Authenticator:
 
     async def recheck(self, caller: Caller, metadata: Metadata) -> Caller:
         """The caller of a call under way, as it stands now: an account's state and role (an
-        access token that has expired since the call began is not refused: gRPC checks a
-        call's credentials once, when it starts), an API key's revocation; from the caches."""
+        access token that has expired since the call began is not refused: gRPC checks a call's
+        credentials once, when it starts), or an API key's revocation.
+
+        From the caches only: a stream may hold the worker's only database thread (an import,
+        with QUARTET_DB_THREADS=1), so a check never waits for the database. Where the cached
+        state has expired, a lookup starts in the background and the caller passes as last seen;
+        a message after the lookup sees its answer."""
         if caller.kind == "account":
+            if self._accounts.get(str(caller.id)) is None:
+                self._look_up_soon(f"account:{caller.id}", lambda: self._account_role(caller.id))
+                return caller
             return Caller("account", caller.id, await self._account_role(caller.id))
-        again = await self.authenticate(metadata)
-        if again is None:  # unreachable: the same metadata named a caller when the call began
-            raise Unauthenticated("the call's credentials are gone")
-        return again
+        key = split_api_key(_credential(metadata) or "")
+        if key is None:  # unreachable: the same metadata held an API key when the call began
+            raise Unauthenticated("the API key is not valid")
+        if self._keys.get(key[0]) is None and not self._missing.get(key[0]):
+            self._look_up_soon(f"key:{key[0]}", lambda: self._application(*key))
+            return caller
+        return await self._application(*key)
+
+    def _look_up_soon(self, name: str, lookup: Callable[[], Awaitable[object]]) -> None:
+        """Run lookup in the background (once at a time per name), for the cache it fills."""
+        if name in self._lookups:
+            return
+        task = asyncio.ensure_future(_quietly(lookup))
+        self._lookups[name] = task
+        task.add_done_callback(lambda _: self._lookups.pop(name, None))
 
     def forget_account(self, account_id: int) -> None:
         """Drop an account from the cache (after its role or state changed here)."""
