@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import contextvars
 import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Generic, TypeVar
 
+from quartet import storage
 from quartet.errors.v1 import error_reason_pb2
 from quartet.server.auth.policy import Caller, check, current_caller, current_rule
 from quartet.server.auth.tokens import TokenIssuer, hash_api_secret, split_api_key
@@ -114,10 +114,15 @@ def _credential(metadata: Metadata) -> str | None:
 
 
 async def _quietly(lookup: Callable[[], Awaitable[object]]) -> None:
-    # Wanted for the cache it fills, not its answer; a failure (the database unavailable) is
-    # tried again by the next check.
-    with contextlib.suppress(Exception):
+    # Wanted for the cache it fills, not for its refusal; a database that could not answer is
+    # asked again by the next check. Anything else is a bug, left for asyncio to log.
+    try:
         await lookup()
+    except Unauthenticated:
+        pass
+    except Exception as error:
+        if not (storage.unavailable(error) or isinstance(error, storage.DeadlineExceeded)):
+            raise
 
 
 class Authenticator:
@@ -187,8 +192,8 @@ class Authenticator:
 
         From the caches only: a stream may hold the worker's only database thread (an import,
         with QUARTET_DB_THREADS=1), so a check never waits for the database. Where the cached
-        state has expired, a lookup starts in the background and the caller passes as last seen;
-        a message after the lookup sees its answer."""
+        state has expired, a lookup starts in the background and the caller passes as it was when
+        the call began; a message after the lookup sees its answer."""
         if caller.kind == "account":
             if self._accounts.get(str(caller.id)) is None:
                 self._look_up_soon(f"account:{caller.id}", lambda: self._account_role(caller.id))
