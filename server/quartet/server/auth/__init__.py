@@ -1,6 +1,6 @@
 """Authentication (who is calling) and authorization (may they), for every quartet service."""
 
-from quartet.server.auth.authenticator import Authenticator, rechecked
+from quartet.server.auth.authenticator import Authenticator
 from quartet.server.auth.policy import (
     RULES,
     Caller,
@@ -20,7 +20,6 @@ __all__ = [
     "TokenIssuer",
     "admit",
     "current_caller",
-    "rechecked",
     "require_caller",
     "rule_for",
 ]

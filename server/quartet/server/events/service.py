@@ -17,7 +17,8 @@ from quartet.errors.v1 import error_reason_pb2
 from quartet.events.v1 import event_service_pb2 as pb
 from quartet.events.v1 import event_service_pb2_grpc
 from quartet.server import metrics
-from quartet.server.auth import rechecked, require_caller
+from quartet.server.auth import require_caller
+from quartet.server.auth.authenticator import rechecked
 from quartet.server.errors import (
     AlreadyExists,
     FieldViolation,

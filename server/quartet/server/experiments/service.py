@@ -11,7 +11,7 @@ import grpc
 
 from quartet.experiments.v1 import experiment_service_pb2 as pb
 from quartet.experiments.v1 import experiment_service_pb2_grpc
-from quartet.server.auth import rechecked
+from quartet.server.auth.authenticator import rechecked
 from quartet.server.errors import Violations
 from quartet.server.experiments.importer import Chunk, run_import
 from quartet.server.pagination import decode_page_token, encode_page_token, page_size
