@@ -103,10 +103,18 @@ def list_accounts(*, limit: int, after_id: int | None = None) -> list[Account]:
 
 
 def record_refresh_token(
-    jti: str, account_id: int, family: str, expire_time: datetime.datetime
+    jti: str,
+    account_id: int,
+    family: str,
+    expire_time: datetime.datetime,
+    forgiven: Forgiveness | None = None,
 ) -> None:
+    """Record a new login's refresh token, and forgive the attempt that logged in (if given) in
+    the same transaction: a successful login writes once after its attempt was counted."""
     with db.atomic():
         RefreshToken.create(jti=jti, account=account_id, family=family, expire_time=expire_time)
+        if forgiven is not None:
+            forgive_attempt(forgiven)
 
 
 def use_refresh_token(
@@ -241,26 +249,39 @@ def _count(rule: ThrottleRule, now: datetime.datetime) -> bool:
     return bool(query.as_rowcount().execute())
 
 
-def forget_failures(key: str) -> None:
-    """A success: the key's count starts again."""
-    with db.atomic():
-        LoginThrottle.delete().where(LoginThrottle.key == key).execute()
+@dataclass(frozen=True)
+class Forgiveness:
+    """An attempt counted by take_attempt that was no failure after all: the `reset` key's count
+    starts again (an email, after a success), and the `refund` key's count forgets this one
+    attempt (an address), lifting the block it set if the count is below `threshold` again."""
+
+    reset: str | None
+    refund: str | None
+    threshold: int
+    now: datetime.datetime
 
 
-def refund_attempt(key: str, threshold: int, now: datetime.datetime) -> None:
-    """An attempt counted by take_attempt was no failure after all: count it no more (and lift
-    the block it set, if the count is below the threshold again)."""
+def forgive_attempt(forgiven: Forgiveness) -> None:
+    """Apply forgiven, in one transaction."""
     table = LoginThrottle
     with db.atomic():
-        (
-            table.update(
-                failures=table.failures - 1,
-                blocked_until=peewee.Case(
-                    None,
-                    [(table.failures - 1 < threshold, table.blocked_until.to_value(now))],
-                    table.blocked_until,
-                ),
-            )
-            .where((table.key == key) & (table.failures > 0))
-            .execute()
+        if forgiven.reset is not None:
+            table.delete().where(table.key == forgiven.reset).execute()
+        if forgiven.refund is not None:
+            _refund(forgiven.refund, forgiven.threshold, forgiven.now)
+
+
+def _refund(key: str, threshold: int, now: datetime.datetime) -> None:
+    table = LoginThrottle
+    (
+        table.update(
+            failures=table.failures - 1,
+            blocked_until=peewee.Case(
+                None,
+                [(table.failures - 1 < threshold, table.blocked_until.to_value(now))],
+                table.blocked_until,
+            ),
         )
+        .where((table.key == key) & (table.failures > 0))
+        .execute()
+    )

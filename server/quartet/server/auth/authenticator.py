@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextvars
 import hmac
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Generic, TypeVar
 
+from quartet import storage
 from quartet.errors.v1 import error_reason_pb2
-from quartet.server.auth.policy import Caller
+from quartet.server.auth.policy import Caller, check, current_caller, current_rule
 from quartet.server.auth.tokens import TokenIssuer, hash_api_secret, split_api_key
 from quartet.server.errors import Unauthenticated
 from quartet.storage import DatabaseRunner, accounts, applications
@@ -38,6 +41,8 @@ ACCOUNT_CACHE_SIZE = 10_000
 
 
 V = TypeVar("V")
+M = TypeVar("M")
+Metadata = Sequence[tuple[str, str | bytes]]
 
 
 class ExpiringCache(Generic[V]):
@@ -80,6 +85,46 @@ class ExpiringCache(Generic[V]):
         return len(self._items)
 
 
+def account_disabled() -> Unauthenticated:
+    """The refusal of a disabled account's token, refresh token or login."""
+    return Unauthenticated(
+        "this account is disabled; an admin may enable it again",
+        reason=error_reason_pb2.ACCOUNT_DISABLED,
+    )
+
+
+def account_gone() -> Unauthenticated:
+    """The refusal of a token whose account no longer exists."""
+    return Unauthenticated(
+        "the account of this token no longer exists", reason=error_reason_pb2.ACCOUNT_NOT_FOUND
+    )
+
+
+def _credential(metadata: Metadata) -> str | None:
+    """The token or API key of `authorization: Bearer ...`, None if there is no such metadata;
+    Unauthenticated if it is not of that form."""
+    header = next((v for k, v in metadata if k == "authorization"), None)
+    if header is None:
+        return None
+    scheme, _, credential = str(header).strip().partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
+        raise Unauthenticated("authorization metadata must be `Bearer <token or API key>`")
+    return credential
+
+
+async def _quietly(lookup: Callable[[], Awaitable[object]]) -> None:
+    # Wanted for the cache it fills, not for its refusal; a database that could not answer is
+    # asked again by the next check. Anything else is a bug, left for asyncio to log.
+    try:
+        await lookup()
+    except Unauthenticated:
+        pass
+    except Exception as error:
+        if not (storage.unavailable(error) or isinstance(error, storage.DeadlineExceeded)):
+            raise
+
+
 class Authenticator:
     def __init__(self, issuer: TokenIssuer, runner: DatabaseRunner) -> None:
         self.issuer = issuer
@@ -96,17 +141,18 @@ class Authenticator:
         self._accounts: ExpiringCache[tuple[str | None, bool]] = ExpiringCache(
             ACCOUNT_CACHE_SIZE, ACCOUNT_CACHE_SECONDS
         )
+        # lookups of open streams' callers under way in the background, by account or key
+        self._lookups: dict[str, asyncio.Future[None]] = {}
 
     async def authenticate(self, metadata: Iterable[tuple[str, str | bytes]]) -> Caller | None:
         """The caller named by the metadata, None if it has no credentials; Unauthenticated if
-        they are malformed, forged, expired or revoked."""
-        header = next((v for k, v in metadata if k == "authorization"), None)
-        if header is None:
+        they are malformed, forged, expired or revoked. Remembered for the current call, so that
+        `rechecked` can check the caller again while the call goes on."""
+        metadata = tuple(metadata)
+        _authenticated.set((self, metadata))
+        credential = _credential(metadata)
+        if credential is None:
             return None
-        scheme, _, credential = str(header).strip().partition(" ")
-        credential = credential.strip()
-        if scheme.lower() != "bearer" or not credential:
-            raise Unauthenticated("authorization metadata must be `Bearer <token or API key>`")
         key = split_api_key(credential)
         if key is not None:
             return await self._application(*key)
@@ -134,16 +180,40 @@ class Authenticator:
             self._accounts.put(key, state)
         role, disabled = state
         if role is None:
-            raise Unauthenticated(
-                "the account of this token no longer exists",
-                reason=error_reason_pb2.ACCOUNT_NOT_FOUND,
-            )
+            raise account_gone()
         if disabled:
-            raise Unauthenticated(
-                "this account is disabled; an admin may enable it again",
-                reason=error_reason_pb2.ACCOUNT_DISABLED,
-            )
+            raise account_disabled()
         return role
+
+    async def recheck(self, caller: Caller, metadata: Metadata) -> Caller:
+        """The caller of a call under way, as it stands now: an account's state and role (an
+        access token that has expired since the call began is not refused: gRPC checks a call's
+        credentials once, when it starts), or an API key's revocation.
+
+        From the caches only: a stream may hold the worker's only database thread (an import,
+        with QUARTET_DB_THREADS=1), so a check never waits for the database. Where the cached
+        state has expired, a lookup starts in the background and the caller passes as it was when
+        the call began; a message after the lookup sees its answer."""
+        if caller.kind == "account":
+            if self._accounts.get(str(caller.id)) is None:
+                self._look_up_soon(f"account:{caller.id}", lambda: self._account_role(caller.id))
+                return caller
+            return Caller("account", caller.id, await self._account_role(caller.id))
+        key = split_api_key(_credential(metadata) or "")
+        if key is None:  # unreachable: the same metadata held an API key when the call began
+            raise Unauthenticated("the API key is not valid")
+        if self._keys.get(key[0]) is None and not self._missing.get(key[0]):
+            self._look_up_soon(f"key:{key[0]}", lambda: self._application(*key))
+            return caller
+        return await self._application(*key)
+
+    def _look_up_soon(self, name: str, lookup: Callable[[], Awaitable[object]]) -> None:
+        """Run lookup in the background (once at a time per name), for the cache it fills."""
+        if name in self._lookups:
+            return
+        task = asyncio.ensure_future(_quietly(lookup))
+        self._lookups[name] = task
+        task.add_done_callback(lambda _: self._lookups.pop(name, None))
 
     def forget_account(self, account_id: int) -> None:
         """Drop an account from the cache (after its role or state changed here)."""
@@ -172,3 +242,35 @@ class Authenticator:
     def forget_key(self, key_id: str) -> None:
         """Drop a key from the cache (after it was revoked here)."""
         self._keys.pop(key_id)
+
+
+# The authenticator and metadata of the current call, recorded by `authenticate`.
+_authenticated: contextvars.ContextVar[tuple[Authenticator, Metadata] | None] = (
+    contextvars.ContextVar("authenticated", default=None)
+)
+
+
+def rechecked(requests: AsyncIterator[M]) -> AsyncIterator[M]:
+    """The current call's stream of requests, its caller checked again before each message after
+    the first, so that a stream opened before its account was disabled or deleted, its role
+    lowered or its API key revoked stops at the next message (UNAUTHENTICATED or
+    PERMISSION_DENIED, as a new call would be answered), not when the client ends it. A check
+    costs a cache lookup; the database is asked once per cache period (10 s) at most.
+
+    Call it in the call's own task: the caller and its credentials are taken at once."""
+    caller = current_caller()
+    rule = current_rule()
+    authenticated = _authenticated.get()
+    if caller is None or authenticated is None:
+        return requests
+    authenticator, metadata = authenticated
+
+    async def checked() -> AsyncIterator[M]:
+        first = True
+        async for message in requests:
+            if not first:
+                check(rule, await authenticator.recheck(caller, metadata))
+            first = False
+            yield message
+
+    return checked()

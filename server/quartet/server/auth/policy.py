@@ -90,6 +90,7 @@ GRPC_OPEN_METHODS = (
 RULES: dict[str, Rule] = {**dict.fromkeys(GRPC_OPEN_METHODS, OPEN), **_rules()}
 
 _caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)
+_rule: contextvars.ContextVar[Rule] = contextvars.ContextVar("rule", default=UNLISTED)
 
 
 def rule_for(method: str) -> Rule:
@@ -97,7 +98,15 @@ def rule_for(method: str) -> Rule:
 
 
 def admit(rule: Rule, caller: Caller | None) -> None:
-    """Record caller for this call, or raise if rule does not admit it."""
+    """Record caller (and the rule that admitted it) for this call, or raise if rule does not
+    admit it."""
+    check(rule, caller)
+    _caller.set(caller)
+    _rule.set(rule)
+
+
+def check(rule: Rule, caller: Caller | None) -> None:
+    """Raise if rule does not admit caller."""
     if caller is None:
         if rule.credentials == "required":
             raise Unauthenticated(
@@ -110,12 +119,16 @@ def admit(rule: Rule, caller: Caller | None) -> None:
             f"{caller.kind} with role {caller.role} may not call this method{hint}",
             metadata={"role": caller.role},
         )
-    _caller.set(caller)
 
 
 def current_caller() -> Caller | None:
     """The authenticated caller of the current call (None if the method needs no credentials)."""
     return _caller.get()
+
+
+def current_rule() -> Rule:
+    """The rule that admitted the current call's caller."""
+    return _rule.get()
 
 
 def require_caller() -> Caller:

@@ -11,7 +11,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from quartet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from quartet.errors.v1 import error_reason_pb2
-from quartet.server.auth.authenticator import Authenticator
+from quartet.server.auth.authenticator import Authenticator, account_disabled, account_gone
 from quartet.server.auth.passwords import hash_password, needs_rehash, verify_password
 from quartet.server.auth.policy import current_caller, require_caller
 from quartet.server.auth.throttle import Throttle
@@ -72,10 +72,9 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
             await self._throttle.attempt(None, peer)
         password_hash = await asyncio.to_thread(hash_password, request.password)
         account = await self._db.run(accounts.create_account, email, password_hash, role)
-        if not by_admin:
-            await self._throttle.succeeded(None, peer)
+        forgiven = None if by_admin else self._throttle.forgiveness(None, peer)
         return pb.CreateAccountResponse(
-            account=account_message(account), tokens=await self._tokens(account)
+            account=account_message(account), tokens=await self._tokens(account, forgiven)
         )
 
     async def Login(self, request: pb.LoginRequest, context: Context) -> pb.TokenPair:
@@ -92,16 +91,14 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         if not await asyncio.to_thread(verify_password, request.password, encoded):
             raise Unauthenticated(LOGIN_FAILED, reason=error_reason_pb2.LOGIN_FAILED)
         assert account is not None and encoded is not None
-        await self._throttle.succeeded(request.email, peer)
         if account.disable_time is not None:  # said only to who knows the password
-            raise Unauthenticated(
-                "this account is disabled; an admin may enable it again",
-                reason=error_reason_pb2.ACCOUNT_DISABLED,
-            )
+            await self._throttle.succeeded(request.email, peer)
+            raise account_disabled()
         if needs_rehash(encoded):
             rehashed = await asyncio.to_thread(hash_password, request.password)
             await self._db.run(accounts.set_password_hash, account.id, rehashed)
-        return await self._tokens(account)
+        # The success is forgiven with the refresh token's row: one write after the count.
+        return await self._tokens(account, self._throttle.forgiveness(request.email, peer))
 
     async def RefreshToken(self, request: pb.RefreshTokenRequest, context: Context) -> pb.TokenPair:
         claims = self._issuer.verify_refresh(request.refresh_token)
@@ -114,10 +111,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         )
         if token is None:
             if await self._db.run(accounts.find_account_by_id, claims.account_id) is None:
-                raise Unauthenticated(  # its tokens went with it
-                    "the account of this token no longer exists",
-                    reason=error_reason_pb2.ACCOUNT_NOT_FOUND,
-                )
+                raise account_gone()  # its tokens went with it
             raise Unauthenticated("the refresh token is not valid")
         if account is None:
             raise Unauthenticated(
@@ -127,10 +121,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
                 reason=error_reason_pb2.CREDENTIALS_REVOKED,
             )
         if account.disable_time is not None:
-            raise Unauthenticated(
-                "this account is disabled; an admin may enable it again",
-                reason=error_reason_pb2.ACCOUNT_DISABLED,
-            )
+            raise account_disabled()
         access = self._issuer.access(account.id, account.role, now)
         return _token_pair(access, refresh)
 
@@ -244,8 +235,11 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         self._authenticator.forget_key(key.id)
         return api_key_message(key)
 
-    async def _tokens(self, account: accounts.Account) -> pb.TokenPair:
-        """The first pair of a new login: its refresh token starts a family."""
+    async def _tokens(
+        self, account: accounts.Account, forgiven: accounts.Forgiveness | None
+    ) -> pb.TokenPair:
+        """The first pair of a new login: its refresh token starts a family. The attempt that
+        logged in is forgiven in the same transaction."""
         now = utcnow()
         access = self._issuer.access(account.id, account.role, now)
         refresh, claims = self._issuer.refresh(account.id, uuid.uuid4().hex, now)
@@ -255,6 +249,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
             account.id,
             claims.family,
             refresh.expire_time,
+            forgiven,
         )
         return _token_pair(access, refresh)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import hmac
 import ipaddress
 import math
 
@@ -37,6 +38,7 @@ class Throttle:
         self._delay = settings.login_delay_seconds
         self._max_delay = settings.login_max_delay_seconds
         self._window = datetime.timedelta(seconds=settings.login_failure_window_seconds)
+        self._secret = settings.secret.encode()
 
     async def attempt(self, email: str | None, peer: str) -> None:
         """Count an attempt for email (None: a sign-up, counted only per address) and the peer's
@@ -44,7 +46,7 @@ class Throttle:
         now = utcnow()
         rules = []
         if email is not None:
-            rules.append(self._rule(email_key(email), self._per_account, now))
+            rules.append(self._rule(email_key(email, self._secret), self._per_account, now))
         if self._per_address:
             rules.append(self._rule(address_key(peer), self._per_address, now))
         until = await self._db.run(accounts.take_attempt, rules, now)
@@ -58,15 +60,24 @@ class Throttle:
             )
 
     async def succeeded(self, email: str | None, peer: str) -> None:
-        """The attempt was no failure: the email's count starts again, and the address's count
-        forgets this attempt (an address's failures are never reset by its own successes, which
-        an attacker holding one account could use)."""
-        if email is not None:
-            await self._db.run(accounts.forget_failures, email_key(email))
-        if self._per_address:
-            await self._db.run(
-                accounts.refund_attempt, address_key(peer), self._per_address, utcnow()
-            )
+        """The attempt was no failure: forgive it (see `forgiveness`)."""
+        forgiven = self.forgiveness(email, peer)
+        if forgiven is not None:
+            await self._db.run(accounts.forgive_attempt, forgiven)
+
+    def forgiveness(self, email: str | None, peer: str) -> accounts.Forgiveness | None:
+        """What forgives an attempt that was no failure, to write with the login's other rows:
+        the email's count starts again, and the address's count forgets this attempt (an
+        address's failures are never reset by its own successes, which an attacker holding one
+        account could use). None if there is nothing to forgive."""
+        if email is None and not self._per_address:
+            return None
+        return accounts.Forgiveness(
+            reset=None if email is None else email_key(email, self._secret),
+            refund=address_key(peer) if self._per_address else None,
+            threshold=self._per_address,
+            now=utcnow(),
+        )
 
     def _rule(self, key: str, threshold: int, now: datetime.datetime) -> accounts.ThrottleRule:
         """The key's rule: no wait below the threshold, then delays doubling up to the maximum."""
@@ -79,10 +90,12 @@ class Throttle:
         return accounts.ThrottleRule(key, blocked_after, now + self._window)
 
 
-def email_key(email: str) -> str:
-    """The key of an email, registered or not: a hash, so the table names nobody."""
-    normalized = accounts.normalize_email(email)
-    return "email:" + hashlib.sha256(normalized.encode(errors="replace")).hexdigest()[:48]
+def email_key(email: str, secret: bytes) -> str:
+    """The key of an email, registered or not: an HMAC keyed with the server's secret, so that
+    the table names nobody, even to someone who reads it and hashes a list of candidate emails
+    (which would find the emails behind a plain hash). A new secret starts every count afresh."""
+    normalized = accounts.normalize_email(email).encode(errors="replace")
+    return "email:" + hmac.new(secret, normalized, hashlib.sha256).hexdigest()[:48]
 
 
 def address_key(peer: str) -> str:

@@ -18,6 +18,7 @@ from quartet.events.v1 import event_service_pb2 as pb
 from quartet.events.v1 import event_service_pb2_grpc
 from quartet.server import metrics
 from quartet.server.auth import require_caller
+from quartet.server.auth.authenticator import rechecked
 from quartet.server.errors import (
     AlreadyExists,
     FieldViolation,
@@ -182,7 +183,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         writing: set[asyncio.Task[_Written]] = set()
         offset = messages = 0
         try:
-            async for message in request_iterator:
+            async for message in rechecked(request_iterator):
                 field = f"messages[{messages}].events"
                 messages += 1
                 _check_batch_size(message.events, field, allow_empty=True)

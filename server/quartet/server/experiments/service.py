@@ -11,6 +11,7 @@ import grpc
 
 from quartet.experiments.v1 import experiment_service_pb2 as pb
 from quartet.experiments.v1 import experiment_service_pb2_grpc
+from quartet.server.auth.authenticator import rechecked
 from quartet.server.errors import Violations
 from quartet.server.experiments.importer import Chunk, run_import
 from quartet.server.pagination import decode_page_token, encode_page_token, page_size
@@ -44,7 +45,8 @@ class ExperimentServicer(experiment_service_pb2_grpc.ExperimentServiceServicer):
         loop = asyncio.get_running_loop()
         updates: asyncio.Queue[pb.ImportExperimentDataResponse | None] = asyncio.Queue()
         ended = threading.Event()
-        source = _Chunks(request_iterator, loop, ended)
+        # Checked in this task, the call's: the chunks are read from another.
+        source = _Chunks(rechecked(request_iterator), loop, ended)
 
         def progress(reply: pb.ImportExperimentDataResponse) -> None:
             loop.call_soon_threadsafe(updates.put_nowait, reply)
