@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import grpc_tools
+from google.api import field_behavior_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,6 +99,7 @@ def _protoc(proto_files: list[str], out: Path, descriptor_set: Path) -> None:
         "grpc_tools.protoc",
         f"-I{PROTOS}",
         f"-I{well_known}",
+        f"-I{_vendored_root()}",  # google/api/field_behavior.proto, which quartet's protos import
         f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
         f"--python_out={out}",
@@ -110,6 +112,14 @@ def _protoc(proto_files: list[str], out: Path, descriptor_set: Path) -> None:
         *proto_files,
     ]
     subprocess.run(command, check=True, cwd=PROTOS)
+
+
+def _vendored_root() -> Path:
+    """The include root of the installed distribution that VENDORED is copied from."""
+    distribution = importlib.metadata.distribution(VENDORED_DISTRIBUTION)
+    return Path(str(distribution.locate_file(VENDORED[0]))).parents[
+        len(Path(VENDORED[0]).parts) - 1
+    ]
 
 
 def _vendor(target: Path) -> None:
@@ -180,6 +190,12 @@ def render_reference(descriptor_set: Path, proto_files: list[str]) -> str:
         "(**idempotency**, protobuf's `idempotency_level`): a call `NO_SIDE_EFFECTS` or",
         "`IDEMPOTENT` is safe to repeat, for example after UNAVAILABLE.",
         "",
+        "Each field's **behaviour** is its `google.api.field_behavior` (AIP-203): a request",
+        "without a `REQUIRED` field is refused, INVALID_ARGUMENT naming it in `BadRequest` (Login",
+        "and RefreshToken answer UNAUTHENTICATED instead, as for a wrong credential); an",
+        "`OUTPUT_ONLY` field is set by the server; an `IMMUTABLE` one is set once, when the",
+        "resource is created.",
+        "",
     ]
     access_of = _access_reader(files)
     for file in sorted(ours, key=lambda f: f.name):
@@ -204,10 +220,13 @@ def render_reference(descriptor_set: Path, proto_files: list[str]) -> str:
         for path, name, message in _messages(file.message_type, (_MESSAGE,), ""):
             lines += [f"### message `{name}`", "", _text(comments, path), ""]
             if message.field:
-                lines += ["| field | type | description |", "|---|---|---|"]
+                lines += ["| field | type | behaviour | description |", "|---|---|---|---|"]
                 for k, field in enumerate(message.field):
                     doc = _cell(comments, (*path, _FIELD, k))
-                    lines.append(f"| `{field.name}` | `{_field_type(field)}` | {doc} |")
+                    behaviour = _field_behaviour(field.options)
+                    lines.append(
+                        f"| `{field.name}` | `{_field_type(field)}` | {behaviour} | {doc} |"
+                    )
                 lines.append("")
             for k, enum in enumerate(message.enum_type):
                 lines += _enum(f"{name}.{enum.name}", enum, comments, (*path, _NESTED_ENUM, k))
@@ -247,6 +266,14 @@ def _access_reader(
         return " or ".join(f"`{name}`" for name in names) or "any credential"
 
     return access
+
+
+def _field_behaviour(options: descriptor_pb2.FieldOptions) -> str:
+    """The field's `google.api.field_behavior` values, such as `REQUIRED`; empty when none."""
+    # ListFields, not Extensions[...]: the stubs type the extension as a plain FieldDescriptor.
+    declared = options.ListFields()
+    behaviours = [b for f, bs in declared if f.full_name == "google.api.field_behavior" for b in bs]
+    return ", ".join(f"`{field_behavior_pb2.FieldBehavior.Name(b)}`" for b in behaviours)
 
 
 def _idempotency(options: descriptor_pb2.MethodOptions) -> str:

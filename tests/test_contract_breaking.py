@@ -58,6 +58,8 @@ def make_repo(root: Path) -> Path:
     assert BUF.is_file(), f"{BUF} is missing: run scripts/bootstrap"
     repo = root / "repo"
     shutil.copytree(REPO / "protos", repo / "protos")
+    # buf.yaml's second module: the vendored Google protos that quartet's import.
+    shutil.copytree(REPO / "third_party" / "protos", repo / "third_party" / "protos")
     shutil.copy(REPO / "buf.yaml", repo / "buf.yaml")
     (repo / "scripts").mkdir()
     shutil.copy(REPO / "scripts" / "check_breaking.py", repo / "scripts")

@@ -3,6 +3,7 @@ compiles them (with the Google protos a client needs) without anything installed
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 import zipfile
@@ -78,7 +79,7 @@ def test_the_wheel_carries_the_protos_and_a_descriptor_set_of_every_service(
     assert not any(name.startswith("google/") for name in shipped), "those ship with googleapis"
 
     shipped_set = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set)
-    fresh = protoc(tmp_path, PROTOS, files=OUR_PROTOS)
+    fresh = protoc(tmp_path, PROTOS, THIRD_PARTY, files=OUR_PROTOS)
     assert services(shipped_set) == services(fresh)
     names = [f.name for f in shipped_set.file]
     assert set(OUR_PROTOS) <= set(names)
@@ -86,6 +87,10 @@ def test_the_wheel_carries_the_protos_and_a_descriptor_set_of_every_service(
     ours = [f for f in shipped_set.file if f.name in OUR_PROTOS]
     assert all(f.source_code_info.location for f in ours), "comments included"
 
-    # The installed wheel is an include path, as googleapis-common-protos' files are.
-    from_wheel = protoc(tmp_path, extracted, files=OUR_PROTOS)
+    # The installed wheel is an include path, as googleapis-common-protos' files are (which the
+    # wheel depends on, for google/api/field_behavior.proto).
+    googleapis = Path(
+        str(importlib.metadata.distribution("googleapis-common-protos").locate_file(""))
+    )
+    from_wheel = protoc(tmp_path, extracted, googleapis, files=OUR_PROTOS)
     assert services(from_wheel) == services(fresh)

@@ -22,17 +22,60 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from quartet.api.v1 import access_pb2 as quartet_dot_api_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"quartet/auth/v1/auth_service.proto\x12\x0fquartet.auth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bquartet/api/v1/access.proto\"\xac\x01\n\x07\x41\x63\x63ount\x12\n\n\x02id\x18\x01 \x01(\x03\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12#\n\x04role\x18\x03 \x01(\x0e\x32\x15.quartet.auth.v1.Role\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x64isable_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb5\x01\n\tTokenPair\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12=\n\x19refresh_token_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\\\n\x14\x43reateAccountRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12#\n\x04role\x18\x03 \x01(\x0e\x32\x15.quartet.auth.v1.Role\"n\n\x15\x43reateAccountResponse\x12)\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x18.quartet.auth.v1.Account\x12*\n\x06tokens\x18\x02 \x01(\x0b\x32\x1a.quartet.auth.v1.TokenPair\"/\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\",\n\x13RefreshTokenRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\x1a\n\x18GetCurrentAccountRequest\"<\n\x13ListAccountsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x14ListAccountsResponse\x12*\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x18.quartet.auth.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x15SetAccountRoleRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12#\n\x04role\x18\x02 \x01(\x0e\x32\x15.quartet.auth.v1.Role\"+\n\x15\x44isableAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\"*\n\x14\x45nableAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\"\x83\x01\n\x0b\x41pplication\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x08\x61pi_keys\x18\x04 \x03(\x0b\x32\x17.quartet.auth.v1.ApiKey\"\x8e\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0e\x61pplication_id\x18\x02 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"(\n\x18\x43reateApplicationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"_\n\x19\x43reateApplicationResponse\x12\x31\n\x0b\x61pplication\x18\x01 \x01(\x0b\x32\x1c.quartet.auth.v1.Application\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"@\n\x17ListApplicationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x18ListApplicationsResponse\x12\x32\n\x0c\x61pplications\x18\x01 \x03(\x0b\x32\x1c.quartet.auth.v1.Application\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"-\n\x13\x43reateApiKeyRequest\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\x03\"M\n\x14\x43reateApiKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x17.quartet.auth.v1.ApiKey\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t*M\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x10\n\x0cROLE_ANALYST\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x32\xd4\t\n\x0b\x41uthService\x12i\n\rCreateAccount\x12%.quartet.auth.v1.CreateAccountRequest\x1a&.quartet.auth.v1.CreateAccountResponse\"\t\x90\x02\x00\x8a\xce\x18\x02\x08\x02\x12M\n\x05Login\x12\x1d.quartet.auth.v1.LoginRequest\x1a\x1a.quartet.auth.v1.TokenPair\"\t\x90\x02\x02\x8a\xce\x18\x02\x08\x03\x12[\n\x0cRefreshToken\x12$.quartet.auth.v1.RefreshTokenRequest\x1a\x1a.quartet.auth.v1.TokenPair\"\t\x90\x02\x00\x8a\xce\x18\x02\x08\x03\x12\x66\n\x11GetCurrentAccount\x12).quartet.auth.v1.GetCurrentAccountRequest\x1a\x18.quartet.auth.v1.Account\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x01\x12i\n\x0cListAccounts\x12$.quartet.auth.v1.ListAccountsRequest\x1a%.quartet.auth.v1.ListAccountsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12`\n\x0eSetAccountRole\x12&.quartet.auth.v1.SetAccountRoleRequest\x1a\x18.quartet.auth.v1.Account\"\x0c\x90\x02\x02\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12`\n\x0e\x44isableAccount\x12&.quartet.auth.v1.DisableAccountRequest\x1a\x18.quartet.auth.v1.Account\"\x0c\x90\x02\x02\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12^\n\rEnableAccount\x12%.quartet.auth.v1.EnableAccountRequest\x1a\x18.quartet.auth.v1.Account\"\x0c\x90\x02\x02\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12x\n\x11\x43reateApplication\x12).quartet.auth.v1.CreateApplicationRequest\x1a*.quartet.auth.v1.CreateApplicationResponse\"\x0c\x90\x02\x00\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12u\n\x10ListApplications\x12(.quartet.auth.v1.ListApplicationsRequest\x1a).quartet.auth.v1.ListApplicationsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12i\n\x0c\x43reateApiKey\x12$.quartet.auth.v1.CreateApiKeyRequest\x1a%.quartet.auth.v1.CreateApiKeyResponse\"\x0c\x90\x02\x00\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12[\n\x0cRevokeApiKey\x12$.quartet.auth.v1.RevokeApiKeyRequest\x1a\x17.quartet.auth.v1.ApiKey\"\x0c\x90\x02\x02\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"quartet/auth/v1/auth_service.proto\x12\x0fquartet.auth.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bquartet/api/v1/access.proto\"\xbe\x01\n\x07\x41\x63\x63ount\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12#\n\x04role\x18\x03 \x01(\x0e\x32\x15.quartet.auth.v1.Role\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x0c\x64isable_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xb5\x01\n\tTokenPair\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12=\n\x19refresh_token_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\x14\x43reateAccountRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12#\n\x04role\x18\x03 \x01(\x0e\x32\x15.quartet.auth.v1.Role\"n\n\x15\x43reateAccountResponse\x12)\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x18.quartet.auth.v1.Account\x12*\n\x06tokens\x18\x02 \x01(\x0b\x32\x1a.quartet.auth.v1.TokenPair\";\n\x0cLoginRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"2\n\x13RefreshTokenRequest\x12\x1b\n\rrefresh_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x1a\n\x18GetCurrentAccountRequest\"<\n\x13ListAccountsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x14ListAccountsResponse\x12*\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x18.quartet.auth.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\\\n\x15SetAccountRoleRequest\x12\x18\n\naccount_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12)\n\x04role\x18\x02 \x01(\x0e\x32\x15.quartet.auth.v1.RoleB\x04\xe2\x41\x01\x02\"1\n\x15\x44isableAccountRequest\x12\x18\n\naccount_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"0\n\x14\x45nableAccountRequest\x12\x18\n\naccount_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"\x8f\x01\n\x0b\x41pplication\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12)\n\x08\x61pi_keys\x18\x04 \x03(\x0b\x32\x17.quartet.auth.v1.ApiKey\"\xa6\x01\n\x06\x41piKey\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x61pplication_id\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0brevoke_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\".\n\x18\x43reateApplicationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"_\n\x19\x43reateApplicationResponse\x12\x31\n\x0b\x61pplication\x18\x01 \x01(\x0b\x32\x1c.quartet.auth.v1.Application\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"@\n\x17ListApplicationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x18ListApplicationsResponse\x12\x32\n\x0c\x61pplications\x18\x01 \x03(\x0b\x32\x1c.quartet.auth.v1.Application\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x13\x43reateApiKeyRequest\x12\x1c\n\x0e\x61pplication_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"M\n\x14\x43reateApiKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x17.quartet.auth.v1.ApiKey\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"+\n\x13RevokeApiKeyRequest\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02*M\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x10\n\x0cROLE_ANALYST\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x32\xd4\t\n\x0b\x41uthService\x12i\n\rCreateAccount\x12%.quartet.auth.v1.CreateAccountRequest\x1a&.quartet.auth.v1.CreateAccountResponse\"\t\x90\x02\x00\x8a\xce\x18\x02\x08\x02\x12M\n\x05Login\x12\x1d.quartet.auth.v1.LoginRequest\x1a\x1a.quartet.auth.v1.TokenPair\"\t\x90\x02\x02\x8a\xce\x18\x02\x08\x03\x12[\n\x0cRefreshToken\x12$.quartet.auth.v1.RefreshTokenRequest\x1a\x1a.quartet.auth.v1.TokenPair\"\t\x90\x02\x00\x8a\xce\x18\x02\x08\x03\x12\x66\n\x11GetCurrentAccount\x12).quartet.auth.v1.GetCurrentAccountRequest\x1a\x18.quartet.auth.v1.Account\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x01\x12i\n\x0cListAccounts\x12$.quartet.auth.v1.ListAccountsRequest\x1a%.quartet.auth.v1.ListAccountsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12`\n\x0eSetAccountRole\x12&.quartet.auth.v1.SetAccountRoleRequest\x1a\x18.quartet.auth.v1.Account\"\x0c\x90\x02\x02\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12`\n\x0e\x44isableAccount\x12&.quartet.auth.v1.DisableAccountRequest\x1a\x18.quartet.auth.v1.Account\"\x0c\x90\x02\x02\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12^\n\rEnableAccount\x12%.quartet.auth.v1.EnableAccountRequest\x1a\x18.quartet.auth.v1.Account\"\x0c\x90\x02\x02\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12x\n\x11\x43reateApplication\x12).quartet.auth.v1.CreateApplicationRequest\x1a*.quartet.auth.v1.CreateApplicationResponse\"\x0c\x90\x02\x00\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12u\n\x10ListApplications\x12(.quartet.auth.v1.ListApplicationsRequest\x1a).quartet.auth.v1.ListApplicationsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12i\n\x0c\x43reateApiKey\x12$.quartet.auth.v1.CreateApiKeyRequest\x1a%.quartet.auth.v1.CreateApiKeyResponse\"\x0c\x90\x02\x00\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12[\n\x0cRevokeApiKey\x12$.quartet.auth.v1.RevokeApiKeyRequest\x1a\x17.quartet.auth.v1.ApiKey\"\x0c\x90\x02\x02\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quartet.auth.v1.auth_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ACCOUNT'].fields_by_name['id']._loaded_options = None
+  _globals['_ACCOUNT'].fields_by_name['id']._serialized_options = b'\342A\001\003'
+  _globals['_ACCOUNT'].fields_by_name['create_time']._loaded_options = None
+  _globals['_ACCOUNT'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_ACCOUNT'].fields_by_name['disable_time']._loaded_options = None
+  _globals['_ACCOUNT'].fields_by_name['disable_time']._serialized_options = b'\342A\001\003'
+  _globals['_CREATEACCOUNTREQUEST'].fields_by_name['email']._loaded_options = None
+  _globals['_CREATEACCOUNTREQUEST'].fields_by_name['email']._serialized_options = b'\342A\001\002'
+  _globals['_CREATEACCOUNTREQUEST'].fields_by_name['password']._loaded_options = None
+  _globals['_CREATEACCOUNTREQUEST'].fields_by_name['password']._serialized_options = b'\342A\001\002'
+  _globals['_LOGINREQUEST'].fields_by_name['email']._loaded_options = None
+  _globals['_LOGINREQUEST'].fields_by_name['email']._serialized_options = b'\342A\001\002'
+  _globals['_LOGINREQUEST'].fields_by_name['password']._loaded_options = None
+  _globals['_LOGINREQUEST'].fields_by_name['password']._serialized_options = b'\342A\001\002'
+  _globals['_REFRESHTOKENREQUEST'].fields_by_name['refresh_token']._loaded_options = None
+  _globals['_REFRESHTOKENREQUEST'].fields_by_name['refresh_token']._serialized_options = b'\342A\001\002'
+  _globals['_SETACCOUNTROLEREQUEST'].fields_by_name['account_id']._loaded_options = None
+  _globals['_SETACCOUNTROLEREQUEST'].fields_by_name['account_id']._serialized_options = b'\342A\001\002'
+  _globals['_SETACCOUNTROLEREQUEST'].fields_by_name['role']._loaded_options = None
+  _globals['_SETACCOUNTROLEREQUEST'].fields_by_name['role']._serialized_options = b'\342A\001\002'
+  _globals['_DISABLEACCOUNTREQUEST'].fields_by_name['account_id']._loaded_options = None
+  _globals['_DISABLEACCOUNTREQUEST'].fields_by_name['account_id']._serialized_options = b'\342A\001\002'
+  _globals['_ENABLEACCOUNTREQUEST'].fields_by_name['account_id']._loaded_options = None
+  _globals['_ENABLEACCOUNTREQUEST'].fields_by_name['account_id']._serialized_options = b'\342A\001\002'
+  _globals['_APPLICATION'].fields_by_name['id']._loaded_options = None
+  _globals['_APPLICATION'].fields_by_name['id']._serialized_options = b'\342A\001\003'
+  _globals['_APPLICATION'].fields_by_name['create_time']._loaded_options = None
+  _globals['_APPLICATION'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['id']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['id']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['application_id']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['application_id']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['create_time']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['revoke_time']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['revoke_time']._serialized_options = b'\342A\001\003'
+  _globals['_CREATEAPPLICATIONREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_CREATEAPPLICATIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['application_id']._loaded_options = None
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['application_id']._serialized_options = b'\342A\001\002'
+  _globals['_REVOKEAPIKEYREQUEST'].fields_by_name['key_id']._loaded_options = None
+  _globals['_REVOKEAPIKEYREQUEST'].fields_by_name['key_id']._serialized_options = b'\342A\001\002'
   _globals['_AUTHSERVICE'].methods_by_name['CreateAccount']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['CreateAccount']._serialized_options = b'\220\002\000\212\316\030\002\010\002'
   _globals['_AUTHSERVICE'].methods_by_name['Login']._loaded_options = None
@@ -57,50 +100,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHSERVICE'].methods_by_name['CreateApiKey']._serialized_options = b'\220\002\000\212\316\030\005\010\001\022\001\003'
   _globals['_AUTHSERVICE'].methods_by_name['RevokeApiKey']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['RevokeApiKey']._serialized_options = b'\220\002\002\212\316\030\005\010\001\022\001\003'
-  _globals['_ROLE']._serialized_start=1885
-  _globals['_ROLE']._serialized_end=1962
-  _globals['_ACCOUNT']._serialized_start=118
-  _globals['_ACCOUNT']._serialized_end=290
-  _globals['_TOKENPAIR']._serialized_start=293
-  _globals['_TOKENPAIR']._serialized_end=474
-  _globals['_CREATEACCOUNTREQUEST']._serialized_start=476
-  _globals['_CREATEACCOUNTREQUEST']._serialized_end=568
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=570
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=680
-  _globals['_LOGINREQUEST']._serialized_start=682
-  _globals['_LOGINREQUEST']._serialized_end=729
-  _globals['_REFRESHTOKENREQUEST']._serialized_start=731
-  _globals['_REFRESHTOKENREQUEST']._serialized_end=775
-  _globals['_GETCURRENTACCOUNTREQUEST']._serialized_start=777
-  _globals['_GETCURRENTACCOUNTREQUEST']._serialized_end=803
-  _globals['_LISTACCOUNTSREQUEST']._serialized_start=805
-  _globals['_LISTACCOUNTSREQUEST']._serialized_end=865
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=867
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=958
-  _globals['_SETACCOUNTROLEREQUEST']._serialized_start=960
-  _globals['_SETACCOUNTROLEREQUEST']._serialized_end=1040
-  _globals['_DISABLEACCOUNTREQUEST']._serialized_start=1042
-  _globals['_DISABLEACCOUNTREQUEST']._serialized_end=1085
-  _globals['_ENABLEACCOUNTREQUEST']._serialized_start=1087
-  _globals['_ENABLEACCOUNTREQUEST']._serialized_end=1129
-  _globals['_APPLICATION']._serialized_start=1132
-  _globals['_APPLICATION']._serialized_end=1263
-  _globals['_APIKEY']._serialized_start=1266
-  _globals['_APIKEY']._serialized_end=1408
-  _globals['_CREATEAPPLICATIONREQUEST']._serialized_start=1410
-  _globals['_CREATEAPPLICATIONREQUEST']._serialized_end=1450
-  _globals['_CREATEAPPLICATIONRESPONSE']._serialized_start=1452
-  _globals['_CREATEAPPLICATIONRESPONSE']._serialized_end=1547
-  _globals['_LISTAPPLICATIONSREQUEST']._serialized_start=1549
-  _globals['_LISTAPPLICATIONSREQUEST']._serialized_end=1613
-  _globals['_LISTAPPLICATIONSRESPONSE']._serialized_start=1615
-  _globals['_LISTAPPLICATIONSRESPONSE']._serialized_end=1718
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1720
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1765
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1767
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1844
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1846
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1883
-  _globals['_AUTHSERVICE']._serialized_start=1965
-  _globals['_AUTHSERVICE']._serialized_end=3201
+  _globals['_ROLE']._serialized_start=2044
+  _globals['_ROLE']._serialized_end=2121
+  _globals['_ACCOUNT']._serialized_start=151
+  _globals['_ACCOUNT']._serialized_end=341
+  _globals['_TOKENPAIR']._serialized_start=344
+  _globals['_TOKENPAIR']._serialized_end=525
+  _globals['_CREATEACCOUNTREQUEST']._serialized_start=527
+  _globals['_CREATEACCOUNTREQUEST']._serialized_end=631
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=633
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=743
+  _globals['_LOGINREQUEST']._serialized_start=745
+  _globals['_LOGINREQUEST']._serialized_end=804
+  _globals['_REFRESHTOKENREQUEST']._serialized_start=806
+  _globals['_REFRESHTOKENREQUEST']._serialized_end=856
+  _globals['_GETCURRENTACCOUNTREQUEST']._serialized_start=858
+  _globals['_GETCURRENTACCOUNTREQUEST']._serialized_end=884
+  _globals['_LISTACCOUNTSREQUEST']._serialized_start=886
+  _globals['_LISTACCOUNTSREQUEST']._serialized_end=946
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=948
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=1039
+  _globals['_SETACCOUNTROLEREQUEST']._serialized_start=1041
+  _globals['_SETACCOUNTROLEREQUEST']._serialized_end=1133
+  _globals['_DISABLEACCOUNTREQUEST']._serialized_start=1135
+  _globals['_DISABLEACCOUNTREQUEST']._serialized_end=1184
+  _globals['_ENABLEACCOUNTREQUEST']._serialized_start=1186
+  _globals['_ENABLEACCOUNTREQUEST']._serialized_end=1234
+  _globals['_APPLICATION']._serialized_start=1237
+  _globals['_APPLICATION']._serialized_end=1380
+  _globals['_APIKEY']._serialized_start=1383
+  _globals['_APIKEY']._serialized_end=1549
+  _globals['_CREATEAPPLICATIONREQUEST']._serialized_start=1551
+  _globals['_CREATEAPPLICATIONREQUEST']._serialized_end=1597
+  _globals['_CREATEAPPLICATIONRESPONSE']._serialized_start=1599
+  _globals['_CREATEAPPLICATIONRESPONSE']._serialized_end=1694
+  _globals['_LISTAPPLICATIONSREQUEST']._serialized_start=1696
+  _globals['_LISTAPPLICATIONSREQUEST']._serialized_end=1760
+  _globals['_LISTAPPLICATIONSRESPONSE']._serialized_start=1762
+  _globals['_LISTAPPLICATIONSRESPONSE']._serialized_end=1865
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1867
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1918
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1920
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1997
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1999
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=2042
+  _globals['_AUTHSERVICE']._serialized_start=2124
+  _globals['_AUTHSERVICE']._serialized_end=3360
 # @@protoc_insertion_point(module_scope)

@@ -22,18 +22,43 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from quartet.api.v1 import access_pb2 as quartet_dot_api_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%quartet/events/v1/event_service.proto\x12\x11quartet.events.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bquartet/api/v1/access.proto\"\x80\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\noccur_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61pplication_id\x18\x07 \x01(\x03\x12\x30\n\x0creceive_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eschema_version\x18\t \x01(\x05\"?\n\tViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\";\n\x10SendEventRequest\x12\'\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.quartet.events.v1.Event\"O\n\x11SendEventResponse\x12\'\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.quartet.events.v1.Event\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"=\n\x11SendEventsRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.quartet.events.v1.Event\"\x81\x01\n\x0b\x45ventResult\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.quartet.events.v1.EventStatus\x12\x30\n\nviolations\x18\x03 \x03(\x0b\x32\x1c.quartet.events.v1.Violation\"E\n\x12SendEventsResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.quartet.events.v1.EventResult\"?\n\x13StreamEventsRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.quartet.events.v1.Event\"h\n\x13RejectedEventResult\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x30\n\nviolations\x18\x03 \x03(\x0b\x32\x1c.quartet.events.v1.Violation\"\x97\x01\n\x14StreamEventsResponse\x12\x14\n\x0cstored_count\x18\x01 \x01(\x03\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x03\x12\x38\n\x08rejected\x18\x03 \x03(\x0b\x32&.quartet.events.v1.RejectedEventResult\x12\x16\n\x0erejected_count\x18\x04 \x01(\x03\"\x1d\n\x0fGetEventRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x86\x02\n\x11ListEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x16\n\x0e\x61pplication_id\x18\x06 \x01(\x03\x12\x34\n\x10occur_time_start\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0eoccur_time_end\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cnewest_first\x18\t \x01(\x08\"W\n\x12ListEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.quartet.events.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe8\x01\n\rRejectedEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x16\n\x0e\x61pplication_id\x18\x02 \x01(\x03\x12\'\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x18.quartet.events.v1.Event\x12\x30\n\nviolations\x18\x04 \x03(\x0b\x32\x1c.quartet.events.v1.Violation\x12/\n\x0breject_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x13\n\x0b\x64\x61ta_prefix\x18\x07 \x01(\t\"\xd6\x01\n\x19ListRejectedEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0e\x61pplication_id\x18\x04 \x01(\x03\x12\x35\n\x11reject_time_start\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0freject_time_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"p\n\x1aListRejectedEventsResponse\x12\x39\n\x0frejected_events\x18\x01 \x03(\x0b\x32 .quartet.events.v1.RejectedEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x96\x01\n\tEventType\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\'\n\x06schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x16\x43reateEventTypeRequest\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\'\n\x06schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\">\n\x15ListEventTypesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x16ListEventTypesResponse\x12\x31\n\x0b\x65vent_types\x18\x01 \x03(\x0b\x32\x1c.quartet.events.v1.EventType\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*{\n\x0b\x45ventStatus\x12\x1c\n\x18\x45VENT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_STATUS_STORED\x10\x01\x12\x1a\n\x16\x45VENT_STATUS_DUPLICATE\x10\x02\x12\x19\n\x15\x45VENT_STATUS_REJECTED\x10\x03\x32\xed\t\n\x0c\x45ventService\x12\xe2\x01\n\tSendEvent\x12#.quartet.events.v1.SendEventRequest\x1a$.quartet.events.v1.SendEventResponse\"\x89\x01\x90\x02\x02\x8a\xce\x18\x81\x01\x08\x01\x12\x01\x04\x1azevents are sent with an application\'s API key, so that the sender is recorded; an admin creates one with CreateApplication\x12\xe5\x01\n\nSendEvents\x12$.quartet.events.v1.SendEventsRequest\x1a%.quartet.events.v1.SendEventsResponse\"\x89\x01\x90\x02\x02\x8a\xce\x18\x81\x01\x08\x01\x12\x01\x04\x1azevents are sent with an application\'s API key, so that the sender is recorded; an admin creates one with CreateApplication\x12\xed\x01\n\x0cStreamEvents\x12&.quartet.events.v1.StreamEventsRequest\x1a\'.quartet.events.v1.StreamEventsResponse\"\x89\x01\x90\x02\x02\x8a\xce\x18\x81\x01\x08\x01\x12\x01\x04\x1azevents are sent with an application\'s API key, so that the sender is recorded; an admin creates one with CreateApplication(\x01\x12V\n\x08GetEvent\x12\".quartet.events.v1.GetEventRequest\x1a\x18.quartet.events.v1.Event\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x12g\n\nListEvents\x12$.quartet.events.v1.ListEventsRequest\x1a%.quartet.events.v1.ListEventsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x12\x7f\n\x12ListRejectedEvents\x12,.quartet.events.v1.ListRejectedEventsRequest\x1a-.quartet.events.v1.ListRejectedEventsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x12h\n\x0f\x43reateEventType\x12).quartet.events.v1.CreateEventTypeRequest\x1a\x1c.quartet.events.v1.EventType\"\x0c\x90\x02\x00\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12t\n\x0eListEventTypes\x12(.quartet.events.v1.ListEventTypesRequest\x1a).quartet.events.v1.ListEventTypesResponse\"\r\x90\x02\x01\x8a\xce\x18\x06\x08\x01\x12\x02\x01\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%quartet/events/v1/event_service.proto\x12\x11quartet.events.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bquartet/api/v1/access.proto\"\x98\x02\n\x05\x45vent\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x05\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\noccur_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x0e\x61pplication_id\x18\x07 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x36\n\x0creceive_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1c\n\x0eschema_version\x18\t \x01(\x05\x42\x04\xe2\x41\x01\x03\"?\n\tViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"A\n\x10SendEventRequest\x12-\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.quartet.events.v1.EventB\x04\xe2\x41\x01\x02\"O\n\x11SendEventResponse\x12\'\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.quartet.events.v1.Event\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"C\n\x11SendEventsRequest\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.quartet.events.v1.EventB\x04\xe2\x41\x01\x02\"\x81\x01\n\x0b\x45ventResult\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.quartet.events.v1.EventStatus\x12\x30\n\nviolations\x18\x03 \x03(\x0b\x32\x1c.quartet.events.v1.Violation\"E\n\x12SendEventsResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.quartet.events.v1.EventResult\"?\n\x13StreamEventsRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.quartet.events.v1.Event\"h\n\x13RejectedEventResult\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x30\n\nviolations\x18\x03 \x03(\x0b\x32\x1c.quartet.events.v1.Violation\"\x97\x01\n\x14StreamEventsResponse\x12\x14\n\x0cstored_count\x18\x01 \x01(\x03\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x03\x12\x38\n\x08rejected\x18\x03 \x03(\x0b\x32&.quartet.events.v1.RejectedEventResult\x12\x16\n\x0erejected_count\x18\x04 \x01(\x03\"#\n\x0fGetEventRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x86\x02\n\x11ListEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x16\n\x0e\x61pplication_id\x18\x06 \x01(\x03\x12\x34\n\x10occur_time_start\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0eoccur_time_end\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cnewest_first\x18\t \x01(\x08\"W\n\x12ListEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.quartet.events.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe8\x01\n\rRejectedEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x16\n\x0e\x61pplication_id\x18\x02 \x01(\x03\x12\'\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x18.quartet.events.v1.Event\x12\x30\n\nviolations\x18\x04 \x03(\x0b\x32\x1c.quartet.events.v1.Violation\x12/\n\x0breject_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x13\n\x0b\x64\x61ta_prefix\x18\x07 \x01(\t\"\xd6\x01\n\x19ListRejectedEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0e\x61pplication_id\x18\x04 \x01(\x03\x12\x35\n\x11reject_time_start\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0freject_time_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"p\n\x1aListRejectedEventsResponse\x12\x39\n\x0frejected_events\x18\x01 \x03(\x0b\x32 .quartet.events.v1.RejectedEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa2\x01\n\tEventType\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\x07version\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\'\n\x06schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"s\n\x16\x43reateEventTypeRequest\x12\x16\n\x08\x63\x61tegory\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x06schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x02\">\n\x15ListEventTypesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x16ListEventTypesResponse\x12\x31\n\x0b\x65vent_types\x18\x01 \x03(\x0b\x32\x1c.quartet.events.v1.EventType\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*{\n\x0b\x45ventStatus\x12\x1c\n\x18\x45VENT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_STATUS_STORED\x10\x01\x12\x1a\n\x16\x45VENT_STATUS_DUPLICATE\x10\x02\x12\x19\n\x15\x45VENT_STATUS_REJECTED\x10\x03\x32\xed\t\n\x0c\x45ventService\x12\xe2\x01\n\tSendEvent\x12#.quartet.events.v1.SendEventRequest\x1a$.quartet.events.v1.SendEventResponse\"\x89\x01\x90\x02\x02\x8a\xce\x18\x81\x01\x08\x01\x12\x01\x04\x1azevents are sent with an application\'s API key, so that the sender is recorded; an admin creates one with CreateApplication\x12\xe5\x01\n\nSendEvents\x12$.quartet.events.v1.SendEventsRequest\x1a%.quartet.events.v1.SendEventsResponse\"\x89\x01\x90\x02\x02\x8a\xce\x18\x81\x01\x08\x01\x12\x01\x04\x1azevents are sent with an application\'s API key, so that the sender is recorded; an admin creates one with CreateApplication\x12\xed\x01\n\x0cStreamEvents\x12&.quartet.events.v1.StreamEventsRequest\x1a\'.quartet.events.v1.StreamEventsResponse\"\x89\x01\x90\x02\x02\x8a\xce\x18\x81\x01\x08\x01\x12\x01\x04\x1azevents are sent with an application\'s API key, so that the sender is recorded; an admin creates one with CreateApplication(\x01\x12V\n\x08GetEvent\x12\".quartet.events.v1.GetEventRequest\x1a\x18.quartet.events.v1.Event\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x12g\n\nListEvents\x12$.quartet.events.v1.ListEventsRequest\x1a%.quartet.events.v1.ListEventsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x12\x7f\n\x12ListRejectedEvents\x12,.quartet.events.v1.ListRejectedEventsRequest\x1a-.quartet.events.v1.ListRejectedEventsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x12h\n\x0f\x43reateEventType\x12).quartet.events.v1.CreateEventTypeRequest\x1a\x1c.quartet.events.v1.EventType\"\x0c\x90\x02\x00\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12t\n\x0eListEventTypes\x12(.quartet.events.v1.ListEventTypesRequest\x1a).quartet.events.v1.ListEventTypesResponse\"\r\x90\x02\x01\x8a\xce\x18\x06\x08\x01\x12\x02\x01\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quartet.events.v1.event_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_EVENT'].fields_by_name['id']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['id']._serialized_options = b'\342A\001\005'
+  _globals['_EVENT'].fields_by_name['application_id']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['application_id']._serialized_options = b'\342A\001\003'
+  _globals['_EVENT'].fields_by_name['receive_time']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['receive_time']._serialized_options = b'\342A\001\003'
+  _globals['_EVENT'].fields_by_name['schema_version']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['schema_version']._serialized_options = b'\342A\001\003'
+  _globals['_SENDEVENTREQUEST'].fields_by_name['event']._loaded_options = None
+  _globals['_SENDEVENTREQUEST'].fields_by_name['event']._serialized_options = b'\342A\001\002'
+  _globals['_SENDEVENTSREQUEST'].fields_by_name['events']._loaded_options = None
+  _globals['_SENDEVENTSREQUEST'].fields_by_name['events']._serialized_options = b'\342A\001\002'
+  _globals['_GETEVENTREQUEST'].fields_by_name['id']._loaded_options = None
+  _globals['_GETEVENTREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
+  _globals['_EVENTTYPE'].fields_by_name['version']._loaded_options = None
+  _globals['_EVENTTYPE'].fields_by_name['version']._serialized_options = b'\342A\001\003'
+  _globals['_EVENTTYPE'].fields_by_name['create_time']._loaded_options = None
+  _globals['_EVENTTYPE'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_CREATEEVENTTYPEREQUEST'].fields_by_name['category']._loaded_options = None
+  _globals['_CREATEEVENTTYPEREQUEST'].fields_by_name['category']._serialized_options = b'\342A\001\002'
+  _globals['_CREATEEVENTTYPEREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_CREATEEVENTTYPEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_CREATEEVENTTYPEREQUEST'].fields_by_name['schema']._loaded_options = None
+  _globals['_CREATEEVENTTYPEREQUEST'].fields_by_name['schema']._serialized_options = b'\342A\001\002'
   _globals['_EVENTSERVICE'].methods_by_name['SendEvent']._loaded_options = None
   _globals['_EVENTSERVICE'].methods_by_name['SendEvent']._serialized_options = b'\220\002\002\212\316\030\201\001\010\001\022\001\004\032zevents are sent with an application\'s API key, so that the sender is recorded; an admin creates one with CreateApplication'
   _globals['_EVENTSERVICE'].methods_by_name['SendEvents']._loaded_options = None
@@ -50,48 +75,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTSERVICE'].methods_by_name['CreateEventType']._serialized_options = b'\220\002\000\212\316\030\005\010\001\022\001\003'
   _globals['_EVENTSERVICE'].methods_by_name['ListEventTypes']._loaded_options = None
   _globals['_EVENTSERVICE'].methods_by_name['ListEventTypes']._serialized_options = b'\220\002\001\212\316\030\006\010\001\022\002\001\004'
-  _globals['_EVENTSTATUS']._serialized_start=2578
-  _globals['_EVENTSTATUS']._serialized_end=2701
-  _globals['_EVENT']._serialized_start=153
-  _globals['_EVENT']._serialized_end=409
-  _globals['_VIOLATION']._serialized_start=411
-  _globals['_VIOLATION']._serialized_end=474
-  _globals['_SENDEVENTREQUEST']._serialized_start=476
-  _globals['_SENDEVENTREQUEST']._serialized_end=535
-  _globals['_SENDEVENTRESPONSE']._serialized_start=537
-  _globals['_SENDEVENTRESPONSE']._serialized_end=616
-  _globals['_SENDEVENTSREQUEST']._serialized_start=618
-  _globals['_SENDEVENTSREQUEST']._serialized_end=679
-  _globals['_EVENTRESULT']._serialized_start=682
-  _globals['_EVENTRESULT']._serialized_end=811
-  _globals['_SENDEVENTSRESPONSE']._serialized_start=813
-  _globals['_SENDEVENTSRESPONSE']._serialized_end=882
-  _globals['_STREAMEVENTSREQUEST']._serialized_start=884
-  _globals['_STREAMEVENTSREQUEST']._serialized_end=947
-  _globals['_REJECTEDEVENTRESULT']._serialized_start=949
-  _globals['_REJECTEDEVENTRESULT']._serialized_end=1053
-  _globals['_STREAMEVENTSRESPONSE']._serialized_start=1056
-  _globals['_STREAMEVENTSRESPONSE']._serialized_end=1207
-  _globals['_GETEVENTREQUEST']._serialized_start=1209
-  _globals['_GETEVENTREQUEST']._serialized_end=1238
-  _globals['_LISTEVENTSREQUEST']._serialized_start=1241
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1503
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1505
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1592
-  _globals['_REJECTEDEVENT']._serialized_start=1595
-  _globals['_REJECTEDEVENT']._serialized_end=1827
-  _globals['_LISTREJECTEDEVENTSREQUEST']._serialized_start=1830
-  _globals['_LISTREJECTEDEVENTSREQUEST']._serialized_end=2044
-  _globals['_LISTREJECTEDEVENTSRESPONSE']._serialized_start=2046
-  _globals['_LISTREJECTEDEVENTSRESPONSE']._serialized_end=2158
-  _globals['_EVENTTYPE']._serialized_start=2161
-  _globals['_EVENTTYPE']._serialized_end=2311
-  _globals['_CREATEEVENTTYPEREQUEST']._serialized_start=2313
-  _globals['_CREATEEVENTTYPEREQUEST']._serialized_end=2410
-  _globals['_LISTEVENTTYPESREQUEST']._serialized_start=2412
-  _globals['_LISTEVENTTYPESREQUEST']._serialized_end=2474
-  _globals['_LISTEVENTTYPESRESPONSE']._serialized_start=2476
-  _globals['_LISTEVENTTYPESRESPONSE']._serialized_end=2576
-  _globals['_EVENTSERVICE']._serialized_start=2704
-  _globals['_EVENTSERVICE']._serialized_end=3965
+  _globals['_EVENTSTATUS']._serialized_start=2683
+  _globals['_EVENTSTATUS']._serialized_end=2806
+  _globals['_EVENT']._serialized_start=186
+  _globals['_EVENT']._serialized_end=466
+  _globals['_VIOLATION']._serialized_start=468
+  _globals['_VIOLATION']._serialized_end=531
+  _globals['_SENDEVENTREQUEST']._serialized_start=533
+  _globals['_SENDEVENTREQUEST']._serialized_end=598
+  _globals['_SENDEVENTRESPONSE']._serialized_start=600
+  _globals['_SENDEVENTRESPONSE']._serialized_end=679
+  _globals['_SENDEVENTSREQUEST']._serialized_start=681
+  _globals['_SENDEVENTSREQUEST']._serialized_end=748
+  _globals['_EVENTRESULT']._serialized_start=751
+  _globals['_EVENTRESULT']._serialized_end=880
+  _globals['_SENDEVENTSRESPONSE']._serialized_start=882
+  _globals['_SENDEVENTSRESPONSE']._serialized_end=951
+  _globals['_STREAMEVENTSREQUEST']._serialized_start=953
+  _globals['_STREAMEVENTSREQUEST']._serialized_end=1016
+  _globals['_REJECTEDEVENTRESULT']._serialized_start=1018
+  _globals['_REJECTEDEVENTRESULT']._serialized_end=1122
+  _globals['_STREAMEVENTSRESPONSE']._serialized_start=1125
+  _globals['_STREAMEVENTSRESPONSE']._serialized_end=1276
+  _globals['_GETEVENTREQUEST']._serialized_start=1278
+  _globals['_GETEVENTREQUEST']._serialized_end=1313
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1316
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1578
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1580
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1667
+  _globals['_REJECTEDEVENT']._serialized_start=1670
+  _globals['_REJECTEDEVENT']._serialized_end=1902
+  _globals['_LISTREJECTEDEVENTSREQUEST']._serialized_start=1905
+  _globals['_LISTREJECTEDEVENTSREQUEST']._serialized_end=2119
+  _globals['_LISTREJECTEDEVENTSRESPONSE']._serialized_start=2121
+  _globals['_LISTREJECTEDEVENTSRESPONSE']._serialized_end=2233
+  _globals['_EVENTTYPE']._serialized_start=2236
+  _globals['_EVENTTYPE']._serialized_end=2398
+  _globals['_CREATEEVENTTYPEREQUEST']._serialized_start=2400
+  _globals['_CREATEEVENTTYPEREQUEST']._serialized_end=2515
+  _globals['_LISTEVENTTYPESREQUEST']._serialized_start=2517
+  _globals['_LISTEVENTTYPESREQUEST']._serialized_end=2579
+  _globals['_LISTEVENTTYPESRESPONSE']._serialized_start=2581
+  _globals['_LISTEVENTTYPESRESPONSE']._serialized_end=2681
+  _globals['_EVENTSERVICE']._serialized_start=2809
+  _globals['_EVENTSERVICE']._serialized_end=4070
 # @@protoc_insertion_point(module_scope)
