@@ -5,9 +5,12 @@ Writes, for every package under protos/quartet/:
   with __init__.py and py.typed files, each generated directory replaced wholesale;
 - client/quartet/quartet.binpb, the descriptor set of every quartet proto with its imports and
   comments (source info), which the wheel ships beside the .proto files for other languages' tools;
-- third_party/protos/, the Google protos a client in another language needs beside quartet's
-  (google.rpc.Status and its error details, field_behavior), copied from the installed
+- third_party/protos/google/, the Google protos a client in another language needs beside
+  quartet's (google.rpc.Status and its error details, field_behavior), copied from the installed
   googleapis-common-protos, whose version the dev dependency group pins;
+- client/buf/validate/, the Python module of third_party/protos/buf/validate/validate.proto (the
+  protovalidate rules quartet's request fields declare), which every quartet module imports, with
+  the .proto itself beside it for the wheel;
 - docs/api.md, the reference generated from the comments in the .proto files.
 
 Usage: python scripts/gen_protos.py [--out ROOT]   (ROOT defaults to the repository; the freshness
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import shutil
 import subprocess
 import sys
@@ -29,10 +33,14 @@ from pathlib import Path
 import grpc_tools
 from google.api import field_behavior_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import FieldDescriptor
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOS = REPO / "protos"
 HAND_WRITTEN = {"client"}  # directories under client/quartet/ that the generator must never touch
+# protovalidate's rules, vendored by hand (no Python distribution ships the .proto): the version
+# and commit are in third_party/protos/README.md. Generated into client/buf/, its import path.
+VALIDATE = "buf/validate/validate.proto"
 DESCRIPTOR_SET = "quartet.binpb"
 # What a client outside Python needs to read quartet's errors (google.rpc.Status in the
 # grpc-status-details-bin trailer, with ErrorInfo and BadRequest details) and field behaviours.
@@ -45,8 +53,11 @@ VENDORED = [
 ]
 THIRD_PARTY_README = """# Vendored protos
 
-Copied by `scripts/gen_protos.py` from {distribution} {version} (Apache License 2.0, as each
-file's header says); do not edit. With `protos/` they are every import a quartet client needs
+`google/` is copied by `scripts/gen_protos.py` from {distribution} {version} (Apache License
+2.0, as each file's header says); do not edit. `buf/validate/validate.proto` is protovalidate's
+rule set (Apache License 2.0), copied by hand from https://github.com/bufbuild/protovalidate at
+tag v1.2.2 (commit 4baed765070e580226a0a30bf2a357cc027dc1f7); to update it, copy the new tag's
+file and run `scripts/gen_protos.py`. With `protos/` they are every import a quartet client needs
 beyond protoc's own `google/protobuf/*`, so that protoc or `buf generate` works offline:
 
     protoc -I protos -I third_party/protos ...
@@ -74,8 +85,9 @@ def generate(root: Path) -> None:
         out = Path(tmp) / "quartet"
         descriptor_set = Path(tmp) / "descriptors.binpb"
         _protoc(proto_files, Path(tmp), descriptor_set)
-        _prune_empty_grpc_modules(out)
-        _write_package_files(out)
+        for generated in (out, Path(tmp) / "buf"):
+            _prune_empty_grpc_modules(generated)
+            _write_package_files(generated)
         target = root / "client" / "quartet"
         target.mkdir(parents=True, exist_ok=True)
         for stale in target.iterdir():
@@ -83,6 +95,13 @@ def generate(root: Path) -> None:
                 shutil.rmtree(stale)
         for generated in sorted(out.iterdir()):
             shutil.copytree(generated, target / generated.name)
+        validate = root / "client" / "buf"
+        if validate.exists():
+            shutil.rmtree(validate)
+        shutil.copytree(Path(tmp) / "buf", validate)
+        # Beside its module, as googleapis-common-protos ships google/rpc/*.proto: the wheel's
+        # quartet protos import it, and `protoc -I site-packages` must find it.
+        shutil.copyfile(REPO / "third_party" / "protos" / VALIDATE, root / "client" / VALIDATE)
         shutil.copyfile(descriptor_set, target / DESCRIPTOR_SET)
         _vendor(root / "third_party" / "protos")
         docs = root / "docs"
@@ -100,6 +119,7 @@ def _protoc(proto_files: list[str], out: Path, descriptor_set: Path) -> None:
         f"-I{PROTOS}",
         f"-I{well_known}",
         f"-I{_vendored_root()}",  # google/api/field_behavior.proto, which quartet's protos import
+        f"-I{REPO / 'third_party' / 'protos'}",  # buf/validate/validate.proto, likewise
         f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
         f"--python_out={out}",
@@ -110,6 +130,7 @@ def _protoc(proto_files: list[str], out: Path, descriptor_set: Path) -> None:
         "--include_imports",  # descriptor.proto too, to read quartet's method option
         "--include_source_info",
         *proto_files,
+        VALIDATE,
     ]
     subprocess.run(command, check=True, cwd=PROTOS)
 
@@ -125,8 +146,11 @@ def _vendored_root() -> Path:
 def _vendor(target: Path) -> None:
     """Copy VENDORED from the installed distribution into target, replacing what was there."""
     distribution = importlib.metadata.distribution(VENDORED_DISTRIBUTION)
-    if target.exists():
-        shutil.rmtree(target)
+    if (target / "google").exists():
+        shutil.rmtree(target / "google")
+    if target.resolve() != (REPO / "third_party" / "protos").resolve():
+        (target / VALIDATE).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO / "third_party" / "protos" / VALIDATE, target / VALIDATE)
     for name in VENDORED:
         (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(str(distribution.locate_file(name))), target / name)
@@ -196,8 +220,15 @@ def render_reference(descriptor_set: Path, proto_files: list[str]) -> str:
         "`OUTPUT_ONLY` field is set by the server; an `IMMUTABLE` one is set once, when the",
         "resource is created.",
         "",
+        "Its **rules** are its `buf.validate` rules (protovalidate): the server checks them before",
+        "the method runs, and a request breaking any is refused, INVALID_ARGUMENT with one",
+        "`BadRequest` violation (reason `FIELD_INVALID`) per problem. No request text may hold",
+        "control characters (U+0000 to U+001F, U+007F). A field marked `IGNORE_ALWAYS` is checked",
+        "by the method itself, as its description says.",
+        "",
     ]
     access_of = _access_reader(files)
+    rules_of = _rules_reader(files)
     for file in sorted(ours, key=lambda f: f.name):
         comments = {tuple(loc.path): loc.leading_comments for loc in file.source_code_info.location}
         lines += [f"## `{file.package}` ({file.name})", ""]
@@ -220,12 +251,16 @@ def render_reference(descriptor_set: Path, proto_files: list[str]) -> str:
         for path, name, message in _messages(file.message_type, (_MESSAGE,), ""):
             lines += [f"### message `{name}`", "", _text(comments, path), ""]
             if message.field:
-                lines += ["| field | type | behaviour | description |", "|---|---|---|---|"]
+                lines += [
+                    "| field | type | behaviour | rules | description |",
+                    "|---|---|---|---|---|",
+                ]
                 for k, field in enumerate(message.field):
                     doc = _cell(comments, (*path, _FIELD, k))
-                    behaviour = _field_behaviour(field.options)
+                    behaviour, rules = _field_behaviour(field.options), rules_of(field.options)
                     lines.append(
-                        f"| `{field.name}` | `{_field_type(field)}` | {behaviour} | {doc} |"
+                        f"| `{field.name}` | `{_field_type(field)}` | {behaviour} | {rules} "
+                        f"| {doc} |"
                     )
                 lines.append("")
             for k, enum in enumerate(message.enum_type):
@@ -266,6 +301,47 @@ def _access_reader(
         return " or ".join(f"`{name}`" for name in names) or "any credential"
 
     return access
+
+
+def _rules_reader(
+    files: Iterable[descriptor_pb2.FileDescriptorProto],
+) -> Callable[[descriptor_pb2.FieldOptions], str]:
+    """A function that renders a field's `(buf.validate.field)` rules, such as `int64.gt = 0`;
+    read through the compiled protos' pool, as _access_reader does."""
+    pool = descriptor_pool.DescriptorPool()
+    for file in files:
+        pool.Add(file)
+    options_class = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("google.protobuf.FieldOptions")
+    )
+
+    def rules(options: descriptor_pb2.FieldOptions) -> str:
+        declared = options_class.FromString(options.SerializeToString()).ListFields()
+        found = [value for field, value in declared if field.full_name == "buf.validate.field"]
+        shown = []
+        for field, value in found[0].ListFields() if found else []:
+            if field.name == "cel":
+                shown += [f"`{rule.id}`: {rule.message}" for rule in value]
+            elif field.name == "ignore":
+                shown.append(f"`{field.enum_type.values_by_number[value].name}`")
+            elif field.message_type is None:
+                shown.append(f"`{field.name}`")
+            else:
+                shown += [
+                    f"`{field.name}.{inner.name} = {_rule_value(inner, inner_value)}`"
+                    for inner, inner_value in value.ListFields()
+                ]
+        return ", ".join(shown)
+
+    return rules
+
+
+def _rule_value(field: FieldDescriptor, value: object) -> str:
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return str(value).lower()
+    if field.type == FieldDescriptor.TYPE_STRING:
+        return json.dumps(value)
+    return str(list(value) if isinstance(value, Iterable) else value)
 
 
 def _field_behaviour(options: descriptor_pb2.FieldOptions) -> str:

@@ -68,7 +68,7 @@ def test_account_cannot_be_created_twice(anonymous: Client) -> None:
     error = expect(
         grpc.StatusCode.ALREADY_EXISTS,
         "RESOURCE_ALREADY_EXISTS",
-        lambda: anonymous.auth.create_account("PETER@example.com ", "another password"),
+        lambda: anonymous.auth.create_account("PETER@example.com", "another password"),
     )
     assert error.resource == ("account", "peter@example.com")
 

@@ -676,7 +676,10 @@ def test_the_longest_problems_still_fit_in_the_trailers(client: Client) -> None:
         (
             [pb.ImportExperimentDataRequest(data=b"1")],
             "FIELD_INVALID",
-            ("file", "must be USERS, COMPOUNDS or EXPERIMENTS"),
+            (
+                "messages[0].file",
+                "must be DATA_FILE_USERS, DATA_FILE_COMPOUNDS or DATA_FILE_EXPERIMENTS",
+            ),
         ),
         (
             [

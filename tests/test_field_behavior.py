@@ -33,9 +33,10 @@ REFUSED_OTHERWISE = {
 }
 # Methods with no REQUIRED field whose empty request is still invalid, and the fields named.
 REQUIRED_WITHOUT_ANNOTATION = {
-    # One of the `code` oneof's members is required; field_behavior cannot mark a oneof, and
-    # REQUIRED on either member would say both are needed.
-    "quartet.regions.v1.RegionService.GetProvince": {"geo_code"},
+    # One of the `code` oneof's members is required (its buf.validate oneof rule, which names the
+    # oneof); field_behavior cannot mark a oneof, and REQUIRED on either member would say both
+    # are needed.
+    "quartet.regions.v1.RegionService.GetProvince": {"code"},
 }
 
 

@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parent.parent
 def generated_files(root: Path) -> dict[str, bytes]:
     files = {
         path.relative_to(root).as_posix(): path.read_bytes()
-        for path in (root / "client" / "quartet").rglob("*")
+        for generated in ("quartet", "buf")
+        for path in (root / "client" / generated).rglob("*")
         if path.is_file() and "__pycache__" not in path.parts and path.parts[-2:][0] != "client"
     }
     files["docs/api.md"] = (root / "docs" / "api.md").read_bytes()

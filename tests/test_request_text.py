@@ -166,7 +166,7 @@ def test_nul_in_text_is_invalid_and_stores_nothing(
     found = [v for v in error.field_violations if v.field == field]
     assert found, error.field_violations
     if case not in OWN_DESCRIPTIONS:
-        assert "control characters" in found[0].description, found
+        assert any("control characters" in v.description for v in found), found
     assert row_counts(db) == before
 
 
@@ -179,15 +179,20 @@ def test_other_control_characters_are_invalid_too(client: Client, character: str
     assert list(client.auth.iter_applications()) == []
 
 
-def test_login_with_nul_in_the_email_fails_like_a_wrong_password(anonymous: Client) -> None:
+def test_login_with_nul_in_the_email_is_refused_before_any_account_is_read(
+    anonymous: Client,
+) -> None:
+    """No account's email holds a control character, so saying the request is malformed tells
+    nothing of who is registered; the refusal comes from the contract's text rule, before the
+    login throttle or the database are touched."""
     anonymous.auth.create_account("peter@example.com", PASSWORD)
-    answers = []
-    for email, password in [("peter@example.com\x00", PASSWORD), ("peter@example.com", "wrong!!!")]:
-        with pytest.raises(QuartetError) as caught:
-            anonymous.auth.login(email, password)
-        answers.append((caught.value.code, caught.value.reason, caught.value.message))
-    assert answers[0] == answers[1]
-    assert answers[0][:2] == (grpc.StatusCode.UNAUTHENTICATED, "LOGIN_FAILED")
+    with pytest.raises(QuartetError) as caught:
+        anonymous.auth.login("peter@example.com\x00", PASSWORD)
+    assert (caught.value.code, caught.value.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "FIELD_INVALID",
+    )
+    assert [v.field for v in caught.value.field_violations] == ["email"]
 
 
 def test_text_problem() -> None:

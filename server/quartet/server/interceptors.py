@@ -20,6 +20,7 @@ from quartet import storage
 from quartet.errors.v1 import error_reason_pb2
 from quartet.server import auth, budgets, errors, metrics
 from quartet.server.budgets import Budgets
+from quartet.server.validation import RequestRules
 
 access_log = logging.getLogger("quartet.access")
 _HEALTH = "/grpc.health.v1.Health/"
@@ -37,6 +38,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     - takes its share of the worker's budgets (`quartet.server.budgets`): anonymous calls, streams
       (per worker and per caller), and the bytes of its reply, all given back when the call ends;
     - authenticates the caller and checks the method's rule (`quartet.server.auth.policy`);
+    - checks the request (each message of a stream as it arrives) against the field rules its
+      proto declares (`quartet.server.validation`), so that servicers see only valid requests;
     - turns a `ServiceError` (or a storage error a client caused) into a rich status, a database
       that cannot be reached into UNAVAILABLE (retryable), and anything unexpected into INTERNAL
       with a generic message (the traceback goes to the log only);
@@ -47,6 +50,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticator: auth.Authenticator, budgets: Budgets) -> None:
         self._authenticator = authenticator
         self._budgets = budgets
+        self._rules = RequestRules()
         self._wrapped: dict[str, Handler] = {}
         logging.getLogger("grpc._cython.cygrpc").addFilter(_CLIENT_GONE)
 
@@ -77,7 +81,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
             async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 async with self._call(method, context, counts, shape, request):
-                    async for response in inner(_requests(request, shape), context):
+                    async for response in inner(self._requests(request, shape), context):
                         yield response
 
             behaviour: Callable[..., Any] = streaming
@@ -85,7 +89,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 async with self._call(method, context, counts, shape, request) as call:
-                    response = await inner(_requests(request, shape), context)
+                    response = await inner(self._requests(request, shape), context)
                     if response is not None:  # None: a stream written with context.write()
                         call.hold_reply(response)
                     return response
@@ -137,6 +141,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             auth.admit(rule, caller)
             if shape.streaming and caller is not None:
                 holds.add(self._budgets.streams_per_caller.take(key=str(caller)))
+            if not shape.streaming_request:
+                self._rules.check(request)
             holds.reply_may_be_refused = shape.read_only
             yield holds
         except grpc.aio.AbortError:
@@ -171,6 +177,20 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             )
         if failure is not None:
             await context.abort(failure.code, failure.details, failure.trailing_metadata)
+
+    def _requests(self, request: Any, shape: _Shape) -> Any:
+        """The handler's request: a message (checked by _call), or a stream whose messages are
+        checked as they arrive."""
+        return self._checked(request) if shape.streaming_request else request
+
+    async def _checked(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        index = 0
+        async for request in requests:
+            if isinstance(request, _Undecodable):
+                raise request.error()
+            self._rules.check(request, prefix=f"messages[{index}].")
+            index += 1
+            yield request
 
     def _slot(self, method: str, shape: _Shape, *, signed_in: bool) -> budgets.Pool:
         """The pool a call takes its place from."""
@@ -351,16 +371,3 @@ def _read_only(method: str) -> bool:
         return True
     level = found.GetOptions().idempotency_level
     return bool(level == descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS)
-
-
-def _requests(request: Any, shape: _Shape) -> Any:
-    """The handler's request: a message (checked by _call), or a stream whose messages are checked
-    as they arrive."""
-    return _decoded(request) if shape.streaming_request else request
-
-
-async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    async for request in requests:
-        if isinstance(request, _Undecodable):
-            raise request.error()
-        yield request

@@ -22,12 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from quartet.api.v1 import access_pb2 as quartet_dot_api_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"quartet/auth/v1/auth_service.proto\x12\x0fquartet.auth.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bquartet/api/v1/access.proto\"\xbe\x01\n\x07\x41\x63\x63ount\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12#\n\x04role\x18\x03 \x01(\x0e\x32\x15.quartet.auth.v1.Role\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x0c\x64isable_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xb5\x01\n\tTokenPair\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12=\n\x19refresh_token_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\x14\x43reateAccountRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12#\n\x04role\x18\x03 \x01(\x0e\x32\x15.quartet.auth.v1.Role\"n\n\x15\x43reateAccountResponse\x12)\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x18.quartet.auth.v1.Account\x12*\n\x06tokens\x18\x02 \x01(\x0b\x32\x1a.quartet.auth.v1.TokenPair\";\n\x0cLoginRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"2\n\x13RefreshTokenRequest\x12\x1b\n\rrefresh_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x1a\n\x18GetCurrentAccountRequest\"<\n\x13ListAccountsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x14ListAccountsResponse\x12*\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x18.quartet.auth.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\\\n\x15SetAccountRoleRequest\x12\x18\n\naccount_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12)\n\x04role\x18\x02 \x01(\x0e\x32\x15.quartet.auth.v1.RoleB\x04\xe2\x41\x01\x02\"1\n\x15\x44isableAccountRequest\x12\x18\n\naccount_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"0\n\x14\x45nableAccountRequest\x12\x18\n\naccount_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"\x8f\x01\n\x0b\x41pplication\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12)\n\x08\x61pi_keys\x18\x04 \x03(\x0b\x32\x17.quartet.auth.v1.ApiKey\"\xa6\x01\n\x06\x41piKey\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x61pplication_id\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0brevoke_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\".\n\x18\x43reateApplicationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"_\n\x19\x43reateApplicationResponse\x12\x31\n\x0b\x61pplication\x18\x01 \x01(\x0b\x32\x1c.quartet.auth.v1.Application\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"@\n\x17ListApplicationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x18ListApplicationsResponse\x12\x32\n\x0c\x61pplications\x18\x01 \x03(\x0b\x32\x1c.quartet.auth.v1.Application\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x13\x43reateApiKeyRequest\x12\x1c\n\x0e\x61pplication_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"M\n\x14\x43reateApiKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x17.quartet.auth.v1.ApiKey\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"+\n\x13RevokeApiKeyRequest\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02*M\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x10\n\x0cROLE_ANALYST\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x32\xd4\t\n\x0b\x41uthService\x12i\n\rCreateAccount\x12%.quartet.auth.v1.CreateAccountRequest\x1a&.quartet.auth.v1.CreateAccountResponse\"\t\x90\x02\x00\x8a\xce\x18\x02\x08\x02\x12M\n\x05Login\x12\x1d.quartet.auth.v1.LoginRequest\x1a\x1a.quartet.auth.v1.TokenPair\"\t\x90\x02\x02\x8a\xce\x18\x02\x08\x03\x12[\n\x0cRefreshToken\x12$.quartet.auth.v1.RefreshTokenRequest\x1a\x1a.quartet.auth.v1.TokenPair\"\t\x90\x02\x00\x8a\xce\x18\x02\x08\x03\x12\x66\n\x11GetCurrentAccount\x12).quartet.auth.v1.GetCurrentAccountRequest\x1a\x18.quartet.auth.v1.Account\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x01\x12i\n\x0cListAccounts\x12$.quartet.auth.v1.ListAccountsRequest\x1a%.quartet.auth.v1.ListAccountsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12`\n\x0eSetAccountRole\x12&.quartet.auth.v1.SetAccountRoleRequest\x1a\x18.quartet.auth.v1.Account\"\x0c\x90\x02\x02\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12`\n\x0e\x44isableAccount\x12&.quartet.auth.v1.DisableAccountRequest\x1a\x18.quartet.auth.v1.Account\"\x0c\x90\x02\x02\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12^\n\rEnableAccount\x12%.quartet.auth.v1.EnableAccountRequest\x1a\x18.quartet.auth.v1.Account\"\x0c\x90\x02\x02\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12x\n\x11\x43reateApplication\x12).quartet.auth.v1.CreateApplicationRequest\x1a*.quartet.auth.v1.CreateApplicationResponse\"\x0c\x90\x02\x00\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12u\n\x10ListApplications\x12(.quartet.auth.v1.ListApplicationsRequest\x1a).quartet.auth.v1.ListApplicationsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12i\n\x0c\x43reateApiKey\x12$.quartet.auth.v1.CreateApiKeyRequest\x1a%.quartet.auth.v1.CreateApiKeyResponse\"\x0c\x90\x02\x00\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12[\n\x0cRevokeApiKey\x12$.quartet.auth.v1.RevokeApiKeyRequest\x1a\x17.quartet.auth.v1.ApiKey\"\x0c\x90\x02\x02\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"quartet/auth/v1/auth_service.proto\x12\x0fquartet.auth.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bquartet/api/v1/access.proto\"\xbe\x01\n\x07\x41\x63\x63ount\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12#\n\x04role\x18\x03 \x01(\x0e\x32\x15.quartet.auth.v1.Role\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x0c\x64isable_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xb5\x01\n\tTokenPair\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12=\n\x19refresh_token_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x83\x01\n\x14\x43reateAccountRequest\x12\x1a\n\x05\x65mail\x18\x01 \x01(\tB\x0b\xe2\x41\x01\x02\xbaH\x04r\x02`\x01\x12 \n\x08password\x18\x02 \x01(\tB\x0e\xe2\x41\x01\x02\xbaH\x07r\x05\x10\x08\x18\x80\x01\x12-\n\x04role\x18\x03 \x01(\x0e\x32\x15.quartet.auth.v1.RoleB\x08\xbaH\x05\x82\x01\x02\x10\x01\"n\n\x15\x43reateAccountResponse\x12)\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x18.quartet.auth.v1.Account\x12*\n\x06tokens\x18\x02 \x01(\x0b\x32\x1a.quartet.auth.v1.TokenPair\"K\n\x0cLoginRequest\x12\x1b\n\x05\x65mail\x18\x01 \x01(\tB\x0c\xe2\x41\x01\x02\xbaH\x05r\x03\x18\xfe\x01\x12\x1e\n\x08password\x18\x02 \x01(\tB\x0c\xe2\x41\x01\x02\xbaH\x05r\x03\x18\x80\x01\"2\n\x13RefreshTokenRequest\x12\x1b\n\rrefresh_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x1a\n\x18GetCurrentAccountRequest\"E\n\x13ListAccountsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x14ListAccountsResponse\x12*\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x18.quartet.auth.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xaf\x01\n\x15SetAccountRoleRequest\x12\x1f\n\naccount_id\x18\x01 \x01(\x03\x42\x0b\xe2\x41\x01\x02\xbaH\x04\"\x02 \x00\x12u\n\x04role\x18\x02 \x01(\x0e\x32\x15.quartet.auth.v1.RoleBP\xe2\x41\x01\x02\xbaHI\x82\x01\x02\x10\x01\xba\x01\x41\n\x0e\x65num.specified\x12$must be a role, not ROLE_UNSPECIFIED\x1a\tthis != 0\"8\n\x15\x44isableAccountRequest\x12\x1f\n\naccount_id\x18\x01 \x01(\x03\x42\x0b\xe2\x41\x01\x02\xbaH\x04\"\x02 \x00\"7\n\x14\x45nableAccountRequest\x12\x1f\n\naccount_id\x18\x01 \x01(\x03\x42\x0b\xe2\x41\x01\x02\xbaH\x04\"\x02 \x00\"\x8f\x01\n\x0b\x41pplication\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12)\n\x08\x61pi_keys\x18\x04 \x03(\x0b\x32\x17.quartet.auth.v1.ApiKey\"\xa6\x01\n\x06\x41piKey\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x61pplication_id\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0brevoke_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"r\n\x18\x43reateApplicationRequest\x12V\n\x04name\x18\x01 \x01(\tBH\xe2\x41\x01\x02\xbaHAr\x02\x18\x64\xba\x01:\n\x10string.not_blank\x12\x11must not be blank\x1a\x13this.matches(\'\\\\S\')\"_\n\x19\x43reateApplicationResponse\x12\x31\n\x0b\x61pplication\x18\x01 \x01(\x0b\x32\x1c.quartet.auth.v1.Application\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"I\n\x17ListApplicationsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x18ListApplicationsResponse\x12\x32\n\x0c\x61pplications\x18\x01 \x03(\x0b\x32\x1c.quartet.auth.v1.Application\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\":\n\x13\x43reateApiKeyRequest\x12#\n\x0e\x61pplication_id\x18\x01 \x01(\x03\x42\x0b\xe2\x41\x01\x02\xbaH\x04\"\x02 \x00\"M\n\x14\x43reateApiKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x17.quartet.auth.v1.ApiKey\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"o\n\x13RevokeApiKeyRequest\x12X\n\x06key_id\x18\x01 \x01(\tBH\xe2\x41\x01\x02\xbaHAr\x02\x18\x64\xba\x01:\n\x10string.not_blank\x12\x11must not be blank\x1a\x13this.matches(\'\\\\S\')*M\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x10\n\x0cROLE_ANALYST\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x32\xd4\t\n\x0b\x41uthService\x12i\n\rCreateAccount\x12%.quartet.auth.v1.CreateAccountRequest\x1a&.quartet.auth.v1.CreateAccountResponse\"\t\x90\x02\x00\x8a\xce\x18\x02\x08\x02\x12M\n\x05Login\x12\x1d.quartet.auth.v1.LoginRequest\x1a\x1a.quartet.auth.v1.TokenPair\"\t\x90\x02\x02\x8a\xce\x18\x02\x08\x03\x12[\n\x0cRefreshToken\x12$.quartet.auth.v1.RefreshTokenRequest\x1a\x1a.quartet.auth.v1.TokenPair\"\t\x90\x02\x00\x8a\xce\x18\x02\x08\x03\x12\x66\n\x11GetCurrentAccount\x12).quartet.auth.v1.GetCurrentAccountRequest\x1a\x18.quartet.auth.v1.Account\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x01\x12i\n\x0cListAccounts\x12$.quartet.auth.v1.ListAccountsRequest\x1a%.quartet.auth.v1.ListAccountsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12`\n\x0eSetAccountRole\x12&.quartet.auth.v1.SetAccountRoleRequest\x1a\x18.quartet.auth.v1.Account\"\x0c\x90\x02\x02\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12`\n\x0e\x44isableAccount\x12&.quartet.auth.v1.DisableAccountRequest\x1a\x18.quartet.auth.v1.Account\"\x0c\x90\x02\x02\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12^\n\rEnableAccount\x12%.quartet.auth.v1.EnableAccountRequest\x1a\x18.quartet.auth.v1.Account\"\x0c\x90\x02\x02\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12x\n\x11\x43reateApplication\x12).quartet.auth.v1.CreateApplicationRequest\x1a*.quartet.auth.v1.CreateApplicationResponse\"\x0c\x90\x02\x00\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12u\n\x10ListApplications\x12(.quartet.auth.v1.ListApplicationsRequest\x1a).quartet.auth.v1.ListApplicationsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12i\n\x0c\x43reateApiKey\x12$.quartet.auth.v1.CreateApiKeyRequest\x1a%.quartet.auth.v1.CreateApiKeyResponse\"\x0c\x90\x02\x00\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12[\n\x0cRevokeApiKey\x12$.quartet.auth.v1.RevokeApiKeyRequest\x1a\x17.quartet.auth.v1.ApiKey\"\x0c\x90\x02\x02\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,23 +42,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACCOUNT'].fields_by_name['disable_time']._loaded_options = None
   _globals['_ACCOUNT'].fields_by_name['disable_time']._serialized_options = b'\342A\001\003'
   _globals['_CREATEACCOUNTREQUEST'].fields_by_name['email']._loaded_options = None
-  _globals['_CREATEACCOUNTREQUEST'].fields_by_name['email']._serialized_options = b'\342A\001\002'
+  _globals['_CREATEACCOUNTREQUEST'].fields_by_name['email']._serialized_options = b'\342A\001\002\272H\004r\002`\001'
   _globals['_CREATEACCOUNTREQUEST'].fields_by_name['password']._loaded_options = None
-  _globals['_CREATEACCOUNTREQUEST'].fields_by_name['password']._serialized_options = b'\342A\001\002'
+  _globals['_CREATEACCOUNTREQUEST'].fields_by_name['password']._serialized_options = b'\342A\001\002\272H\007r\005\020\010\030\200\001'
+  _globals['_CREATEACCOUNTREQUEST'].fields_by_name['role']._loaded_options = None
+  _globals['_CREATEACCOUNTREQUEST'].fields_by_name['role']._serialized_options = b'\272H\005\202\001\002\020\001'
   _globals['_LOGINREQUEST'].fields_by_name['email']._loaded_options = None
-  _globals['_LOGINREQUEST'].fields_by_name['email']._serialized_options = b'\342A\001\002'
+  _globals['_LOGINREQUEST'].fields_by_name['email']._serialized_options = b'\342A\001\002\272H\005r\003\030\376\001'
   _globals['_LOGINREQUEST'].fields_by_name['password']._loaded_options = None
-  _globals['_LOGINREQUEST'].fields_by_name['password']._serialized_options = b'\342A\001\002'
+  _globals['_LOGINREQUEST'].fields_by_name['password']._serialized_options = b'\342A\001\002\272H\005r\003\030\200\001'
   _globals['_REFRESHTOKENREQUEST'].fields_by_name['refresh_token']._loaded_options = None
   _globals['_REFRESHTOKENREQUEST'].fields_by_name['refresh_token']._serialized_options = b'\342A\001\002'
+  _globals['_LISTACCOUNTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTACCOUNTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
   _globals['_SETACCOUNTROLEREQUEST'].fields_by_name['account_id']._loaded_options = None
-  _globals['_SETACCOUNTROLEREQUEST'].fields_by_name['account_id']._serialized_options = b'\342A\001\002'
+  _globals['_SETACCOUNTROLEREQUEST'].fields_by_name['account_id']._serialized_options = b'\342A\001\002\272H\004\"\002 \000'
   _globals['_SETACCOUNTROLEREQUEST'].fields_by_name['role']._loaded_options = None
-  _globals['_SETACCOUNTROLEREQUEST'].fields_by_name['role']._serialized_options = b'\342A\001\002'
+  _globals['_SETACCOUNTROLEREQUEST'].fields_by_name['role']._serialized_options = b'\342A\001\002\272HI\202\001\002\020\001\272\001A\n\016enum.specified\022$must be a role, not ROLE_UNSPECIFIED\032\tthis != 0'
   _globals['_DISABLEACCOUNTREQUEST'].fields_by_name['account_id']._loaded_options = None
-  _globals['_DISABLEACCOUNTREQUEST'].fields_by_name['account_id']._serialized_options = b'\342A\001\002'
+  _globals['_DISABLEACCOUNTREQUEST'].fields_by_name['account_id']._serialized_options = b'\342A\001\002\272H\004\"\002 \000'
   _globals['_ENABLEACCOUNTREQUEST'].fields_by_name['account_id']._loaded_options = None
-  _globals['_ENABLEACCOUNTREQUEST'].fields_by_name['account_id']._serialized_options = b'\342A\001\002'
+  _globals['_ENABLEACCOUNTREQUEST'].fields_by_name['account_id']._serialized_options = b'\342A\001\002\272H\004\"\002 \000'
   _globals['_APPLICATION'].fields_by_name['id']._loaded_options = None
   _globals['_APPLICATION'].fields_by_name['id']._serialized_options = b'\342A\001\003'
   _globals['_APPLICATION'].fields_by_name['create_time']._loaded_options = None
@@ -71,11 +76,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APIKEY'].fields_by_name['revoke_time']._loaded_options = None
   _globals['_APIKEY'].fields_by_name['revoke_time']._serialized_options = b'\342A\001\003'
   _globals['_CREATEAPPLICATIONREQUEST'].fields_by_name['name']._loaded_options = None
-  _globals['_CREATEAPPLICATIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_CREATEAPPLICATIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\272HAr\002\030d\272\001:\n\020string.not_blank\022\021must not be blank\032\023this.matches(\'\\\\S\')'
+  _globals['_LISTAPPLICATIONSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTAPPLICATIONSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['application_id']._loaded_options = None
-  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['application_id']._serialized_options = b'\342A\001\002'
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['application_id']._serialized_options = b'\342A\001\002\272H\004\"\002 \000'
   _globals['_REVOKEAPIKEYREQUEST'].fields_by_name['key_id']._loaded_options = None
-  _globals['_REVOKEAPIKEYREQUEST'].fields_by_name['key_id']._serialized_options = b'\342A\001\002'
+  _globals['_REVOKEAPIKEYREQUEST'].fields_by_name['key_id']._serialized_options = b'\342A\001\002\272HAr\002\030d\272\001:\n\020string.not_blank\022\021must not be blank\032\023this.matches(\'\\\\S\')'
   _globals['_AUTHSERVICE'].methods_by_name['CreateAccount']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['CreateAccount']._serialized_options = b'\220\002\000\212\316\030\002\010\002'
   _globals['_AUTHSERVICE'].methods_by_name['Login']._loaded_options = None
@@ -100,50 +107,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHSERVICE'].methods_by_name['CreateApiKey']._serialized_options = b'\220\002\000\212\316\030\005\010\001\022\001\003'
   _globals['_AUTHSERVICE'].methods_by_name['RevokeApiKey']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['RevokeApiKey']._serialized_options = b'\220\002\002\212\316\030\005\010\001\022\001\003'
-  _globals['_ROLE']._serialized_start=2044
-  _globals['_ROLE']._serialized_end=2121
-  _globals['_ACCOUNT']._serialized_start=151
-  _globals['_ACCOUNT']._serialized_end=341
-  _globals['_TOKENPAIR']._serialized_start=344
-  _globals['_TOKENPAIR']._serialized_end=525
-  _globals['_CREATEACCOUNTREQUEST']._serialized_start=527
-  _globals['_CREATEACCOUNTREQUEST']._serialized_end=631
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=633
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=743
-  _globals['_LOGINREQUEST']._serialized_start=745
-  _globals['_LOGINREQUEST']._serialized_end=804
-  _globals['_REFRESHTOKENREQUEST']._serialized_start=806
-  _globals['_REFRESHTOKENREQUEST']._serialized_end=856
-  _globals['_GETCURRENTACCOUNTREQUEST']._serialized_start=858
-  _globals['_GETCURRENTACCOUNTREQUEST']._serialized_end=884
-  _globals['_LISTACCOUNTSREQUEST']._serialized_start=886
-  _globals['_LISTACCOUNTSREQUEST']._serialized_end=946
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=948
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=1039
-  _globals['_SETACCOUNTROLEREQUEST']._serialized_start=1041
-  _globals['_SETACCOUNTROLEREQUEST']._serialized_end=1133
-  _globals['_DISABLEACCOUNTREQUEST']._serialized_start=1135
-  _globals['_DISABLEACCOUNTREQUEST']._serialized_end=1184
-  _globals['_ENABLEACCOUNTREQUEST']._serialized_start=1186
-  _globals['_ENABLEACCOUNTREQUEST']._serialized_end=1234
-  _globals['_APPLICATION']._serialized_start=1237
-  _globals['_APPLICATION']._serialized_end=1380
-  _globals['_APIKEY']._serialized_start=1383
-  _globals['_APIKEY']._serialized_end=1549
-  _globals['_CREATEAPPLICATIONREQUEST']._serialized_start=1551
-  _globals['_CREATEAPPLICATIONREQUEST']._serialized_end=1597
-  _globals['_CREATEAPPLICATIONRESPONSE']._serialized_start=1599
-  _globals['_CREATEAPPLICATIONRESPONSE']._serialized_end=1694
-  _globals['_LISTAPPLICATIONSREQUEST']._serialized_start=1696
-  _globals['_LISTAPPLICATIONSREQUEST']._serialized_end=1760
-  _globals['_LISTAPPLICATIONSRESPONSE']._serialized_start=1762
-  _globals['_LISTAPPLICATIONSRESPONSE']._serialized_end=1865
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1867
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1918
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1920
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1997
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1999
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=2042
-  _globals['_AUTHSERVICE']._serialized_start=2124
-  _globals['_AUTHSERVICE']._serialized_end=3360
+  _globals['_ROLE']._serialized_start=2376
+  _globals['_ROLE']._serialized_end=2453
+  _globals['_ACCOUNT']._serialized_start=180
+  _globals['_ACCOUNT']._serialized_end=370
+  _globals['_TOKENPAIR']._serialized_start=373
+  _globals['_TOKENPAIR']._serialized_end=554
+  _globals['_CREATEACCOUNTREQUEST']._serialized_start=557
+  _globals['_CREATEACCOUNTREQUEST']._serialized_end=688
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=690
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=800
+  _globals['_LOGINREQUEST']._serialized_start=802
+  _globals['_LOGINREQUEST']._serialized_end=877
+  _globals['_REFRESHTOKENREQUEST']._serialized_start=879
+  _globals['_REFRESHTOKENREQUEST']._serialized_end=929
+  _globals['_GETCURRENTACCOUNTREQUEST']._serialized_start=931
+  _globals['_GETCURRENTACCOUNTREQUEST']._serialized_end=957
+  _globals['_LISTACCOUNTSREQUEST']._serialized_start=959
+  _globals['_LISTACCOUNTSREQUEST']._serialized_end=1028
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=1030
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=1121
+  _globals['_SETACCOUNTROLEREQUEST']._serialized_start=1124
+  _globals['_SETACCOUNTROLEREQUEST']._serialized_end=1299
+  _globals['_DISABLEACCOUNTREQUEST']._serialized_start=1301
+  _globals['_DISABLEACCOUNTREQUEST']._serialized_end=1357
+  _globals['_ENABLEACCOUNTREQUEST']._serialized_start=1359
+  _globals['_ENABLEACCOUNTREQUEST']._serialized_end=1414
+  _globals['_APPLICATION']._serialized_start=1417
+  _globals['_APPLICATION']._serialized_end=1560
+  _globals['_APIKEY']._serialized_start=1563
+  _globals['_APIKEY']._serialized_end=1729
+  _globals['_CREATEAPPLICATIONREQUEST']._serialized_start=1731
+  _globals['_CREATEAPPLICATIONREQUEST']._serialized_end=1845
+  _globals['_CREATEAPPLICATIONRESPONSE']._serialized_start=1847
+  _globals['_CREATEAPPLICATIONRESPONSE']._serialized_end=1942
+  _globals['_LISTAPPLICATIONSREQUEST']._serialized_start=1944
+  _globals['_LISTAPPLICATIONSREQUEST']._serialized_end=2017
+  _globals['_LISTAPPLICATIONSRESPONSE']._serialized_start=2019
+  _globals['_LISTAPPLICATIONSRESPONSE']._serialized_end=2122
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=2124
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=2182
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=2184
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=2261
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=2263
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=2374
+  _globals['_AUTHSERVICE']._serialized_start=2456
+  _globals['_AUTHSERVICE']._serialized_end=3692
 # @@protoc_insertion_point(module_scope)

@@ -22,13 +22,14 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from quartet.api.v1 import access_pb2 as quartet_dot_api_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%quartet/events/v1/event_service.proto\x12\x11quartet.events.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bquartet/api/v1/access.proto\"\x98\x02\n\x05\x45vent\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x05\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\noccur_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x0e\x61pplication_id\x18\x07 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x36\n\x0creceive_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1c\n\x0eschema_version\x18\t \x01(\x05\x42\x04\xe2\x41\x01\x03\"?\n\tViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"A\n\x10SendEventRequest\x12-\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.quartet.events.v1.EventB\x04\xe2\x41\x01\x02\"O\n\x11SendEventResponse\x12\'\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.quartet.events.v1.Event\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"C\n\x11SendEventsRequest\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.quartet.events.v1.EventB\x04\xe2\x41\x01\x02\"\x81\x01\n\x0b\x45ventResult\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.quartet.events.v1.EventStatus\x12\x30\n\nviolations\x18\x03 \x03(\x0b\x32\x1c.quartet.events.v1.Violation\"E\n\x12SendEventsResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.quartet.events.v1.EventResult\"?\n\x13StreamEventsRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.quartet.events.v1.Event\"h\n\x13RejectedEventResult\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x30\n\nviolations\x18\x03 \x03(\x0b\x32\x1c.quartet.events.v1.Violation\"\x97\x01\n\x14StreamEventsResponse\x12\x14\n\x0cstored_count\x18\x01 \x01(\x03\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x03\x12\x38\n\x08rejected\x18\x03 \x03(\x0b\x32&.quartet.events.v1.RejectedEventResult\x12\x16\n\x0erejected_count\x18\x04 \x01(\x03\"#\n\x0fGetEventRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x86\x02\n\x11ListEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x16\n\x0e\x61pplication_id\x18\x06 \x01(\x03\x12\x34\n\x10occur_time_start\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0eoccur_time_end\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cnewest_first\x18\t \x01(\x08\"W\n\x12ListEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.quartet.events.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe8\x01\n\rRejectedEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x16\n\x0e\x61pplication_id\x18\x02 \x01(\x03\x12\'\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x18.quartet.events.v1.Event\x12\x30\n\nviolations\x18\x04 \x03(\x0b\x32\x1c.quartet.events.v1.Violation\x12/\n\x0breject_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x13\n\x0b\x64\x61ta_prefix\x18\x07 \x01(\t\"\xd6\x01\n\x19ListRejectedEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0e\x61pplication_id\x18\x04 \x01(\x03\x12\x35\n\x11reject_time_start\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0freject_time_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"p\n\x1aListRejectedEventsResponse\x12\x39\n\x0frejected_events\x18\x01 \x03(\x0b\x32 .quartet.events.v1.RejectedEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa2\x01\n\tEventType\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\x07version\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\'\n\x06schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"s\n\x16\x43reateEventTypeRequest\x12\x16\n\x08\x63\x61tegory\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x06schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x02\">\n\x15ListEventTypesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x16ListEventTypesResponse\x12\x31\n\x0b\x65vent_types\x18\x01 \x03(\x0b\x32\x1c.quartet.events.v1.EventType\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*{\n\x0b\x45ventStatus\x12\x1c\n\x18\x45VENT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_STATUS_STORED\x10\x01\x12\x1a\n\x16\x45VENT_STATUS_DUPLICATE\x10\x02\x12\x19\n\x15\x45VENT_STATUS_REJECTED\x10\x03\x32\xed\t\n\x0c\x45ventService\x12\xe2\x01\n\tSendEvent\x12#.quartet.events.v1.SendEventRequest\x1a$.quartet.events.v1.SendEventResponse\"\x89\x01\x90\x02\x02\x8a\xce\x18\x81\x01\x08\x01\x12\x01\x04\x1azevents are sent with an application\'s API key, so that the sender is recorded; an admin creates one with CreateApplication\x12\xe5\x01\n\nSendEvents\x12$.quartet.events.v1.SendEventsRequest\x1a%.quartet.events.v1.SendEventsResponse\"\x89\x01\x90\x02\x02\x8a\xce\x18\x81\x01\x08\x01\x12\x01\x04\x1azevents are sent with an application\'s API key, so that the sender is recorded; an admin creates one with CreateApplication\x12\xed\x01\n\x0cStreamEvents\x12&.quartet.events.v1.StreamEventsRequest\x1a\'.quartet.events.v1.StreamEventsResponse\"\x89\x01\x90\x02\x02\x8a\xce\x18\x81\x01\x08\x01\x12\x01\x04\x1azevents are sent with an application\'s API key, so that the sender is recorded; an admin creates one with CreateApplication(\x01\x12V\n\x08GetEvent\x12\".quartet.events.v1.GetEventRequest\x1a\x18.quartet.events.v1.Event\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x12g\n\nListEvents\x12$.quartet.events.v1.ListEventsRequest\x1a%.quartet.events.v1.ListEventsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x12\x7f\n\x12ListRejectedEvents\x12,.quartet.events.v1.ListRejectedEventsRequest\x1a-.quartet.events.v1.ListRejectedEventsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x12h\n\x0f\x43reateEventType\x12).quartet.events.v1.CreateEventTypeRequest\x1a\x1c.quartet.events.v1.EventType\"\x0c\x90\x02\x00\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12t\n\x0eListEventTypes\x12(.quartet.events.v1.ListEventTypesRequest\x1a).quartet.events.v1.ListEventTypesResponse\"\r\x90\x02\x01\x8a\xce\x18\x06\x08\x01\x12\x02\x01\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%quartet/events/v1/event_service.proto\x12\x11quartet.events.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bquartet/api/v1/access.proto\"\x98\x02\n\x05\x45vent\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x05\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\noccur_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x0e\x61pplication_id\x18\x07 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x36\n\x0creceive_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1c\n\x0eschema_version\x18\t \x01(\x05\x42\x04\xe2\x41\x01\x03\"?\n\tViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"G\n\x10SendEventRequest\x12\x33\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.quartet.events.v1.EventB\n\xe2\x41\x01\x02\xbaH\x03\xd8\x01\x03\"O\n\x11SendEventResponse\x12\'\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.quartet.events.v1.Event\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"I\n\x11SendEventsRequest\x12\x34\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.quartet.events.v1.EventB\n\xe2\x41\x01\x02\xbaH\x03\xd8\x01\x03\"\x81\x01\n\x0b\x45ventResult\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.quartet.events.v1.EventStatus\x12\x30\n\nviolations\x18\x03 \x03(\x0b\x32\x1c.quartet.events.v1.Violation\"E\n\x12SendEventsResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.quartet.events.v1.EventResult\"G\n\x13StreamEventsRequest\x12\x30\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.quartet.events.v1.EventB\x06\xbaH\x03\xd8\x01\x03\"h\n\x13RejectedEventResult\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x30\n\nviolations\x18\x03 \x03(\x0b\x32\x1c.quartet.events.v1.Violation\"\x97\x01\n\x14StreamEventsResponse\x12\x14\n\x0cstored_count\x18\x01 \x01(\x03\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x03\x12\x38\n\x08rejected\x18\x03 \x03(\x0b\x32&.quartet.events.v1.RejectedEventResult\x12\x16\n\x0erejected_count\x18\x04 \x01(\x03\"+\n\x0fGetEventRequest\x12\x18\n\x02id\x18\x01 \x01(\tB\x0c\xe2\x41\x01\x02\xbaH\x05r\x03\xb0\x01\x01\"\xb7\x02\n\x11ListEventsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x1f\n\nsession_id\x18\x03 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x19\n\x08\x63\x61tegory\x18\x04 \x01(\tB\x07\xbaH\x04r\x02\x18\x64\x12\x15\n\x04name\x18\x05 \x01(\tB\x07\xbaH\x04r\x02\x18\x64\x12\x1f\n\x0e\x61pplication_id\x18\x06 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\x12\x34\n\x10occur_time_start\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0eoccur_time_end\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cnewest_first\x18\t \x01(\x08\"W\n\x12ListEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.quartet.events.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe8\x01\n\rRejectedEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x16\n\x0e\x61pplication_id\x18\x02 \x01(\x03\x12\'\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x18.quartet.events.v1.Event\x12\x30\n\nviolations\x18\x04 \x03(\x0b\x32\x1c.quartet.events.v1.Violation\x12/\n\x0breject_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x13\n\x0b\x64\x61ta_prefix\x18\x07 \x01(\t\"\xe8\x01\n\x19ListRejectedEventsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x1f\n\x0e\x61pplication_id\x18\x04 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\x12\x35\n\x11reject_time_start\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0freject_time_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"p\n\x1aListRejectedEventsResponse\x12\x39\n\x0frejected_events\x18\x01 \x03(\x0b\x32 .quartet.events.v1.RejectedEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa2\x01\n\tEventType\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\x07version\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\'\n\x06schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x81\x02\n\x16\x43reateEventTypeRequest\x12Z\n\x08\x63\x61tegory\x18\x01 \x01(\tBH\xe2\x41\x01\x02\xbaHAr\x02\x18\x64\xba\x01:\n\x10string.not_blank\x12\x11must not be blank\x1a\x13this.matches(\'\\\\S\')\x12V\n\x04name\x18\x02 \x01(\tBH\xe2\x41\x01\x02\xbaHAr\x02\x18\x64\xba\x01:\n\x10string.not_blank\x12\x11must not be blank\x1a\x13this.matches(\'\\\\S\')\x12\x33\n\x06schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\"G\n\x15ListEventTypesRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x16ListEventTypesResponse\x12\x31\n\x0b\x65vent_types\x18\x01 \x03(\x0b\x32\x1c.quartet.events.v1.EventType\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*{\n\x0b\x45ventStatus\x12\x1c\n\x18\x45VENT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_STATUS_STORED\x10\x01\x12\x1a\n\x16\x45VENT_STATUS_DUPLICATE\x10\x02\x12\x19\n\x15\x45VENT_STATUS_REJECTED\x10\x03\x32\xed\t\n\x0c\x45ventService\x12\xe2\x01\n\tSendEvent\x12#.quartet.events.v1.SendEventRequest\x1a$.quartet.events.v1.SendEventResponse\"\x89\x01\x90\x02\x02\x8a\xce\x18\x81\x01\x08\x01\x12\x01\x04\x1azevents are sent with an application\'s API key, so that the sender is recorded; an admin creates one with CreateApplication\x12\xe5\x01\n\nSendEvents\x12$.quartet.events.v1.SendEventsRequest\x1a%.quartet.events.v1.SendEventsResponse\"\x89\x01\x90\x02\x02\x8a\xce\x18\x81\x01\x08\x01\x12\x01\x04\x1azevents are sent with an application\'s API key, so that the sender is recorded; an admin creates one with CreateApplication\x12\xed\x01\n\x0cStreamEvents\x12&.quartet.events.v1.StreamEventsRequest\x1a\'.quartet.events.v1.StreamEventsResponse\"\x89\x01\x90\x02\x02\x8a\xce\x18\x81\x01\x08\x01\x12\x01\x04\x1azevents are sent with an application\'s API key, so that the sender is recorded; an admin creates one with CreateApplication(\x01\x12V\n\x08GetEvent\x12\".quartet.events.v1.GetEventRequest\x1a\x18.quartet.events.v1.Event\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x12g\n\nListEvents\x12$.quartet.events.v1.ListEventsRequest\x1a%.quartet.events.v1.ListEventsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x12\x7f\n\x12ListRejectedEvents\x12,.quartet.events.v1.ListRejectedEventsRequest\x1a-.quartet.events.v1.ListRejectedEventsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x12h\n\x0f\x43reateEventType\x12).quartet.events.v1.CreateEventTypeRequest\x1a\x1c.quartet.events.v1.EventType\"\x0c\x90\x02\x00\x8a\xce\x18\x05\x08\x01\x12\x01\x03\x12t\n\x0eListEventTypes\x12(.quartet.events.v1.ListEventTypesRequest\x1a).quartet.events.v1.ListEventTypesResponse\"\r\x90\x02\x01\x8a\xce\x18\x06\x08\x01\x12\x02\x01\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,21 +45,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENT'].fields_by_name['schema_version']._loaded_options = None
   _globals['_EVENT'].fields_by_name['schema_version']._serialized_options = b'\342A\001\003'
   _globals['_SENDEVENTREQUEST'].fields_by_name['event']._loaded_options = None
-  _globals['_SENDEVENTREQUEST'].fields_by_name['event']._serialized_options = b'\342A\001\002'
+  _globals['_SENDEVENTREQUEST'].fields_by_name['event']._serialized_options = b'\342A\001\002\272H\003\330\001\003'
   _globals['_SENDEVENTSREQUEST'].fields_by_name['events']._loaded_options = None
-  _globals['_SENDEVENTSREQUEST'].fields_by_name['events']._serialized_options = b'\342A\001\002'
+  _globals['_SENDEVENTSREQUEST'].fields_by_name['events']._serialized_options = b'\342A\001\002\272H\003\330\001\003'
+  _globals['_STREAMEVENTSREQUEST'].fields_by_name['events']._loaded_options = None
+  _globals['_STREAMEVENTSREQUEST'].fields_by_name['events']._serialized_options = b'\272H\003\330\001\003'
   _globals['_GETEVENTREQUEST'].fields_by_name['id']._loaded_options = None
-  _globals['_GETEVENTREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
+  _globals['_GETEVENTREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002\272H\005r\003\260\001\001'
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['session_id']._loaded_options = None
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['session_id']._serialized_options = b'\272H\010r\003\260\001\001\330\001\001'
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['category']._loaded_options = None
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['category']._serialized_options = b'\272H\004r\002\030d'
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['name']._serialized_options = b'\272H\004r\002\030d'
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['application_id']._loaded_options = None
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['application_id']._serialized_options = b'\272H\004\"\002(\000'
+  _globals['_LISTREJECTEDEVENTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTREJECTEDEVENTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
+  _globals['_LISTREJECTEDEVENTSREQUEST'].fields_by_name['application_id']._loaded_options = None
+  _globals['_LISTREJECTEDEVENTSREQUEST'].fields_by_name['application_id']._serialized_options = b'\272H\004\"\002(\000'
   _globals['_EVENTTYPE'].fields_by_name['version']._loaded_options = None
   _globals['_EVENTTYPE'].fields_by_name['version']._serialized_options = b'\342A\001\003'
   _globals['_EVENTTYPE'].fields_by_name['create_time']._loaded_options = None
   _globals['_EVENTTYPE'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_CREATEEVENTTYPEREQUEST'].fields_by_name['category']._loaded_options = None
-  _globals['_CREATEEVENTTYPEREQUEST'].fields_by_name['category']._serialized_options = b'\342A\001\002'
+  _globals['_CREATEEVENTTYPEREQUEST'].fields_by_name['category']._serialized_options = b'\342A\001\002\272HAr\002\030d\272\001:\n\020string.not_blank\022\021must not be blank\032\023this.matches(\'\\\\S\')'
   _globals['_CREATEEVENTTYPEREQUEST'].fields_by_name['name']._loaded_options = None
-  _globals['_CREATEEVENTTYPEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_CREATEEVENTTYPEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\272HAr\002\030d\272\001:\n\020string.not_blank\022\021must not be blank\032\023this.matches(\'\\\\S\')'
   _globals['_CREATEEVENTTYPEREQUEST'].fields_by_name['schema']._loaded_options = None
-  _globals['_CREATEEVENTTYPEREQUEST'].fields_by_name['schema']._serialized_options = b'\342A\001\002'
+  _globals['_CREATEEVENTTYPEREQUEST'].fields_by_name['schema']._serialized_options = b'\342A\001\002\272H\003\310\001\001'
+  _globals['_LISTEVENTTYPESREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTEVENTTYPESREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
   _globals['_EVENTSERVICE'].methods_by_name['SendEvent']._loaded_options = None
   _globals['_EVENTSERVICE'].methods_by_name['SendEvent']._serialized_options = b'\220\002\002\212\316\030\201\001\010\001\022\001\004\032zevents are sent with an application\'s API key, so that the sender is recorded; an admin creates one with CreateApplication'
   _globals['_EVENTSERVICE'].methods_by_name['SendEvents']._loaded_options = None
@@ -75,48 +94,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTSERVICE'].methods_by_name['CreateEventType']._serialized_options = b'\220\002\000\212\316\030\005\010\001\022\001\003'
   _globals['_EVENTSERVICE'].methods_by_name['ListEventTypes']._loaded_options = None
   _globals['_EVENTSERVICE'].methods_by_name['ListEventTypes']._serialized_options = b'\220\002\001\212\316\030\006\010\001\022\002\001\004'
-  _globals['_EVENTSTATUS']._serialized_start=2683
-  _globals['_EVENTSTATUS']._serialized_end=2806
-  _globals['_EVENT']._serialized_start=186
-  _globals['_EVENT']._serialized_end=466
-  _globals['_VIOLATION']._serialized_start=468
-  _globals['_VIOLATION']._serialized_end=531
-  _globals['_SENDEVENTREQUEST']._serialized_start=533
-  _globals['_SENDEVENTREQUEST']._serialized_end=598
-  _globals['_SENDEVENTRESPONSE']._serialized_start=600
-  _globals['_SENDEVENTRESPONSE']._serialized_end=679
-  _globals['_SENDEVENTSREQUEST']._serialized_start=681
-  _globals['_SENDEVENTSREQUEST']._serialized_end=748
-  _globals['_EVENTRESULT']._serialized_start=751
-  _globals['_EVENTRESULT']._serialized_end=880
-  _globals['_SENDEVENTSRESPONSE']._serialized_start=882
-  _globals['_SENDEVENTSRESPONSE']._serialized_end=951
-  _globals['_STREAMEVENTSREQUEST']._serialized_start=953
-  _globals['_STREAMEVENTSREQUEST']._serialized_end=1016
-  _globals['_REJECTEDEVENTRESULT']._serialized_start=1018
-  _globals['_REJECTEDEVENTRESULT']._serialized_end=1122
-  _globals['_STREAMEVENTSRESPONSE']._serialized_start=1125
-  _globals['_STREAMEVENTSRESPONSE']._serialized_end=1276
-  _globals['_GETEVENTREQUEST']._serialized_start=1278
-  _globals['_GETEVENTREQUEST']._serialized_end=1313
-  _globals['_LISTEVENTSREQUEST']._serialized_start=1316
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1578
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1580
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1667
-  _globals['_REJECTEDEVENT']._serialized_start=1670
-  _globals['_REJECTEDEVENT']._serialized_end=1902
-  _globals['_LISTREJECTEDEVENTSREQUEST']._serialized_start=1905
-  _globals['_LISTREJECTEDEVENTSREQUEST']._serialized_end=2119
-  _globals['_LISTREJECTEDEVENTSRESPONSE']._serialized_start=2121
-  _globals['_LISTREJECTEDEVENTSRESPONSE']._serialized_end=2233
-  _globals['_EVENTTYPE']._serialized_start=2236
-  _globals['_EVENTTYPE']._serialized_end=2398
-  _globals['_CREATEEVENTTYPEREQUEST']._serialized_start=2400
-  _globals['_CREATEEVENTTYPEREQUEST']._serialized_end=2515
-  _globals['_LISTEVENTTYPESREQUEST']._serialized_start=2517
-  _globals['_LISTEVENTTYPESREQUEST']._serialized_end=2579
-  _globals['_LISTEVENTTYPESRESPONSE']._serialized_start=2581
-  _globals['_LISTEVENTTYPESRESPONSE']._serialized_end=2681
-  _globals['_EVENTSERVICE']._serialized_start=2809
-  _globals['_EVENTSERVICE']._serialized_end=4070
+  _globals['_EVENTSTATUS']._serialized_start=2959
+  _globals['_EVENTSTATUS']._serialized_end=3082
+  _globals['_EVENT']._serialized_start=215
+  _globals['_EVENT']._serialized_end=495
+  _globals['_VIOLATION']._serialized_start=497
+  _globals['_VIOLATION']._serialized_end=560
+  _globals['_SENDEVENTREQUEST']._serialized_start=562
+  _globals['_SENDEVENTREQUEST']._serialized_end=633
+  _globals['_SENDEVENTRESPONSE']._serialized_start=635
+  _globals['_SENDEVENTRESPONSE']._serialized_end=714
+  _globals['_SENDEVENTSREQUEST']._serialized_start=716
+  _globals['_SENDEVENTSREQUEST']._serialized_end=789
+  _globals['_EVENTRESULT']._serialized_start=792
+  _globals['_EVENTRESULT']._serialized_end=921
+  _globals['_SENDEVENTSRESPONSE']._serialized_start=923
+  _globals['_SENDEVENTSRESPONSE']._serialized_end=992
+  _globals['_STREAMEVENTSREQUEST']._serialized_start=994
+  _globals['_STREAMEVENTSREQUEST']._serialized_end=1065
+  _globals['_REJECTEDEVENTRESULT']._serialized_start=1067
+  _globals['_REJECTEDEVENTRESULT']._serialized_end=1171
+  _globals['_STREAMEVENTSRESPONSE']._serialized_start=1174
+  _globals['_STREAMEVENTSRESPONSE']._serialized_end=1325
+  _globals['_GETEVENTREQUEST']._serialized_start=1327
+  _globals['_GETEVENTREQUEST']._serialized_end=1370
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1373
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1684
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1686
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1773
+  _globals['_REJECTEDEVENT']._serialized_start=1776
+  _globals['_REJECTEDEVENT']._serialized_end=2008
+  _globals['_LISTREJECTEDEVENTSREQUEST']._serialized_start=2011
+  _globals['_LISTREJECTEDEVENTSREQUEST']._serialized_end=2243
+  _globals['_LISTREJECTEDEVENTSRESPONSE']._serialized_start=2245
+  _globals['_LISTREJECTEDEVENTSRESPONSE']._serialized_end=2357
+  _globals['_EVENTTYPE']._serialized_start=2360
+  _globals['_EVENTTYPE']._serialized_end=2522
+  _globals['_CREATEEVENTTYPEREQUEST']._serialized_start=2525
+  _globals['_CREATEEVENTTYPEREQUEST']._serialized_end=2782
+  _globals['_LISTEVENTTYPESREQUEST']._serialized_start=2784
+  _globals['_LISTEVENTTYPESREQUEST']._serialized_end=2855
+  _globals['_LISTEVENTTYPESRESPONSE']._serialized_start=2857
+  _globals['_LISTEVENTTYPESRESPONSE']._serialized_end=2957
+  _globals['_EVENTSERVICE']._serialized_start=3085
+  _globals['_EVENTSERVICE']._serialized_end=4346
 # @@protoc_insertion_point(module_scope)

@@ -22,23 +22,38 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from quartet.api.v1 import access_pb2 as quartet_dot_api_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'quartet/regions/v1/region_service.proto\x12\x12quartet.regions.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bquartet/api/v1/access.proto\"6\n\x06Region\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0f\n\x07name_en\x18\x02 \x01(\t\x12\x0f\n\x07name_fr\x18\x03 \x01(\t\"e\n\x08Province\x12\x10\n\x08geo_code\x18\x01 \x01(\x05\x12\x12\n\nalpha_code\x18\x02 \x01(\t\x12\x0f\n\x07name_en\x18\x03 \x01(\t\x12\x0f\n\x07name_fr\x18\x04 \x01(\t\x12\x11\n\tregion_id\x18\x05 \x01(\x05\"\xf7\x01\n\x0cHealthRegion\x12\x0e\n\x06hr_uid\x18\x01 \x01(\x05\x12\x19\n\x11province_geo_code\x18\x02 \x01(\x05\x12\x0f\n\x07name_en\x18\x03 \x01(\t\x12\x0f\n\x07name_fr\x18\x04 \x01(\t\x12\x12\n\nshort_name\x18\x05 \x01(\t\x12\x17\n\npopulation\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nwebsite_en\x18\x07 \x01(\t\x12\x12\n\nwebsite_fr\x18\x08 \x01(\t\x12\x1a\n\x12vaccine_website_en\x18\t \x01(\t\x12\x1a\n\x12vaccine_website_fr\x18\n \x01(\tB\r\n\x0b_population\"\xa8\x01\n\x03\x46sa\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12.\n\x08province\x18\x02 \x01(\x0b\x32\x1c.quartet.regions.v1.Province\x12;\n\x0ehealth_regions\x18\x03 \x03(\x0b\x32#.quartet.regions.v1.FsaHealthRegion\x12\x17\n\npopulation\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\r\n\x0b_population\"\xba\x01\n\x0f\x46saHealthRegion\x12\x37\n\rhealth_region\x18\x01 \x01(\x0b\x32 .quartet.regions.v1.HealthRegion\x12!\n\x14\x65stimated_population\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x1d\n\x10population_share\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x17\n\x15_estimated_populationB\x13\n\x11_population_share\"\x14\n\x12ListRegionsRequest\"B\n\x13ListRegionsResponse\x12+\n\x07regions\x18\x01 \x03(\x0b\x32\x1a.quartet.regions.v1.Region\"<\n\x14ListProvincesRequest\x12\x16\n\tregion_id\x18\x01 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_region_id\"H\n\x15ListProvincesResponse\x12/\n\tprovinces\x18\x01 \x03(\x0b\x32\x1c.quartet.regions.v1.Province\"F\n\x12GetProvinceRequest\x12\x12\n\x08geo_code\x18\x01 \x01(\x05H\x00\x12\x14\n\nalpha_code\x18\x02 \x01(\tH\x00\x42\x06\n\x04\x63ode\"\x89\x01\n\x18ListHealthRegionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x1b\n\x11province_geo_code\x18\x03 \x01(\x05H\x00\x12\x1d\n\x13province_alpha_code\x18\x04 \x01(\tH\x00\x42\n\n\x08province\"n\n\x19ListHealthRegionsResponse\x12\x38\n\x0ehealth_regions\x18\x01 \x03(\x0b\x32 .quartet.regions.v1.HealthRegion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x16GetHealthRegionRequest\x12\x14\n\x06hr_uid\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x02\"%\n\x10LookupFsaRequest\x12\x11\n\x03\x66sa\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\",\n\x16\x42\x61tchLookupFsasRequest\x12\x12\n\x04\x66sas\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\"O\n\x17\x42\x61tchLookupFsasResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.quartet.regions.v1.FsaLookupResult\"\x87\x01\n\x0f\x46saLookupResult\x12\r\n\x05query\x18\x01 \x01(\t\x12&\n\x03\x66sa\x18\x02 \x01(\x0b\x32\x17.quartet.regions.v1.FsaH\x00\x12\x33\n\x05\x65rror\x18\x03 \x01(\x0b\x32\".quartet.regions.v1.FsaLookupErrorH\x00\x42\x08\n\x06result\"5\n\x0e\x46saLookupError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t2\x9e\x06\n\rRegionService\x12m\n\x0bListRegions\x12&.quartet.regions.v1.ListRegionsRequest\x1a\'.quartet.regions.v1.ListRegionsResponse\"\r\x90\x02\x01\x8a\xce\x18\x06\x08\x01\x12\x02\x01\x04\x12s\n\rListProvinces\x12(.quartet.regions.v1.ListProvincesRequest\x1a).quartet.regions.v1.ListProvincesResponse\"\r\x90\x02\x01\x8a\xce\x18\x06\x08\x01\x12\x02\x01\x04\x12\x62\n\x0bGetProvince\x12&.quartet.regions.v1.GetProvinceRequest\x1a\x1c.quartet.regions.v1.Province\"\r\x90\x02\x01\x8a\xce\x18\x06\x08\x01\x12\x02\x01\x04\x12\x7f\n\x11ListHealthRegions\x12,.quartet.regions.v1.ListHealthRegionsRequest\x1a-.quartet.regions.v1.ListHealthRegionsResponse\"\r\x90\x02\x01\x8a\xce\x18\x06\x08\x01\x12\x02\x01\x04\x12n\n\x0fGetHealthRegion\x12*.quartet.regions.v1.GetHealthRegionRequest\x1a .quartet.regions.v1.HealthRegion\"\r\x90\x02\x01\x8a\xce\x18\x06\x08\x01\x12\x02\x01\x04\x12Y\n\tLookupFsa\x12$.quartet.regions.v1.LookupFsaRequest\x1a\x17.quartet.regions.v1.Fsa\"\r\x90\x02\x01\x8a\xce\x18\x06\x08\x01\x12\x02\x01\x04\x12y\n\x0f\x42\x61tchLookupFsas\x12*.quartet.regions.v1.BatchLookupFsasRequest\x1a+.quartet.regions.v1.BatchLookupFsasResponse\"\r\x90\x02\x01\x8a\xce\x18\x06\x08\x01\x12\x02\x01\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'quartet/regions/v1/region_service.proto\x12\x12quartet.regions.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bquartet/api/v1/access.proto\"6\n\x06Region\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0f\n\x07name_en\x18\x02 \x01(\t\x12\x0f\n\x07name_fr\x18\x03 \x01(\t\"e\n\x08Province\x12\x10\n\x08geo_code\x18\x01 \x01(\x05\x12\x12\n\nalpha_code\x18\x02 \x01(\t\x12\x0f\n\x07name_en\x18\x03 \x01(\t\x12\x0f\n\x07name_fr\x18\x04 \x01(\t\x12\x11\n\tregion_id\x18\x05 \x01(\x05\"\xf7\x01\n\x0cHealthRegion\x12\x0e\n\x06hr_uid\x18\x01 \x01(\x05\x12\x19\n\x11province_geo_code\x18\x02 \x01(\x05\x12\x0f\n\x07name_en\x18\x03 \x01(\t\x12\x0f\n\x07name_fr\x18\x04 \x01(\t\x12\x12\n\nshort_name\x18\x05 \x01(\t\x12\x17\n\npopulation\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nwebsite_en\x18\x07 \x01(\t\x12\x12\n\nwebsite_fr\x18\x08 \x01(\t\x12\x1a\n\x12vaccine_website_en\x18\t \x01(\t\x12\x1a\n\x12vaccine_website_fr\x18\n \x01(\tB\r\n\x0b_population\"\xa8\x01\n\x03\x46sa\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12.\n\x08province\x18\x02 \x01(\x0b\x32\x1c.quartet.regions.v1.Province\x12;\n\x0ehealth_regions\x18\x03 \x03(\x0b\x32#.quartet.regions.v1.FsaHealthRegion\x12\x17\n\npopulation\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\r\n\x0b_population\"\xba\x01\n\x0f\x46saHealthRegion\x12\x37\n\rhealth_region\x18\x01 \x01(\x0b\x32 .quartet.regions.v1.HealthRegion\x12!\n\x14\x65stimated_population\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x1d\n\x10population_share\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x17\n\x15_estimated_populationB\x13\n\x11_population_share\"\x14\n\x12ListRegionsRequest\"B\n\x13ListRegionsResponse\x12+\n\x07regions\x18\x01 \x03(\x0b\x32\x1a.quartet.regions.v1.Region\"E\n\x14ListProvincesRequest\x12\x1f\n\tregion_id\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02 \x00H\x00\x88\x01\x01\x42\x0c\n\n_region_id\"H\n\x15ListProvincesResponse\x12/\n\tprovinces\x18\x01 \x03(\x0b\x32\x1c.quartet.regions.v1.Province\"r\n\x12GetProvinceRequest\x12\x1b\n\x08geo_code\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02 \x00H\x00\x12\x30\n\nalpha_code\x18\x02 \x01(\tB\x1a\xbaH\x17r\x15\x32\x13^\\s*[A-Za-z]{2}\\s*$H\x00\x42\r\n\x04\x63ode\x12\x05\xbaH\x02\x08\x01\"\xb7\x01\n\x18ListHealthRegionsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x11province_geo_code\x18\x03 \x01(\x05\x42\x07\xbaH\x04\x1a\x02 \x00H\x00\x12\x39\n\x13province_alpha_code\x18\x04 \x01(\tB\x1a\xbaH\x17r\x15\x32\x13^\\s*[A-Za-z]{2}\\s*$H\x00\x42\n\n\x08province\"n\n\x19ListHealthRegionsResponse\x12\x38\n\x0ehealth_regions\x18\x01 \x03(\x0b\x32 .quartet.regions.v1.HealthRegion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x16GetHealthRegionRequest\x12\x1b\n\x06hr_uid\x18\x01 \x01(\x05\x42\x0b\xe2\x41\x01\x02\xbaH\x04\x1a\x02 \x00\"+\n\x10LookupFsaRequest\x12\x17\n\x03\x66sa\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xbaH\x03\xd8\x01\x03\"2\n\x16\x42\x61tchLookupFsasRequest\x12\x18\n\x04\x66sas\x18\x01 \x03(\tB\n\xe2\x41\x01\x02\xbaH\x03\xd8\x01\x03\"O\n\x17\x42\x61tchLookupFsasResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.quartet.regions.v1.FsaLookupResult\"\x87\x01\n\x0f\x46saLookupResult\x12\r\n\x05query\x18\x01 \x01(\t\x12&\n\x03\x66sa\x18\x02 \x01(\x0b\x32\x17.quartet.regions.v1.FsaH\x00\x12\x33\n\x05\x65rror\x18\x03 \x01(\x0b\x32\".quartet.regions.v1.FsaLookupErrorH\x00\x42\x08\n\x06result\"5\n\x0e\x46saLookupError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t2\x9e\x06\n\rRegionService\x12m\n\x0bListRegions\x12&.quartet.regions.v1.ListRegionsRequest\x1a\'.quartet.regions.v1.ListRegionsResponse\"\r\x90\x02\x01\x8a\xce\x18\x06\x08\x01\x12\x02\x01\x04\x12s\n\rListProvinces\x12(.quartet.regions.v1.ListProvincesRequest\x1a).quartet.regions.v1.ListProvincesResponse\"\r\x90\x02\x01\x8a\xce\x18\x06\x08\x01\x12\x02\x01\x04\x12\x62\n\x0bGetProvince\x12&.quartet.regions.v1.GetProvinceRequest\x1a\x1c.quartet.regions.v1.Province\"\r\x90\x02\x01\x8a\xce\x18\x06\x08\x01\x12\x02\x01\x04\x12\x7f\n\x11ListHealthRegions\x12,.quartet.regions.v1.ListHealthRegionsRequest\x1a-.quartet.regions.v1.ListHealthRegionsResponse\"\r\x90\x02\x01\x8a\xce\x18\x06\x08\x01\x12\x02\x01\x04\x12n\n\x0fGetHealthRegion\x12*.quartet.regions.v1.GetHealthRegionRequest\x1a .quartet.regions.v1.HealthRegion\"\r\x90\x02\x01\x8a\xce\x18\x06\x08\x01\x12\x02\x01\x04\x12Y\n\tLookupFsa\x12$.quartet.regions.v1.LookupFsaRequest\x1a\x17.quartet.regions.v1.Fsa\"\r\x90\x02\x01\x8a\xce\x18\x06\x08\x01\x12\x02\x01\x04\x12y\n\x0f\x42\x61tchLookupFsas\x12*.quartet.regions.v1.BatchLookupFsasRequest\x1a+.quartet.regions.v1.BatchLookupFsasResponse\"\r\x90\x02\x01\x8a\xce\x18\x06\x08\x01\x12\x02\x01\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quartet.regions.v1.region_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_LISTPROVINCESREQUEST'].fields_by_name['region_id']._loaded_options = None
+  _globals['_LISTPROVINCESREQUEST'].fields_by_name['region_id']._serialized_options = b'\272H\004\032\002 \000'
+  _globals['_GETPROVINCEREQUEST'].oneofs_by_name['code']._loaded_options = None
+  _globals['_GETPROVINCEREQUEST'].oneofs_by_name['code']._serialized_options = b'\272H\002\010\001'
+  _globals['_GETPROVINCEREQUEST'].fields_by_name['geo_code']._loaded_options = None
+  _globals['_GETPROVINCEREQUEST'].fields_by_name['geo_code']._serialized_options = b'\272H\004\032\002 \000'
+  _globals['_GETPROVINCEREQUEST'].fields_by_name['alpha_code']._loaded_options = None
+  _globals['_GETPROVINCEREQUEST'].fields_by_name['alpha_code']._serialized_options = b'\272H\027r\0252\023^\\s*[A-Za-z]{2}\\s*$'
+  _globals['_LISTHEALTHREGIONSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTHEALTHREGIONSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
+  _globals['_LISTHEALTHREGIONSREQUEST'].fields_by_name['province_geo_code']._loaded_options = None
+  _globals['_LISTHEALTHREGIONSREQUEST'].fields_by_name['province_geo_code']._serialized_options = b'\272H\004\032\002 \000'
+  _globals['_LISTHEALTHREGIONSREQUEST'].fields_by_name['province_alpha_code']._loaded_options = None
+  _globals['_LISTHEALTHREGIONSREQUEST'].fields_by_name['province_alpha_code']._serialized_options = b'\272H\027r\0252\023^\\s*[A-Za-z]{2}\\s*$'
   _globals['_GETHEALTHREGIONREQUEST'].fields_by_name['hr_uid']._loaded_options = None
-  _globals['_GETHEALTHREGIONREQUEST'].fields_by_name['hr_uid']._serialized_options = b'\342A\001\002'
+  _globals['_GETHEALTHREGIONREQUEST'].fields_by_name['hr_uid']._serialized_options = b'\342A\001\002\272H\004\032\002 \000'
   _globals['_LOOKUPFSAREQUEST'].fields_by_name['fsa']._loaded_options = None
-  _globals['_LOOKUPFSAREQUEST'].fields_by_name['fsa']._serialized_options = b'\342A\001\002'
+  _globals['_LOOKUPFSAREQUEST'].fields_by_name['fsa']._serialized_options = b'\342A\001\002\272H\003\330\001\003'
   _globals['_BATCHLOOKUPFSASREQUEST'].fields_by_name['fsas']._loaded_options = None
-  _globals['_BATCHLOOKUPFSASREQUEST'].fields_by_name['fsas']._serialized_options = b'\342A\001\002'
+  _globals['_BATCHLOOKUPFSASREQUEST'].fields_by_name['fsas']._serialized_options = b'\342A\001\002\272H\003\330\001\003'
   _globals['_REGIONSERVICE'].methods_by_name['ListRegions']._loaded_options = None
   _globals['_REGIONSERVICE'].methods_by_name['ListRegions']._serialized_options = b'\220\002\001\212\316\030\006\010\001\022\002\001\004'
   _globals['_REGIONSERVICE'].methods_by_name['ListProvinces']._loaded_options = None
@@ -53,42 +68,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGIONSERVICE'].methods_by_name['LookupFsa']._serialized_options = b'\220\002\001\212\316\030\006\010\001\022\002\001\004'
   _globals['_REGIONSERVICE'].methods_by_name['BatchLookupFsas']._loaded_options = None
   _globals['_REGIONSERVICE'].methods_by_name['BatchLookupFsas']._serialized_options = b'\220\002\001\212\316\030\006\010\001\022\002\001\004'
-  _globals['_REGION']._serialized_start=125
-  _globals['_REGION']._serialized_end=179
-  _globals['_PROVINCE']._serialized_start=181
-  _globals['_PROVINCE']._serialized_end=282
-  _globals['_HEALTHREGION']._serialized_start=285
-  _globals['_HEALTHREGION']._serialized_end=532
-  _globals['_FSA']._serialized_start=535
-  _globals['_FSA']._serialized_end=703
-  _globals['_FSAHEALTHREGION']._serialized_start=706
-  _globals['_FSAHEALTHREGION']._serialized_end=892
-  _globals['_LISTREGIONSREQUEST']._serialized_start=894
-  _globals['_LISTREGIONSREQUEST']._serialized_end=914
-  _globals['_LISTREGIONSRESPONSE']._serialized_start=916
-  _globals['_LISTREGIONSRESPONSE']._serialized_end=982
-  _globals['_LISTPROVINCESREQUEST']._serialized_start=984
-  _globals['_LISTPROVINCESREQUEST']._serialized_end=1044
-  _globals['_LISTPROVINCESRESPONSE']._serialized_start=1046
-  _globals['_LISTPROVINCESRESPONSE']._serialized_end=1118
-  _globals['_GETPROVINCEREQUEST']._serialized_start=1120
-  _globals['_GETPROVINCEREQUEST']._serialized_end=1190
-  _globals['_LISTHEALTHREGIONSREQUEST']._serialized_start=1193
-  _globals['_LISTHEALTHREGIONSREQUEST']._serialized_end=1330
-  _globals['_LISTHEALTHREGIONSRESPONSE']._serialized_start=1332
-  _globals['_LISTHEALTHREGIONSRESPONSE']._serialized_end=1442
-  _globals['_GETHEALTHREGIONREQUEST']._serialized_start=1444
-  _globals['_GETHEALTHREGIONREQUEST']._serialized_end=1490
-  _globals['_LOOKUPFSAREQUEST']._serialized_start=1492
-  _globals['_LOOKUPFSAREQUEST']._serialized_end=1529
-  _globals['_BATCHLOOKUPFSASREQUEST']._serialized_start=1531
-  _globals['_BATCHLOOKUPFSASREQUEST']._serialized_end=1575
-  _globals['_BATCHLOOKUPFSASRESPONSE']._serialized_start=1577
-  _globals['_BATCHLOOKUPFSASRESPONSE']._serialized_end=1656
-  _globals['_FSALOOKUPRESULT']._serialized_start=1659
-  _globals['_FSALOOKUPRESULT']._serialized_end=1794
-  _globals['_FSALOOKUPERROR']._serialized_start=1796
-  _globals['_FSALOOKUPERROR']._serialized_end=1849
-  _globals['_REGIONSERVICE']._serialized_start=1852
-  _globals['_REGIONSERVICE']._serialized_end=2650
+  _globals['_REGION']._serialized_start=154
+  _globals['_REGION']._serialized_end=208
+  _globals['_PROVINCE']._serialized_start=210
+  _globals['_PROVINCE']._serialized_end=311
+  _globals['_HEALTHREGION']._serialized_start=314
+  _globals['_HEALTHREGION']._serialized_end=561
+  _globals['_FSA']._serialized_start=564
+  _globals['_FSA']._serialized_end=732
+  _globals['_FSAHEALTHREGION']._serialized_start=735
+  _globals['_FSAHEALTHREGION']._serialized_end=921
+  _globals['_LISTREGIONSREQUEST']._serialized_start=923
+  _globals['_LISTREGIONSREQUEST']._serialized_end=943
+  _globals['_LISTREGIONSRESPONSE']._serialized_start=945
+  _globals['_LISTREGIONSRESPONSE']._serialized_end=1011
+  _globals['_LISTPROVINCESREQUEST']._serialized_start=1013
+  _globals['_LISTPROVINCESREQUEST']._serialized_end=1082
+  _globals['_LISTPROVINCESRESPONSE']._serialized_start=1084
+  _globals['_LISTPROVINCESRESPONSE']._serialized_end=1156
+  _globals['_GETPROVINCEREQUEST']._serialized_start=1158
+  _globals['_GETPROVINCEREQUEST']._serialized_end=1272
+  _globals['_LISTHEALTHREGIONSREQUEST']._serialized_start=1275
+  _globals['_LISTHEALTHREGIONSREQUEST']._serialized_end=1458
+  _globals['_LISTHEALTHREGIONSRESPONSE']._serialized_start=1460
+  _globals['_LISTHEALTHREGIONSRESPONSE']._serialized_end=1570
+  _globals['_GETHEALTHREGIONREQUEST']._serialized_start=1572
+  _globals['_GETHEALTHREGIONREQUEST']._serialized_end=1625
+  _globals['_LOOKUPFSAREQUEST']._serialized_start=1627
+  _globals['_LOOKUPFSAREQUEST']._serialized_end=1670
+  _globals['_BATCHLOOKUPFSASREQUEST']._serialized_start=1672
+  _globals['_BATCHLOOKUPFSASREQUEST']._serialized_end=1722
+  _globals['_BATCHLOOKUPFSASRESPONSE']._serialized_start=1724
+  _globals['_BATCHLOOKUPFSASRESPONSE']._serialized_end=1803
+  _globals['_FSALOOKUPRESULT']._serialized_start=1806
+  _globals['_FSALOOKUPRESULT']._serialized_end=1941
+  _globals['_FSALOOKUPERROR']._serialized_start=1943
+  _globals['_FSALOOKUPERROR']._serialized_end=1996
+  _globals['_REGIONSERVICE']._serialized_start=1999
+  _globals['_REGIONSERVICE']._serialized_end=2797
 # @@protoc_insertion_point(module_scope)

@@ -22,12 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from quartet.api.v1 import access_pb2 as quartet_dot_api_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$quartet/score/v1/score_service.proto\x12\x10quartet.score.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bquartet/api/v1/access.proto\"\x9c\x01\n\x05Score\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x14\n\x07user_id\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x0binput_value\x18\x03 \x01(\x01\x12\x13\n\x05value\x18\x04 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\n\n\x08_user_id\"z\n\x12\x43reateScoreRequest\x12\x1e\n\x0binput_value\x18\x01 \x01(\x01\x42\x04\xe2\x41\x01\x02H\x00\x88\x01\x01\x12\x14\n\x07user_id\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\nrequest_id\x18\x03 \x01(\tB\x0e\n\x0c_input_valueB\n\n\x08_user_id\"#\n\x0fGetScoreRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"\x90\x02\n\x11ListScoresRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x1f\n\x12score_greater_than\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07user_id\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12\x35\n\x11\x63reate_time_start\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0f\x63reate_time_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06search\x18\x07 \x01(\tB\x15\n\x13_score_greater_thanB\n\n\x08_user_id\"V\n\x12ListScoresResponse\x12\'\n\x06scores\x18\x01 \x03(\x0b\x32\x17.quartet.score.v1.Score\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xa7\x02\n\x0cScoreService\x12Z\n\x0b\x43reateScore\x12$.quartet.score.v1.CreateScoreRequest\x1a\x17.quartet.score.v1.Score\"\x0c\x90\x02\x02\x8a\xce\x18\x05\x08\x01\x12\x01\x01\x12T\n\x08GetScore\x12!.quartet.score.v1.GetScoreRequest\x1a\x17.quartet.score.v1.Score\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x01\x12\x65\n\nListScores\x12#.quartet.score.v1.ListScoresRequest\x1a$.quartet.score.v1.ListScoresResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$quartet/score/v1/score_service.proto\x12\x10quartet.score.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bquartet/api/v1/access.proto\"\x9c\x01\n\x05Score\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x14\n\x07user_id\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x0binput_value\x18\x03 \x01(\x01\x12\x13\n\x05value\x18\x04 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\n\n\x08_user_id\"\x96\x01\n\x12\x43reateScoreRequest\x12(\n\x0binput_value\x18\x01 \x01(\x01\x42\x0e\xe2\x41\x01\x02\xbaH\x07\x12\x02@\x01\xc8\x01\x01H\x00\x88\x01\x01\x12\x1d\n\x07user_id\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00H\x01\x88\x01\x01\x12\x1b\n\nrequest_id\x18\x03 \x01(\tB\x07\xbaH\x04r\x02\x18@B\x0e\n\x0c_input_valueB\n\n\x08_user_id\"*\n\x0fGetScoreRequest\x12\x17\n\x02id\x18\x01 \x01(\x03\x42\x0b\xe2\x41\x01\x02\xbaH\x04\"\x02 \x00\"\xe5\x02\n\x11ListScoresRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x61\n\x12score_greater_than\x18\x03 \x01(\x01\x42@\xbaH=\xba\x01:\n\x0e\x64ouble.not_nan\x12\x19must be a number, not NaN\x1a\r!this.isNan()H\x00\x88\x01\x01\x12\x14\n\x07user_id\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12\x35\n\x11\x63reate_time_start\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0f\x63reate_time_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x06search\x18\x07 \x01(\tB\x08\xbaH\x05r\x03\x18\xfe\x01\x42\x15\n\x13_score_greater_thanB\n\n\x08_user_id\"V\n\x12ListScoresResponse\x12\'\n\x06scores\x18\x01 \x03(\x0b\x32\x17.quartet.score.v1.Score\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xa7\x02\n\x0cScoreService\x12Z\n\x0b\x43reateScore\x12$.quartet.score.v1.CreateScoreRequest\x1a\x17.quartet.score.v1.Score\"\x0c\x90\x02\x02\x8a\xce\x18\x05\x08\x01\x12\x01\x01\x12T\n\x08GetScore\x12!.quartet.score.v1.GetScoreRequest\x1a\x17.quartet.score.v1.Score\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x01\x12\x65\n\nListScores\x12#.quartet.score.v1.ListScoresRequest\x1a$.quartet.score.v1.ListScoresResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,25 +42,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCORE'].fields_by_name['create_time']._loaded_options = None
   _globals['_SCORE'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_CREATESCOREREQUEST'].fields_by_name['input_value']._loaded_options = None
-  _globals['_CREATESCOREREQUEST'].fields_by_name['input_value']._serialized_options = b'\342A\001\002'
+  _globals['_CREATESCOREREQUEST'].fields_by_name['input_value']._serialized_options = b'\342A\001\002\272H\007\022\002@\001\310\001\001'
+  _globals['_CREATESCOREREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_CREATESCOREREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H\004\"\002 \000'
+  _globals['_CREATESCOREREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_CREATESCOREREQUEST'].fields_by_name['request_id']._serialized_options = b'\272H\004r\002\030@'
   _globals['_GETSCOREREQUEST'].fields_by_name['id']._loaded_options = None
-  _globals['_GETSCOREREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
+  _globals['_GETSCOREREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002\272H\004\"\002 \000'
+  _globals['_LISTSCORESREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTSCORESREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
+  _globals['_LISTSCORESREQUEST'].fields_by_name['score_greater_than']._loaded_options = None
+  _globals['_LISTSCORESREQUEST'].fields_by_name['score_greater_than']._serialized_options = b'\272H=\272\001:\n\016double.not_nan\022\031must be a number, not NaN\032\r!this.isNan()'
+  _globals['_LISTSCORESREQUEST'].fields_by_name['search']._loaded_options = None
+  _globals['_LISTSCORESREQUEST'].fields_by_name['search']._serialized_options = b'\272H\005r\003\030\376\001'
   _globals['_SCORESERVICE'].methods_by_name['CreateScore']._loaded_options = None
   _globals['_SCORESERVICE'].methods_by_name['CreateScore']._serialized_options = b'\220\002\002\212\316\030\005\010\001\022\001\001'
   _globals['_SCORESERVICE'].methods_by_name['GetScore']._loaded_options = None
   _globals['_SCORESERVICE'].methods_by_name['GetScore']._serialized_options = b'\220\002\001\212\316\030\005\010\001\022\001\001'
   _globals['_SCORESERVICE'].methods_by_name['ListScores']._loaded_options = None
   _globals['_SCORESERVICE'].methods_by_name['ListScores']._serialized_options = b'\220\002\001\212\316\030\005\010\001\022\001\001'
-  _globals['_SCORE']._serialized_start=154
-  _globals['_SCORE']._serialized_end=310
-  _globals['_CREATESCOREREQUEST']._serialized_start=312
-  _globals['_CREATESCOREREQUEST']._serialized_end=434
-  _globals['_GETSCOREREQUEST']._serialized_start=436
-  _globals['_GETSCOREREQUEST']._serialized_end=471
-  _globals['_LISTSCORESREQUEST']._serialized_start=474
-  _globals['_LISTSCORESREQUEST']._serialized_end=746
-  _globals['_LISTSCORESRESPONSE']._serialized_start=748
-  _globals['_LISTSCORESRESPONSE']._serialized_end=834
-  _globals['_SCORESERVICE']._serialized_start=837
-  _globals['_SCORESERVICE']._serialized_end=1132
+  _globals['_SCORE']._serialized_start=183
+  _globals['_SCORE']._serialized_end=339
+  _globals['_CREATESCOREREQUEST']._serialized_start=342
+  _globals['_CREATESCOREREQUEST']._serialized_end=492
+  _globals['_GETSCOREREQUEST']._serialized_start=494
+  _globals['_GETSCOREREQUEST']._serialized_end=536
+  _globals['_LISTSCORESREQUEST']._serialized_start=539
+  _globals['_LISTSCORESREQUEST']._serialized_end=896
+  _globals['_LISTSCORESRESPONSE']._serialized_start=898
+  _globals['_LISTSCORESRESPONSE']._serialized_end=984
+  _globals['_SCORESERVICE']._serialized_start=987
+  _globals['_SCORESERVICE']._serialized_end=1282
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ from quartet.server.errors import (
     InvalidArgument,
     Violations,
 )
-from quartet.server.events.registry import TEXT_LENGTH, Registry, Schema, SchemaInvalid
+from quartet.server.events.registry import Registry, Schema, SchemaInvalid
 from quartet.server.events.validation import EventChecker, canonical_uuid, violations_of
 from quartet.server.pagination import decode_page_token, page_size, paged_messages
 from quartet.server.timestamps import optional_timestamp, to_timestamp
@@ -240,9 +240,6 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         after = decode_page_token(request, (datetime.datetime, int))
         session_id = canonical_uuid(request.session_id, "session_id", violations, required=False)
         violations.check(not request.name or bool(request.category), "name", "needs `category` too")
-        violations.check_text("category", request.category)
-        violations.check_text("name", request.name)
-        violations.check(request.application_id >= 0, "application_id", "must not be negative")
         start = optional_timestamp(request, "occur_time_start", violations)
         end = optional_timestamp(request, "occur_time_end", violations)
         violations.raise_if_any()
@@ -279,7 +276,6 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             "reason",
             "must be an ErrorReason value name, such as EVENT_TIME_IN_FUTURE",
         )
-        violations.check(request.application_id >= 0, "application_id", "must not be negative")
         start = optional_timestamp(request, "reject_time_start", violations)
         end = optional_timestamp(request, "reject_time_end", violations)
         violations.raise_if_any()
@@ -306,14 +302,6 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         self, request: pb.CreateEventTypeRequest, context: Context
     ) -> pb.EventType:
         violations = Violations()
-        for field in ("category", "name"):
-            text = getattr(request, field)
-            violations.check(
-                bool(text.strip()) and len(text) <= TEXT_LENGTH,
-                field,
-                f"must be 1 to {TEXT_LENGTH} characters",
-            )
-            violations.check_text(field, text)
         document = json_format.MessageToDict(request.schema)
         violations.check(bool(document), "schema", "is required (a JSON Schema object)")
         if document:

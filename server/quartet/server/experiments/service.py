@@ -12,7 +12,6 @@ import grpc
 from quartet.experiments.v1 import experiment_service_pb2 as pb
 from quartet.experiments.v1 import experiment_service_pb2_grpc
 from quartet.server.auth.authenticator import rechecked
-from quartet.server.errors import Violations
 from quartet.server.experiments.importer import Chunk, run_import
 from quartet.server.pagination import decode_page_token, encode_page_token, page_size
 from quartet.storage import DatabaseRunner, experiments
@@ -90,20 +89,14 @@ class ExperimentServicer(experiment_service_pb2_grpc.ExperimentServiceServicer):
     async def GetUserReport(
         self, request: pb.GetUserReportRequest, context: Context
     ) -> pb.UserReport:
-        violations = Violations()
-        violations.check(request.user_id > 0, "user_id", "must be a positive user id")
-        violations.raise_if_any()
         return _user_report(await self._db.run(experiments.user_summary, request.user_id))
 
     async def ListExperiments(
         self, request: pb.ListExperimentsRequest, context: Context
     ) -> pb.ListExperimentsResponse:
-        violations = Violations()
         limit = page_size(request)
         after = decode_page_token(request, (int,))
         user_id = request.user_id if request.HasField("user_id") else None
-        violations.check(user_id is None or user_id > 0, "user_id", "must be a positive user id")
-        violations.raise_if_any()
         rows = await self._db.run(
             experiments.list_experiments,
             after=after[0] if after else None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import grpc
@@ -20,7 +19,6 @@ MAX_BATCH = 1000
 MAX_QUERY_ECHO = 64  # characters of a batch item repeated in its result
 FSA_INVALID = error_reason_pb2.ErrorReason.Name(error_reason_pb2.FSA_INVALID)
 NOT_FOUND = error_reason_pb2.ErrorReason.Name(error_reason_pb2.RESOURCE_NOT_FOUND)
-_ALPHA_CODE = re.compile(r"[A-Z]{2}")
 
 
 class RegionServicer(region_service_pb2_grpc.RegionServiceServicer):
@@ -40,8 +38,6 @@ class RegionServicer(region_service_pb2_grpc.RegionServiceServicer):
         provinces = list(self._index.provinces.values())
         if request.HasField("region_id"):
             region_id = request.region_id
-            if region_id <= 0:
-                raise _invalid("region_id", "must be a positive region id, such as 1")
             if region_id not in self._index.regions:
                 raise NotFound(
                     f"there is no region {region_id}", resource=("region", str(region_id))
@@ -51,8 +47,7 @@ class RegionServicer(region_service_pb2_grpc.RegionServiceServicer):
 
     async def GetProvince(self, request: pb.GetProvinceRequest, context: Context) -> pb.Province:
         which = request.WhichOneof("code")
-        if which is None:
-            raise _invalid("geo_code", "is required, unless alpha_code is given")
+        assert which is not None  # the oneof is required by its rules
         return self._province(which, getattr(request, which))
 
     async def ListHealthRegions(
@@ -71,8 +66,6 @@ class RegionServicer(region_service_pb2_grpc.RegionServiceServicer):
     async def GetHealthRegion(
         self, request: pb.GetHealthRegionRequest, context: Context
     ) -> pb.HealthRegion:
-        if request.hr_uid <= 0:
-            raise _invalid("hr_uid", "must be a positive health region id, such as 3595")
         found = self._index.health_regions.get(request.hr_uid)
         if found is None:
             raise NotFound(
@@ -121,14 +114,10 @@ class RegionServicer(region_service_pb2_grpc.RegionServiceServicer):
     def _province(self, field: str, value: int | str) -> pb.Province:
         """The province named by a geo-code or alpha-code field (GetProvince's or a filter's)."""
         if isinstance(value, int):
-            if value <= 0:
-                raise _invalid(field, "must be a positive geographic code, such as 35")
             geo_code: int | None = value
             key = str(value)
         else:
             key = value.strip().upper()
-            if not _ALPHA_CODE.fullmatch(key):
-                raise _invalid(field, 'must be a two-letter postal abbreviation, such as "ON"')
             geo_code = self._index.province_codes.get(key)
         province = self._index.provinces.get(geo_code) if geo_code is not None else None
         if province is None:

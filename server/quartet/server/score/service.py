@@ -16,7 +16,6 @@ from quartet.server.timestamps import optional_timestamp, to_timestamp
 from quartet.storage import DatabaseRunner, scores
 
 Context = grpc.aio.ServicerContext[Any, Any]
-REQUEST_ID_MAX_LENGTH = 64
 
 
 def compute_score(input_value: float) -> float:
@@ -38,21 +37,13 @@ class ScoreServicer(score_service_pb2_grpc.ScoreServiceServicer):
         self, request: score_service_pb2.CreateScoreRequest, context: Context
     ) -> score_service_pb2.Score:
         violations = Violations()
-        if not request.HasField("input_value"):
-            violations.add("input_value", "is required")
-        elif not math.isfinite(request.input_value):
-            violations.add("input_value", "must be a finite number, not NaN or infinite")
-        elif not math.isfinite(compute_score(request.input_value)):
-            violations.add("input_value", "is too large: its score is not a finite number")
-        user_id = request.user_id if request.HasField("user_id") else None
-        violations.check(user_id is None or user_id > 0, "user_id", "must be positive")
         violations.check(
-            len(request.request_id) <= REQUEST_ID_MAX_LENGTH,
-            "request_id",
-            f"must be at most {REQUEST_ID_MAX_LENGTH} characters",
+            math.isfinite(compute_score(request.input_value)),
+            "input_value",
+            "is too large: its score is not a finite number",
         )
-        violations.check_text("request_id", request.request_id)
         violations.raise_if_any()
+        user_id = request.user_id if request.HasField("user_id") else None
         caller = require_caller()
         if user_id is not None and user_id != caller.id and not caller.may("admin"):
             raise PermissionDenied("only an admin may store a score for another account")
@@ -68,9 +59,6 @@ class ScoreServicer(score_service_pb2_grpc.ScoreServiceServicer):
     async def GetScore(
         self, request: score_service_pb2.GetScoreRequest, context: Context
     ) -> score_service_pb2.Score:
-        violations = Violations()
-        violations.check(request.id > 0, "id", "must be a positive score id")
-        violations.raise_if_any()
         caller = require_caller()
         if caller.may("analyst"):
             return to_message(await self._db.run(scores.get_score, request.id))
@@ -89,11 +77,6 @@ class ScoreServicer(score_service_pb2_grpc.ScoreServiceServicer):
         start = optional_timestamp(request, "create_time_start", violations)
         end = optional_timestamp(request, "create_time_end", violations)
         threshold = request.score_greater_than if request.HasField("score_greater_than") else None
-        violations.check(
-            threshold is None or not math.isnan(threshold), "score_greater_than", "must be a number"
-        )
-        violations.check(len(request.search) <= 254, "search", "must be at most 254 characters")
-        violations.check_text("search", request.search.strip())
         violations.raise_if_any()
         user_id = request.user_id if request.HasField("user_id") else None
         caller = require_caller()

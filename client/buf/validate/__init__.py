@@ -1,0 +1,1 @@
+"""Generated from protos/buf/validate. Do not edit; run scripts/gen_protos.py."""
