@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import signal
 import threading
 import time
 import uuid
@@ -9,11 +12,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import peewee
 import pytest
 
+from quartet import storage
 from quartet.client import Client, EventTail, QuartetError, event
 from quartet.events.v1 import event_service_pb2 as pb
-from tests.conftest import Principal
+from quartet.server.settings import Settings
+from quartet.server.testing import running_server
+from quartet.storage import accounts
+from tests.conftest import SECRET, Principal, mint_token
+from tests.helpers import server_process
+from tests.test_workers import OWN_CONNECTION, records
 
 CATEGORY = "page interaction"
 # The seed's event types, whose schemas the server registers: (category, name) -> data.
@@ -175,3 +185,60 @@ def test_only_callers_who_may_list_events_may_tail_them(
     analyst: Principal = sign_in("analyst")
     with analyst.client.events.tail(category=CATEGORY, timeout=0.5) as tail:
         assert list(tail) == []
+
+
+def test_tails_per_caller_are_bounded(settings: Settings) -> None:
+    with running_server(dataclasses.replace(settings, max_streams_per_caller=2)) as target:
+        admin = signed_in_admin(target, storage.base.db.obj)
+        with (
+            Client(target, token=admin) as first,
+            first.events.tail(category=CATEGORY),
+            first.events.tail(category=CATEGORY),
+        ):
+            with pytest.raises(QuartetError) as caught:
+                first.events.tail(category=CATEGORY)
+            assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert caught.value.metadata == {"budget": "streams_per_caller", "limit": "2"}
+        with Client(target, token=admin) as again, again.events.tail(category=CATEGORY):
+            pass  # the closed tails gave their places back
+
+
+def signed_in_admin(target: str, database: peewee.Database) -> str:
+    """An access token for a new admin account, made in the database."""
+    with database.connection_context():
+        account = accounts.create_account(f"{uuid.uuid4()}@example.com", None, "admin")
+    return mint_token(account.id, "admin")
+
+
+def test_a_tail_receives_events_every_worker_stores(database_url: str) -> None:
+    env = {**os.environ, "QUARTET_SECRET": SECRET, "DATABASE_URL": database_url}
+    with server_process("--workers", "2", env=env) as server:
+        database = storage.open_database(database_url)
+        storage.bind(database)
+        admin = signed_in_admin(server.address, database)
+        storage.close(database)
+        with Client(server.address, token=admin) as client:
+            key = client.auth.create_application("web").api_key
+            session = str(uuid.uuid4())
+            sent_ids: list[str] = []
+            with client.events.tail(session_id=session) as tail:
+                # Fresh connections, which the kernel spreads over the workers, until both
+                # stored some of the events: whichever serves the tail, the other stored some.
+                while len(sending_workers(server.log)) < 2 and len(sent_ids) < 200:
+                    with Client(server.address, token=key, options=OWN_CONNECTION) as app:
+                        message = sent(session)
+                        app.events.send(message)
+                        sent_ids.append(message.id)
+                assert ids(received(tail, len(sent_ids))) == sent_ids
+        assert len(sending_workers(server.log)) == 2
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=60) == 0
+
+
+def sending_workers(log: list[str]) -> set[int]:
+    """The workers that logged a SendEvent call."""
+    return {
+        int(str(r["pid"]))
+        for r in records(log)
+        if r["logger"] == "quartet.access" and str(r["method"]).endswith("/SendEvent")
+    }
