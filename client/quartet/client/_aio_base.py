@@ -10,7 +10,14 @@ from typing import Any, ClassVar, Concatenate, ParamSpec, Self, TypeVar
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
-from quartet.client._base import Call, Credentials, PageT, described, with_token
+from quartet.client._base import (
+    Call,
+    Credentials,
+    PageT,
+    described,
+    multicallable,
+    with_token,
+)
 from quartet.client._errors import QuartetError
 
 Request = TypeVar("Request")
@@ -41,13 +48,7 @@ class AsyncTransport(Credentials):
         return call.result(await self._invoke(call, self.metadata))
 
     async def _invoke(self, call: Call[Any], metadata: tuple[tuple[str, str], ...]) -> Any:
-        method = self._callables.get(call.path)
-        if method is None:
-            method = self._callables[call.path] = self.channel.unary_unary(
-                call.path,
-                request_serializer=type(call.request).SerializeToString,
-                response_deserializer=call.response.FromString,
-            )
+        method = multicallable(self.channel, self._callables, call)
         timeout = self.timeout if call.timeout is None else call.timeout
         try:
             return await method(call.request, timeout=timeout, metadata=metadata)

@@ -136,6 +136,18 @@ def call(
     return Call(f"/{service.full_name}/{method}", request, response, timeout, result)
 
 
+def multicallable(channel: Any, cache: dict[str, Any], call: Call[Any]) -> Any:
+    """The channel's (sync or grpc.aio) callable for the call's method, made once."""
+    method = cache.get(call.path)
+    if method is None:
+        method = cache[call.path] = channel.unary_unary(
+            call.path,
+            request_serializer=type(call.request).SerializeToString,
+            response_deserializer=call.response.FromString,
+        )
+    return method
+
+
 class Page(Protocol):
     """A List method's response."""
 
@@ -194,13 +206,7 @@ class Transport(Credentials):
         return call.result(self._invoke(call, self.metadata))
 
     def _invoke(self, call: Call[Any], metadata: tuple[tuple[str, str], ...]) -> Any:
-        method = self._callables.get(call.path)
-        if method is None:
-            method = self._callables[call.path] = self.channel.unary_unary(
-                call.path,
-                request_serializer=type(call.request).SerializeToString,
-                response_deserializer=call.response.FromString,
-            )
+        method = multicallable(self.channel, self._callables, call)
         timeout = self.timeout if call.timeout is None else call.timeout
         try:
             return method(call.request, timeout=timeout, metadata=metadata)
