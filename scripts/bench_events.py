@@ -1,10 +1,11 @@
 """Benchmark EventService sends (one event, a batch, a stream) beside a bare grpcio server.
 
 Usage: .venv/bin/python scripts/bench_events.py [--seconds 10] [--postgres URL] [--batch 500]
-    [--tails N] [--methods SendEvents,...]
+    [--tails N [--tail-category C]] [--methods SendEvents,...]
 (--postgres defaults to $QUARTET_BENCH_POSTGRES_URL; without it only SQLite runs). With --tails,
 each scenario runs with N tails open (TailEvents, as an admin), each following every event sent
-("page interaction"), and the table says how many events each tail received.
+("page interaction") and the table says when the slowest had them all, or, with
+--tail-category, another category (tails that only watch).
 
 Every event is a valid "page interaction/pageview" without an id, so each call stores new rows.
 Failures are counted from the rows stored, since h2load cannot see gRPC status codes: a call
@@ -33,6 +34,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500, help="events per batch or message")
     parser.add_argument("--tails", type=int, default=0, help="tails open during each scenario")
     parser.add_argument(
+        "--tail-category",
+        default=benchlib.pageview().category,
+        help="the category the tails follow (default: that of every event sent; another one "
+        "measures tails that only watch)",
+    )
+    parser.add_argument(
         "--methods", default="SendEvent,SendEvents,StreamEvents", help="the methods to measure"
     )
     args = parser.parse_args()
@@ -46,14 +53,21 @@ def main() -> None:
     for name in benchlib.backends(args.postgres):
         for workers in benchlib.worker_counts(args.workers):
             with benchlib.fresh_database(name, args.postgres) as url:
+                tails = (args.tails, args.tail_category)
                 results += scenarios(
-                    name, url, args.seconds, args.batch, workers, args.tails, args.methods
+                    name, url, args.seconds, args.batch, workers, tails, args.methods
                 )
     benchlib.print_table(results, bare)
 
 
 def scenarios(
-    backend: str, url: str, seconds: float, batch: int, workers: int, tails: int, methods: str
+    backend: str,
+    url: str,
+    seconds: float,
+    batch: int,
+    workers: int,
+    tails: tuple[int, str],
+    methods: str,
 ) -> list[benchlib.Result]:
     key = benchlib.application_key(url)
     admin = benchlib.admin_token(url)
@@ -83,7 +97,7 @@ def scenarios(
             if method not in methods.split(","):
                 continue
             before = benchlib.count_rows(url, Event)
-            with following(target, admin, tails) as tailing:
+            with following(target, admin, *tails) as tailing:
                 result, _ = benchlib.load(
                     f"{method} ({per_call} per call), {backend}, {workers} worker(s)",
                     target,
@@ -95,8 +109,8 @@ def scenarios(
                     concurrency=concurrency,
                 )
                 stored = benchlib.count_rows(url, Event) - before
-                if tails:
-                    result.label += f", {tails} tails: {tailing.caught_up(stored)}"
+                if tails[0]:
+                    result.label += f", {tails[0]} tails: {tailing.caught_up(stored, tails[1])}"
             result.items_per_call = per_call
             # h2load cuts calls off at the end that the server may still complete.
             result.errors = max(0, result.calls - stored // per_call)
@@ -110,9 +124,11 @@ class Tailing:
     def __init__(self, tails: int) -> None:
         self.received = [0] * tails
 
-    def caught_up(self, stored: int) -> str:
+    def caught_up(self, stored: int, category: str) -> str:
         """How long after the load the slowest tail had every stored event (or how many it
-        had after 30 s)."""
+        had after 30 s); for tails of another category, that they received none."""
+        if category != benchlib.pageview().category:
+            return f"following {category!r}, received {sum(self.received)} events"
         start = time.monotonic()
         while min(self.received, default=stored) < stored and time.monotonic() - start < 30:
             time.sleep(0.01)
@@ -122,7 +138,7 @@ class Tailing:
 
 
 @contextlib.contextmanager
-def following(target: str, token: str, tails: int) -> Iterator[Tailing]:
+def following(target: str, token: str, tails: int, category: str) -> Iterator[Tailing]:
     """Open `tails` tails of every event sent (each on a connection of its own, so that they
     spread over the workers), counting what each receives; close them on exit."""
     tailing = Tailing(tails)
@@ -130,7 +146,7 @@ def following(target: str, token: str, tails: int) -> Iterator[Tailing]:
         Client(target, token=token, options=[("grpc.use_local_subchannel_pool", 1)])
         for _ in range(tails)
     ]
-    opened = [c.events.tail(category=benchlib.pageview().category) for c in clients]
+    opened = [c.events.tail(category=category) for c in clients]
 
     def consume(index: int) -> None:
         for _ in opened[index]:
