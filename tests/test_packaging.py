@@ -49,7 +49,6 @@ def test_sdk_imports_without_server_dependencies(tmp_path: Path) -> None:
 
 def test_public_sdk_surface() -> None:
     import quartet.client
-
     import quartet.client.aio
 
     assert quartet.client.__all__ == [
