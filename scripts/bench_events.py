@@ -1,4 +1,4 @@
-"""Benchmark EventService sends (one event, a batch, a stream) beside a bare grpcio server.
+"""Benchmark EventService sends (one event, a batch, a stream) and reads beside a bare grpcio.
 
 Usage: .venv/bin/python scripts/bench_events.py [--seconds 10] [--postgres URL] [--batch 500]
 (--postgres defaults to $QUARTET_BENCH_POSTGRES_URL; without it only SQLite runs).
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import benchlib
 
+from quartet.client import Client
 from quartet.events.v1 import event_service_pb2 as pb
 from quartet.storage.events import Event
 
@@ -33,8 +34,8 @@ def main() -> None:
             )
             with benchlib.fresh_database(name, args.postgres) as url:
                 rows = scenarios(name, url, args.seconds, args.batch, workers)
-            # Only single sends are compared with it: batches are measured in events per second.
-            rows[0].bare = bare
+            # Single sends and reads are compared with it; batches are measured in events/s.
+            rows[0].bare = rows[-1].bare = bare
             results += [bare, *rows]
     benchlib.print_table(results)
 
@@ -43,6 +44,7 @@ def scenarios(
     backend: str, url: str, seconds: float, batch: int, workers: int
 ) -> list[benchlib.Result]:
     key = benchlib.application_key(url)
+    token = benchlib.admin_token(url)  # before the server starts: it sets the shared secret
     batch_request = pb.SendEventsRequest(events=[benchlib.pageview()] * batch).SerializeToString()
     stream_message = pb.StreamEventsRequest(
         events=[benchlib.pageview()] * batch
@@ -82,6 +84,20 @@ def scenarios(
             # h2load cuts calls off at the end that the server may still complete.
             result.errors = max(0, result.calls - stored // per_call)
             results.append(result)
+        # Reads: a page of 50 of the events just stored, as an admin reads them.
+        page = pb.ListEventsRequest(page_size=50).SerializeToString()
+        listed, data = benchlib.load(
+            f"ListEvents (50 per page), {backend}, {workers} worker(s)",
+            target,
+            SERVICE + "ListEvents",
+            page,
+            seconds=seconds,
+            token=token,
+        )
+        with Client(target, token=token) as client:
+            reply = client.events.list(page_size=50).SerializeToString()
+        listed.errors = benchlib.failed_calls(listed, data, reply)
+        results.append(listed)
     return results
 
 
