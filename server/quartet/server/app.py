@@ -221,9 +221,9 @@ def _options(settings: Settings, reuse_port: bool) -> list[tuple[str, int]]:
 
 
 def _connections(settings: Settings) -> int:
-    """Pooled connections: one per database thread, the event writer's, the WAL checkpointer's,
-    and one to spare."""
-    return settings.db_threads + 3
+    """Pooled connections: one per database thread, the event loop's (SQLite reads run there),
+    the event writer's, the WAL checkpointer's, and one to spare."""
+    return settings.db_threads + 4
 
 
 def _key_pair(settings: Settings) -> tuple[bytes, bytes]:

@@ -73,9 +73,9 @@ class ScoreServicer(score_service_pb2_grpc.ScoreServiceServicer):
         violations.raise_if_any()
         caller = require_caller()
         if caller.may("analyst"):
-            return to_message(await self._db.run(scores.get_score, request.id))
+            return to_message(await self._db.read(scores.get_score, request.id))
         # AIP-211: without access, whether the score exists is not the caller's business either.
-        row = await self._db.run(scores.find_score, request.id)
+        row = await self._db.read(scores.find_score, request.id)
         if row is None or row.user_id != caller.id:
             raise PermissionDenied(f"score {request.id} is not one of yours")
         return to_message(row)
@@ -101,7 +101,7 @@ class ScoreServicer(score_service_pb2_grpc.ScoreServiceServicer):
             if user_id not in (None, caller.id):
                 raise PermissionDenied("you may list only your own scores")
             user_id = caller.id
-        rows = await self._db.run(
+        rows = await self._db.read(
             scores.list_scores,
             limit=limit + 1,
             after=after,
