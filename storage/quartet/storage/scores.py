@@ -8,7 +8,7 @@ import math
 import peewee
 
 from quartet.storage.accounts import Account
-from quartet.storage.base import BaseModel, db, utcnow
+from quartet.storage.base import BaseModel, db, prepared, utcnow
 from quartet.storage.errors import RecordExists, RecordNotFound
 
 
@@ -80,8 +80,10 @@ def _replay(request_id: str, user_id: int | None) -> Score | None:
 
 
 def find_score(score_id: int) -> Score | None:
-    score: Score | None = Score.get_or_none(Score.id == score_id)
-    return score
+    found = prepared(
+        Score, "find_score", lambda: Score.select().where(Score.id == score_id), [score_id]
+    )
+    return found[0] if found else None
 
 
 def get_score(score_id: int) -> Score:
@@ -102,6 +104,41 @@ def list_scores(
     search: str = "",
 ) -> list[Score]:
     """Scores newest first (then highest id), after the keyset position `after`, at most limit."""
+    if search:  # the admin search: a join and a shape of its own each time
+        return list(
+            _list_query(
+                limit,
+                after,
+                score_greater_than,
+                user_id,
+                create_time_start,
+                create_time_end,
+                search,
+            )
+        )
+    filters = (score_greater_than, user_id, create_time_start, create_time_end)
+    params: list[object] = [value for value in filters if value is not None]
+    params += [*(after or ()), limit]
+    shape = "list_scores" + "".join("01"[value is not None] for value in (*filters, after))
+    return prepared(
+        Score,
+        shape,
+        lambda: _list_query(
+            limit, after, score_greater_than, user_id, create_time_start, create_time_end, ""
+        ),
+        params,
+    )
+
+
+def _list_query(
+    limit: int,
+    after: tuple[datetime.datetime, int] | None,
+    score_greater_than: float | None,
+    user_id: int | None,
+    create_time_start: datetime.datetime | None,
+    create_time_end: datetime.datetime | None,
+    search: str,
+) -> peewee.ModelSelect[Score]:
     query = Score.select()
     if score_greater_than is not None:
         query = query.where(Score.value > score_greater_than)
@@ -115,7 +152,7 @@ def list_scores(
         query = query.join(Account, peewee.JOIN.LEFT_OUTER).where(_matches(search))
     if after is not None:
         query = query.where(peewee.Tuple(Score.create_time, Score.id) < peewee.Tuple(*after))
-    return list(query.order_by(Score.create_time.desc(), Score.id.desc()).limit(limit))
+    return query.order_by(Score.create_time.desc(), Score.id.desc()).limit(limit)
 
 
 def _matches(search: str) -> peewee.ColumnBase:
