@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import math
+from dataclasses import dataclass
 
 import peewee
 
@@ -70,6 +71,36 @@ def create_score(
     previous = _replay(request_id, user_id)
     assert previous is not None
     return previous
+
+
+@dataclass(frozen=True)
+class NewScore:
+    """A score to store, as create_score takes it: what a group commit queues (`write_scores`)."""
+
+    input_value: float
+    value: float
+    user_id: int | None
+    request_id: str | None
+
+
+def write_scores(items: list[NewScore]) -> list[Score | RecordNotFound | RecordExists]:
+    """Store each score as create_score does, all in the caller's transaction (a group commit),
+    each in a savepoint of its own: an unknown user or a request_id taken by another owner
+    fails that score alone, returned in its place, and leaves nothing of it behind."""
+    outcomes: list[Score | RecordNotFound | RecordExists] = []
+    for item in items:
+        try:
+            outcomes.append(
+                create_score(
+                    input_value=item.input_value,
+                    value=item.value,
+                    user_id=item.user_id,
+                    request_id=item.request_id,
+                )
+            )
+        except (RecordNotFound, RecordExists) as refused:
+            outcomes.append(refused)
+    return outcomes
 
 
 def _replay(request_id: str, user_id: int | None) -> Score | None:
