@@ -1,19 +1,22 @@
-"""Queries compiled once (`storage.base.prepared`): every shape of the score listing, and the
-score lookup, answer exactly what Peewee's own query answers, on both databases; and SQLite
+"""Queries compiled once (`storage.base.prepared`): every shape of the score and event listings,
+and the score lookup, answer exactly what Peewee's own query answers, on both databases; and SQLite
 reads that run on the event loop (`DatabaseRunner.read`) keep the deadline and the errors."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
+import json
 import time
+import uuid
 from collections.abc import Iterator
 
 import peewee
 import pytest
 
 from quartet import storage
-from quartet.storage import accounts, base, scores
+from quartet.storage import accounts, applications, base, events, scores
 from quartet.storage.scores import Score
 
 
@@ -64,6 +67,51 @@ def test_every_listing_shape_answers_as_peewee_does(database: peewee.Database) -
         assert first == again == expected, filters
     compiled = {shape for (shape, kind), sql in base._statements.items() if sql is not None}
     assert len({s for s in compiled if s.startswith("list_scores")}) == 2 ** len(values)
+
+
+def test_every_event_listing_shape_answers_as_peewee_does(database: peewee.Database) -> None:
+    apps = [applications.create_application(f"app{i}", f"key{i}", "hash")[0].id for i in (1, 2)]
+    start = datetime.datetime(2024, 1, 1)
+    sessions = [str(uuid.uuid4()) for _ in range(2)]
+    events.Event.insert_many(
+        [
+            {
+                "id": str(uuid.uuid4()),
+                "application_id": apps[i % 2],
+                "session_id": sessions[i % 3 % 2],
+                "category": "page interaction",
+                "name": ("pageview", "click")[i % 5 % 2],
+                "data": json.dumps({"i": i}),
+                "occur_time": start + datetime.timedelta(minutes=i // 2),
+                "receive_time": start,
+                "schema_version": 1,
+            }
+            for i in range(40)
+        ]
+    ).execute()
+    middle = list(events.events_query().limit(20))[-1]
+    values = {
+        "session_id": sessions[0],
+        "category": "page interaction",
+        "name": "pageview",
+        "application_id": apps[1],
+        "occur_time_start": start + datetime.timedelta(minutes=2),
+        "occur_time_end": start + datetime.timedelta(minutes=17),
+        "after": (middle.occur_time, middle.seq),
+        "newest_first": True,
+    }
+    for chosen in itertools.product([False, True], repeat=len(values)):
+        filters = {
+            name: value for (name, value), on in zip(values.items(), chosen, strict=True) if on
+        }
+        if "name" in filters and "category" not in filters:
+            continue  # the service refuses a name without its category
+        expected = [row.__data__ for row in events.events_query(**filters).limit(6)]  # type: ignore[arg-type]
+        first = [row.__data__ for row in events.list_events(limit=6, **filters)]
+        again = [row.__data__ for row in events.list_events(limit=6, **filters)]
+        assert first == again == expected, filters
+    compiled = [shape for (shape, kind), sql in base._statements.items() if sql is not None]
+    assert len({s for s in compiled if s.startswith("list_events")}) == 3 * 2**6
 
 
 def test_score_lookup_compiled_once_answers_as_peewee_does(database: peewee.Database) -> None:
