@@ -1,6 +1,11 @@
-"""Queries compiled once (`storage.base.prepared`): every shape of the score and event listings,
-and the score lookup, answer exactly what Peewee's own query answers, on both databases; and SQLite
-reads that run on the event loop (`DatabaseRunner.read`) keep the deadline and the errors."""
+"""The fast paths of issue 18 keep behaviour.
+
+Queries compiled once (`storage.base.prepared`): every shape of the score and event listings,
+and the score lookup, answer exactly what Peewee's own query answers, on both databases. SQLite
+reads that run on the event loop (`DatabaseRunner.read`) keep the deadline and the errors. Scores
+created together share one transaction (group commit), each in a savepoint of its own: a score
+refused for its own reason (an unknown owner, a request_id another owner used) fails alone and
+leaves nothing behind, and the others of its transaction are stored."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import pytest
 
 from quartet import storage
 from quartet.storage import accounts, applications, base, events, scores
-from quartet.storage.scores import Score
+from quartet.storage.scores import NewScore, Score
 
 
 @pytest.fixture
@@ -146,3 +151,25 @@ def test_reads_keep_the_deadline_and_count_an_unavailable_database(database_url:
         assert runner.unavailable == 1
     finally:
         runner.close()
+
+
+def test_a_refused_score_fails_alone_in_its_transaction(database: peewee.Database) -> None:
+    owner = accounts.create_account("owner@example.com", None, "user").id
+    other = accounts.create_account("other@example.com", None, "user").id
+    batch = [
+        NewScore(1.0, 2.0, owner, "first"),
+        NewScore(3.0, 4.0, owner + other + 100, None),  # no such account
+        NewScore(5.0, 6.0, other, "first"),  # the request_id is the owner's
+        NewScore(7.0, 8.0, owner, "first"),  # a repeat: the first score again
+        NewScore(9.0, 10.0, None, None),
+    ]
+    with database.atomic():  # as the writer runs it: one transaction
+        outcomes = scores.write_scores(batch)
+    first, unknown, taken, repeat, last = outcomes
+    assert isinstance(first, Score) and first.value == 2.0
+    assert isinstance(unknown, storage.RecordNotFound)
+    assert isinstance(taken, storage.RecordExists)
+    assert isinstance(repeat, Score) and repeat.id == first.id
+    assert isinstance(last, Score) and last.value == 10.0
+    stored = sorted((s.input_value, s.user_id) for s in Score.select())
+    assert stored == [(1.0, owner), (9.0, None)]
