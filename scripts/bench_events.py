@@ -1,4 +1,4 @@
-"""Benchmark EventService sends (one event, a batch, a stream) beside a bare grpcio server.
+"""Benchmark EventService sends (one event, a batch, a stream) and reads beside a bare grpcio.
 
 Usage: .venv/bin/python scripts/bench_events.py [--seconds 10] [--postgres URL] [--batch 500]
     [--tails N [--tail-category C]] [--methods SendEvents,...]
@@ -45,19 +45,21 @@ def main() -> None:
     args = parser.parse_args()
     benchlib.announce(args.seconds)
     single = pb.SendEventRequest(event=benchlib.pageview()).SerializeToString()
-    with benchlib.bare_server() as target:
-        bare, _ = benchlib.load(
-            "bare grpcio, empty reply", target, SERVICE + "SendEvent", single, seconds=args.seconds
-        )
-    results = [bare]
+    results = []
     for name in benchlib.backends(args.postgres):
         for workers in benchlib.worker_counts(args.workers):
+            bare = benchlib.measure_bare(
+                workers, SERVICE + "SendEvent", single, seconds=args.seconds
+            )
             with benchlib.fresh_database(name, args.postgres) as url:
                 tails = (args.tails, args.tail_category)
-                results += scenarios(
-                    name, url, args.seconds, args.batch, workers, tails, args.methods
-                )
-    benchlib.print_table(results, bare)
+                rows = scenarios(name, url, args.seconds, args.batch, workers, tails, args.methods)
+            # Single sends and reads are compared with it; batches are measured in events/s.
+            for row in rows:
+                if row.items_per_call == 1:
+                    row.bare = bare
+            results += [bare, *rows]
+    benchlib.print_table(results)
 
 
 def scenarios(
@@ -70,7 +72,7 @@ def scenarios(
     methods: str,
 ) -> list[benchlib.Result]:
     key = benchlib.application_key(url)
-    admin = benchlib.admin_token(url)
+    token = benchlib.admin_token(url)  # before the server starts: it sets the shared secret
     batch_request = pb.SendEventsRequest(events=[benchlib.pageview()] * batch).SerializeToString()
     stream_message = pb.StreamEventsRequest(
         events=[benchlib.pageview()] * batch
@@ -97,7 +99,7 @@ def scenarios(
             if method not in methods.split(","):
                 continue
             before = benchlib.count_rows(url, Event)
-            with following(target, admin, *tails) as tailing:
+            with following(target, token, *tails) as tailing:
                 result, _ = benchlib.load(
                     f"{method} ({per_call} per call), {backend}, {workers} worker(s)",
                     target,
@@ -115,6 +117,20 @@ def scenarios(
             # h2load cuts calls off at the end that the server may still complete.
             result.errors = max(0, result.calls - stored // per_call)
             results.append(result)
+        # Reads: a page of 50 of the events just stored, as an admin reads them.
+        page = pb.ListEventsRequest(page_size=50).SerializeToString()
+        listed, data = benchlib.load(
+            f"ListEvents (50 per page), {backend}, {workers} worker(s)",
+            target,
+            SERVICE + "ListEvents",
+            page,
+            seconds=seconds,
+            token=token,
+        )
+        with Client(target, token=token) as client:
+            reply = client.events.list(page_size=50).SerializeToString()
+        listed.errors = benchlib.failed_calls(listed, data, reply)
+        results.append(listed)
     return results
 
 

@@ -42,17 +42,16 @@ def main() -> None:
     print(f"load generator: {tool}; {args.seconds:g} s per scenario; {benchlib.cpu_count()} cores")
 
     lookup = pb.LookupFsaRequest(fsa="K1A").SerializeToString()
-    with benchlib.bare_server() as target:
-        baseline, _ = benchlib.load(
-            "bare grpcio, empty reply", target, SERVICE + "LookupFsa", lookup, seconds=args.seconds
-        )
-    results = [baseline]
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         url = benchlib.sqlite_url(Path(tmp))
         key = benchlib.application_key(url)  # migrating also loads the regions
         for workers in benchlib.worker_counts(args.workers):
-            results += scenarios(url, key, args.seconds, workers)
-    benchlib.print_table(results, baseline)
+            bare = benchlib.measure_bare(
+                workers, SERVICE + "LookupFsa", lookup, seconds=args.seconds
+            )
+            results += benchlib.compared(bare, scenarios(url, key, args.seconds, workers))
+    benchlib.print_table(results)
 
 
 def scenarios(url: str, key: str, seconds: float, workers: int) -> list[benchlib.Result]:

@@ -20,20 +20,16 @@ def main() -> None:
     args = benchlib.arguments(__doc__.splitlines()[0]).parse_args()
     benchlib.announce(args.seconds)
     create = pb.CreateScoreRequest(input_value=41).SerializeToString()
-    with benchlib.bare_server() as target:
-        bare, _ = benchlib.load(
-            "bare grpcio, empty reply",
-            target,
-            SERVICE + "CreateScore",
-            create,
-            seconds=args.seconds,
-        )
-    results = [bare]
+    results = []
     for name in benchlib.backends(args.postgres):
         for workers in benchlib.worker_counts(args.workers):
+            bare = benchlib.measure_bare(
+                workers, SERVICE + "CreateScore", create, seconds=args.seconds
+            )
             with benchlib.fresh_database(name, args.postgres) as url:
-                results += scenarios(f"{name}, {workers} worker(s)", url, args.seconds, workers)
-    benchlib.print_table(results, bare)
+                rows = scenarios(f"{name}, {workers} worker(s)", url, args.seconds, workers)
+            results += benchlib.compared(bare, rows)
+    benchlib.print_table(results)
 
 
 def scenarios(backend: str, url: str, seconds: float, workers: int) -> list[benchlib.Result]:

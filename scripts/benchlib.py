@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import socket
 import statistics
 import struct
 import subprocess
@@ -42,6 +43,7 @@ from quartet import storage
 from quartet.events.v1 import event_service_pb2 as pb
 from quartet.server.auth import TokenIssuer
 from quartet.server.auth.tokens import new_api_key
+from quartet.server.workers import pinned_cores
 from quartet.storage import accounts, applications
 from quartet.storage.base import utcnow
 
@@ -59,6 +61,9 @@ class Result:
     errors: int
     latencies_ms: list[float]
     items_per_call: int = 1
+    # The bare server measured in the same configuration (processes, pinning) in the same run:
+    # the row's ratio is to it.
+    bare: Result | None = None
 
     @property
     def rate(self) -> float:
@@ -71,13 +76,14 @@ class Result:
         return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-def print_table(results: Sequence[Result], baseline: Result | None = None) -> None:
-    """Print results as a Markdown table, with each rate as a share of the baseline's."""
+def print_table(results: Sequence[Result]) -> None:
+    """Print results as a Markdown table, with each rate as a share of its own configuration's
+    bare server (as many processes, pinned the same way, measured in the same run)."""
     print()
     print("| scenario | tool | calls/s | items/s | p50 ms | p99 ms | errors | vs bare |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        ratio = f"{r.rate / baseline.rate:.2f}" if baseline and baseline.rate else "-"
+        ratio = f"{r.rate / r.bare.rate:.2f}" if r.bare and r.bare.rate else "-"
         print(
             f"| {r.label} | {r.tool} | {r.rate:,.0f} | {r.rate * r.items_per_call:,.0f} "
             f"| {r.percentile(50):.1f} | {r.percentile(99):.1f} | {r.errors} | {ratio} |"
@@ -85,32 +91,68 @@ def print_table(results: Sequence[Result], baseline: Result | None = None) -> No
     print()
 
 
+def compared(bare: Result, results: Sequence[Result]) -> list[Result]:
+    """bare, then results, each given bare as its baseline."""
+    for result in results:
+        result.bare = bare
+    return [bare, *results]
+
+
 # --- servers ---------------------------------------------------------------------------------
 
 
+# One process of the bare server: an async handler (as quartet's are: a plain function would run
+# in the event loop's thread pool, a hop quartet does not make) answering every unary call with
+# an empty message, on a port it shares with SO_REUSEPORT, pinned to a core if one is given.
+_BARE = """
+import asyncio, os, sys, grpc
+port, cpu = int(sys.argv[1]), sys.argv[2]
+if cpu != "-":
+    os.sched_setaffinity(0, {int(cpu)})
+async def handler(request, context):
+    return b""
+class Any(grpc.GenericRpcHandler):
+    def service(self, details):
+        return grpc.unary_unary_rpc_method_handler(handler)
+async def main():
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+    server.add_generic_rpc_handlers([Any()])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print("ready", flush=True)
+    await server.wait_for_termination()
+asyncio.run(main())
+"""
+
+
 @contextlib.contextmanager
-def bare_server() -> Iterator[str]:
-    """A bare grpc.aio server in its own process that answers every unary call with an empty
-    message: the cost of gRPC itself, the floor under every quartet call."""
-    code = (
-        "import asyncio, grpc\n"
-        "def handler(request, context):\n"
-        "    return b''\n"
-        "class Any(grpc.GenericRpcHandler):\n"
-        "    def service(self, details):\n"
-        "        return grpc.unary_unary_rpc_method_handler(handler)\n"
-        "async def main():\n"
-        "    server = grpc.aio.server(options=[('grpc.so_reuseport', 0)])\n"
-        "    server.add_generic_rpc_handlers([Any()])\n"
-        "    port = server.add_insecure_port('127.0.0.1:0')\n"
-        "    await server.start()\n"
-        "    print(port, flush=True)\n"
-        "    await server.wait_for_termination()\n"
-        "asyncio.run(main())\n"
-    )
-    command = [sys.executable, "-c", code]
-    with _process(command, ready=lambda line: line.strip().isdigit()) as (line, _):
-        yield f"127.0.0.1:{line.strip()}"
+def bare_server(workers: int = 1) -> Iterator[str]:
+    """A bare grpc.aio server configured as `quartet-server serve --workers N` is: N processes
+    sharing the port with SO_REUSEPORT, each pinned to its core when there is one per core. It
+    answers every unary call with an empty message: the cost of gRPC itself, the floor under
+    every quartet call."""
+    with socket.socket() as probe:  # a free port, as quartet's supervisor claims one
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with contextlib.ExitStack() as stack:
+        for cpu in pinned_cores(workers):
+            command = [sys.executable, "-c", _BARE, str(port), "-" if cpu is None else str(cpu)]
+            stack.enter_context(_process(command, ready=lambda line: line.strip() == "ready"))
+        yield f"127.0.0.1:{port}"
+
+
+def bare_label(workers: int) -> str:
+    pinned = ", each pinned to its core" if pinned_cores(workers)[0] is not None else ""
+    return f"bare grpc.aio, empty reply, {workers} process(es){pinned}"
+
+
+def measure_bare(workers: int, method: str, request: bytes, *, seconds: float) -> Result:
+    """The bare server in `workers`' configuration, driven as quartet is (same method path,
+    request and concurrency): the baseline of that configuration's rows."""
+    with bare_server(workers) as target:
+        result, data = load(bare_label(workers), target, method, request, seconds=seconds)
+    result.errors = failed_calls(result, data, b"")
+    return result
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from quartet.server.interceptors import CallInterceptor
 from quartet.server.registration import Provided
 from quartet.server.services import DATABASE_SERVICES, MEMORY_SERVICES, SERVICE_NAMES, SERVICES
 from quartet.server.settings import Settings
+from quartet.storage import scores
 from quartet.storage.events import latest_event_types
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class Server:
     event_writer: storage.BatchWriter[Any, Any]
     checkpointer: storage.WalCheckpointer
     event_types: events.Registry
+    score_writer: storage.BatchWriter[Any, Any]
     _serving: bool = False
 
     async def start(self) -> None:
@@ -72,6 +74,7 @@ class Server:
         await self.grpc_server.stop(grace)
         # In-flight sends waited for their commits above; now nothing can queue any more.
         self.event_writer.close()
+        self.score_writer.close()
         self.checkpointer.close()
         self.runner.close()
 
@@ -119,8 +122,10 @@ class Server:
         return None
 
     def _failures(self) -> int:
-        """How many calls and event batches found the database unavailable so far."""
-        return self.runner.unavailable + self.event_writer.unavailable
+        """How many calls and event or score batches found the database unavailable so far."""
+        return (
+            self.runner.unavailable + self.event_writer.unavailable + self.score_writer.unavailable
+        )
 
     async def _set_health(
         self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
@@ -173,6 +178,7 @@ def build_server(
         delay=settings.event_commit_delay_ms / 1000,
         name="quartet-events",
     )
+    score_writer = storage.BatchWriter(database, scores.write_scores, name="quartet-scores")
     checkpointer = storage.WalCheckpointer(database)
     provided = Provided(
         settings=settings,
@@ -180,6 +186,7 @@ def build_server(
         authenticator=authenticator,
         event_writer=event_writer,
         event_types=registry,
+        score_writer=score_writer,
     )
     for service in SERVICES:  # as each domain package registers it (quartet.server.services)
         service.add_to_server(service.servicer(provided), server)
@@ -194,10 +201,13 @@ def build_server(
             port = server.add_insecure_port(settings.address)
     except RuntimeError as exc:
         event_writer.close()
+        score_writer.close()
         checkpointer.close()
         runner.close()
         raise PortInUse(f"cannot listen on {settings.address}: is the port in use?") from exc
-    return Server(server, port, health_servicer, runner, event_writer, checkpointer, registry)
+    return Server(
+        server, port, health_servicer, runner, event_writer, checkpointer, registry, score_writer
+    )
 
 
 def _options(settings: Settings, reuse_port: bool) -> list[tuple[str, int]]:
@@ -221,9 +231,9 @@ def _options(settings: Settings, reuse_port: bool) -> list[tuple[str, int]]:
 
 
 def _connections(settings: Settings) -> int:
-    """Pooled connections: one per database thread, the event writer's, the WAL checkpointer's,
-    and one to spare."""
-    return settings.db_threads + 3
+    """Pooled connections: one per database thread, the event loop's (SQLite reads run there),
+    the event and score writers', the WAL checkpointer's, and one to spare."""
+    return settings.db_threads + 5
 
 
 def _key_pair(settings: Settings) -> tuple[bytes, bytes]:

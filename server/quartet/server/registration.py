@@ -36,6 +36,7 @@ class Provided:
     # Owned by the app, which reloads the event types and closes the writer with the server.
     event_writer: storage.BatchWriter[Any, Any]
     event_types: Registry
+    score_writer: storage.BatchWriter[Any, Any]  # closed with the server, as the event writer
 
 
 @dataclass(frozen=True)

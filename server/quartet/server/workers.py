@@ -62,9 +62,9 @@ def serve(settings: Settings) -> int:
     database = app.open_database(settings)
     storage.close(database)  # no connection may cross the fork
     settings = dataclasses.replace(settings, port=_claim_port(settings))
-    cpus = sorted(os.sched_getaffinity(0))
-    pin = settings.workers == len(cpus) > 1
-    roles = [_Role(index, cpus[index] if pin else None) for index in range(settings.workers)]
+    cores = pinned_cores(settings.workers)
+    pin = cores[0] is not None
+    roles = [_Role(index, cpu) for index, cpu in enumerate(cores)]
     if settings.metrics_port:
         roles.append(_Role(None))
     supervisor = _Supervisor(settings)
@@ -78,6 +78,15 @@ def serve(settings: Settings) -> int:
             storage.redacted(settings.database_url),
         )
     return supervisor.run()
+
+
+def pinned_cores(workers: int) -> list[int | None]:
+    """The core each of `workers` workers is pinned to: one each when there is a worker per core
+    (more than one), else none (None: the kernel places them)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if workers == len(cpus) > 1:
+        return list(cpus)
+    return [None] * workers
 
 
 class _Supervisor:

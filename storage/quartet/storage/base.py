@@ -3,13 +3,41 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import peewee
 
 # The database is chosen at run time from a URL (SQLite or PostgreSQL), which is what Peewee's
 # DatabaseProxy is for. `quartet.storage.bind()` initialises it once per process.
 db = peewee.DatabaseProxy()
+
+
+M = TypeVar("M", bound=peewee.Model)
+
+# SQL compiled once per query shape and kind of database (placeholders and quoting differ).
+_statements: dict[tuple[str, type], str | None] = {}
+
+
+def prepared(
+    model: type[M], shape: str, build: Callable[[], peewee.Query], params: Sequence[Any]
+) -> list[M]:
+    """The rows of model that build()'s query selects, its SQL compiled only the first time.
+
+    Peewee builds and compiles a query in Python on every call, about 150 µs under load, five
+    times the cost of running it on SQLite. So a query of a given `shape` (its structure without
+    its values) is compiled once and then run with `params`, which must be its parameters in
+    the order Peewee puts them: the first run checks that they are, and a shape whose
+    parameters differ is never cached (compiled every time, as before)."""
+    key = (shape, type(db.obj))
+    sql = _statements.get(key)
+    if sql is None:
+        query = build()
+        sql, expected = query.sql()
+        if key not in _statements:
+            _statements[key] = sql if list(expected) == list(params) else None
+        return list(query)
+    return list(model.raw(sql, *params))
 
 
 def utcnow() -> datetime.datetime:

@@ -495,6 +495,13 @@ def probe_writes(database: peewee.Database) -> None:
             raise DatabaseUnavailable("the PostgreSQL database takes no writes (read-only)")
 
 
+def reads_never_block(database: peewee.Database) -> bool:
+    """Whether a read on database never waits for another connection: SQLite in WAL mode, where
+    readers see the last commit without any lock the writer holds (PostgreSQL reads wait for
+    the network, and may wait for a lock)."""
+    return isinstance(database, _SqliteDatabase)
+
+
 def check_files(database: peewee.Database) -> None:
     """Raise DatabaseUnavailable if an SQLite database's files cannot take a write now, or its
     path no longer names the file opened (microseconds, no connection); a no-op on PostgreSQL.

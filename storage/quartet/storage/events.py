@@ -11,7 +11,7 @@ from typing import Any
 
 import peewee
 
-from quartet.storage.base import BaseModel, copy_line, db, utcnow
+from quartet.storage.base import BaseModel, copy_line, db, prepared, utcnow
 from quartet.storage.errors import RecordNotFound
 
 
@@ -272,8 +272,26 @@ EventKey = tuple[datetime.datetime, int]
 
 
 def list_events(*, limit: int, **filters: Any) -> list[Event]:
-    """Events in (occur_time, seq) order, or its reverse; see events_query for the filters."""
-    return list(events_query(**filters).limit(limit))
+    """Events in (occur_time, seq) order, or its reverse; see events_query for the filters.
+    Compiled once per shape (which filters are given), then run with their values."""
+    given = [filters.get(name) for name in _EVENT_FILTERS]
+    params: list[object] = [value for value in given if value]
+    params += [*(filters.get("after") or ()), limit]
+    shape = "list_events" + "".join("01"[bool(value)] for value in given)
+    shape += "01"[bool(filters.get("after"))] + "01"[bool(filters.get("newest_first"))]
+    return prepared(Event, shape, lambda: events_query(**filters).limit(limit), params)
+
+
+# The filters of events_query whose values are parameters, in the order they appear in its SQL
+# (an empty or zero value is no filter).
+_EVENT_FILTERS = (
+    "session_id",
+    "category",
+    "name",
+    "application_id",
+    "occur_time_start",
+    "occur_time_end",
+)
 
 
 def events_query(

@@ -11,7 +11,7 @@ from typing import ParamSpec, TypeVar
 
 import peewee
 
-from quartet.storage.database import close, unavailable
+from quartet.storage.database import close, reads_never_block, unavailable
 from quartet.storage.errors import DeadlineExceeded
 
 P = ParamSpec("P")
@@ -34,6 +34,7 @@ class DatabaseRunner:
         self.database = database
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="quartet-db")
         self.unavailable = 0  # units of work the database could not serve (a health hint)
+        self._inline_reads = reads_never_block(database)
 
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run fn(*args, **kwargs) in a database thread and return its result."""
@@ -43,6 +44,23 @@ class DatabaseRunner:
             return await loop.run_in_executor(
                 self._executor, lambda: context.run(self._call, fn, *args, **kwargs)
             )
+        except Exception as exc:
+            if unavailable(exc):
+                self.unavailable += 1
+            raise
+
+    async def read(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run fn, which only reads, and return its result: on the event loop itself where a read
+        cannot wait for anything (SQLite in WAL mode: readers never wait for the writer, and a
+        keyed read takes microseconds), else in a database thread as `run` does.
+
+        The hop to a thread and back cost more than the read itself: under load, the thread
+        and the event loop took turns at the GIL, each turn a context switch
+        (docs/performance.md)."""
+        if not self._inline_reads:
+            return await self.run(fn, *args, **kwargs)
+        try:
+            return self._call(fn, *args, **kwargs)
         except Exception as exc:
             if unavailable(exc):
                 self.unavailable += 1

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime
 import math
+from dataclasses import dataclass
 
 import peewee
 
 from quartet.storage.accounts import Account
-from quartet.storage.base import BaseModel, db, utcnow
+from quartet.storage.base import BaseModel, db, prepared, utcnow
 from quartet.storage.errors import RecordExists, RecordNotFound
 
 
@@ -72,6 +73,36 @@ def create_score(
     return previous
 
 
+@dataclass(frozen=True)
+class NewScore:
+    """A score to store, as create_score takes it: what a group commit queues (`write_scores`)."""
+
+    input_value: float
+    value: float
+    user_id: int | None
+    request_id: str | None
+
+
+def write_scores(items: list[NewScore]) -> list[Score | RecordNotFound | RecordExists]:
+    """Store each score as create_score does, all in the caller's transaction (a group commit),
+    each in a savepoint of its own: an unknown user or a request_id taken by another owner
+    fails that score alone, returned in its place, and leaves nothing of it behind."""
+    outcomes: list[Score | RecordNotFound | RecordExists] = []
+    for item in items:
+        try:
+            outcomes.append(
+                create_score(
+                    input_value=item.input_value,
+                    value=item.value,
+                    user_id=item.user_id,
+                    request_id=item.request_id,
+                )
+            )
+        except (RecordNotFound, RecordExists) as refused:
+            outcomes.append(refused)
+    return outcomes
+
+
 def _replay(request_id: str, user_id: int | None) -> Score | None:
     previous: Score | None = Score.get_or_none(Score.request_id == request_id)
     if previous is not None and previous.user_id != user_id:
@@ -80,8 +111,10 @@ def _replay(request_id: str, user_id: int | None) -> Score | None:
 
 
 def find_score(score_id: int) -> Score | None:
-    score: Score | None = Score.get_or_none(Score.id == score_id)
-    return score
+    found = prepared(
+        Score, "find_score", lambda: Score.select().where(Score.id == score_id), [score_id]
+    )
+    return found[0] if found else None
 
 
 def get_score(score_id: int) -> Score:
@@ -102,6 +135,41 @@ def list_scores(
     search: str = "",
 ) -> list[Score]:
     """Scores newest first (then highest id), after the keyset position `after`, at most limit."""
+    if search:  # the admin search: a join and a shape of its own each time
+        return list(
+            _list_query(
+                limit,
+                after,
+                score_greater_than,
+                user_id,
+                create_time_start,
+                create_time_end,
+                search,
+            )
+        )
+    filters = (score_greater_than, user_id, create_time_start, create_time_end)
+    params: list[object] = [value for value in filters if value is not None]
+    params += [*(after or ()), limit]
+    shape = "list_scores" + "".join("01"[value is not None] for value in (*filters, after))
+    return prepared(
+        Score,
+        shape,
+        lambda: _list_query(
+            limit, after, score_greater_than, user_id, create_time_start, create_time_end, ""
+        ),
+        params,
+    )
+
+
+def _list_query(
+    limit: int,
+    after: tuple[datetime.datetime, int] | None,
+    score_greater_than: float | None,
+    user_id: int | None,
+    create_time_start: datetime.datetime | None,
+    create_time_end: datetime.datetime | None,
+    search: str,
+) -> peewee.ModelSelect[Score]:
     query = Score.select()
     if score_greater_than is not None:
         query = query.where(Score.value > score_greater_than)
@@ -115,7 +183,7 @@ def list_scores(
         query = query.join(Account, peewee.JOIN.LEFT_OUTER).where(_matches(search))
     if after is not None:
         query = query.where(peewee.Tuple(Score.create_time, Score.id) < peewee.Tuple(*after))
-    return list(query.order_by(Score.create_time.desc(), Score.id.desc()).limit(limit))
+    return query.order_by(Score.create_time.desc(), Score.id.desc()).limit(limit)
 
 
 def _matches(search: str) -> peewee.ColumnBase:

@@ -243,7 +243,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         violations = Violations()
         event_id = canonical_uuid(request.id, "id", violations, required=True)
         violations.raise_if_any()
-        return event_message(await self._db.run(events.get_event, event_id))
+        return event_message(await self._db.read(events.get_event, event_id))
 
     async def ListEvents(
         self, request: pb.ListEventsRequest, context: Context
@@ -256,7 +256,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         start = optional_timestamp(request, "occur_time_start", violations)
         end = optional_timestamp(request, "occur_time_end", violations)
         violations.raise_if_any()
-        rows = await self._db.run(
+        rows = await self._db.read(
             events.list_events,
             limit=limit + 1,
             after=after,
@@ -472,17 +472,18 @@ def new_event_message(event: NewEvent, receive_time: datetime.datetime | None) -
 
 
 def event_message(row: events.Event) -> pb.Event:
-    return pb.Event(
+    message = pb.Event(
         id=row.id,
         session_id=row.session_id,
         category=row.category,
         name=row.name,
-        data=_struct(row.data),
         occur_time=to_timestamp(row.occur_time),
         application_id=row.application_id,
         receive_time=to_timestamp(row.receive_time),
         schema_version=row.schema_version,
     )
+    message.data.update(json.loads(row.data))  # in place: data=Struct(...) would copy it
+    return message
 
 
 def rejected_message(row: events.RejectedEvent) -> pb.RejectedEvent:

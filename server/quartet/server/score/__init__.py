@@ -7,7 +7,7 @@ from quartet.storage import scores
 
 SERVICE = Service(
     descriptor=score_service_pb2.DESCRIPTOR.services_by_name["ScoreService"],
-    servicer=lambda provided: ScoreServicer(provided.runner),
+    servicer=lambda provided: ScoreServicer(provided.runner, provided.score_writer),
     add_to_server=score_service_pb2_grpc.add_ScoreServiceServicer_to_server,
     needs_database=True,
     models=(scores.Score,),

@@ -13,7 +13,7 @@ from quartet.server.auth import require_caller
 from quartet.server.errors import PermissionDenied, Violations
 from quartet.server.pagination import decode_page_token, page_size, paged
 from quartet.server.timestamps import optional_timestamp, to_timestamp
-from quartet.storage import DatabaseRunner, scores
+from quartet.storage import BatchWriter, DatabaseRunner, scores
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -24,14 +24,20 @@ def compute_score(input_value: float) -> float:
 
 
 class ScoreServicer(score_service_pb2_grpc.ScoreServiceServicer):
-    """Validates requests, calls the storage layer in a database thread, and returns messages.
+    """Validates requests, calls the storage layer (reads through the runner, creations through a
+    group-commit writer), and returns messages.
 
     A score belongs to the account that created it, unless an admin names another owner. Users
     read only their own scores; analysts and admins read everyone's.
     """
 
-    def __init__(self, runner: DatabaseRunner) -> None:
+    def __init__(
+        self,
+        runner: DatabaseRunner,
+        writer: BatchWriter[scores.NewScore, scores.Score | Exception],
+    ) -> None:
         self._db = runner
+        self._writer = writer  # group commit: the scores created meanwhile share a transaction
 
     async def CreateScore(
         self, request: score_service_pb2.CreateScoreRequest, context: Context
@@ -47,13 +53,15 @@ class ScoreServicer(score_service_pb2_grpc.ScoreServiceServicer):
         caller = require_caller()
         if user_id is not None and user_id != caller.id and not caller.may("admin"):
             raise PermissionDenied("only an admin may store a score for another account")
-        row = await self._db.run(
-            scores.create_score,
+        new = scores.NewScore(
             input_value=request.input_value,
             value=compute_score(request.input_value),
             user_id=caller.id if user_id is None else user_id,
             request_id=request.request_id or None,
         )
+        (row,) = await self._writer.submit([new])
+        if isinstance(row, Exception):  # refused alone: the others of its transaction are kept
+            raise row
         return to_message(row)
 
     async def GetScore(
@@ -61,9 +69,9 @@ class ScoreServicer(score_service_pb2_grpc.ScoreServiceServicer):
     ) -> score_service_pb2.Score:
         caller = require_caller()
         if caller.may("analyst"):
-            return to_message(await self._db.run(scores.get_score, request.id))
+            return to_message(await self._db.read(scores.get_score, request.id))
         # AIP-211: without access, whether the score exists is not the caller's business either.
-        row = await self._db.run(scores.find_score, request.id)
+        row = await self._db.read(scores.find_score, request.id)
         if row is None or row.user_id != caller.id:
             raise PermissionDenied(f"score {request.id} is not one of yours")
         return to_message(row)
@@ -84,7 +92,7 @@ class ScoreServicer(score_service_pb2_grpc.ScoreServiceServicer):
             if user_id not in (None, caller.id):
                 raise PermissionDenied("you may list only your own scores")
             user_id = caller.id
-        rows = await self._db.run(
+        rows = await self._db.read(
             scores.list_scores,
             limit=limit + 1,
             after=after,
