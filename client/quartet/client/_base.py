@@ -56,6 +56,7 @@ class Transport:
         self.metadata: tuple[tuple[str, str], ...] = ()
         self._refresh_token = ""
         self._refresh: TokenSource | None = None
+        self._on_refresh: Callable[[Any], None] | None = None
         self._lock = threading.Lock()
 
     def set_token(self, token: str | None) -> None:
@@ -63,12 +64,19 @@ class Transport:
             self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
             self._refresh_token = ""
 
-    def use_tokens(self, pair: Any, refresh: TokenSource) -> None:
-        """Send pair.access_token from now on, and refresh it with `refresh` when it expires."""
+    def use_tokens(
+        self,
+        pair: Any,
+        refresh: TokenSource,
+        on_refresh: Callable[[Any], None] | None = None,
+    ) -> None:
+        """Send pair.access_token from now on, and refresh it with `refresh` when it expires;
+        on_refresh is given each new pair (to keep it, as the `quartet` command does)."""
         with self._lock:
             self.metadata = (("authorization", f"Bearer {pair.access_token}"),)
             self._refresh_token = pair.refresh_token
             self._refresh = refresh
+            self._on_refresh = on_refresh
 
     def invoke(
         self,
@@ -145,6 +153,8 @@ class Transport:
             pair = self._refresh(self._refresh_token)
             self.metadata = (("authorization", f"Bearer {pair.access_token}"),)
             self._refresh_token = pair.refresh_token
+            if self._on_refresh is not None:
+                self._on_refresh(pair)
             return True
 
 
