@@ -152,6 +152,24 @@ class Events:
         )
         return self._transport.invoke_stream_unary(self._stub.StreamEvents, requests, timeout)
 
+    def send_batches(
+        self,
+        messages: Iterable[pb.Event],
+        *,
+        batch_size: int = 500,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+        timeout: float | None = None,
+    ) -> Iterator[tuple[list[pb.Event], pb.SendEventsResponse]]:
+        """Send any number of events with SendEvents, batch_size (and at most max_batch_bytes)
+        per call, as you iterate: yields each batch (its events, with their ids) and its
+        results, one per event in order. Unlike `stream`, every rejected event's violations come
+        back; `timeout` applies to each call. `messages` is read only as batches go out."""
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be 1 to {MAX_BATCH}")
+        for batch in _batches(messages, batch_size, max_batch_bytes):
+            request = _holding(pb.SendEventsRequest, batch)
+            yield batch, self._transport.invoke(self._stub.SendEvents, request, timeout)
+
     def buffered(
         self,
         *,
