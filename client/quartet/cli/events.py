@@ -13,6 +13,7 @@ from typing import IO, Any
 
 import click
 from google.protobuf import json_format
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from quartet.cli.output import (
@@ -157,6 +158,7 @@ def send(file: IO[str], batch_size: int) -> None:
         BarColumn(),
         TextColumn("{task.fields[sent]:,} events"),
         TimeElapsedColumn(),
+        console=Console(stderr=True),
         transient=True,
         disable=not sys.stderr.isatty(),  # progress is for people at a terminal only
     )

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
 from quartet.cli.output import Column, as_dict, json_text, print_fields, print_list
@@ -83,6 +84,7 @@ def import_(
         BarColumn(),
         DownloadColumn(),
         TextColumn("{task.description}"),
+        console=Console(stderr=True),
         transient=True,
         disable=not sys.stderr.isatty(),  # progress is for people at a terminal only
     )
