@@ -11,11 +11,12 @@ The messages returned are the generated protobuf classes of `quartet.<domain>.v1
 
 from quartet.client._client import Client
 from quartet.client._errors import FieldViolation, QuartetError
-from quartet.client._events import BufferedSender, EventsNotSent, event
+from quartet.client._events import BufferedSender, EventsNotSent, EventTail, event
 
 __all__ = [
     "BufferedSender",
     "Client",
+    "EventTail",
     "EventsNotSent",
     "FieldViolation",
     "QuartetError",

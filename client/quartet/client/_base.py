@@ -129,6 +129,23 @@ class Transport:
         except grpc.RpcError as error:
             raise QuartetError.from_rpc_error(error) from None
 
+    def follow(
+        self,
+        method: grpc.UnaryStreamMultiCallable[Request, Response],
+        request: Request,
+        timeout: float | None,
+    ) -> Stream[Response]:
+        """Start a server stream that runs until closed (or for `timeout` seconds: no deadline
+        when None), once the server has sent its headers; an expired access token is refreshed
+        first, as for unary calls. Raise QuartetError if the call failed at once."""
+        metadata = self.metadata
+        try:
+            return Stream.start(method, request, timeout, metadata)
+        except QuartetError as error:
+            if error.reason != "CREDENTIALS_EXPIRED" or not self._refreshed(metadata):
+                raise
+        return Stream.start(method, request, timeout, self.metadata)
+
     def _call(
         self,
         method: grpc.UnaryUnaryMultiCallable[Request, Response],
@@ -156,6 +173,45 @@ class Transport:
             if self._on_refresh is not None:
                 self._on_refresh(pair)
             return True
+
+
+class Stream(Closable, Iterator[Response]):
+    """The responses of a server stream, until the server ends it or you close() it (which
+    cancels the call; from another thread too, ending an iteration that waits). Ending at its
+    own deadline is the end of the stream, not an error."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call  # a grpc.Call that is also an iterator of responses
+        self._closed = False
+
+    @classmethod
+    def start(
+        cls,
+        method: grpc.UnaryStreamMultiCallable[Request, Response],
+        request: Request,
+        timeout: float | None,
+        metadata: tuple[tuple[str, str], ...],
+    ) -> Stream[Response]:
+        call: Any = method(request, timeout=timeout, metadata=metadata)
+        call.initial_metadata()  # waits for the headers, or for the call's end
+        if call.done() and call.code() != grpc.StatusCode.OK:
+            raise QuartetError.from_rpc_error(call)
+        return cls(call)
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> Response:
+        try:
+            return next(self._call)  # type: ignore[no-any-return]
+        except grpc.RpcError as error:
+            if self._closed or error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise StopIteration from None
+            raise QuartetError.from_rpc_error(error) from None
+
+    def close(self) -> None:
+        self._closed = True
+        self._call.cancel()
 
 
 def pages(

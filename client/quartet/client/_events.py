@@ -17,7 +17,7 @@ from google.protobuf import struct_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 
-from quartet.client._base import Closable, Transport, fields, pages, timestamp
+from quartet.client._base import Closable, Stream, Transport, fields, pages, timestamp
 from quartet.client._errors import QuartetError
 from quartet.events.v1 import event_service_pb2 as pb
 from quartet.events.v1 import event_service_pb2_grpc
@@ -233,6 +233,31 @@ class Events:
             lambda page: page.events,
         )
 
+    def tail(
+        self,
+        *,
+        session_id: str | uuid.UUID = "",
+        category: str = "",
+        name: str = "",
+        application_id: int = 0,
+        after_event_id: str | uuid.UUID = "",
+        timeout: float | None = None,
+    ) -> EventTail:
+        """Follow the events matching the filters as they are stored (a session or a category is
+        required), until you close the tail (or leave its `with` block), or for `timeout`
+        seconds (None: no end). Returns once the server is following: every matching event
+        stored from then on is yielded, in store order, within about a second. With
+        after_event_id (the last event a previous tail yielded), it resumes after that event,
+        missing and repeating none. Needs an analyst's or admin's credentials, like `list`."""
+        request = pb.TailEventsRequest(
+            session_id=str(session_id),
+            category=category,
+            name=name,
+            application_id=application_id,
+            after_event_id=str(after_event_id),
+        )
+        return EventTail(self._transport.follow(self._stub.TailEvents, request, timeout))
+
     def list_rejected(
         self,
         *,
@@ -290,6 +315,26 @@ class Events:
             lambda token: self.list_types(page_size=page_size, page_token=token),
             lambda page: page.event_types,
         )
+
+
+class EventTail(Closable, Iterator[pb.Event]):
+    """The events of `Events.tail`, one at a time; close() it to stop following (from another
+    thread too)."""
+
+    def __init__(self, stream: Stream[pb.TailEventsResponse]) -> None:
+        self._stream = stream
+        self._events: collections.deque[pb.Event] = collections.deque()
+
+    def __iter__(self) -> EventTail:
+        return self
+
+    def __next__(self) -> pb.Event:
+        while not self._events:
+            self._events.extend(next(self._stream).events)
+        return self._events.popleft()
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@ import datetime
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import peewee
@@ -409,3 +409,104 @@ def add_event_type(category: str, name: str, schema: dict[str, Any]) -> EventTyp
             if attempt == _REGISTRATION_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
+
+
+# A tail reads at most this many seq values past its cursor at a time, so that one read costs a
+# bounded range of the primary key, however far behind the tail resumes.
+TAIL_WINDOW = 5000
+# Horizons a tail keeps waiting on (see TailCursor); a newer one replaces the oldest past this.
+_TAIL_HORIZONS = 64
+
+
+@dataclass(slots=True)
+class TailCursor:
+    """Where a tail stands in the store order (`seq`): every matching event up to `seq` was
+    delivered, and no event can appear below it any more.
+
+    On PostgreSQL, seq values are taken when a row is inserted but become visible when its
+    transaction commits, so a transaction of another worker may commit seq 10 after seq 11 was
+    read; reading past a gap could skip 10. `horizons` holds (top, xids): every seq value up to
+    `top` not visible when it was read belongs to one of the transactions `xids` (in progress
+    then), or to no event ever (a rolled back write, or an id already stored, which uses a value
+    up). Once those transactions are over, everything up to `top` is final."""
+
+    seq: int
+    horizons: list[tuple[int, frozenset[int]]] = field(default_factory=list)
+
+
+def tail_cursor(after_event_id: str = "") -> TailCursor:
+    """A cursor after the event with this id (RecordNotFound if none), or after every event
+    stored so far."""
+    if after_event_id:
+        row = Event.select(Event.seq).where(Event.id == after_event_id).first()
+        if row is None:
+            raise RecordNotFound("event", after_event_id)
+        return TailCursor(row.seq)
+    return TailCursor(Event.select(peewee.fn.MAX(Event.seq)).scalar() or 0)
+
+
+def tail_events(
+    cursor: TailCursor,
+    *,
+    limit: int,
+    session_id: str = "",
+    category: str = "",
+    name: str = "",
+    application_id: int = 0,
+) -> tuple[list[Event], bool]:
+    """The next matching events after cursor in store order (at most limit), moving the cursor
+    past them; and whether more follow at once (the cursor is behind what is stored)."""
+    end = cursor.seq + TAIL_WINDOW
+    final, last = _final_seq(cursor, end)
+    if final <= cursor.seq:
+        return [], False
+    query = Event.select().where((Event.seq > cursor.seq) & (Event.seq <= final))
+    if session_id:
+        query = query.where(Event.session_id == session_id)
+    if category:
+        query = query.where(Event.category == category)
+    if name:
+        query = query.where(Event.name == name)
+    if application_id:
+        query = query.where(Event.application_id == application_id)
+    rows = list(query.order_by(Event.seq).limit(limit))
+    cursor.seq = rows[-1].seq if len(rows) == limit else final
+    return rows, len(rows) == limit or (final == end and last > end)
+
+
+def _final_seq(cursor: TailCursor, end: int) -> tuple[int, int]:
+    """The highest seq up to `end` up to which every event is visible now or never will be, and
+    the highest seq visible (beyond `end` too)."""
+    database = db.obj
+    last = Event.select(peewee.fn.MAX(Event.seq)).scalar() or 0
+    if not isinstance(database, peewee.PostgresqlDatabase):
+        # SQLite has one writer at a time, whose rows take seq values above every committed
+        # one: what is visible is final.
+        return min(last, end), last
+    # One statement, one snapshot: the transactions in progress, and the rows after the cursor.
+    # A row's seq is taken after its transaction has an id (the writer COPYs to a temporary table
+    # first), and before the rows above it were committed and read: so a value up to `top` not
+    # visible here belongs to a transaction in this snapshot's list, or to no event.
+    snapshot, top, count = database.execute_sql(  # type: ignore[no-untyped-call]
+        "SELECT pg_current_snapshot()::text, max(seq), count(*) FROM event"
+        " WHERE seq > %s AND seq <= %s",
+        (cursor.seq, end),
+    ).fetchone()
+    if top is None:
+        return cursor.seq, last
+    running = frozenset(int(xid) for xid in snapshot.split(":")[2].split(",") if xid)
+    if count == top - cursor.seq:  # no gap: everything up to top is visible
+        cursor.horizons = [h for h in cursor.horizons if h[0] > top]
+        return top, last
+    final = cursor.seq
+    waiting = []
+    for horizon, xids in cursor.horizons:
+        if xids.isdisjoint(running):  # all over (their ids are older than this snapshot's)
+            final = max(final, horizon)
+        else:
+            waiting.append((horizon, xids))
+    waiting = [h for h in waiting if h[0] > final]
+    if not waiting or waiting[-1][0] < top:
+        waiting.append((top, running))
+    cursor.horizons = waiting[-_TAIL_HORIZONS:]
+    return final, last

@@ -503,6 +503,76 @@ class ListEventsResponse(_message.Message):
 Global___ListEventsResponse: _TypeAlias = ListEventsResponse  # noqa: Y015
 
 @_typing.final
+class TailEventsRequest(_message.Message):
+    """TailEventsRequest says which events to follow. Filters combine with AND; at least one of
+    `session_id` and `category` is required, so that a tail follows a selection and not every
+    event sent.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    APPLICATION_ID_FIELD_NUMBER: _builtins.int
+    AFTER_EVENT_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """Only events of this session (a UUID). Required unless `category` is set."""
+    category: _builtins.str
+    """Only events of this category. Required unless `session_id` is set."""
+    name: _builtins.str
+    """Only events of this name (within `category`, which is then required)."""
+    application_id: _builtins.int
+    """Only events sent by this application."""
+    after_event_id: _builtins.str
+    """Resume after this event (a UUID of a stored event, usually the last one a previous tail
+    delivered): the stream starts with the matching events stored after it. Empty: start with
+    the events stored from now on. An unknown id is NOT_FOUND.
+    """
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        category: _builtins.str = ...,
+        name: _builtins.str = ...,
+        application_id: _builtins.int = ...,
+        after_event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_event_id", b"after_event_id", "application_id", b"application_id", "category", b"category", "name", b"name", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TailEventsRequest: _TypeAlias = TailEventsRequest  # noqa: Y015
+
+@_typing.final
+class TailEventsResponse(_message.Message):
+    """TailEventsResponse is the next events of a tail."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
+        """Events newly stored that match the tail's filter, in the order they were stored (at most
+        500 a message).
+        """
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___Event] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TailEventsResponse: _TypeAlias = TailEventsResponse  # noqa: Y015
+
+@_typing.final
 class RejectedEvent(_message.Message):
     """RejectedEvent is an event that failed validation, kept with its reasons."""
 

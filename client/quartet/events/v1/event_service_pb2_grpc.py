@@ -65,6 +65,11 @@ class EventServiceStub:
                 request_serializer=quartet_dot_events_dot_v1_dot_event__service__pb2.ListEventsRequest.SerializeToString,
                 response_deserializer=quartet_dot_events_dot_v1_dot_event__service__pb2.ListEventsResponse.FromString,
                 _registered_method=True)
+        self.TailEvents = channel.unary_stream(
+                '/quartet.events.v1.EventService/TailEvents',
+                request_serializer=quartet_dot_events_dot_v1_dot_event__service__pb2.TailEventsRequest.SerializeToString,
+                response_deserializer=quartet_dot_events_dot_v1_dot_event__service__pb2.TailEventsResponse.FromString,
+                _registered_method=True)
         self.ListRejectedEvents = channel.unary_unary(
                 '/quartet.events.v1.EventService/ListRejectedEvents',
                 request_serializer=quartet_dot_events_dot_v1_dot_event__service__pb2.ListRejectedEventsRequest.SerializeToString,
@@ -141,6 +146,23 @@ class EventServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TailEvents(self, request, context):
+        """Follows the stored events that match a filter, as they are stored, until the client
+        cancels the call: each message carries the events stored since the previous one, in the
+        order they were stored. It starts with the events stored after the call began (an event
+        whose storing was under way then may be left out), or, with `after_event_id`, with those
+        stored after that event, so that a client that lost its stream resumes after the last event
+        it received without missing or repeating any. Events reach the stream within a second of
+        being stored, whichever worker stored them. The server sends the call's headers once the
+        starting point is fixed: events stored after that are in the stream. A tail is a stream:
+        it counts towards the caller's streams open at once (RESOURCE_EXHAUSTED, reason
+        LIMIT_EXCEEDED, past the server's limit), and the caller's credential is checked again
+        while it stays open.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListRejectedEvents(self, request, context):
         """Lists rejected events, newest first, by reason, application and time of rejection.
         """
@@ -192,6 +214,11 @@ def add_EventServiceServicer_to_server(servicer, server):
                     servicer.ListEvents,
                     request_deserializer=quartet_dot_events_dot_v1_dot_event__service__pb2.ListEventsRequest.FromString,
                     response_serializer=quartet_dot_events_dot_v1_dot_event__service__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'TailEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.TailEvents,
+                    request_deserializer=quartet_dot_events_dot_v1_dot_event__service__pb2.TailEventsRequest.FromString,
+                    response_serializer=quartet_dot_events_dot_v1_dot_event__service__pb2.TailEventsResponse.SerializeToString,
             ),
             'ListRejectedEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRejectedEvents,
@@ -350,6 +377,33 @@ class EventService:
             '/quartet.events.v1.EventService/ListEvents',
             quartet_dot_events_dot_v1_dot_event__service__pb2.ListEventsRequest.SerializeToString,
             quartet_dot_events_dot_v1_dot_event__service__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TailEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/quartet.events.v1.EventService/TailEvents',
+            quartet_dot_events_dot_v1_dot_event__service__pb2.TailEventsRequest.SerializeToString,
+            quartet_dot_events_dot_v1_dot_event__service__pb2.TailEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

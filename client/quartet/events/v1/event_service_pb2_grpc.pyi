@@ -68,6 +68,19 @@ class EventServiceStub:
     """Lists stored events by session, category (and name), application and time range, ordered
     by the time they occurred and then by arrival.
     """
+    TailEvents: _grpc.UnaryStreamMultiCallable[_event_service_pb2.TailEventsRequest, _event_service_pb2.TailEventsResponse]
+    """Follows the stored events that match a filter, as they are stored, until the client
+    cancels the call: each message carries the events stored since the previous one, in the
+    order they were stored. It starts with the events stored after the call began (an event
+    whose storing was under way then may be left out), or, with `after_event_id`, with those
+    stored after that event, so that a client that lost its stream resumes after the last event
+    it received without missing or repeating any. Events reach the stream within a second of
+    being stored, whichever worker stored them. The server sends the call's headers once the
+    starting point is fixed: events stored after that are in the stream. A tail is a stream:
+    it counts towards the caller's streams open at once (RESOURCE_EXHAUSTED, reason
+    LIMIT_EXCEEDED, past the server's limit), and the caller's credential is checked again
+    while it stays open.
+    """
     ListRejectedEvents: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.ListRejectedEventsRequest, _event_service_pb2.ListRejectedEventsResponse]
     """Lists rejected events, newest first, by reason, application and time of rejection."""
     CreateEventType: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.CreateEventTypeRequest, _event_service_pb2.EventType]
@@ -119,6 +132,19 @@ class EventServiceAsyncStub(EventServiceStub):
     ListEvents: _aio.UnaryUnaryMultiCallable[_event_service_pb2.ListEventsRequest, _event_service_pb2.ListEventsResponse]  # type: ignore[assignment]
     """Lists stored events by session, category (and name), application and time range, ordered
     by the time they occurred and then by arrival.
+    """
+    TailEvents: _aio.UnaryStreamMultiCallable[_event_service_pb2.TailEventsRequest, _event_service_pb2.TailEventsResponse]  # type: ignore[assignment]
+    """Follows the stored events that match a filter, as they are stored, until the client
+    cancels the call: each message carries the events stored since the previous one, in the
+    order they were stored. It starts with the events stored after the call began (an event
+    whose storing was under way then may be left out), or, with `after_event_id`, with those
+    stored after that event, so that a client that lost its stream resumes after the last event
+    it received without missing or repeating any. Events reach the stream within a second of
+    being stored, whichever worker stored them. The server sends the call's headers once the
+    starting point is fixed: events stored after that are in the stream. A tail is a stream:
+    it counts towards the caller's streams open at once (RESOURCE_EXHAUSTED, reason
+    LIMIT_EXCEEDED, past the server's limit), and the caller's credential is checked again
+    while it stays open.
     """
     ListRejectedEvents: _aio.UnaryUnaryMultiCallable[_event_service_pb2.ListRejectedEventsRequest, _event_service_pb2.ListRejectedEventsResponse]  # type: ignore[assignment]
     """Lists rejected events, newest first, by reason, application and time of rejection."""
@@ -198,6 +224,25 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_event_service_pb2.ListEventsResponse, _abc.Awaitable[_event_service_pb2.ListEventsResponse]]:
         """Lists stored events by session, category (and name), application and time range, ordered
         by the time they occurred and then by arrival.
+        """
+
+    @_abc_1.abstractmethod
+    def TailEvents(
+        self,
+        request: _event_service_pb2.TailEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_event_service_pb2.TailEventsResponse], _abc.AsyncIterator[_event_service_pb2.TailEventsResponse]]:
+        """Follows the stored events that match a filter, as they are stored, until the client
+        cancels the call: each message carries the events stored since the previous one, in the
+        order they were stored. It starts with the events stored after the call began (an event
+        whose storing was under way then may be left out), or, with `after_event_id`, with those
+        stored after that event, so that a client that lost its stream resumes after the last event
+        it received without missing or repeating any. Events reach the stream within a second of
+        being stored, whichever worker stored them. The server sends the call's headers once the
+        starting point is fixed: events stored after that are in the stream. A tail is a stream:
+        it counts towards the caller's streams open at once (RESOURCE_EXHAUSTED, reason
+        LIMIT_EXCEEDED, past the server's limit), and the caller's credential is checked again
+        while it stays open.
         """
 
     @_abc_1.abstractmethod

@@ -6,6 +6,7 @@ from quartet.events.v1 import event_service_pb2
 from quartet.server.events.decoding import add_event_service
 from quartet.server.events.registry import Registry, register_file
 from quartet.server.events.service import EventServicer, write_batch
+from quartet.server.events.tail import Tails
 from quartet.server.events.validation import EventChecker, Policy
 from quartet.server.registration import Provided, Service
 from quartet.storage import events
@@ -26,6 +27,7 @@ def _servicer(provided: Provided) -> EventServicer:
         EventChecker(provided.event_types, policy),
         max_batch_bytes=settings.max_batch_bytes,
         max_page_bytes=settings.max_page_bytes,
+        tails=Tails(provided.runner),
     )
 
 

@@ -8,7 +8,7 @@ import dataclasses
 import datetime
 import json
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
@@ -33,6 +33,9 @@ from quartet.storage import DatabaseRunner, events
 from quartet.storage.base import utcnow
 from quartet.storage.events import NewEvent, Rejection
 from quartet.storage.writer import BatchWriter
+
+if TYPE_CHECKING:  # tail.py builds its messages with this module's functions
+    from quartet.server.events.tail import Tails
 
 Context = grpc.aio.ServicerContext[Any, Any]
 MAX_BATCH = 1000
@@ -121,8 +124,10 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         *,
         max_batch_bytes: int,
         max_page_bytes: int,
+        tails: Tails,
     ) -> None:
         self._db = runner
+        self._tails = tails
         self._writer = writer
         self._registry = registry
         self._checker = checker
@@ -138,7 +143,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
                 "event is required", violations=[FieldViolation("event", "is required")]
             )
         item = self._checker.check(request.event, application_id, utcnow())
-        [(status, receive_time)] = await self._writer.submit([item])
+        [(status, receive_time)] = await self._submit([item])
         if isinstance(item, Rejection):
             raise InvalidArgument(
                 "the event was rejected and kept among the rejected events",
@@ -164,7 +169,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         _check_batch_size(request.events, "events")
         self._check_batch_bytes(request.ByteSize(), "events")
         items = self._check_all(request.events, application_id)
-        outcomes = await self._writer.submit(items)
+        outcomes = await self._submit(items)
         return pb.SendEventsResponse(
             results=[
                 _result(item, status) for item, (status, _) in zip(items, outcomes, strict=True)
@@ -209,7 +214,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         """Write one streamed batch (its first event at position `offset` of the stream) and
         keep only what the reply needs of it."""
         written = _Written()
-        statuses = await self._writer.submit(items)
+        statuses = await self._submit(items)
         for index, (item, (status, _)) in enumerate(zip(items, statuses, strict=True)):
             if status == STORED:
                 written.stored += 1
@@ -225,6 +230,14 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
                     )
                 )
         return written
+
+    async def _submit(
+        self, items: list[NewEvent | Rejection]
+    ) -> list[tuple[str, datetime.datetime]]:
+        """Write items, and wake this worker's tails (nothing to do when none is open)."""
+        outcomes = await self._writer.submit(items)
+        self._tails.stored()
+        return outcomes
 
     async def GetEvent(self, request: pb.GetEventRequest, context: Context) -> pb.Event:
         violations = Violations()
@@ -267,6 +280,12 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             self._max_page_bytes,
         )
         return pb.ListEventsResponse(events=page, next_page_token=token)
+
+    async def TailEvents(
+        self, request: pb.TailEventsRequest, context: Context
+    ) -> AsyncIterator[pb.TailEventsResponse]:
+        async for response in self._tails.tail(request, context):
+            yield response
 
     async def ListRejectedEvents(
         self, request: pb.ListRejectedEventsRequest, context: Context
