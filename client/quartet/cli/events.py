@@ -316,6 +316,54 @@ def rejected(
     print_list(limited(found, limit), REJECTED_COLUMNS, state.format)
 
 
+@events.command(
+    help="Print events as they are stored, within a second, until interrupted (Ctrl-C): those of "
+    "a session, or of a category (and name). One line per event; with --json one JSON object "
+    "per line (JSON Lines). --after resumes after an event a previous tail printed, missing and "
+    "repeating none (analysts and admins)."
+)
+@click.option("--session", "session_id", metavar="UUID", help="this session's events")
+@click.option("--category", help="this category's events")
+@click.option("--name", help="only this name (with --category)")
+@click.option("--application", type=int, metavar="ID", help="only this application's events")
+@click.option("--after", "after_event_id", metavar="EVENT_ID", help="resume after this event")
+@api_command("table", "json")
+def tail(
+    session_id: str | None,
+    category: str | None,
+    name: str | None,
+    application: int | None,
+    after_event_id: str | None,
+) -> None:
+    if not session_id and not category:
+        raise click.UsageError("give --session or --category")
+    state = session()
+    followed = state.client().events.tail(
+        session_id=session_id or "",
+        category=category or "",
+        name=name or "",
+        application_id=application or 0,
+        after_event_id=after_event_id or "",
+        timeout=state.timeout,  # none by default: until interrupted
+    )
+    with followed:
+        for event in followed:
+            if state.format == "json":
+                line = json.dumps(as_dict(event), ensure_ascii=False)
+            else:
+                line = "  ".join(
+                    [
+                        time_text(event.occur_time),
+                        event.id,
+                        event.session_id,
+                        f"{event.category}/{event.name}",
+                        f"app {event.application_id}",
+                        data_text(event),
+                    ]
+                )
+            click.echo(line)  # a line at a time, flushed, for a pipe to read as it comes
+
+
 @events.group(help="Event types: the JSON Schema each category and name must satisfy.")
 def types() -> None:
     pass

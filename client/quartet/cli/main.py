@@ -61,7 +61,7 @@ def describe(error: QuartetError, target: str) -> str:
         lines.append(f"  ... {int(count):,} problems in all")
     if error.retry_delay:
         lines.append(f"  try again in {error.retry_delay:g} s")
-    if error.code == grpc.StatusCode.UNAUTHENTICATED:
+    if error.code == grpc.StatusCode.UNAUTHENTICATED and error.reason != "LOGIN_FAILED":
         lines.append(f"  log in with `quartet login --server {target}`, or give --token")
     elif error.code == grpc.StatusCode.UNAVAILABLE and not error.reason:
         lines.append(f"  is a quartet server running at {target}? (--server, QUARTET_SERVER)")
