@@ -115,7 +115,7 @@ def bare_server() -> Iterator[str]:
 
 @contextlib.contextmanager
 def quartet_server(database_url: str, *args: str) -> Iterator[str]:
-    """`quartet-server serve` in its own process, as deployed (access log on, to a file)."""
+    """`quartet server serve` in its own process, as deployed (access log on, to a file)."""
     with quartet_process(database_url, *args) as (target, _):
         yield target
 

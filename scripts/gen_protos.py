@@ -8,7 +8,8 @@ Writes, for every package under protos/quartet/:
 - third_party/protos/, the Google protos a client in another language needs beside quartet's
   (google.rpc.Status and its error details, field_behavior), copied from the installed
   googleapis-common-protos, whose version the dev dependency group pins;
-- docs/api.md, the reference generated from the comments in the .proto files.
+- docs/api.md, the reference generated from the comments in the .proto files;
+- docs/cli.md, the `quartet` command's reference, from its own help (scripts/gen_cli_docs.py).
 
 Usage: python scripts/gen_protos.py [--out ROOT]   (ROOT defaults to the repository; the freshness
 test writes to a temporary ROOT and compares it with the committed files).
@@ -26,13 +27,14 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import gen_cli_docs
 import grpc_tools
 from google.api import field_behavior_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOS = REPO / "protos"
-HAND_WRITTEN = {"client"}  # directories under client/quartet/ that the generator must never touch
+HAND_WRITTEN = {"client", "cli"}  # directories under client/quartet/ that the generator must never touch
 DESCRIPTOR_SET = "quartet.binpb"
 # What a client outside Python needs to read quartet's errors (google.rpc.Status in the
 # grpc-status-details-bin trailer, with ErrorInfo and BadRequest details) and field behaviours.
@@ -88,6 +90,7 @@ def generate(root: Path) -> None:
         docs = root / "docs"
         docs.mkdir(parents=True, exist_ok=True)
         (docs / "api.md").write_text(render_reference(descriptor_set, proto_files))
+        (docs / "cli.md").write_text(gen_cli_docs.render())
 
 
 def _protoc(proto_files: list[str], out: Path, descriptor_set: Path) -> None:

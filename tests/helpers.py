@@ -113,7 +113,7 @@ SERVE = [sys.executable, "-m", "quartet.server", "serve", "--log-format", "json"
 
 @dataclasses.dataclass
 class ServerProcess:
-    """A `quartet-server serve` subprocess: its Popen, its address, and its log lines so far."""
+    """A `quartet server serve` subprocess: its Popen, its address, and its log lines so far."""
 
     process: subprocess.Popen[str]
     address: str
@@ -122,7 +122,7 @@ class ServerProcess:
 
 @contextlib.contextmanager
 def server_process(*args: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
-    """Start `quartet-server serve --port 0 ARGS...`, wait until it listens, kill it on exit.
+    """Start `quartet server serve --port 0 ARGS...`, wait until it listens, kill it on exit.
 
     Its stderr is read continuously (so that a full pipe never blocks the server) into `log`.
     """

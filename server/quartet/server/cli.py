@@ -36,8 +36,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 DATABASE_HELP = (
     "sqlite:///path/to.db or postgresql://user@host/name (DATABASE_URL; default "
-    f"sqlite:///{storage.DEFAULT_SQLITE_PATH}). Every command must be given the same database as "
-    "`serve`: the same URL, or the same XDG_DATA_HOME."
+    "$XDG_DATA_HOME/quartet/quartet.db, ~/.local/share/quartet/quartet.db). Give every command "
+    "the same database as `serve`: the same URL, or the same XDG_DATA_HOME."
 )
 
 
