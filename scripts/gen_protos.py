@@ -34,7 +34,10 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOS = REPO / "protos"
-HAND_WRITTEN = {"client", "cli"}  # directories under client/quartet/ that the generator must never touch
+HAND_WRITTEN = {
+    "client",
+    "cli",
+}  # directories under client/quartet/ that the generator must never touch
 DESCRIPTOR_SET = "quartet.binpb"
 # What a client outside Python needs to read quartet's errors (google.rpc.Status in the
 # grpc-status-details-bin trailer, with ErrorInfo and BadRequest details) and field behaviours.
