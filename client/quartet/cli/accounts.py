@@ -6,6 +6,7 @@ import os
 import sys
 
 import click
+from google.protobuf.message import Message
 
 from quartet.auth.v1 import auth_service_pb2 as pb
 from quartet.cli import credentials
@@ -176,17 +177,15 @@ def create_application(name: str) -> None:
     state = session()
     created = state.client().auth.create_application(name)
     app = created.application
-    print_one(
-        created,
-        [
-            ("id", app.id),
-            ("name", app.name),
-            ("created", time_text(app.create_time)),
-            ("api key", created.api_key),
-        ],
-        state.format,
-    )
-    if state.format == "table":
+    rows = [("id", app.id), ("name", app.name), ("created", time_text(app.create_time))]
+    _print_secret(created, rows, created.api_key)
+
+
+def _print_secret(created: Message, rows: list[tuple[str, object]], api_key: str) -> None:
+    """A created application or key, with its API key, and (for people) that it is shown once."""
+    fmt = session().format
+    print_one(created, [*rows, ("api key", api_key)], fmt)
+    if fmt == "table":
         click.echo("keep the API key now: it is never shown again", err=True)
 
 
@@ -211,16 +210,8 @@ def create_key(application_id: int) -> None:
     state = session()
     created = state.client().auth.create_api_key(application_id)
     key = created.key
-    print_one(
-        created,
-        [
-            ("id", key.id),
-            ("application", key.application_id),
-            ("created", time_text(key.create_time)),
-            ("api key", created.api_key),
-        ],
-        state.format,
-    )
+    rows = [("id", key.id), ("application", key.application_id)]
+    _print_secret(created, [*rows, ("created", time_text(key.create_time))], created.api_key)
 
 
 @keys.command("revoke", help="Revoke a key: it is refused from now on.")

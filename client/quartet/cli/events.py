@@ -136,6 +136,7 @@ def _read_events(stream: IO[str], read: collections.deque[tuple[int, int]]) -> I
     help="Send events, one JSON object per line, from FILE or standard input (-), in batches. "
     "Each line is an Event in protobuf's JSON mapping (session_id, category, name, data, "
     "occur_time in RFC 3339, optional id), or the original challenge's form with `timestamp`. "
+    "Give each line an id (a UUID) to make sending the file again store nothing twice. "
     "Prints how many were stored, duplicates (already sent) and rejected, with every "
     "rejection's problems; exits 3 if any was rejected. Needs an application's API key "
     "(--token or QUARTET_TOKEN). A progress bar is shown on a terminal."
