@@ -21,7 +21,7 @@ from quartet.client import Client, event
 from quartet.server.settings import Settings
 from quartet.server.testing import running_server
 from tests.conftest import Principal, mint_token
-from tests.helpers import QUARTET
+from tests.helpers import QUARTET, server_process
 
 PASSWORD = "correct horse battery"
 SESSION = "e2085be5-9137-4e4e-80b5-f1ffddc25423"
@@ -453,3 +453,44 @@ def test_server_commands_print_only_what_people_need(tmp_path: Path, home: dict[
         check=True,
     )
     assert "create-admin" in alias.stdout and "Usage: quartet-server" in alias.stdout
+
+
+def test_tail_receives_what_any_worker_stores(tmp_path: Path, home: dict[str, str]) -> None:
+    url = f"sqlite:///{tmp_path}/q.db"
+    env = {**outside(), **home, "DATABASE_URL": url, "QUARTET_ADMIN_PASSWORD": PASSWORD}
+    ok(run_quartet("server", "create-admin", "ops@example.com", env=env))
+    with server_process("--workers", "2", env=env) as server:
+        env["QUARTET_SERVER"] = server.address
+        ok(run_quartet("login", "-e", "ops@example.com", env={**env, "QUARTET_PASSWORD": PASSWORD}))
+        key = json.loads(ok(run_quartet("applications", "create", "web", "--json", env=env)).stdout)
+        process = subprocess.Popen(
+            [*QUARTET, "events", "tail", "--category", "page interaction", "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            time.sleep(2)  # the command has started following
+            sent = []
+            own_connection = [("grpc.use_local_subchannel_pool", 1)]
+            for n in range(10):  # each on a connection of its own: the workers share them out
+                with Client(server.address, token=key["api_key"], options=own_connection) as sender:
+                    sent.append(
+                        event(
+                            session_id=SESSION,
+                            category="page interaction",
+                            name="pageview",
+                            data={"host": "h", "path": f"/{n}"},
+                            occurred_at="2021-01-01 09:15:27",
+                        )
+                    )
+                    sender.events.send(sent[-1])
+            assert process.stdout is not None
+            printed = [json.loads(process.stdout.readline())["id"] for _ in sent]
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=30)
+        pids = {json.loads(line).get("pid") for line in server.log if "SendEvent" in line}
+    assert printed == [e.id for e in sent]
+    assert len(pids) == 2  # both workers stored some
