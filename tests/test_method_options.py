@@ -15,7 +15,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from quartet.api.v1 import access_pb2
 from quartet.auth.v1 import auth_service_pb2
 from quartet.client import Client, QuartetError, contract
-from quartet.client._client import _SERVICE_CONFIG
+from quartet.client._base import _SERVICE_CONFIG
 from quartet.server.auth import policy
 from quartet.server.services import SERVICE_NAMES
 from tests.conftest import Principal

@@ -49,12 +49,20 @@ def test_sdk_imports_without_server_dependencies(tmp_path: Path) -> None:
 
 def test_public_sdk_surface() -> None:
     import quartet.client
+    import quartet.client.aio
 
     assert quartet.client.__all__ == [
         "BufferedSender",
         "Client",
         "EventTail",
         "EventsNotSent",
+        "FieldViolation",
+        "QuartetError",
+        "event",
+    ]
+    assert quartet.client.aio.__all__ == [
+        "AsyncEventTail",
+        "Client",
         "FieldViolation",
         "QuartetError",
         "event",

@@ -2,111 +2,153 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import ClassVar
+from collections.abc import Sequence
 
-from google.protobuf.descriptor import ServiceDescriptor
-
-from quartet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
-from quartet.client._base import Transport, pages
+from quartet.auth.v1 import auth_service_pb2
+from quartet.client import _aio_base, _base
+from quartet.client._base import Call, call
 
 pb = auth_service_pb2
 Role = pb.Role
+SERVICE = pb.DESCRIPTOR.services_by_name["AuthService"]
 
 
-class Auth:
-    """The AuthService, through `Client.auth`. See also `Client.login`."""
+class AuthCalls:
+    """The AuthService's calls, described once for both clients."""
 
-    # The service it calls (tests/test_registration.py: a Client attribute for every service).
-    SERVICE: ClassVar[ServiceDescriptor] = auth_service_pb2.DESCRIPTOR.services_by_name[
-        "AuthService"
-    ]
-
-    def __init__(self, transport: Transport) -> None:
-        self._transport = transport
-        self._stub = auth_service_pb2_grpc.AuthServiceStub(transport.channel)
-
+    @staticmethod
     def create_account(
-        self,
         email: str,
         password: str,
         *,
         role: pb.Role.ValueType = pb.ROLE_UNSPECIFIED,
         timeout: float | None = None,
-    ) -> pb.CreateAccountResponse:
+    ) -> Call[pb.CreateAccountResponse]:
         """Create an account (a user, unless an admin's client asks for another role)."""
         request = pb.CreateAccountRequest(email=email, password=password, role=role)
-        return self._transport.invoke(self._stub.CreateAccount, request, timeout)
+        return call(SERVICE, "CreateAccount", request, pb.CreateAccountResponse, timeout)
 
-    def login(self, email: str, password: str, *, timeout: float | None = None) -> pb.TokenPair:
-        """Tokens for an account. `Client.login` also makes the client use them."""
+    @staticmethod
+    def login(email: str, password: str, *, timeout: float | None = None) -> Call[pb.TokenPair]:
+        """Tokens for an account. The client's own `login` also makes it use them."""
         request = pb.LoginRequest(email=email, password=password)
-        return self._transport.invoke(self._stub.Login, request, timeout)
+        return call(SERVICE, "Login", request, pb.TokenPair, timeout)
 
-    def refresh(self, refresh_token: str, *, timeout: float | None = None) -> pb.TokenPair:
+    @staticmethod
+    def refresh(refresh_token: str, *, timeout: float | None = None) -> Call[pb.TokenPair]:
         """A new pair for a refresh token, which is then used up."""
         request = pb.RefreshTokenRequest(refresh_token=refresh_token)
-        return self._transport.invoke(self._stub.RefreshToken, request, timeout)
+        return call(SERVICE, "RefreshToken", request, pb.TokenPair, timeout)
 
-    def current_account(self, *, timeout: float | None = None) -> pb.Account:
+    @staticmethod
+    def current_account(*, timeout: float | None = None) -> Call[pb.Account]:
         """The account whose token this client sends."""
         request = pb.GetCurrentAccountRequest()
-        return self._transport.invoke(self._stub.GetCurrentAccount, request, timeout)
+        return call(SERVICE, "GetCurrentAccount", request, pb.Account, timeout)
 
+    @staticmethod
     def list_accounts(
-        self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
-    ) -> pb.ListAccountsResponse:
+        *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> Call[pb.ListAccountsResponse]:
+        """One page of accounts (admins)."""
         request = pb.ListAccountsRequest(page_size=page_size, page_token=page_token)
-        return self._transport.invoke(self._stub.ListAccounts, request, timeout)
+        return call(SERVICE, "ListAccounts", request, pb.ListAccountsResponse, timeout)
 
-    def iter_accounts(self, *, page_size: int = 0) -> Iterator[pb.Account]:
-        return pages(
-            lambda token: self.list_accounts(page_size=page_size, page_token=token),
-            lambda page: page.accounts,
-        )
-
+    @staticmethod
     def set_role(
-        self, account_id: int, role: pb.Role.ValueType, *, timeout: float | None = None
-    ) -> pb.Account:
+        account_id: int, role: pb.Role.ValueType, *, timeout: float | None = None
+    ) -> Call[pb.Account]:
+        """Give an account another role (admins)."""
         request = pb.SetAccountRoleRequest(account_id=account_id, role=role)
-        return self._transport.invoke(self._stub.SetAccountRole, request, timeout)
+        return call(SERVICE, "SetAccountRole", request, pb.Account, timeout)
 
-    def disable_account(self, account_id: int, *, timeout: float | None = None) -> pb.Account:
+    @staticmethod
+    def disable_account(account_id: int, *, timeout: float | None = None) -> Call[pb.Account]:
         """Disable an account (admins): its tokens and logins are refused until enabled."""
         request = pb.DisableAccountRequest(account_id=account_id)
-        return self._transport.invoke(self._stub.DisableAccount, request, timeout)
+        return call(SERVICE, "DisableAccount", request, pb.Account, timeout)
 
-    def enable_account(self, account_id: int, *, timeout: float | None = None) -> pb.Account:
+    @staticmethod
+    def enable_account(account_id: int, *, timeout: float | None = None) -> Call[pb.Account]:
         """Enable a disabled account again (admins)."""
         request = pb.EnableAccountRequest(account_id=account_id)
-        return self._transport.invoke(self._stub.EnableAccount, request, timeout)
+        return call(SERVICE, "EnableAccount", request, pb.Account, timeout)
 
+    @staticmethod
     def create_application(
-        self, name: str, *, timeout: float | None = None
-    ) -> pb.CreateApplicationResponse:
+        name: str, *, timeout: float | None = None
+    ) -> Call[pb.CreateApplicationResponse]:
         """Register an application; the response's api_key is shown only this once."""
         request = pb.CreateApplicationRequest(name=name)
-        return self._transport.invoke(self._stub.CreateApplication, request, timeout)
+        return call(SERVICE, "CreateApplication", request, pb.CreateApplicationResponse, timeout)
 
+    @staticmethod
     def list_applications(
-        self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
-    ) -> pb.ListApplicationsResponse:
+        *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> Call[pb.ListApplicationsResponse]:
+        """One page of applications."""
         request = pb.ListApplicationsRequest(page_size=page_size, page_token=page_token)
-        return self._transport.invoke(self._stub.ListApplications, request, timeout)
+        return call(SERVICE, "ListApplications", request, pb.ListApplicationsResponse, timeout)
 
-    def iter_applications(self, *, page_size: int = 0) -> Iterator[pb.Application]:
-        return pages(
-            lambda token: self.list_applications(page_size=page_size, page_token=token),
-            lambda page: page.applications,
-        )
-
+    @staticmethod
     def create_api_key(
-        self, application_id: int, *, timeout: float | None = None
-    ) -> pb.CreateApiKeyResponse:
+        application_id: int, *, timeout: float | None = None
+    ) -> Call[pb.CreateApiKeyResponse]:
         """Another key for an application (to rotate keys); shown only this once."""
         request = pb.CreateApiKeyRequest(application_id=application_id)
-        return self._transport.invoke(self._stub.CreateApiKey, request, timeout)
+        return call(SERVICE, "CreateApiKey", request, pb.CreateApiKeyResponse, timeout)
 
-    def revoke_api_key(self, key_id: str, *, timeout: float | None = None) -> pb.ApiKey:
+    @staticmethod
+    def revoke_api_key(key_id: str, *, timeout: float | None = None) -> Call[pb.ApiKey]:
+        """Revoke an API key: calls with it are refused from then on."""
         request = pb.RevokeApiKeyRequest(key_id=key_id)
-        return self._transport.invoke(self._stub.RevokeApiKey, request, timeout)
+        return call(SERVICE, "RevokeApiKey", request, pb.ApiKey, timeout)
+
+
+def _accounts(page: pb.ListAccountsResponse) -> Sequence[pb.Account]:
+    return page.accounts
+
+
+def _applications(page: pb.ListApplicationsResponse) -> Sequence[pb.Application]:
+    return page.applications
+
+
+class Auth(_base.Service):
+    """The AuthService, through `Client.auth`. See also `Client.login`."""
+
+    SERVICE = SERVICE
+    create_account = _base.unary(AuthCalls.create_account)
+    login = _base.unary(AuthCalls.login)
+    refresh = _base.unary(AuthCalls.refresh)
+    current_account = _base.unary(AuthCalls.current_account)
+    list_accounts = _base.unary(AuthCalls.list_accounts)
+    iter_accounts = _base.paged(AuthCalls.list_accounts, _accounts)
+    set_role = _base.unary(AuthCalls.set_role)
+    disable_account = _base.unary(AuthCalls.disable_account)
+    enable_account = _base.unary(AuthCalls.enable_account)
+    create_application = _base.unary(AuthCalls.create_application)
+    list_applications = _base.unary(AuthCalls.list_applications)
+    iter_applications = _base.paged(AuthCalls.list_applications, _applications)
+    create_api_key = _base.unary(AuthCalls.create_api_key)
+    revoke_api_key = _base.unary(AuthCalls.revoke_api_key)
+
+
+class AsyncAuth(_aio_base.AsyncService):
+    """The AuthService, through `quartet.client.aio.Client.auth`: the methods of `Auth`, as
+    coroutines (and async iterators for `iter_*`)."""
+
+    SERVICE = SERVICE
+    create_account = _aio_base.unary(AuthCalls.create_account)
+    login = _aio_base.unary(AuthCalls.login)
+    refresh = _aio_base.unary(AuthCalls.refresh)
+    current_account = _aio_base.unary(AuthCalls.current_account)
+    list_accounts = _aio_base.unary(AuthCalls.list_accounts)
+    iter_accounts = _aio_base.paged(AuthCalls.list_accounts, _accounts)
+    set_role = _aio_base.unary(AuthCalls.set_role)
+    disable_account = _aio_base.unary(AuthCalls.disable_account)
+    enable_account = _aio_base.unary(AuthCalls.enable_account)
+    create_application = _aio_base.unary(AuthCalls.create_application)
+    list_applications = _aio_base.unary(AuthCalls.list_applications)
+    iter_applications = _aio_base.paged(AuthCalls.list_applications, _applications)
+    create_api_key = _aio_base.unary(AuthCalls.create_api_key)
+    revoke_api_key = _aio_base.unary(AuthCalls.revoke_api_key)

@@ -1,21 +1,75 @@
-"""What every service wrapper shares: the transport (deadlines, credentials, errors) and paging."""
+"""What every service wrapper shares, in both clients: calls described once (`Call`, built by each
+service's request builders), the credentials, the channel's options, and the synchronous
+transport (deadlines, token refresh, errors) and method factories. `_aio_base` has the asyncio
+counterparts of the transport and factories."""
 
 from __future__ import annotations
 
 import datetime
+import functools
+import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, Protocol, Self, TypeVar, overload
 
 import grpc
 from google.protobuf import timestamp_pb2
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
 
+from quartet.client import contract
 from quartet.client._errors import QuartetError
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 Item = TypeVar("Item")
+T = TypeVar("T")
+R = TypeVar("R", bound=Message)
+P = ParamSpec("P")
+F = TypeVar("F", bound=Callable[..., Any])
+PageT = TypeVar("PageT", bound="Page")
+
+DEFAULT_TIMEOUT = 10.0
+
+# gRPC retries a call itself when the server was unreachable or shutting down (UNAVAILABLE), if
+# the call is safe to repeat: its proto declares it NO_SIDE_EFFECTS or IDEMPOTENT (a write that
+# carries an idempotency key the SDK always sets). See
+# https://github.com/grpc/proposal/blob/master/A6-client-retries.md
+_RETRYABLE: list[dict[str, str]] = [
+    # A health check is a read, but the health proto is gRPC's own and declares no level.
+    {"service": "grpc.health.v1.Health", "method": "Check"},
+    *(
+        {"service": method.containing_service.full_name, "method": method.name}
+        for method in contract.methods()
+        if contract.is_retryable(method)
+    ),
+]
+_SERVICE_CONFIG: dict[str, Any] = {
+    "methodConfig": [
+        {
+            "name": _RETRYABLE,
+            "retryPolicy": {
+                "maxAttempts": 4,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
+
+
+def channel_options(extra: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """A channel's options: the retry policy above, then the caller's own."""
+    return [("grpc.service_config", json.dumps(_SERVICE_CONFIG)), *extra]
+
+
+def channel_credentials(tls: bool | bytes) -> grpc.ChannelCredentials:
+    """TLS with the system's roots (True) or these PEM roots (bytes)."""
+    return grpc.ssl_channel_credentials(root_certificates=tls if isinstance(tls, bytes) else None)
 
 
 class Closable:
@@ -36,62 +90,136 @@ class Closable:
         self.close()
 
 
-class TokenSource(Protocol):
-    """Something that can trade a refresh token for a new TokenPair (the AuthService stub)."""
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One unary call, described once for both clients: the method's path, the request, the
+    response's class, the deadline (None: the client's default) and what to return of the
+    response."""
 
-    def __call__(self, refresh_token: str) -> Any: ...
+    path: str
+    request: Message
+    response: type[Message]
+    timeout: float | None
+    result: Callable[[Any], T]
 
 
-class Transport:
-    """One channel and the credentials sent on it.
+def _same(response: T) -> T:
+    return response
+
+
+@overload
+def call(
+    service: ServiceDescriptor,
+    method: str,
+    request: Message,
+    response: type[R],
+    timeout: float | None,
+) -> Call[R]: ...
+@overload
+def call(
+    service: ServiceDescriptor,
+    method: str,
+    request: Message,
+    response: type[R],
+    timeout: float | None,
+    result: Callable[[R], T],
+) -> Call[T]: ...
+def call(
+    service: ServiceDescriptor,
+    method: str,
+    request: Message,
+    response: type[Message],
+    timeout: float | None,
+    result: Callable[[Any], Any] = _same,
+) -> Call[Any]:
+    """The call of service's method (its name, such as "GetScore") with request."""
+    return Call(f"/{service.full_name}/{method}", request, response, timeout, result)
+
+
+def multicallable(channel: Any, cache: dict[str, Any], call: Call[Any]) -> Any:
+    """The channel's (sync or grpc.aio) callable for the call's method, made once."""
+    method = cache.get(call.path)
+    if method is None:
+        method = cache[call.path] = channel.unary_unary(
+            call.path,
+            request_serializer=type(call.request).SerializeToString,
+            response_deserializer=call.response.FromString,
+        )
+    return method
+
+
+class Page(Protocol):
+    """A List method's response."""
+
+    @property
+    def next_page_token(self) -> str: ...
+
+
+class Credentials:
+    """The credentials a client sends, shared by its calls.
 
     With a static token (an API key, or an access token you manage), every call sends it. After
-    `use_tokens(pair)` (what `Client.login` does) an expired access token is refreshed once,
+    `use_tokens(pair)` (what `login` does) an expired access token is refreshed once,
     transparently, and the call retried; the refresh token rotates each time.
     """
 
-    def __init__(self, channel: grpc.Channel, timeout: float) -> None:
-        self.channel = channel
-        self.timeout = timeout
+    def __init__(self) -> None:
         self.metadata: tuple[tuple[str, str], ...] = ()
-        self._refresh_token = ""
-        self._refresh: TokenSource | None = None
-        self._on_refresh: Callable[[Any], None] | None = None
-        self._lock = threading.Lock()
+        self.refresh_token = ""
+        # Given each refreshed pair, to keep it (the refresh token is single-use).
+        self.on_refresh: Callable[[Any], None] | None = None
 
     def set_token(self, token: str | None) -> None:
-        with self._lock:
-            self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-            self._refresh_token = ""
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.refresh_token = ""
 
-    def use_tokens(
-        self,
-        pair: Any,
-        refresh: TokenSource,
-        on_refresh: Callable[[Any], None] | None = None,
-    ) -> None:
-        """Send pair.access_token from now on, and refresh it with `refresh` when it expires;
-        on_refresh is given each new pair (to keep it, as the `quartet` command does)."""
-        with self._lock:
-            self.metadata = (("authorization", f"Bearer {pair.access_token}"),)
-            self._refresh_token = pair.refresh_token
-            self._refresh = refresh
-            self._on_refresh = on_refresh
+    def use_tokens(self, pair: Any) -> None:
+        """Send pair.access_token from now on, and pair.refresh_token when it expires."""
+        self.metadata = (("authorization", f"Bearer {pair.access_token}"),)
+        self.refresh_token = pair.refresh_token
 
-    def invoke(
-        self,
-        method: grpc.UnaryUnaryMultiCallable[Request, Response],
-        request: Request,
-        timeout: float | None,
-    ) -> Response:
-        """Call a unary method with the credentials and a deadline; raise QuartetError."""
+    def rotate(self, pair: Any) -> None:
+        """Use a refreshed pair, and hand it to on_refresh."""
+        self.use_tokens(pair)
+        if self.on_refresh is not None:
+            self.on_refresh(pair)
+
+    def should_refresh(self, error: QuartetError, failed_with: tuple[tuple[str, str], ...]) -> bool:
+        """Whether a call that failed with error, sending failed_with, may succeed once the
+        tokens are refreshed (or were meanwhile, by another call)."""
+        return error.reason == "CREDENTIALS_EXPIRED" and (
+            self.metadata != failed_with or bool(self.refresh_token)
+        )
+
+
+class Transport(Credentials):
+    """One channel and the credentials sent on it, for the synchronous client."""
+
+    def __init__(self, channel: grpc.Channel, timeout: float) -> None:
+        super().__init__()
+        self.channel = channel
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._callables: dict[str, grpc.UnaryUnaryMultiCallable[Any, Any]] = {}
+        self._auth_path = ""
+
+    def invoke(self, call: Call[T]) -> T:
+        """Make the call with the credentials and its deadline; raise QuartetError."""
         metadata = self.metadata
         try:
-            return self._call(method, request, timeout, metadata)
+            return call.result(self._invoke(call, metadata))
         except QuartetError as error:
-            if error.reason != "CREDENTIALS_EXPIRED" or not self._refreshed(metadata):
+            if not self.should_refresh(error, metadata) or not self._refreshed(metadata):
                 raise
-        return self._call(method, request, timeout, self.metadata)
+        return call.result(self._invoke(call, self.metadata))
+
+    def _invoke(self, call: Call[Any], metadata: tuple[tuple[str, str], ...]) -> Any:
+        method = multicallable(self.channel, self._callables, call)
+        timeout = self.timeout if call.timeout is None else call.timeout
+        try:
+            return method(call.request, timeout=timeout, metadata=metadata)
+        except grpc.RpcError as error:
+            raise QuartetError.from_rpc_error(error) from None
 
     def invoke_stream_unary(
         self,
@@ -111,9 +239,8 @@ class Transport:
 
     def invoke_streaming(
         self,
-        method: grpc.StreamStreamMultiCallable[Request, Response]
-        | grpc.UnaryStreamMultiCallable[Request, Response],
-        request: Request | Iterator[Request],
+        method: grpc.StreamStreamMultiCallable[Request, Response],
+        requests: Iterator[Request],
         timeout: float | None,
     ) -> Iterator[Response]:
         """Call a method that answers with a stream; iterate its responses, raise QuartetError.
@@ -122,7 +249,7 @@ class Transport:
         """
         try:
             yield from method(
-                request,  # type: ignore[arg-type]
+                requests,
                 timeout=self.timeout if timeout is None else timeout,
                 metadata=self.metadata,
             )
@@ -142,36 +269,20 @@ class Transport:
         try:
             return Stream.start(method, request, timeout, metadata)
         except QuartetError as error:
-            if error.reason != "CREDENTIALS_EXPIRED" or not self._refreshed(metadata):
+            if not self.should_refresh(error, metadata) or not self._refreshed(metadata):
                 raise
         return Stream.start(method, request, timeout, self.metadata)
 
-    def _call(
-        self,
-        method: grpc.UnaryUnaryMultiCallable[Request, Response],
-        request: Request,
-        timeout: float | None,
-        metadata: tuple[tuple[str, str], ...],
-    ) -> Response:
-        try:
-            return method(
-                request, timeout=self.timeout if timeout is None else timeout, metadata=metadata
-            )
-        except grpc.RpcError as error:
-            raise QuartetError.from_rpc_error(error) from None
-
     def _refreshed(self, failed_with: tuple[tuple[str, str], ...]) -> bool:
         """Refresh the access token unless another thread already did; False if we cannot."""
+        from quartet.client._auth import AuthCalls  # the auth service's own calls
+
         with self._lock:
             if self.metadata != failed_with:
                 return True  # refreshed meanwhile by another call
-            if not self._refresh_token or self._refresh is None:
+            if not self.refresh_token:
                 return False
-            pair = self._refresh(self._refresh_token)
-            self.metadata = (("authorization", f"Bearer {pair.access_token}"),)
-            self._refresh_token = pair.refresh_token
-            if self._on_refresh is not None:
-                self._on_refresh(pair)
+            self.rotate(self._invoke(AuthCalls.refresh(self.refresh_token), ()))
             return True
 
 
@@ -214,15 +325,65 @@ class Stream(Closable, Iterator[Response]):
         self._call.cancel()
 
 
+class Service:
+    """A service of the synchronous client: its methods come from `unary` and `paged`."""
+
+    # The service it calls (tests/test_registration.py: a Client attribute for every service).
+    SERVICE: ClassVar[ServiceDescriptor]
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+
+
+def unary(build: Callable[P, Call[T]]) -> Callable[Concatenate[Service, P], T]:
+    """A method making the call that build describes (and documented by it)."""
+
+    def method(self: Service, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._transport.invoke(build(*args, **kwargs))
+
+    return described(method, build)
+
+
+def paged(
+    build: Callable[P, Call[PageT]], items: Callable[[PageT], Sequence[Item]]
+) -> Callable[Concatenate[Service, P], Iterator[Item]]:
+    """A method iterating the items of every page of a List method (build), from `page_token`
+    on, fetching the next page as you iterate."""
+
+    def method(self: Service, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[Item]:
+        return pages(
+            lambda token: self._transport.invoke(with_token(build, token, args, kwargs)), items
+        )
+
+    return described(
+        method, build, f"Every item of every page, fetched as you iterate: see `{build.__name__}`."
+    )
+
+
+def with_token(
+    build: Callable[..., Call[Any]], token: str, args: Any, kwargs: dict[str, Any]
+) -> Call[Any]:
+    """The call of a List method for the page of token (the first page's own, at first)."""
+    return build(*args, **{**kwargs, "page_token": token or kwargs.get("page_token", "")})
+
+
+def described(method: F, build: Callable[..., Any], doc: str | None = None) -> F:
+    """method, named and documented as the request builder it calls."""
+    functools.update_wrapper(method, build, assigned=("__module__", "__name__", "__doc__"))
+    if doc is not None:
+        method.__doc__ = doc
+    return method
+
+
 def pages(
-    fetch: Callable[[str], Response], items: Callable[[Response], Sequence[Item]]
+    fetch: Callable[[str], PageT], items: Callable[[PageT], Sequence[Item]]
 ) -> Iterator[Item]:
     """Every item of every page: fetch(page_token) until next_page_token is empty."""
     token = ""
     while True:
         page = fetch(token)
         yield from items(page)
-        token = page.next_page_token  # type: ignore[attr-defined]
+        token = page.next_page_token
         if not token:
             return
 

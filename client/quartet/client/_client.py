@@ -2,51 +2,27 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 
 from quartet.auth.v1 import auth_service_pb2
-from quartet.client import contract
 from quartet.client._auth import Auth
-from quartet.client._base import Closable, Transport
+from quartet.client._base import (
+    DEFAULT_TIMEOUT,
+    Closable,
+    Transport,
+    channel_credentials,
+    channel_options,
+)
 from quartet.client._events import Events
 from quartet.client._experiments import Experiments
 from quartet.client._health import Health
 from quartet.client._regions import Regions
 from quartet.client._scores import Scores
 
-DEFAULT_TIMEOUT = 10.0
-
-# gRPC retries a call itself when the server was unreachable or shutting down (UNAVAILABLE), if
-# the call is safe to repeat: its proto declares it NO_SIDE_EFFECTS or IDEMPOTENT (a write that
-# carries an idempotency key the SDK always sets). See
-# https://github.com/grpc/proposal/blob/master/A6-client-retries.md
-_RETRYABLE: list[dict[str, str]] = [
-    # A health check is a read, but the health proto is gRPC's own and declares no level.
-    {"service": "grpc.health.v1.Health", "method": "Check"},
-    *(
-        {"service": method.containing_service.full_name, "method": method.name}
-        for method in contract.methods()
-        if contract.is_retryable(method)
-    ),
-]
-_SERVICE_CONFIG: dict[str, Any] = {
-    "methodConfig": [
-        {
-            "name": _RETRYABLE,
-            "retryPolicy": {
-                "maxAttempts": 4,
-                "initialBackoff": "0.1s",
-                "maxBackoff": "2s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        }
-    ]
-}
+__all__ = ["DEFAULT_TIMEOUT", "Client"]
 
 
 class Client(Closable):
@@ -60,6 +36,8 @@ class Client(Closable):
             bytes of the root certificate(s) to trust (for a private CA or a self-signed server).
         timeout: the default deadline of every call, in seconds.
         options: extra gRPC channel options.
+
+    `quartet.client.aio.Client` is the same for asyncio.
     """
 
     def __init__(
@@ -71,13 +49,12 @@ class Client(Closable):
         timeout: float = DEFAULT_TIMEOUT,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        channel_options = [("grpc.service_config", json.dumps(_SERVICE_CONFIG)), *options]
         if tls is False:
-            channel = grpc.insecure_channel(target, options=channel_options)
+            channel = grpc.insecure_channel(target, options=channel_options(options))
         else:
-            roots = tls if isinstance(tls, bytes) else None
-            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
-            channel = grpc.secure_channel(target, credentials, options=channel_options)
+            channel = grpc.secure_channel(
+                target, channel_credentials(tls), options=channel_options(options)
+            )
         self._transport = Transport(channel, timeout)
         self._transport.set_token(token)
         self.auth = Auth(self._transport)
@@ -119,7 +96,8 @@ class Client(Closable):
         """Go on with the tokens of an earlier login (kept by you): send pair's access token,
         and refresh it with its refresh token when it expires. The refresh token is single-use,
         so keep each new pair: on_refresh is called with it."""
-        self._transport.use_tokens(pair, self.auth.refresh, on_refresh)
+        self._transport.use_tokens(pair)
+        self._transport.on_refresh = on_refresh
 
     def set_token(self, token: str | None) -> None:
         """Send this API key or access token on every later call (None: no credentials)."""

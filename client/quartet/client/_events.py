@@ -8,21 +8,30 @@ import datetime
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from typing import Any, TypeVar
 
 import grpc
 import uuid_utils
 from google.protobuf import struct_pb2
-from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 
-from quartet.client._base import Closable, Stream, Transport, fields, pages, timestamp
+from quartet.client import _aio_base, _base
+from quartet.client._base import Call, Closable, call, fields, timestamp
 from quartet.client._errors import QuartetError
 from quartet.events.v1 import event_service_pb2 as pb
 from quartet.events.v1 import event_service_pb2_grpc
 
 Event = pb.Event
+SERVICE = pb.DESCRIPTOR.services_by_name["EventService"]
 MAX_BATCH = 1000
 # The server's default QUARTET_MAX_BATCH_BYTES: batches and streamed messages are split to stay
 # under it (1000 events of 64 KiB would also exceed gRPC's 16 MiB message limit).
@@ -106,17 +115,11 @@ def _batches(
         yield batch
 
 
-class Events:
-    """The EventService, through `Client.events`. Send with an application's API key."""
+class EventCalls:
+    """The EventService's unary calls, described once for both clients."""
 
-    # The service it calls (tests/test_registration.py: a Client attribute for every service).
-    SERVICE: ClassVar[ServiceDescriptor] = pb.DESCRIPTOR.services_by_name["EventService"]
-
-    def __init__(self, transport: Transport) -> None:
-        self._transport = transport
-        self._stub = event_service_pb2_grpc.EventServiceStub(transport.channel)
-
-    def send(self, message: pb.Event, *, timeout: float | None = None) -> pb.SendEventResponse:
+    @staticmethod
+    def send(message: pb.Event, *, timeout: float | None = None) -> Call[pb.SendEventResponse]:
         """Send one event (see `quartet.client.event`) and wait until it is durably stored.
 
         A rejected event raises QuartetError INVALID_ARGUMENT, reason EVENT_REJECTED, with one
@@ -124,14 +127,157 @@ class Events:
         """
         request = pb.SendEventRequest()
         request.event.CopyFrom(_with_id(message))  # the constructor's copy fails on deep data
-        return self._transport.invoke(self._stub.SendEvent, request, timeout)
+        return call(SERVICE, "SendEvent", request, pb.SendEventResponse, timeout)
 
+    @staticmethod
     def send_batch(
-        self, messages: Sequence[pb.Event], *, timeout: float | None = None
-    ) -> pb.SendEventsResponse:
+        messages: Sequence[pb.Event], *, timeout: float | None = None
+    ) -> Call[pb.SendEventsResponse]:
         """Send up to 1000 events in one call; one result per event, in order."""
         request = _holding(pb.SendEventsRequest, [_with_id(m) for m in messages])
-        return self._transport.invoke(self._stub.SendEvents, request, timeout)
+        return call(SERVICE, "SendEvents", request, pb.SendEventsResponse, timeout)
+
+    @staticmethod
+    def get(event_id: str | uuid.UUID, *, timeout: float | None = None) -> Call[pb.Event]:
+        """The stored event with this id; QuartetError NOT_FOUND if there is none."""
+        return call(SERVICE, "GetEvent", pb.GetEventRequest(id=str(event_id)), pb.Event, timeout)
+
+    @staticmethod
+    def list(
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        session_id: str | uuid.UUID = "",
+        category: str = "",
+        name: str = "",
+        application_id: int = 0,
+        occurred_after: datetime.datetime | None = None,
+        occurred_before: datetime.datetime | None = None,
+        newest_first: bool = False,
+        timeout: float | None = None,
+    ) -> Call[pb.ListEventsResponse]:
+        """One page of events, by time of occurrence then arrival (reversed with newest_first).
+        occurred_after is inclusive, occurred_before exclusive."""
+        request = pb.ListEventsRequest(
+            page_size=page_size,
+            page_token=page_token,
+            session_id=str(session_id),
+            category=category,
+            name=name,
+            application_id=application_id,
+            newest_first=newest_first,
+            **fields(
+                occur_time_start=timestamp(occurred_after),
+                occur_time_end=timestamp(occurred_before),
+            ),
+        )
+        return call(SERVICE, "ListEvents", request, pb.ListEventsResponse, timeout)
+
+    @staticmethod
+    def list_rejected(
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        reason: str = "",
+        application_id: int = 0,
+        rejected_after: datetime.datetime | None = None,
+        rejected_before: datetime.datetime | None = None,
+        timeout: float | None = None,
+    ) -> Call[pb.ListRejectedEventsResponse]:
+        """One page of rejected events, newest first. `reason` is an ErrorReason name."""
+        request = pb.ListRejectedEventsRequest(
+            page_size=page_size,
+            page_token=page_token,
+            reason=reason,
+            application_id=application_id,
+            **fields(
+                reject_time_start=timestamp(rejected_after),
+                reject_time_end=timestamp(rejected_before),
+            ),
+        )
+        return call(SERVICE, "ListRejectedEvents", request, pb.ListRejectedEventsResponse, timeout)
+
+    @staticmethod
+    def create_type(
+        category: str,
+        name: str,
+        schema: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+    ) -> Call[pb.EventType]:
+        """Register a JSON Schema as the next version of an event type (admins only)."""
+        document = struct_pb2.Struct()
+        document.update(schema)
+        request = pb.CreateEventTypeRequest(category=category, name=name, schema=document)
+        return call(SERVICE, "CreateEventType", request, pb.EventType, timeout)
+
+    @staticmethod
+    def list_types(
+        *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> Call[pb.ListEventTypesResponse]:
+        """One page of event types, each at its latest version, by category and then name."""
+        request = pb.ListEventTypesRequest(page_size=page_size, page_token=page_token)
+        return call(SERVICE, "ListEventTypes", request, pb.ListEventTypesResponse, timeout)
+
+
+def _events(page: pb.ListEventsResponse) -> Sequence[pb.Event]:
+    return page.events
+
+
+def _rejected_events(page: pb.ListRejectedEventsResponse) -> Sequence[pb.RejectedEvent]:
+    return page.rejected_events
+
+
+def _event_types(page: pb.ListEventTypesResponse) -> Sequence[pb.EventType]:
+    return page.event_types
+
+
+def _stream_requests(
+    messages: Iterable[pb.Event], batch_size: int, max_batch_bytes: int
+) -> Iterator[pb.StreamEventsRequest]:
+    """The messages of an event stream: batch_size events (and at most max_batch_bytes) each."""
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise ValueError(f"batch_size must be 1 to {MAX_BATCH}")
+    return (
+        _holding(pb.StreamEventsRequest, batch)
+        for batch in _batches(messages, batch_size, max_batch_bytes)
+    )
+
+
+def _tail_request(
+    session_id: str | uuid.UUID,
+    category: str,
+    name: str,
+    application_id: int,
+    after_event_id: str | uuid.UUID,
+) -> pb.TailEventsRequest:
+    return pb.TailEventsRequest(
+        session_id=str(session_id),
+        category=category,
+        name=name,
+        application_id=application_id,
+        after_event_id=str(after_event_id),
+    )
+
+
+class Events(_base.Service):
+    """The EventService, through `Client.events`. Send with an application's API key."""
+
+    SERVICE = SERVICE
+    send = _base.unary(EventCalls.send)
+    send_batch = _base.unary(EventCalls.send_batch)
+    get = _base.unary(EventCalls.get)
+    list = _base.unary(EventCalls.list)
+    iter = _base.paged(EventCalls.list, _events)
+    list_rejected = _base.unary(EventCalls.list_rejected)
+    iter_rejected = _base.paged(EventCalls.list_rejected, _rejected_events)
+    create_type = _base.unary(EventCalls.create_type)
+    list_types = _base.unary(EventCalls.list_types)
+    iter_types = _base.paged(EventCalls.list_types, _event_types)
+
+    def __init__(self, transport: _base.Transport) -> None:
+        super().__init__(transport)
+        self._stub = event_service_pb2_grpc.EventServiceStub(transport.channel)
 
     def stream(
         self,
@@ -144,12 +290,7 @@ class Events:
         """Stream any number of events, batch_size (and at most max_batch_bytes) per message;
         returns once all are stored (or rejected). Rejected events are reported by their
         position in `messages` (the first 1000; `rejected_count` counts them all)."""
-        if not 1 <= batch_size <= MAX_BATCH:
-            raise ValueError(f"batch_size must be 1 to {MAX_BATCH}")
-        requests = (
-            _holding(pb.StreamEventsRequest, batch)
-            for batch in _batches(messages, batch_size, max_batch_bytes)
-        )
+        requests = _stream_requests(messages, batch_size, max_batch_bytes)
         return self._transport.invoke_stream_unary(self._stub.StreamEvents, requests, timeout)
 
     def send_batches(
@@ -159,7 +300,7 @@ class Events:
         batch_size: int = 500,
         max_batch_bytes: int = MAX_BATCH_BYTES,
         timeout: float | None = None,
-    ) -> Iterator[tuple[list[pb.Event], pb.SendEventsResponse]]:
+    ) -> Iterator[tuple[Sequence[pb.Event], pb.SendEventsResponse]]:
         """Send any number of events with SendEvents, batch_size (and at most max_batch_bytes)
         per call, as you iterate: yields each batch (its events, with their ids) and its
         results, one per event in order. Unlike `stream`, every rejected event's violations come
@@ -167,8 +308,7 @@ class Events:
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size must be 1 to {MAX_BATCH}")
         for batch in _batches(messages, batch_size, max_batch_bytes):
-            request = _holding(pb.SendEventsRequest, batch)
-            yield batch, self._transport.invoke(self._stub.SendEvents, request, timeout)
+            yield batch, self.send_batch(batch, timeout=timeout)
 
     def buffered(
         self,
@@ -191,48 +331,6 @@ class Events:
             on_rejected=on_rejected,
         )
 
-    def get(self, event_id: str, *, timeout: float | None = None) -> pb.Event:
-        request = pb.GetEventRequest(id=str(event_id))
-        return self._transport.invoke(self._stub.GetEvent, request, timeout)
-
-    def list(
-        self,
-        *,
-        page_size: int = 0,
-        page_token: str = "",
-        session_id: str | uuid.UUID = "",
-        category: str = "",
-        name: str = "",
-        application_id: int = 0,
-        occurred_after: datetime.datetime | None = None,
-        occurred_before: datetime.datetime | None = None,
-        newest_first: bool = False,
-        timeout: float | None = None,
-    ) -> pb.ListEventsResponse:
-        """One page of events, by time of occurrence then arrival (reversed with newest_first).
-        occurred_after is inclusive, occurred_before exclusive."""
-        request = pb.ListEventsRequest(
-            page_size=page_size,
-            page_token=page_token,
-            session_id=str(session_id),
-            category=category,
-            name=name,
-            application_id=application_id,
-            newest_first=newest_first,
-            **fields(
-                occur_time_start=timestamp(occurred_after),
-                occur_time_end=timestamp(occurred_before),
-            ),
-        )
-        return self._transport.invoke(self._stub.ListEvents, request, timeout)
-
-    def iter(self, *, page_size: int = 0, **filters: Any) -> Iterator[pb.Event]:
-        """Every matching event (the filters of `list`), fetching page after page."""
-        return pages(
-            lambda token: self.list(page_size=page_size, page_token=token, **filters),
-            lambda page: page.events,
-        )
-
     def tail(
         self,
         *,
@@ -249,79 +347,15 @@ class Events:
         stored from then on is yielded, in store order, within about a second. With
         after_event_id (the last event a previous tail yielded), it resumes after that event,
         missing and repeating none. Needs an analyst's or admin's credentials, like `list`."""
-        request = pb.TailEventsRequest(
-            session_id=str(session_id),
-            category=category,
-            name=name,
-            application_id=application_id,
-            after_event_id=str(after_event_id),
-        )
+        request = _tail_request(session_id, category, name, application_id, after_event_id)
         return EventTail(self._transport.follow(self._stub.TailEvents, request, timeout))
-
-    def list_rejected(
-        self,
-        *,
-        page_size: int = 0,
-        page_token: str = "",
-        reason: str = "",
-        application_id: int = 0,
-        rejected_after: datetime.datetime | None = None,
-        rejected_before: datetime.datetime | None = None,
-        timeout: float | None = None,
-    ) -> pb.ListRejectedEventsResponse:
-        """One page of rejected events, newest first. `reason` is an ErrorReason name."""
-        request = pb.ListRejectedEventsRequest(
-            page_size=page_size,
-            page_token=page_token,
-            reason=reason,
-            application_id=application_id,
-            **fields(
-                reject_time_start=timestamp(rejected_after),
-                reject_time_end=timestamp(rejected_before),
-            ),
-        )
-        return self._transport.invoke(self._stub.ListRejectedEvents, request, timeout)
-
-    def iter_rejected(self, *, page_size: int = 0, **filters: Any) -> Iterator[pb.RejectedEvent]:
-        return pages(
-            lambda token: self.list_rejected(page_size=page_size, page_token=token, **filters),
-            lambda page: page.rejected_events,
-        )
-
-    def create_type(
-        self,
-        category: str,
-        name: str,
-        schema: Mapping[str, Any],
-        *,
-        timeout: float | None = None,
-    ) -> pb.EventType:
-        """Register a JSON Schema as the next version of an event type (admins only)."""
-        document = struct_pb2.Struct()
-        document.update(schema)
-        request = pb.CreateEventTypeRequest(category=category, name=name, schema=document)
-        return self._transport.invoke(self._stub.CreateEventType, request, timeout)
-
-    def list_types(
-        self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
-    ) -> pb.ListEventTypesResponse:
-        """One page of event types, each at its latest version, by category and then name."""
-        request = pb.ListEventTypesRequest(page_size=page_size, page_token=page_token)
-        return self._transport.invoke(self._stub.ListEventTypes, request, timeout)
-
-    def iter_types(self, *, page_size: int = 0) -> Iterator[pb.EventType]:
-        """Every event type at its latest version, fetching page after page."""
-        return pages(
-            lambda token: self.list_types(page_size=page_size, page_token=token),
-            lambda page: page.event_types,
-        )
 
 
 class EventTail(Closable, Iterator[pb.Event]):
     """The events of `Events.tail`, one at a time; close() it to stop following (from another
     thread too)."""
 
-    def __init__(self, stream: Stream[pb.TailEventsResponse]) -> None:
+    def __init__(self, stream: _base.Stream[pb.TailEventsResponse]) -> None:
         self._stream = stream
         self._events: collections.deque[pb.Event] = collections.deque()
 
@@ -335,6 +369,100 @@ class EventTail(Closable, Iterator[pb.Event]):
 
     def close(self) -> None:
         self._stream.close()
+
+
+class AsyncEvents(_aio_base.AsyncService):
+    """The EventService, through `quartet.client.aio.Client.events`: the methods of `Events`,
+    as coroutines (and async iterators for `iter*` and `tail`), but `buffered`."""
+
+    SERVICE = SERVICE
+    send = _aio_base.unary(EventCalls.send)
+    send_batch = _aio_base.unary(EventCalls.send_batch)
+    get = _aio_base.unary(EventCalls.get)
+    list = _aio_base.unary(EventCalls.list)
+    iter = _aio_base.paged(EventCalls.list, _events)
+    list_rejected = _aio_base.unary(EventCalls.list_rejected)
+    iter_rejected = _aio_base.paged(EventCalls.list_rejected, _rejected_events)
+    create_type = _aio_base.unary(EventCalls.create_type)
+    list_types = _aio_base.unary(EventCalls.list_types)
+    iter_types = _aio_base.paged(EventCalls.list_types, _event_types)
+
+    def __init__(self, transport: _aio_base.AsyncTransport) -> None:
+        super().__init__(transport)
+        self._stub = event_service_pb2_grpc.EventServiceStub(transport.channel)
+
+    async def stream(
+        self,
+        messages: Iterable[pb.Event] | AsyncIterable[pb.Event],
+        *,
+        batch_size: int = 500,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+        timeout: float | None = None,
+    ) -> pb.StreamEventsResponse:
+        """Stream any number of events (from an iterable or an async iterable): see
+        `Events.stream`."""
+        if isinstance(messages, AsyncIterable):
+            requests: Any = _async_stream_requests(messages, batch_size, max_batch_bytes)
+        else:
+            requests = _stream_requests(messages, batch_size, max_batch_bytes)
+        return await self._transport.invoke_stream_unary(self._stub.StreamEvents, requests, timeout)
+
+    async def tail(
+        self,
+        *,
+        session_id: str | uuid.UUID = "",
+        category: str = "",
+        name: str = "",
+        application_id: int = 0,
+        after_event_id: str | uuid.UUID = "",
+        timeout: float | None = None,
+    ) -> AsyncEventTail:
+        """Follow the matching events as they are stored (`async for`): see `Events.tail`.
+        Returns once the server is following; `await tail.close()` (or leaving its
+        `async with` block) stops it."""
+        request = _tail_request(session_id, category, name, application_id, after_event_id)
+        return AsyncEventTail(await self._transport.follow(self._stub.TailEvents, request, timeout))
+
+
+async def _async_stream_requests(
+    messages: AsyncIterable[pb.Event], batch_size: int, max_batch_bytes: int
+) -> AsyncIterator[pb.StreamEventsRequest]:
+    """_stream_requests of an async iterable: the events gathered into chunks of batch_size
+    as they come, each split by bytes as the synchronous stream splits them."""
+    chunk: list[pb.Event] = []
+    async for message in messages:
+        chunk.append(message)
+        if len(chunk) >= batch_size:
+            for request in _stream_requests(chunk, batch_size, max_batch_bytes):
+                yield request
+            chunk = []
+    for request in _stream_requests(chunk, batch_size, max_batch_bytes):
+        yield request
+
+
+class AsyncEventTail(AsyncIterator[pb.Event]):
+    """The events of `AsyncEvents.tail`, one at a time."""
+
+    def __init__(self, stream: _aio_base.AsyncStream[pb.TailEventsResponse]) -> None:
+        self._stream = stream
+        self._events: collections.deque[pb.Event] = collections.deque()
+
+    def __aiter__(self) -> AsyncEventTail:
+        return self
+
+    async def __anext__(self) -> pb.Event:
+        while not self._events:
+            self._events.extend((await self._stream.__anext__()).events)
+        return self._events.popleft()
+
+    async def close(self) -> None:
+        await self._stream.close()
+
+    async def __aenter__(self) -> AsyncEventTail:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 @dataclasses.dataclass

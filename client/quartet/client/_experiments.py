@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, ClassVar, TypeAlias
+from typing import BinaryIO, TypeAlias
 
-from google.protobuf.descriptor import ServiceDescriptor
-
-from quartet.client._base import Transport, fields, pages
+from quartet.client import _aio_base, _base
+from quartet.client._base import Call, call, fields
 from quartet.client._errors import FieldViolation, QuartetError
 from quartet.experiments.v1 import experiment_service_pb2 as pb
 from quartet.experiments.v1 import experiment_service_pb2_grpc
@@ -21,6 +20,7 @@ Progress = pb.ImportExperimentDataResponse
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
 IMPORT_TIMEOUT = 3600.0  # the default deadline of a whole import, in seconds
+SERVICE = pb.DESCRIPTOR.services_by_name["ExperimentService"]
 FILE_NAMES = {
     pb.DATA_FILE_USERS: "users.csv",
     pb.DATA_FILE_COMPOUNDS: "compounds.csv",
@@ -28,14 +28,106 @@ FILE_NAMES = {
 }
 
 
-class Experiments:
+class ExperimentCalls:
+    """The ExperimentService's unary calls, described once for both clients."""
+
+    @staticmethod
+    def get_report(*, timeout: float | None = None) -> Call[pb.ExperimentReport]:
+        """The figures over the whole data set: counts and both averages."""
+        request = pb.GetExperimentReportRequest()
+        return call(SERVICE, "GetExperimentReport", request, pb.ExperimentReport, timeout)
+
+    @staticmethod
+    def get_user_report(user_id: int, *, timeout: float | None = None) -> Call[pb.UserReport]:
+        """One user's report; QuartetError NOT_FOUND if the data set has no such user."""
+        request = pb.GetUserReportRequest(user_id=user_id)
+        return call(SERVICE, "GetUserReport", request, pb.UserReport, timeout)
+
+    @staticmethod
+    def list_user_reports(
+        *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> Call[pb.ListUserReportsResponse]:
+        """One page of user reports, by user id."""
+        request = pb.ListUserReportsRequest(page_size=page_size, page_token=page_token)
+        return call(SERVICE, "ListUserReports", request, pb.ListUserReportsResponse, timeout)
+
+    @staticmethod
+    def list(
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        user_id: int | None = None,
+        timeout: float | None = None,
+    ) -> Call[pb.ListExperimentsResponse]:
+        """One page of stored experiments, by id, optionally of one user only."""
+        request = pb.ListExperimentsRequest(
+            page_size=page_size, page_token=page_token, **fields(user_id=user_id)
+        )
+        return call(SERVICE, "ListExperiments", request, pb.ListExperimentsResponse, timeout)
+
+
+def _user_reports(page: pb.ListUserReportsResponse) -> Sequence[pb.UserReport]:
+    return page.user_reports
+
+
+def _experiments(page: pb.ListExperimentsResponse) -> Sequence[pb.Experiment]:
+    return page.experiments
+
+
+class _Import:
+    """One import's requests, and the problems its progress messages list (the trailers hold
+    only the first ones; the stream brings every one)."""
+
+    def __init__(
+        self,
+        users: Source,
+        compounds: Source,
+        experiments: Source,
+        stack: contextlib.ExitStack,
+        chunk_size: int,
+        allow_empty: bool,
+    ) -> None:
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        # Paths are opened before the first message is sent, so a missing file raises OSError
+        # without contacting the server.
+        files = [
+            (kind, _open(source, stack))
+            for kind, source in zip(FILE_NAMES, (users, compounds, experiments), strict=True)
+        ]
+        self.requests = _chunks(files, chunk_size, allow_empty)
+        self.problems: list[FieldViolation] = []
+
+    def seen(self, progress: Progress) -> Progress:
+        self.problems += (_violation(p) for p in progress.problems)
+        return progress
+
+    def failed(self, error: QuartetError) -> QuartetError:
+        if self.problems:
+            error.field_violations = self.problems
+        return error
+
+
+def _directory(directory: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
+    """The directory's users.csv, compounds.csv and user_experiments.csv."""
+    folder = Path(directory)
+    users, compounds, experiments = (folder / name for name in FILE_NAMES.values())
+    return users, compounds, experiments
+
+
+class Experiments(_base.Service):
     """The ExperimentService, through `Client.experiments`."""
 
-    # The service it calls (tests/test_registration.py: a Client attribute for every service).
-    SERVICE: ClassVar[ServiceDescriptor] = pb.DESCRIPTOR.services_by_name["ExperimentService"]
+    SERVICE = SERVICE
+    get_report = _base.unary(ExperimentCalls.get_report)
+    get_user_report = _base.unary(ExperimentCalls.get_user_report)
+    list_user_reports = _base.unary(ExperimentCalls.list_user_reports)
+    iter_user_reports = _base.paged(ExperimentCalls.list_user_reports, _user_reports)
+    list = _base.unary(ExperimentCalls.list)
+    iter = _base.paged(ExperimentCalls.list, _experiments)
 
-    def __init__(self, transport: Transport) -> None:
-        self._transport = transport
+    def __init__(self, transport: _base.Transport) -> None:
+        super().__init__(transport)
         self._stub = experiment_service_pb2_grpc.ExperimentServiceStub(transport.channel)
 
     def import_files(
@@ -84,12 +176,8 @@ class Experiments:
         allow_empty: bool = False,
     ) -> Progress:
         """import_files with directory's users.csv, compounds.csv and user_experiments.csv."""
-        folder = Path(directory)
-        users, compounds, experiments = (folder / name for name in FILE_NAMES.values())
         return self.import_files(
-            users,
-            compounds,
-            experiments,
+            *_directory(directory),
             on_progress=on_progress,
             chunk_size=chunk_size,
             timeout=timeout,
@@ -112,80 +200,103 @@ class Experiments:
         without contacting the server. Rejected files end the iteration with QuartetError, after
         the IMPORT_STAGE_REJECTED messages that list their problems.
         """
-        if chunk_size <= 0:
-            raise ValueError("chunk_size must be positive")
         with contextlib.ExitStack() as stack:
-            files = [
-                (kind, _open(source, stack))
-                for kind, source in zip(FILE_NAMES, (users, compounds, experiments), strict=True)
-            ]
-            problems: list[FieldViolation] = []
+            work = _Import(users, compounds, experiments, stack, chunk_size, allow_empty)
             try:
                 for progress in self._transport.invoke_streaming(
                     self._stub.ImportExperimentData,
-                    _chunks(files, chunk_size, allow_empty),
+                    work.requests,
                     IMPORT_TIMEOUT if timeout is None else timeout,
                 ):
-                    problems += (_violation(p) for p in progress.problems)
-                    yield progress
+                    yield work.seen(progress)
             except QuartetError as error:
-                # The trailers hold only the first problems; the stream brought every one.
-                if problems:
-                    error.field_violations = problems
-                raise
+                raise work.failed(error) from None
 
-    def get_report(self, *, timeout: float | None = None) -> pb.ExperimentReport:
-        """The figures over the whole data set: counts and both averages."""
-        request = pb.GetExperimentReportRequest()
-        return self._transport.invoke(self._stub.GetExperimentReport, request, timeout)
 
-    def get_user_report(self, user_id: int, *, timeout: float | None = None) -> pb.UserReport:
-        """One user's report; QuartetError NOT_FOUND if the data set has no such user."""
-        request = pb.GetUserReportRequest(user_id=user_id)
-        return self._transport.invoke(self._stub.GetUserReport, request, timeout)
+class AsyncExperiments(_aio_base.AsyncService):
+    """The ExperimentService, through `quartet.client.aio.Client.experiments`: the methods of
+    `Experiments`, as coroutines (and async iterators for `iter*`). The files are read on the
+    event loop, a chunk at a time."""
 
-    def list_user_reports(
-        self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
-    ) -> pb.ListUserReportsResponse:
-        """One page of user reports, by user id."""
-        request = pb.ListUserReportsRequest(page_size=page_size, page_token=page_token)
-        return self._transport.invoke(self._stub.ListUserReports, request, timeout)
+    SERVICE = SERVICE
+    get_report = _aio_base.unary(ExperimentCalls.get_report)
+    get_user_report = _aio_base.unary(ExperimentCalls.get_user_report)
+    list_user_reports = _aio_base.unary(ExperimentCalls.list_user_reports)
+    iter_user_reports = _aio_base.paged(ExperimentCalls.list_user_reports, _user_reports)
+    list = _aio_base.unary(ExperimentCalls.list)
+    iter = _aio_base.paged(ExperimentCalls.list, _experiments)
 
-    def iter_user_reports(
-        self, *, page_size: int = 0, timeout: float | None = None
-    ) -> Iterator[pb.UserReport]:
-        """Every user's report, by user id, fetching page after page as you iterate."""
-        return pages(
-            lambda token: self.list_user_reports(
-                page_size=page_size, page_token=token, timeout=timeout
-            ),
-            lambda page: page.user_reports,
-        )
+    def __init__(self, transport: _aio_base.AsyncTransport) -> None:
+        super().__init__(transport)
+        self._stub = experiment_service_pb2_grpc.ExperimentServiceStub(transport.channel)
 
-    def list(
+    async def import_files(
         self,
+        users: Source,
+        compounds: Source,
+        experiments: Source,
         *,
-        page_size: int = 0,
-        page_token: str = "",
-        user_id: int | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
         timeout: float | None = None,
-    ) -> pb.ListExperimentsResponse:
-        """One page of stored experiments, by id, optionally of one user only."""
-        request = pb.ListExperimentsRequest(
-            page_size=page_size, page_token=page_token, **fields(user_id=user_id)
-        )
-        return self._transport.invoke(self._stub.ListExperiments, request, timeout)
+        allow_empty: bool = False,
+    ) -> Progress:
+        """Replace the stored data set with these three CSV files: see
+        `Experiments.import_files`."""
+        final = Progress()
+        async for progress in self.iter_import(
+            users,
+            compounds,
+            experiments,
+            chunk_size=chunk_size,
+            timeout=timeout,
+            allow_empty=allow_empty,
+        ):
+            if on_progress is not None:
+                on_progress(progress)
+            final = progress
+        return final
 
-    def iter(
-        self, *, page_size: int = 0, user_id: int | None = None, timeout: float | None = None
-    ) -> Iterator[pb.Experiment]:
-        """Every stored experiment (of one user, if given), by id, page after page."""
-        return pages(
-            lambda token: self.list(
-                page_size=page_size, page_token=token, user_id=user_id, timeout=timeout
-            ),
-            lambda page: page.experiments,
+    async def import_directory(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        on_progress: Callable[[Progress], None] | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        timeout: float | None = None,
+        allow_empty: bool = False,
+    ) -> Progress:
+        """import_files with directory's users.csv, compounds.csv and user_experiments.csv."""
+        return await self.import_files(
+            *_directory(directory),
+            on_progress=on_progress,
+            chunk_size=chunk_size,
+            timeout=timeout,
+            allow_empty=allow_empty,
         )
+
+    async def iter_import(
+        self,
+        users: Source,
+        compounds: Source,
+        experiments: Source,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        timeout: float | None = None,
+        allow_empty: bool = False,
+    ) -> AsyncIterator[Progress]:
+        """Like import_files, but yields each progress message: see `Experiments.iter_import`."""
+        with contextlib.ExitStack() as stack:
+            work = _Import(users, compounds, experiments, stack, chunk_size, allow_empty)
+            try:
+                async for progress in self._transport.invoke_streaming(
+                    self._stub.ImportExperimentData,
+                    work.requests,
+                    IMPORT_TIMEOUT if timeout is None else timeout,
+                ):
+                    yield work.seen(progress)
+            except QuartetError as error:
+                raise work.failed(error) from None
 
 
 def _violation(problem: pb.ImportProblem) -> FieldViolation:

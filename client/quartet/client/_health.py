@@ -4,30 +4,42 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import ClassVar
 
-from google.protobuf.descriptor import ServiceDescriptor
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from quartet.client._base import Transport
+from quartet.client import _aio_base, _base
+from quartet.client._base import Call, call
+
+SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
 
 
-class Health:
-    """The standard grpc.health.v1.Health service, through `Client.health`."""
+def _serving(response: health_pb2.HealthCheckResponse) -> bool:
+    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
-    # The service it calls (tests/test_registration.py: a Client attribute for every service).
-    SERVICE: ClassVar[ServiceDescriptor] = health_pb2.DESCRIPTOR.services_by_name["Health"]
 
-    def __init__(self, transport: Transport) -> None:
-        self._transport = transport
-        self._stub = health_pb2_grpc.HealthStub(transport.channel)
+class HealthCalls:
+    """The health service's calls, described once for both clients."""
 
-    def check(self, service: str = "", *, timeout: float | None = None) -> bool:
+    @staticmethod
+    def check(service: str = "", *, timeout: float | None = None) -> Call[bool]:
         """Whether service (a full name such as "quartet.score.v1.ScoreService", or "" for the
         whole server) is SERVING. QuartetError if the server cannot be reached."""
         request = health_pb2.HealthCheckRequest(service=service)
-        response = self._transport.invoke(self._stub.Check, request, timeout)
-        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+        return call(SERVICE, "Check", request, health_pb2.HealthCheckResponse, timeout, _serving)
+
+
+class Health(_base.Service):
+    """The standard grpc.health.v1.Health service, through `Client.health`."""
+
+    SERVICE = SERVICE
+    check = _base.unary(HealthCalls.check)
+
+
+class AsyncHealth(_aio_base.AsyncService):
+    """The standard grpc.health.v1.Health service, through `quartet.client.aio.Client.health`."""
+
+    SERVICE = SERVICE
+    check = _aio_base.unary(HealthCalls.check)
 
 
 def main() -> None:

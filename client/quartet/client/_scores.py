@@ -4,57 +4,47 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import Iterator
-from typing import ClassVar
+from collections.abc import Sequence
 
-from google.protobuf.descriptor import ServiceDescriptor
+from quartet.client import _aio_base, _base
+from quartet.client._base import Call, call, fields, timestamp
+from quartet.score.v1 import score_service_pb2 as pb
 
-from quartet.client._base import Transport, fields, pages, timestamp
-from quartet.score.v1 import score_service_pb2, score_service_pb2_grpc
-
-Score = score_service_pb2.Score
+Score = pb.Score
+SERVICE = pb.DESCRIPTOR.services_by_name["ScoreService"]
 
 
-class Scores:
-    """The ScoreService, through `Client.scores`."""
+class ScoreCalls:
+    """The ScoreService's calls, described once for both clients."""
 
-    # The service it calls (tests/test_registration.py: a Client attribute for every service).
-    SERVICE: ClassVar[ServiceDescriptor] = score_service_pb2.DESCRIPTOR.services_by_name[
-        "ScoreService"
-    ]
-
-    def __init__(self, transport: Transport) -> None:
-        self._transport = transport
-        self._stub = score_service_pb2_grpc.ScoreServiceStub(transport.channel)
-
+    @staticmethod
     def create(
-        self,
         input_value: float,
         *,
         user_id: int | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
-    ) -> Score:
+    ) -> Call[Score]:
         """Compute and store the score of input_value.
 
         The score belongs to the caller, or to user_id (admins only). A request_id is generated
         when none is given, so the automatic retry of a call that failed in transit never stores
         the score twice. Pass your own to make retries across processes safe too.
         """
-        request = score_service_pb2.CreateScoreRequest(
+        request = pb.CreateScoreRequest(
             input_value=input_value,
             request_id=request_id or str(uuid.uuid4()),
             **fields(user_id=user_id),
         )
-        return self._transport.invoke(self._stub.CreateScore, request, timeout)
+        return call(SERVICE, "CreateScore", request, Score, timeout)
 
-    def get(self, score_id: int, *, timeout: float | None = None) -> Score:
+    @staticmethod
+    def get(score_id: int, *, timeout: float | None = None) -> Call[Score]:
         """The stored score with this id; QuartetError NOT_FOUND if there is none."""
-        request = score_service_pb2.GetScoreRequest(id=score_id)
-        return self._transport.invoke(self._stub.GetScore, request, timeout)
+        return call(SERVICE, "GetScore", pb.GetScoreRequest(id=score_id), Score, timeout)
 
+    @staticmethod
     def list(
-        self,
         *,
         page_size: int = 0,
         page_token: str = "",
@@ -64,9 +54,9 @@ class Scores:
         created_before: datetime.datetime | None = None,
         search: str = "",
         timeout: float | None = None,
-    ) -> score_service_pb2.ListScoresResponse:
+    ) -> Call[pb.ListScoresResponse]:
         """One page of scores, newest first; created_after is inclusive, created_before not."""
-        request = score_service_pb2.ListScoresRequest(
+        request = pb.ListScoresRequest(
             page_size=page_size,
             page_token=page_token,
             search=search,
@@ -77,30 +67,29 @@ class Scores:
                 create_time_end=timestamp(created_before),
             ),
         )
-        return self._transport.invoke(self._stub.ListScores, request, timeout)
+        return call(SERVICE, "ListScores", request, pb.ListScoresResponse, timeout)
 
-    def iter(
-        self,
-        *,
-        page_size: int = 0,
-        score_greater_than: float | None = None,
-        user_id: int | None = None,
-        created_after: datetime.datetime | None = None,
-        created_before: datetime.datetime | None = None,
-        search: str = "",
-        timeout: float | None = None,
-    ) -> Iterator[Score]:
-        """Every matching score, newest first, fetching page after page as you iterate."""
-        return pages(
-            lambda token: self.list(
-                page_size=page_size,
-                page_token=token,
-                score_greater_than=score_greater_than,
-                user_id=user_id,
-                created_after=created_after,
-                created_before=created_before,
-                search=search,
-                timeout=timeout,
-            ),
-            lambda page: page.scores,
-        )
+
+def _scores(page: pb.ListScoresResponse) -> Sequence[Score]:
+    return page.scores
+
+
+class Scores(_base.Service):
+    """The ScoreService, through `Client.scores`."""
+
+    SERVICE = SERVICE
+    create = _base.unary(ScoreCalls.create)
+    get = _base.unary(ScoreCalls.get)
+    list = _base.unary(ScoreCalls.list)
+    iter = _base.paged(ScoreCalls.list, _scores)
+
+
+class AsyncScores(_aio_base.AsyncService):
+    """The ScoreService, through `quartet.client.aio.Client.scores`: the methods of `Scores`,
+    as coroutines (and an async iterator for `iter`)."""
+
+    SERVICE = SERVICE
+    create = _aio_base.unary(ScoreCalls.create)
+    get = _aio_base.unary(ScoreCalls.get)
+    list = _aio_base.unary(ScoreCalls.list)
+    iter = _aio_base.paged(ScoreCalls.list, _scores)

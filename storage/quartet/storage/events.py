@@ -289,15 +289,7 @@ def events_query(
 ) -> peewee.ModelSelect[Event]:
     """The events query, after the keyset position `after`: each combination of filters is
     served by an index that also gives the order (tests/test_events.py checks the plans)."""
-    query = Event.select()
-    if session_id:
-        query = query.where(Event.session_id == session_id)
-    if category:
-        query = query.where(Event.category == category)
-    if name:
-        query = query.where(Event.name == name)
-    if application_id:
-        query = query.where(Event.application_id == application_id)
+    query = _matching(Event.select(), session_id, category, name, application_id)
     if occur_time_start is not None:
         query = query.where(Event.occur_time >= occur_time_start)
     if occur_time_end is not None:
@@ -310,6 +302,25 @@ def events_query(
     if newest_first:
         return query.order_by(Event.occur_time.desc(), Event.seq.desc())
     return query.order_by(Event.occur_time, Event.seq)
+
+
+def _matching(
+    query: peewee.ModelSelect[Event],
+    session_id: str,
+    category: str,
+    name: str,
+    application_id: int,
+) -> peewee.ModelSelect[Event]:
+    """query, of the events matching these filters (each unless empty)."""
+    if session_id:
+        query = query.where(Event.session_id == session_id)
+    if category:
+        query = query.where(Event.category == category)
+    if name:
+        query = query.where(Event.name == name)
+    if application_id:
+        query = query.where(Event.application_id == application_id)
+    return query
 
 
 def list_rejected(*, limit: int, **filters: Any) -> list[RejectedEvent]:
@@ -460,15 +471,13 @@ def tail_events(
     final, last = _final_seq(cursor, end)
     if final <= cursor.seq:
         return [], False
-    query = Event.select().where((Event.seq > cursor.seq) & (Event.seq <= final))
-    if session_id:
-        query = query.where(Event.session_id == session_id)
-    if category:
-        query = query.where(Event.category == category)
-    if name:
-        query = query.where(Event.name == name)
-    if application_id:
-        query = query.where(Event.application_id == application_id)
+    query = _matching(
+        Event.select().where((Event.seq > cursor.seq) & (Event.seq <= final)),
+        session_id,
+        category,
+        name,
+        application_id,
+    )
     rows = list(query.order_by(Event.seq).limit(limit))
     cursor.seq = rows[-1].seq if len(rows) == limit else final
     return rows, len(rows) == limit or (final == end and last > end)

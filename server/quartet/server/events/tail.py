@@ -10,6 +10,7 @@ workers store.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,7 +26,14 @@ from quartet.storage import DatabaseRunner, events
 
 Context = grpc.aio.ServicerContext[Any, Any]
 POLL_SECONDS = 0.25
+# A tail woken by its worker's writes reads at most this often: under load a worker commits
+# hundreds of times a second, and each tail reading after each commit would cost the database
+# more than the writes themselves.
+MIN_READ_SECONDS = 0.05
 MAX_EVENTS = 500  # per message of the stream
+# The events' messages lately built, by seq: tails of one worker that follow the same events
+# build each message once (from JSON, the costly part) however many of them there are.
+CACHED_MESSAGES = 10_000
 
 
 class Tails:
@@ -35,6 +43,7 @@ class Tails:
         self._db = runner
         self._poll_seconds = poll_seconds
         self._waiting: set[asyncio.Event] = set()
+        self._messages: collections.OrderedDict[int, pb.Event] = collections.OrderedDict()
 
     def stored(self) -> None:
         """This worker has just stored events: its tails read now, not at their next poll."""
@@ -57,20 +66,31 @@ class Tails:
         self, cursor: events.TailCursor, filters: dict[str, Any]
     ) -> AsyncIterator[list[pb.Event]]:
         """Each read's events (often none), forever."""
+        loop = asyncio.get_running_loop()
         wake = asyncio.Event()
         self._waiting.add(wake)
         try:
             while True:
                 wake.clear()  # before reading: what is stored meanwhile wakes the next read
+                read = loop.time()
                 rows, more = await self._db.run(
                     events.tail_events, cursor, limit=MAX_EVENTS, **filters
                 )
-                yield [event_message(row) for row in rows]
+                yield [self._message(row) for row in rows]
                 if not more:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(wake.wait(), self._poll_seconds)
+                    await asyncio.sleep(read + MIN_READ_SECONDS - loop.time())
         finally:
             self._waiting.discard(wake)
+
+    def _message(self, row: events.Event) -> pb.Event:
+        message = self._messages.get(row.seq)
+        if message is None:
+            message = self._messages[row.seq] = event_message(row)
+            if len(self._messages) > CACHED_MESSAGES:
+                self._messages.popitem(last=False)
+        return message
 
 
 def _checked(request: pb.TailEventsRequest) -> tuple[str, dict[str, Any]]:
