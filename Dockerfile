@@ -14,7 +14,7 @@ COPY storage ./storage
 COPY protos ./protos
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
 
-# Stage 2: the runtime, with quartet[server] and its dependencies only, as a non-root user.
+# Stage 2: the runtime, with quartet[server,cli] and their dependencies only, as a non-root user.
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -29,11 +29,11 @@ RUN groupadd --gid 10001 quartet \
     && mkdir /data \
     && chown 10001:10001 /data
 COPY --from=build /dist /wheels
-RUN pip install --no-cache-dir "$(find /wheels -name 'quartet-*.whl')[server]" \
+RUN pip install --no-cache-dir "$(find /wheels -name 'quartet-*.whl')[server,cli]" \
     && rm -r /wheels
 USER 10001:10001
 VOLUME ["/data"]
 EXPOSE 50051 9464
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["sh", "-c", "python -m quartet.client.health 127.0.0.1:${QUARTET_PORT}"]
-CMD ["quartet-server", "serve"]
+CMD ["quartet", "server", "serve"]

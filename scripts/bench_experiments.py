@@ -1,7 +1,7 @@
 """Benchmark the experiment import and report on SQLite and PostgreSQL, beside DuckDB.
 
 Generates a data set with the seed's quirks (a blank first line, `,` + tab separators, headers,
-`;`-separated compound ids, no final newline), imports it over gRPC into a `quartet-server serve`
+`;`-separated compound ids, no final newline), imports it over gRPC into a `quartet server serve`
 process, reads the whole report page by page, and prints rows/s, the report's time and the server's
 peak memory (VmHWM). DuckDB computes the same report from the same files in the same run, and the
 two reports are compared.

@@ -157,7 +157,7 @@ def measure_bare(workers: int, method: str, request: bytes, *, seconds: float) -
 
 @contextlib.contextmanager
 def quartet_server(database_url: str, *args: str) -> Iterator[str]:
-    """`quartet-server serve` in its own process, as deployed (access log on, to a file)."""
+    """`quartet server serve` in its own process, as deployed (access log on, to a file)."""
     with quartet_process(database_url, *args) as (target, _):
         yield target
 

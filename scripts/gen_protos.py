@@ -11,7 +11,8 @@ Writes, for every package under protos/quartet/:
 - client/buf/validate/, the Python module of third_party/protos/buf/validate/validate.proto (the
   protovalidate rules quartet's request fields declare), which every quartet module imports, with
   the .proto itself beside it for the wheel;
-- docs/api.md, the reference generated from the comments in the .proto files.
+- docs/api.md, the reference generated from the comments in the .proto files;
+- docs/cli.md, the `quartet` command's reference, from its own help (scripts/gen_cli_docs.py).
 
 Usage: python scripts/gen_protos.py [--out ROOT]   (ROOT defaults to the repository; the freshness
 test writes to a temporary ROOT and compares it with the committed files).
@@ -30,6 +31,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import gen_cli_docs
 import grpc_tools
 from google.api import field_behavior_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -37,7 +39,8 @@ from google.protobuf.descriptor import FieldDescriptor
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOS = REPO / "protos"
-HAND_WRITTEN = {"client"}  # directories under client/quartet/ that the generator must never touch
+# Directories under client/quartet/ that the generator must never touch.
+HAND_WRITTEN = {"client", "cli"}
 # protovalidate's rules, vendored by hand (no Python distribution ships the .proto): the version
 # and commit are in third_party/protos/README.md. Generated into client/buf/, its import path.
 VALIDATE = "buf/validate/validate.proto"
@@ -107,6 +110,7 @@ def generate(root: Path) -> None:
         docs = root / "docs"
         docs.mkdir(parents=True, exist_ok=True)
         (docs / "api.md").write_text(render_reference(descriptor_set, proto_files))
+        (docs / "cli.md").write_text(gen_cli_docs.render())
 
 
 def _protoc(proto_files: list[str], out: Path, descriptor_set: Path) -> None:

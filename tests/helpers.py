@@ -113,7 +113,7 @@ SERVE = [sys.executable, "-m", "quartet.server", "serve", "--log-format", "json"
 
 @dataclasses.dataclass
 class ServerProcess:
-    """A `quartet-server serve` subprocess: its Popen, its address, and its log lines so far."""
+    """A `quartet server serve` subprocess: its Popen, its address, and its log lines so far."""
 
     process: subprocess.Popen[str]
     address: str
@@ -122,7 +122,7 @@ class ServerProcess:
 
 @contextlib.contextmanager
 def server_process(*args: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
-    """Start `quartet-server serve --port 0 ARGS...`, wait until it listens, kill it on exit.
+    """Start `quartet server serve --port 0 ARGS...`, wait until it listens, kill it on exit.
 
     Its stderr is read continuously (so that a full pipe never blocks the server) into `log`.
     """
@@ -148,3 +148,38 @@ def server_process(*args: str, env: dict[str, str] | None = None) -> Iterator[Se
         process.wait()
         drain.join()
         process.stderr.close()
+
+
+# The `quartet` command as installed (a console script beside the interpreter): run it as a user
+# would. Missing, it fails the tests that use it.
+QUARTET = [str(Path(sys.executable).parent / "quartet")]
+
+
+def run_on_terminal(command: list[str], env: dict[str, str]) -> tuple[str, str]:
+    """Run command with its stderr on a pseudo-terminal (where progress is drawn) and stdout on a
+    pipe; (stdout, what the terminal showed)."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", **env},
+    )
+    os.close(follower)
+    shown = bytearray()
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    stdout, _ = process.communicate(timeout=60)
+    os.close(leader)
+    return stdout, shown.decode(errors="replace")

@@ -179,8 +179,15 @@ def test_events_are_sent_every_way_and_read_back(
             streamed = await app.events.stream(some(7), batch_size=3)
             assert (streamed.stored_count, streamed.rejected_count) == (7, 0)
             assert (await app.events.stream([sent(session)])).stored_count == 1
+            batches = [
+                (len(events), [r.status for r in reply.results])
+                async for events, reply in app.events.send_batches(
+                    [sent(session) for _ in range(5)], batch_size=3
+                )
+            ]
+            assert batches == [(3, [pb.EVENT_STATUS_STORED] * 3), (2, [pb.EVENT_STATUS_STORED] * 2)]
             listed = [e async for e in reader.events.iter(session_id=session, page_size=4)]
-            assert len(listed) == 12
+            assert len(listed) == 17
             assert (await reader.events.get(one.event.id)).id == one.event.id
             types = [t.name async for t in reader.events.iter_types()]
             assert "pageview" in types

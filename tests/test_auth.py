@@ -481,6 +481,25 @@ def test_expired_access_token_is_refreshed_by_the_sdk(settings: Settings) -> Non
         assert client.metadata != first  # a new access token was fetched and is used
 
 
+def test_kept_tokens_are_used_again_and_each_refreshed_pair_is_handed_over(
+    settings: Settings,
+) -> None:
+    # Three seconds, so that a loaded machine uses each token before it expires.
+    short = dataclasses.replace(settings, access_token_minutes=3 / 60)
+    with running_server(short) as target, Client(target) as first:
+        pair = first.auth.create_account("peter@example.com", PASSWORD).tokens
+        kept: list[pb.TokenPair] = []
+        with Client(target) as later:
+            later.use_tokens(pair, on_refresh=kept.append)
+            assert later.auth.current_account().email == "peter@example.com"
+            time.sleep(3.5)
+            assert later.auth.current_account().email == "peter@example.com"
+        assert len(kept) == 1 and kept[0].refresh_token != pair.refresh_token
+        with Client(target) as third:  # the kept pair is the one that works now
+            third.use_tokens(kept[0])
+            assert third.auth.refresh(kept[0].refresh_token).access_token
+
+
 def test_a_token_used_before_it_expires_is_refused_after(settings: Settings) -> None:
     # Five seconds, so that a loaded machine uses the token before it expires; then wait for that.
     short = dataclasses.replace(settings, access_token_minutes=5 / 60)
@@ -641,12 +660,29 @@ def test_production_reads_the_secret_from_a_file(tmp_path: Path) -> None:
         assert not any("QUARTET_SECRET is not set" in line for line in server.log)
 
 
-def test_development_warns_loudly_when_it_generates_a_secret(tmp_path: Path) -> None:
+def test_development_keeps_its_secret_so_that_tokens_survive_a_restart(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUARTET_")}
     env["DATABASE_URL"] = f"sqlite:///{tmp_path}/q.db"
-    with server_process(env=env) as server:
-        warnings = [json.loads(line) for line in server.log if "QUARTET_SECRET" in line]
-    assert warnings and warnings[0]["level"] == "WARNING"
+    with server_process(env=env) as server, Client(server.address) as client:
+        pair = client.auth.create_account("peter@example.com", PASSWORD).tokens
+        notes = [json.loads(line) for line in server.log if "QUARTET_SECRET" in line]
+    assert notes and notes[0]["level"] == "WARNING"  # made: said once, loudly
+    secret_file = tmp_path / "secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    with server_process(env=env) as server, Client(server.address) as client:
+        notes = [json.loads(line) for line in server.log if "QUARTET_SECRET" in line]
+        assert notes and notes[0]["level"] == "INFO"
+        client.use_tokens(pair)
+        assert client.auth.current_account().email == "peter@example.com"
+    secret_file.chmod(0o644)
+    refused = subprocess.run(
+        [sys.executable, "-m", "quartet.server", "serve", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused.returncode == 1 and "chmod 600" in refused.stderr
 
 
 def test_create_admin_command_bootstraps_the_first_admin(tmp_path: Path) -> None:

@@ -554,6 +554,24 @@ def test_a_batch_stores_the_valid_and_keeps_the_rest(app: Client, client: Client
     assert len(list(client.events.iter_rejected())) == 1
 
 
+def test_send_batches_answers_every_event_batch_by_batch(app: Client, client: Client) -> None:
+    sent = [pageview() for _ in range(7)]
+    sent[5] = pageview(occurred_at=FUTURE)
+    batches = list(app.events.send_batches(sent, batch_size=3))
+    assert [len(batch) for batch, _ in batches] == [3, 3, 1]
+    answered = [(r.event_id, r.status) for _, reply in batches for r in reply.results]
+    assert answered == [
+        (e.id, pb.EVENT_STATUS_REJECTED if i == 5 else pb.EVENT_STATUS_STORED)
+        for i, e in enumerate(sent)
+    ]
+    assert batches[1][1].results[2].violations[0].reason == "EVENT_TIME_IN_FUTURE"
+    again = [r.status for _, reply in app.events.send_batches(sent[:2]) for r in reply.results]
+    assert again == [pb.EVENT_STATUS_DUPLICATE] * 2
+    with pytest.raises(ValueError):
+        next(app.events.send_batches(sent, batch_size=1001))
+    assert len(list(client.events.iter())) == 6
+
+
 def big_event() -> pb.Event:
     """A valid event of almost QUARTET_MAX_EVENT_BYTES (64 KiB): form values have no length cap."""
     data = {"host": "h", "path": "/", "form": {"comment": "c" * 64_000}}

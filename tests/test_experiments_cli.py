@@ -1,5 +1,5 @@
-"""The experiment import from the command line: `quartet-server import-experiments` against the
-database, and `quartet-experiments` over gRPC, each with its progress and its problems."""
+"""The experiment import from the command line: `quartet server import-experiments` against the
+database, and `quartet experiments import` over gRPC, each with its progress and its problems."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from quartet.client import Client
 from quartet.server.auth.passwords import hash_password
 from quartet.storage import accounts
 from tests.conftest import Principal, mint_token
+from tests.helpers import QUARTET, run_on_terminal
 
 SEED = Path(__file__).resolve().parent.parent / "storage/quartet/storage/data/experiments"
 SERVER = [sys.executable, "-m", "quartet.server", "import-experiments"]
-CLIENT = [sys.executable, "-m", "quartet.client.experiments_cli"]
+CLIENT = [*QUARTET, "experiments"]
 DONE = "done: 10 users, 3 compounds, 11 experiments"
 FLAGS = [
     ("users", "users.csv"),
@@ -75,28 +76,25 @@ def test_server_command_lists_the_problems_and_imports_nothing(
 def test_client_command_imports_and_prints_the_report(
     target: str, admin: Principal, tmp_path: Path
 ) -> None:
-    env = {"QUARTET_TARGET": target, "QUARTET_TOKEN": mint_token(admin.id, "admin")}
+    env = {"QUARTET_SERVER": target, "QUARTET_TOKEN": mint_token(admin.id, "admin")}
     imported = run([*CLIENT, "import", str(SEED)], env)
     assert imported.returncode == 0, imported.stderr
-    assert imported.stderr.splitlines() == [
-        "users.csv: 10 rows read, 10 stored",
-        "compounds.csv: 3 rows read, 3 stored",
-        "user_experiments.csv: 11 rows read, 11 stored",
-        "checking ids across the files",
-        "replacing the stored data set",
-        DONE,
-    ]
+    assert imported.stdout == DONE + "\n"
+    assert imported.stderr == ""  # no progress where no one watches
     printed = run([*CLIENT, "report"], env)
     assert printed.returncode == 0, printed.stderr
     lines = printed.stdout.splitlines()
-    assert lines[:2] == [
-        "11 experiments by 10 users (10 ran at least one), 3 compounds",
-        "average experiments per user: 1.1 (per user who ran one: 1.1)",
+    assert lines[0].split() == ["experiments", "11"]
+    assert lines[1].split() == ["users", "10", "(10", "ran", "one)"]
+    assert lines[3].split() == ["per", "user", "1.1"]
+    rows = [line.split() for line in lines if line.strip()[:1].isdigit()]
+    assert rows[0] == ["1", "Alice", "alice@example.com", "2", "Compound", "B", "2"]
+    assert rows[1] == ["2", "Bob", "bob@example.com", "1", "Compound", "A", "1"]
+    one = run([*CLIENT, "report", "--user", "3", "--format", "csv"], env)
+    assert one.stdout.splitlines() == [
+        "user,name,email,experiments,favourite compound,uses",
+        "3,Carol,carol@example.com,1,Compound B,1",
     ]
-    assert lines[3].split() == ["1", "Alice", "2", "Compound", "B", "(2x)"]
-    assert lines[4].split() == ["2", "Bob", "1", "Compound", "A", "(1x)"]
-    one = run([*CLIENT, "report", "--user", "3"], env)
-    assert one.stdout.splitlines()[1].split() == ["3", "Carol", "1", "Compound", "B", "(1x)"]
 
 
 def test_client_command_takes_files_and_logs_in(
@@ -104,16 +102,18 @@ def test_client_command_takes_files_and_logs_in(
 ) -> None:
     run_in_db(accounts.create_account, "ops@example.com", hash_password("long enough"), "admin")
     env = {
-        "QUARTET_TARGET": target,
-        "QUARTET_EMAIL": "ops@example.com",
+        "QUARTET_SERVER": target,
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
         "QUARTET_PASSWORD": "long enough",
     }
+    logged_in = run([*QUARTET, "login", "--email", "ops@example.com"], env)
+    assert logged_in.returncode == 0, logged_in.stderr
     files = [f"--{flag}={SEED / name}" for flag, name in FLAGS]
     imported = run([*CLIENT, "import", *files], env)
     assert imported.returncode == 0, imported.stderr
-    assert imported.stderr.splitlines()[-1] == DONE
+    assert imported.stdout.splitlines()[-1] == DONE
     incomplete = run([*CLIENT, "import", files[0]], env)
-    assert incomplete.returncode == 1
+    assert incomplete.returncode == 2
     assert "give a DIRECTORY" in incomplete.stderr
 
 
@@ -124,26 +124,30 @@ def test_both_commands_empty_the_data_set_only_with_allow_empty(
     empty.mkdir()
     for _, name in FLAGS:
         (empty / name).write_bytes(b"")
-    env = {"QUARTET_TARGET": target, "QUARTET_TOKEN": mint_token(admin.id, "admin")}
-    for command, env_ in ([*SERVER, "--database-url", database_url], None), ([*CLIENT], env):
-        verb = ["import"] if command[-1].endswith("cli") else []
+    env = {"QUARTET_SERVER": target, "QUARTET_TOKEN": mint_token(admin.id, "admin")}
+    for command, env_, status in (
+        ([*SERVER, "--database-url", database_url], None, 1),
+        ([*CLIENT, "import"], env, 3),
+    ):
         assert run([*SERVER, "--database-url", database_url]).returncode == 0  # the demo data
-        refused = run([*command, *verb, str(empty)], env_)
-        assert refused.returncode == 1
+        refused = run([*command, str(empty)], env_)
+        assert refused.returncode == status
         assert "users.csv: users.csv has no rows, nor do the other files" in refused.stderr
         assert client.experiments.get_report().user_count == 10
-        allowed = run([*command, *verb, "--allow-empty", str(empty)], env_)
+        allowed = run([*command, "--allow-empty", str(empty)], env_)
         assert allowed.returncode == 0, allowed.stderr
         assert client.experiments.get_report().user_count == 0
 
 
-def test_client_command_reports_problems_and_refusals(
+def test_client_command_lists_every_problem_and_refusals(
     target: str, admin: Principal, sign_in: Any, tmp_path: Path
 ) -> None:
-    env = {"QUARTET_TARGET": target, "QUARTET_TOKEN": mint_token(admin.id, "admin")}
+    env = {"QUARTET_SERVER": target, "QUARTET_TOKEN": mint_token(admin.id, "admin")}
     result = run([*CLIENT, "import", str(broken_copy(tmp_path))], env)
-    assert result.returncode == 1
-    assert result.stderr.splitlines()[-2:] == [
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == [
+        "error: INVALID_ARGUMENT (IMPORT_FILES_INVALID)",
+        result.stderr.splitlines()[1],  # the message
         "  user_experiments.csv:12:user_id: user 42 is not in users.csv",
         "  user_experiments.csv:12:experiment_run_time: 'long' is not a number of zero or more",
     ]
@@ -151,5 +155,12 @@ def test_client_command_reports_problems_and_refusals(
     refused = run(
         [*CLIENT, "import", str(SEED)], {**env, "QUARTET_TOKEN": mint_token(analyst.id, "analyst")}
     )
-    assert refused.returncode == 1
-    assert refused.stderr.startswith("error: PERMISSION_DENIED [ROLE_NOT_ALLOWED]")
+    assert refused.returncode == 3
+    assert refused.stderr.startswith("error: PERMISSION_DENIED (ROLE_NOT_ALLOWED)")
+
+
+def test_client_command_shows_progress_on_a_terminal(target: str, admin: Principal) -> None:
+    env = {"QUARTET_SERVER": target, "QUARTET_TOKEN": mint_token(admin.id, "admin")}
+    stdout, stderr = run_on_terminal([*CLIENT, "import", str(SEED)], env)
+    assert stdout.strip() == DONE
+    assert "━" in stderr and "767/767 bytes" in stderr  # the bar, and the bytes sent of all

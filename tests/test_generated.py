@@ -18,13 +18,15 @@ def generated_files(root: Path) -> dict[str, bytes]:
         if path.is_file() and "__pycache__" not in path.parts and path.parts[-2:][0] != "client"
     }
     files["docs/api.md"] = (root / "docs" / "api.md").read_bytes()
+    files["docs/cli.md"] = (root / "docs" / "cli.md").read_bytes()
     vendored = root / "third_party" / "protos"
     files.update(
         (path.relative_to(root).as_posix(), path.read_bytes())
         for path in vendored.rglob("*")
         if path.is_file()
     )
-    return {k: v for k, v in files.items() if not k.startswith("client/quartet/client/")}
+    hand_written = ("client/quartet/client/", "client/quartet/cli/")
+    return {k: v for k, v in files.items() if not k.startswith(hand_written)}
 
 
 def test_generated_code_is_fresh(tmp_path: Path) -> None:

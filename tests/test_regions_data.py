@@ -273,7 +273,7 @@ def test_a_new_dataset_replaces_the_old_one(migrated: peewee.Database, tmp_path:
 
 def test_load_regions_command(empty_database_url: str) -> None:
     command = [sys.executable, "-m", "quartet.server", "load-regions"]
-    command += ["--database-url", empty_database_url]
+    command += ["--database-url", empty_database_url, "--verbose"]  # the log too
     first = subprocess.run(command, capture_output=True, text=True, check=True)
     again = subprocess.run(command, capture_output=True, text=True, check=True)
     # The first run's migration loads the dataset (and logs it); then each run compares every row.

@@ -103,13 +103,15 @@ def _sdk_contract() -> dict[str, Any]:
 
 def uncovered(source_modules: list[str]) -> set[str]:
     """The packages of the SDK's wheel root (the SDK and every generated `quartet.<domain>`,
-    found on disk) that the contract does not cover."""
+    found on disk) that the contract does not cover. The `quartet` command (quartet.cli) shares
+    the root but is not the SDK: the cli extra installs its libraries, and it runs the server's
+    commands (contract "The command reaches the database only through the server's commands")."""
     packages = {
         f"quartet.{package.name}"
         for package in (ROOT / "client" / "quartet").iterdir()
         if (package / "__init__.py").exists()
     }
-    return packages - set(source_modules)
+    return packages - set(source_modules) - {"quartet.cli"}
 
 
 def test_the_import_contract_covers_the_sdk_and_every_generated_package() -> None:

@@ -1,6 +1,6 @@
 """A worker that dies is replaced, the others keep serving, and only a crash loop stops the server.
 
-These run the real `quartet-server serve` (a supervisor and its workers) as a subprocess and kill
+These run the real `quartet server serve` (a supervisor and its workers) as a subprocess and kill
 its workers with SIGKILL, as the kernel's OOM killer or an operator would.
 """
 

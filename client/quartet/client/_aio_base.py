@@ -114,7 +114,7 @@ class AsyncTransport(Credentials):
                 return True  # refreshed meanwhile by another call
             if not self.refresh_token:
                 return False
-            self.use_tokens(await self._invoke(AuthCalls.refresh(self.refresh_token), ()))
+            self.rotate(await self._invoke(AuthCalls.refresh(self.refresh_token), ()))
             return True
 
 

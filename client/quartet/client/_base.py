@@ -166,6 +166,8 @@ class Credentials:
     def __init__(self) -> None:
         self.metadata: tuple[tuple[str, str], ...] = ()
         self.refresh_token = ""
+        # Given each refreshed pair, to keep it (the refresh token is single-use).
+        self.on_refresh: Callable[[Any], None] | None = None
 
     def set_token(self, token: str | None) -> None:
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
@@ -175,6 +177,12 @@ class Credentials:
         """Send pair.access_token from now on, and pair.refresh_token when it expires."""
         self.metadata = (("authorization", f"Bearer {pair.access_token}"),)
         self.refresh_token = pair.refresh_token
+
+    def rotate(self, pair: Any) -> None:
+        """Use a refreshed pair, and hand it to on_refresh."""
+        self.use_tokens(pair)
+        if self.on_refresh is not None:
+            self.on_refresh(pair)
 
     def should_refresh(self, error: QuartetError, failed_with: tuple[tuple[str, str], ...]) -> bool:
         """Whether a call that failed with error, sending failed_with, may succeed once the
@@ -274,7 +282,7 @@ class Transport(Credentials):
                 return True  # refreshed meanwhile by another call
             if not self.refresh_token:
                 return False
-            self.use_tokens(self._invoke(AuthCalls.refresh(self.refresh_token), ()))
+            self.rotate(self._invoke(AuthCalls.refresh(self.refresh_token), ()))
             return True
 
 

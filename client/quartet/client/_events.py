@@ -293,6 +293,23 @@ class Events(_base.Service):
         requests = _stream_requests(messages, batch_size, max_batch_bytes)
         return self._transport.invoke_stream_unary(self._stub.StreamEvents, requests, timeout)
 
+    def send_batches(
+        self,
+        messages: Iterable[pb.Event],
+        *,
+        batch_size: int = 500,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+        timeout: float | None = None,
+    ) -> Iterator[tuple[Sequence[pb.Event], pb.SendEventsResponse]]:
+        """Send any number of events with SendEvents, batch_size (and at most max_batch_bytes)
+        per call, as you iterate: yields each batch (its events, with their ids) and its
+        results, one per event in order. Unlike `stream`, every rejected event's violations come
+        back; `timeout` applies to each call. `messages` is read only as batches go out."""
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be 1 to {MAX_BATCH}")
+        for batch in _batches(messages, batch_size, max_batch_bytes):
+            yield batch, self.send_batch(batch, timeout=timeout)
+
     def buffered(
         self,
         *,
@@ -389,6 +406,21 @@ class AsyncEvents(_aio_base.AsyncService):
         else:
             requests = _stream_requests(messages, batch_size, max_batch_bytes)
         return await self._transport.invoke_stream_unary(self._stub.StreamEvents, requests, timeout)
+
+    async def send_batches(
+        self,
+        messages: Iterable[pb.Event],
+        *,
+        batch_size: int = 500,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+        timeout: float | None = None,
+    ) -> AsyncIterator[tuple[Sequence[pb.Event], pb.SendEventsResponse]]:
+        """Send any number of events, a batch per call (`async for`): see
+        `Events.send_batches`."""
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be 1 to {MAX_BATCH}")
+        for batch in _batches(messages, batch_size, max_batch_bytes):
+            yield batch, await self.send_batch(batch, timeout=timeout)
 
     async def tail(
         self,

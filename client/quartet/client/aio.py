@@ -16,7 +16,7 @@ uses it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -76,11 +76,30 @@ class Client:
         """The credentials metadata this client sends, to pass to a generated stub's calls."""
         return self._transport.metadata
 
-    async def login(self, email: str, password: str) -> auth_service_pb2.TokenPair:
-        """Log in and send the access token on every later call, refreshing it when it expires."""
+    async def login(
+        self,
+        email: str,
+        password: str,
+        *,
+        on_refresh: Callable[[auth_service_pb2.TokenPair], None] | None = None,
+    ) -> auth_service_pb2.TokenPair:
+        """Log in and send the access token on every later call, refreshing it when it expires
+        (on_refresh, if given, is called with each new pair)."""
         pair = await self.auth.login(email, password)
-        self._transport.use_tokens(pair)
+        self.use_tokens(pair, on_refresh=on_refresh)
         return pair
+
+    def use_tokens(
+        self,
+        pair: auth_service_pb2.TokenPair,
+        *,
+        on_refresh: Callable[[auth_service_pb2.TokenPair], None] | None = None,
+    ) -> None:
+        """Go on with the tokens of an earlier login (kept by you): send pair's access token,
+        and refresh it with its refresh token when it expires. The refresh token is single-use,
+        so keep each new pair: on_refresh is called with it."""
+        self._transport.use_tokens(pair)
+        self._transport.on_refresh = on_refresh
 
     def set_token(self, token: str | None) -> None:
         """Send this API key or access token on every later call (None: no credentials)."""

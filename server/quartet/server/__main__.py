@@ -1,4 +1,4 @@
-"""`python -m quartet.server` is the `quartet-server` command."""
+"""`python -m quartet.server` is `quartet server` (also installed as `quartet-server`)."""
 
 from quartet.server.cli import main
 

@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import datetime
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from quartet.server.auth import Authenticator, TokenIssuer
 from quartet.server.interceptors import CallInterceptor
 from quartet.server.registration import Provided
 from quartet.server.services import DATABASE_SERVICES, MEMORY_SERVICES, SERVICE_NAMES, SERVICES
-from quartet.server.settings import Settings
+from quartet.server.settings import Settings, development_secret
 from quartet.storage import scores
 from quartet.storage.events import latest_event_types
 
@@ -263,15 +262,19 @@ def open_database(settings: Settings) -> peewee.Database:
 
 
 def with_secret(settings: Settings) -> Settings:
-    """settings, with a secret generated for this run if none is configured (development only:
-    production settings without a secret do not validate)."""
+    """settings, with the development secret kept in the data directory if none is configured
+    (production settings without a secret do not validate)."""
     if settings.secret:
         return settings
-    logger.warning(
-        "QUARTET_SECRET is not set: tokens are signed with a secret generated for this run and "
-        "stop working when the server restarts. Set QUARTET_SECRET (production requires it)."
+    secret, path, made = development_secret(settings.database_url)
+    logger.log(
+        logging.WARNING if made else logging.INFO,
+        "QUARTET_SECRET is not set: tokens are signed with the development secret %s %s "
+        "(production requires QUARTET_SECRET)",
+        "just made in" if made else "kept in",
+        path,
     )
-    return dataclasses.replace(settings, secret=secrets.token_urlsafe(48))
+    return dataclasses.replace(settings, secret=secret)
 
 
 @contextlib.asynccontextmanager

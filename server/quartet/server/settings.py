@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import secrets
+import stat
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
-from quartet.storage import default_database_url
+from quartet.storage import DEFAULT_SQLITE_PATH, default_database_url
 
 T = TypeVar("T")
 
@@ -267,6 +270,46 @@ def secret_problem(secret: str) -> str | None:
             f"does not go below {MIN_SECRET_COMPRESSED_BYTES}): it repeats itself"
         )
     return None
+
+
+SECRET_FILE_NAME = "secret"
+
+
+def data_directory(database_url: str) -> Path:
+    """Where the server keeps files beside its data: the SQLite database's directory, or for
+    another database quartet's directory under XDG_DATA_HOME (~/.local/share/quartet)."""
+    parts = urlsplit(database_url)
+    if parts.scheme == "sqlite" and parts.path[1:] not in ("", ":memory:"):
+        return Path(parts.path[1:]).expanduser().parent
+    return DEFAULT_SQLITE_PATH.parent
+
+
+def development_secret(database_url: str) -> tuple[str, Path, bool]:
+    """(secret, its file, whether it was just made): the token secret development keeps in the
+    data directory (file mode 0600), made on first use, so that tokens survive a restart."""
+    path = data_directory(database_url) / SECRET_FILE_NAME
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".{SECRET_FILE_NAME}.{os.getpid()}")
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_urlsafe(48) + "\n")
+        try:
+            os.link(draft, path)  # atomic, and refused if another server made one meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+        made = True
+    else:
+        made = False
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        raise SettingsError(f"{path} may be read by others: make it private with chmod 600")
+    secret = path.read_text().strip()
+    problem = secret_problem(secret)
+    if problem is not None:
+        raise SettingsError(f"the secret in {path} {problem}; delete the file to make another")
+    return secret, path, made
 
 
 def cpu_count() -> int:

@@ -1,4 +1,4 @@
-"""`quartet-server serve`: a supervisor and N worker processes sharing one port.
+"""`quartet server serve`: a supervisor and N worker processes sharing one port.
 
 One Python process uses one core (the GIL), so quartet runs a worker per core. The supervisor
 prepares once what must happen once (the secret, migrations, the event types file, checking the

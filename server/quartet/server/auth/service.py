@@ -238,7 +238,7 @@ def _token_pair(access: Issued, refresh: Issued) -> pb.TokenPair:
 
 def normalized_email(email: str) -> str:
     """email as accounts store it: a valid address, lower-cased; otherwise EmailNotValidError
-    (a ValueError) saying what is wrong. `quartet-server create-admin` checks its email so too."""
+    (a ValueError) saying what is wrong. `quartet server create-admin` checks its email so too."""
     return validate_email(email.strip(), check_deliverability=False).normalized.lower()
 
 

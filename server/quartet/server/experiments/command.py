@@ -1,4 +1,4 @@
-"""`quartet-server import-experiments [DIRECTORY]`: an import run straight against the database,
+"""`quartet server import-experiments [DIRECTORY]`: an import run straight against the database,
 for operators; without a directory it imports the demo data set shipped with quartet."""
 
 from __future__ import annotations

@@ -1,0 +1,5 @@
+"""`python -m quartet.cli` is the `quartet` command."""
+
+from quartet.cli.main import main
+
+main()
