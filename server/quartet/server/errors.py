@@ -163,9 +163,11 @@ _CONTROL_BUT_LINE_BREAKS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 def text_problem(text: str, *, multiline: bool = False) -> str | None:
     """Why text cannot be a request's text field (it holds a control character), or None.
 
-    The one check for request text: servicers apply it (through `Violations.check_text`) to
-    every text field before it reaches the database or a query. `multiline` text (the string
-    values of an event's data) may hold tabs and line breaks, nothing else below U+0020.
+    The one check for request text: `quartet.server.validation` applies it to every string field
+    of every request before the servicer runs, and the event rules (through
+    `Violations.check_text`) to each event's fields, which the request check leaves to them.
+    `multiline` text (the string values of an event's data) may hold tabs and line breaks,
+    nothing else below U+0020.
     """
     found = (_CONTROL_BUT_LINE_BREAKS if multiline else _CONTROL).search(text)
     if found is None:
