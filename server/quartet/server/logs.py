@@ -28,7 +28,7 @@ def configure(level: str = "INFO", fmt: str = "auto") -> None:
     handler.addFilter(RepeatFilter())
     # No line shows the caller's source position, thread or process name: not looking them up
     # is the logging module's documented optimisation, and a third of an access line's cost.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
