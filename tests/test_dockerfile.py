@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from quartet.server import metrics
 from quartet.server.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -140,8 +141,15 @@ def test_the_dockerfile_commands_build_install_serve_and_pass_the_healthcheck(
             assert check.returncode == 0, check.stdout + check.stderr
             assert check.stdout.strip() == "SERVING"
             metrics_url = f"http://127.0.0.1:{env['QUARTET_METRICS_PORT']}/metrics"
-            with urllib.request.urlopen(metrics_url, timeout=10) as response:
-                assert 'grpc_method="Check"' in response.read().decode()
+            # The probe's call, published by its worker within PUBLISH_SECONDS.
+            deadline = time.monotonic() + metrics.PUBLISH_SECONDS + 10
+            while True:
+                with urllib.request.urlopen(metrics_url, timeout=10) as response:
+                    page = response.read().decode()
+                if 'grpc_method="Check"' in page or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert 'grpc_method="Check"' in page
         finally:
             server.send_signal(signal.SIGTERM)
             _, log = server.communicate(timeout=30)
