@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -217,14 +218,23 @@ def build_server(
 async def keep_events(settings: Settings, interval: float = MAINTENANCE_INTERVAL) -> None:
     """Create the event partitions ahead and apply the retention, now and every interval."""
     ahead = datetime.timedelta(seconds=settings.event_clock_skew_seconds) + PARTITIONS_AHEAD
+    stop = threading.Event()
     while True:
-        try:
-            removed = await asyncio.to_thread(
+        work = asyncio.ensure_future(
+            asyncio.to_thread(
                 retention.maintain,
                 utcnow(),
                 days=settings.event_retention_days,
                 ahead=ahead,
+                stop=stop,
             )
+        )
+        try:
+            removed = await asyncio.shield(work)
+        except asyncio.CancelledError:  # the server stops: after the batch in progress
+            stop.set()
+            await asyncio.wait([work])
+            raise
         except Exception as exc:
             logger.warning("cannot keep the events table (again in %g s): %s", interval, exc)
         else:
@@ -337,4 +347,5 @@ async def running(
     finally:
         for task in tasks:
             task.cancel()
+        await asyncio.wait(tasks)
         await server.stop(settings.grace_seconds)

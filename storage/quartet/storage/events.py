@@ -151,8 +151,9 @@ def store(
     """Insert the events that are new and every rejection, in the caller's transaction.
 
     Returns the ids actually inserted: an id already stored, or repeated within `events`, is a
-    resend and inserts nothing. The unique index on `event.id` is what guarantees it; the insert
-    skips conflicts instead of failing, so one resent event never fails its whole batch.
+    resend and inserts nothing. The unique index on `event.id` (on PostgreSQL, the key of
+    `event_ids`) is what guarantees it; the insert skips conflicts instead of failing, so one
+    resent event never fails its whole batch.
     """
     database = db.obj
     fresh: dict[str, NewEvent] = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import threading
 from dataclasses import dataclass
 
 import peewee
@@ -42,16 +43,27 @@ class Removed:
         return bool(self.partitions or self.events or self.rejected)
 
 
-def maintain(now: datetime.datetime, *, days: float, ahead: datetime.timedelta) -> Removed:
+def maintain(
+    now: datetime.datetime,
+    *,
+    days: float,
+    ahead: datetime.timedelta,
+    stop: threading.Event | None = None,
+) -> Removed:
     """Create the week partitions up to now + ahead (PostgreSQL), then remove the events and
-    rejected events older than `days` days (none if days is 0), in a connection of its own."""
+    rejected events older than `days` days (none if days is 0), in a connection of its own.
+    Once `stop` is set, it ends after the batch in progress (the rest is left for next time)."""
     database = db.obj
     with database.connection_context():
-        return _maintain(database, now, days, ahead)
+        return _maintain(database, now, days, ahead, stop or threading.Event())
 
 
 def _maintain(
-    database: peewee.Database, now: datetime.datetime, days: float, ahead: datetime.timedelta
+    database: peewee.Database,
+    now: datetime.datetime,
+    days: float,
+    ahead: datetime.timedelta,
+    stop: threading.Event,
 ) -> Removed:
     postgres = isinstance(database, peewee.PostgresqlDatabase)
     if postgres:
@@ -63,12 +75,12 @@ def _maintain(
         return removed
     cutoff = now - datetime.timedelta(days=days)
     if postgres:
-        removed.partitions = _drop_partitions(database, cutoff)
-        removed.events = _delete_batches(database, _DELETE_BEFORE, cutoff)
+        removed.partitions = _drop_partitions(database, cutoff, stop)
+        removed.events = _delete_batches(database, stop, _DELETE_BEFORE, cutoff)
     else:
-        removed.events = _delete_batches(database, _DELETE_EVENTS, cutoff)
-    removed.rejected = _delete_batches(database, _DELETE_REJECTED, cutoff)
-    _delete_reasons(database, cutoff)
+        removed.events = _delete_batches(database, stop, _DELETE_EVENTS, cutoff)
+    removed.rejected = _delete_batches(database, stop, _DELETE_REJECTED, cutoff)
+    _delete_reasons(database, stop, cutoff)
     return removed
 
 
@@ -104,26 +116,33 @@ _REASONS = (
 )
 
 
-def _delete_batches(database: peewee.Database, sql: str, *params: object) -> int:
-    """Run sql, one transaction at a time, until it deletes less than a batch; the rows
-    deleted."""
+def _delete_batches(
+    database: peewee.Database, stop: threading.Event, sql: str, *params: object
+) -> int:
+    """Run sql, one transaction at a time, until it deletes less than a batch (or stop is
+    set); the rows deleted."""
     sql = sql.replace("%s", database.param)
     total = 0
-    while True:
+    while not stop.is_set():
         with database.atomic():
             deleted = len(database.execute_sql(sql, params).fetchall())  # type: ignore[no-untyped-call]
         total += deleted
         if deleted < BATCH:
-            return total
+            break
+    return total
 
 
-def _delete_reasons(database: peewee.Database, cutoff: datetime.datetime) -> None:
+def _delete_reasons(
+    database: peewee.Database, stop: threading.Event, cutoff: datetime.datetime
+) -> None:
     reasons = [row[0] for row in database.execute_sql(_REASONS).fetchall()]  # type: ignore[no-untyped-call]
     for reason in reasons:
-        _delete_batches(database, _DELETE_REASONS, reason, cutoff, reason, cutoff)
+        _delete_batches(database, stop, _DELETE_REASONS, reason, cutoff, reason, cutoff)
 
 
-def _drop_partitions(database: peewee.Database, cutoff: datetime.datetime) -> list[str]:
+def _drop_partitions(
+    database: peewee.Database, cutoff: datetime.datetime, stop: threading.Event
+) -> list[str]:
     """Drop the week partitions wholly before cutoff, after deleting their events' ids from
     event_ids (in batches, by the partition's own key); the names dropped."""
     with database.cursor() as cursor:  # type: ignore[no-untyped-call]
@@ -131,7 +150,7 @@ def _drop_partitions(database: peewee.Database, cutoff: datetime.datetime) -> li
     dropped = []
     for table, _ in expired:
         last = 0
-        while True:
+        while not stop.is_set():
             with database.atomic():
                 ids = database.execute_sql(  # type: ignore[no-untyped-call]
                     f"WITH batch AS (SELECT seq, id FROM {table} WHERE seq > %s ORDER BY seq"
@@ -142,6 +161,8 @@ def _drop_partitions(database: peewee.Database, cutoff: datetime.datetime) -> li
             if not ids[1]:
                 break
             last = ids[0]
+        if stop.is_set():
+            break
         try:
             with database.atomic(), database.cursor() as cursor:  # type: ignore[no-untyped-call]
                 partitions.lock(cursor)
