@@ -74,13 +74,15 @@ def _maintain(
     if days <= 0:
         return removed
     cutoff = now - datetime.timedelta(days=days)
+    # As text, as Peewee stores a datetime in SQLite, so that both compare alike there.
+    before = cutoff.isoformat(" ")
     if postgres:
         removed.partitions = _drop_partitions(database, cutoff, stop)
-        removed.events = _delete_batches(database, stop, _DELETE_BEFORE, cutoff)
+        removed.events = _delete_batches(database, stop, _DELETE_BEFORE, before)
     else:
-        removed.events = _delete_batches(database, stop, _DELETE_EVENTS, cutoff)
-    removed.rejected = _delete_batches(database, stop, _DELETE_REJECTED, cutoff)
-    _delete_reasons(database, stop, cutoff)
+        removed.events = _delete_batches(database, stop, _DELETE_EVENTS, before)
+    removed.rejected = _delete_batches(database, stop, _DELETE_REJECTED, before)
+    _delete_reasons(database, stop, before)
     return removed
 
 
@@ -132,12 +134,10 @@ def _delete_batches(
     return total
 
 
-def _delete_reasons(
-    database: peewee.Database, stop: threading.Event, cutoff: datetime.datetime
-) -> None:
+def _delete_reasons(database: peewee.Database, stop: threading.Event, before: str) -> None:
     reasons = [row[0] for row in database.execute_sql(_REASONS).fetchall()]  # type: ignore[no-untyped-call]
     for reason in reasons:
-        _delete_batches(database, stop, _DELETE_REASONS, reason, cutoff, reason, cutoff)
+        _delete_batches(database, stop, _DELETE_REASONS, reason, before, reason, before)
 
 
 def _drop_partitions(
