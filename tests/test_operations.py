@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from quartet.client import Client, QuartetError, event
-from quartet.server.settings import Settings
+from quartet.server.settings import Settings, cgroup_cpu_limit, cpu_count
 from quartet.server.testing import running_server
 from tests.conftest import SECRET, Principal, mint_token
 from tests.helpers import Background, server_process, table_locked
@@ -182,3 +182,23 @@ def test_logs_never_show_passwords_or_tokens(
     for secret in (password, "wrong password!", tokens.access_token, tokens.refresh_token):
         assert secret not in text
     assert "account:1" in text  # the caller is identified, by id
+
+
+def test_the_default_worker_count_follows_a_containers_cpu_limit(tmp_path: Path) -> None:
+    """A pod limited to 1.5 CPUs gets 2 workers, whatever the node's core count; the tightest
+    quota on the way to the root counts, and "max" is no limit."""
+    membership = tmp_path / "cgroup"
+    membership.write_text("0::/kubepods/pod1/container\n")
+    root = tmp_path / "fs"
+    container = root / "kubepods" / "pod1" / "container"
+    container.mkdir(parents=True)
+    (container / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(root, membership) is None
+    (root / "kubepods" / "pod1" / "cpu.max").write_text("150000 100000\n")
+    (root / "kubepods" / "cpu.max").write_text("800000 100000\n")
+    assert cgroup_cpu_limit(root, membership) == 2
+    (container / "cpu.max").write_text("50000 100000\n")
+    assert cgroup_cpu_limit(root, membership) == 1
+    assert cgroup_cpu_limit(root, tmp_path / "no-such-file") is None
+    # This machine's own answer is never more than the cores the process may run on.
+    assert 1 <= cpu_count() <= len(os.sched_getaffinity(0))
