@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
+import threading
 import time
 from collections.abc import Iterator
 
@@ -174,6 +176,21 @@ def test_events_of_weeks_without_a_partition_get_one(partitioned: peewee.Databas
     # The same id, in another week, is a resend.
     assert store(partitioned, [new_event("far", NOW - 20 * DAY)]) == set()
     assert sorted(e for e, _ in stored(partitioned)) == ["far", "now", "old"]
+
+
+@postgresql_only
+def test_writers_needing_the_same_new_week_make_it_once(partitioned: peewee.Database) -> None:
+    week = NOW + 90 * DAY
+    barrier = threading.Barrier(4)
+
+    def send(n: int) -> set[str]:
+        barrier.wait()
+        return store(partitioned, [new_event(f"w{n}-{i}", week) for i in range(50)])
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        inserted = set().union(*pool.map(send, range(4)))
+    assert len(inserted) == 200
+    assert partitions.name(partitions.period_start(week)) in partition_names(partitioned)
 
 
 @postgresql_only
