@@ -68,9 +68,10 @@ class EventId(BaseModel):
     would take a resend with another time (or another sender's event of that id) for a new
     event. So the writer claims each id here, in the transaction that inserts the event, and
     inserts only the events whose id it claimed. The time is the way to the one partition that
-    holds the event. The alternative, a key made of the id alone, is not possible: the partition
-    key is the time, which the id does not determine (senders choose their ids). Measured with
-    scripts/bench_events.py: no slower than the unique index it replaces (docs/performance.md).
+    holds the event. Deriving the partition key from the id instead is not possible: senders
+    choose their ids, which need not say when the event occurred. Measured with
+    scripts/bench_event_store.py: no slower, within the noise, than the unique index it replaces
+    (docs/performance.md).
     """
 
     id = peewee.CharField(max_length=36, primary_key=True)
