@@ -102,11 +102,12 @@ _DELETE_REJECTED = (
     "DELETE FROM rejected_event WHERE id IN (SELECT id FROM rejected_event WHERE reject_time < %s"
     f" ORDER BY reject_time LIMIT {BATCH}) RETURNING 1"
 )
-# A rejected event's reasons, by reason: the key is (reason, reject_time, rejected_id).
+# A rejected event's reasons, a reason at a time: the key is (reason, reject_time, rejected_id),
+# each row deleted found by it.
 _DELETE_REASONS = (
-    "DELETE FROM rejected_event_reason WHERE reason = %s AND reject_time < %s AND rejected_id IN"
-    " (SELECT rejected_id FROM rejected_event_reason WHERE reason = %s AND reject_time < %s"
-    f" ORDER BY reject_time LIMIT {BATCH}) RETURNING 1"
+    "DELETE FROM rejected_event_reason WHERE (reason, reject_time, rejected_id) IN"
+    " (SELECT reason, reject_time, rejected_id FROM rejected_event_reason WHERE reason = %s"
+    f" AND reject_time < %s ORDER BY reject_time LIMIT {BATCH}) RETURNING 1"
 )
 # The distinct reasons, one key lookup each (a loose index scan) rather than reading them all.
 _REASONS = (
@@ -137,7 +138,7 @@ def _delete_batches(
 def _delete_reasons(database: peewee.Database, stop: threading.Event, before: str) -> None:
     reasons = [row[0] for row in database.execute_sql(_REASONS).fetchall()]  # type: ignore[no-untyped-call]
     for reason in reasons:
-        _delete_batches(database, stop, _DELETE_REASONS, reason, before, reason, before)
+        _delete_batches(database, stop, _DELETE_REASONS, reason, before)
 
 
 def _drop_partitions(
