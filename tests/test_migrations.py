@@ -7,14 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import peewee
 from playhouse import migrations
-from playhouse.schema_diff import SchemaDiff, diff_models
 
 from quartet import storage
-from quartet.server import services
 from quartet.storage import events
 from quartet.storage.migrate import MIGRATIONS
+from tests.helpers import schema_drift
 
 FIRST = "0001_scores"
 
@@ -98,31 +96,9 @@ def test_models_match_the_migrated_schema(empty_database_url: str) -> None:
         storage.migrate(database)
         storage.bind(database)
         with database.connection_context():
-            diff = diff_models(database, services.MODELS)
-            if isinstance(database, peewee.PostgresqlDatabase):
-                diff = _without_partitioned_indexes(database, diff)
-            else:  # event_ids is PostgreSQL's (see events.EventId)
-                assert diff.create_tables == [events.EventId]
-                diff = diff._replace(create_tables=[])
-            assert not diff
+            assert not schema_drift(database)
     finally:
         storage.close(database)
-
-
-def _without_partitioned_indexes(database: peewee.Database, diff: SchemaDiff) -> SchemaDiff:
-    """diff, less the indexes of the partitioned `event`, having checked them: Peewee reads no
-    index of a partitioned table. Its primary key holds the partition key, and the unique index
-    on id is event_ids' primary key instead."""
-    cursor = database.execute_sql(  # type: ignore[no-untyped-call]
-        "SELECT ARRAY(SELECT pg_get_indexdef(indexrelid, k + 1, true)"
-        " FROM generate_subscripts(indkey, 1) AS k ORDER BY k), indisunique"
-        " FROM pg_index WHERE indrelid = 'event'::regclass"
-    )
-    found = {(tuple(columns), unique) for columns, unique in cursor.fetchall()}
-    declared = {(index.columns, index.unique) for index in diff.add_indexes}
-    assert {index.table for index in diff.add_indexes} == {"event"}
-    assert found == declared - {(("id",), True)} | {(("seq", "occur_time"), True)}
-    return diff._replace(add_indexes=[])
 
 
 def test_migrate_command(tmp_path: Path) -> None:
