@@ -147,10 +147,11 @@ def row_counts(db: peewee.Database) -> dict[str, int]:
     (event_ids exists on PostgreSQL alone.)"""
     models = [m for m in services.MODELS if m not in storage.REFERENCE_MODELS]
     with db.connection_context():
+        tables = set(db.get_tables())
         return {
             m._meta.table_name: m.select().count()
             for m in models
-            if m not in (RejectedEvent, RejectedEventReason) and m.table_exists()
+            if m not in (RejectedEvent, RejectedEventReason) and m._meta.table_name in tables
         }
 
 
