@@ -14,6 +14,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import peewee
 import psycopg2
+from playhouse.schema_diff import SchemaDiff, diff_models
+
+from quartet.server import services
+from quartet.storage import events
 
 
 @contextlib.contextmanager
@@ -183,3 +187,24 @@ def run_on_terminal(command: list[str], env: dict[str, str]) -> tuple[str, str]:
     stdout, _ = process.communicate(timeout=60)
     os.close(leader)
     return stdout, shown.decode(errors="replace")
+
+
+def schema_drift(database: peewee.Database) -> SchemaDiff:
+    """How the models differ from the database's schema, beyond what is meant: event_ids is
+    PostgreSQL's alone (events.EventId), and there Peewee reads no index of the partitioned
+    `event`, whose indexes are checked here instead (its primary key holds the partition key,
+    and the unique index on id is event_ids' primary key)."""
+    diff = diff_models(database, services.MODELS)
+    if not isinstance(database, peewee.PostgresqlDatabase):
+        assert diff.create_tables == [events.EventId]
+        return diff._replace(create_tables=[])
+    cursor = database.execute_sql(  # type: ignore[no-untyped-call]
+        "SELECT ARRAY(SELECT pg_get_indexdef(indexrelid, k + 1, true)"
+        " FROM generate_subscripts(indkey, 1) AS k ORDER BY k), indisunique"
+        " FROM pg_index WHERE indrelid = 'event'::regclass"
+    )
+    found = {(tuple(columns), unique) for columns, unique in cursor.fetchall()}
+    declared = {(index.columns, index.unique) for index in diff.add_indexes}
+    assert {index.table for index in diff.add_indexes} == {"event"}
+    assert found == declared - {(("id",), True)} | {(("seq", "occur_time"), True)}
+    return diff._replace(add_indexes=[])

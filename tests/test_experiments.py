@@ -14,14 +14,12 @@ import google.rpc.error_details_pb2 as error_details_pb2
 import grpc
 import peewee
 import pytest
-from playhouse.schema_diff import diff_models
 
 from quartet.client import Client, FieldViolation, QuartetError
 from quartet.experiments.v1 import experiment_service_pb2 as pb
 from quartet.experiments.v1 import experiment_service_pb2_grpc
-from quartet.server import services
 from tests.conftest import Principal
-from tests.helpers import Background
+from tests.helpers import Background, schema_drift
 
 SEED = Path(__file__).resolve().parent.parent / "storage/quartet/storage/data/experiments"
 SEED_USERS = (SEED / "users.csv").read_bytes()
@@ -404,7 +402,7 @@ def test_imports_leave_the_schema_as_the_migrations_made_it(
     for _ in range(2):
         client.experiments.import_directory(SEED)
         with db.connection_context():
-            assert not diff_models(db, services.MODELS)
+            assert not schema_drift(db)
             assert db.get_primary_keys("experiment") == ["id"]
             keys = db.get_primary_keys("experiment_compound")
             assert keys == ["experiment_id", "position"]

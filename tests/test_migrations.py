@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 
 from playhouse import migrations
-from playhouse.schema_diff import diff_models
 
 from quartet import storage
-from quartet.server import services
 from quartet.storage import events
 from quartet.storage.migrate import MIGRATIONS
+from tests.helpers import schema_drift
 
 FIRST = "0001_scores"
 
@@ -97,7 +96,7 @@ def test_models_match_the_migrated_schema(empty_database_url: str) -> None:
         storage.migrate(database)
         storage.bind(database)
         with database.connection_context():
-            assert not diff_models(database, services.MODELS)
+            assert not schema_drift(database)
     finally:
         storage.close(database)
 

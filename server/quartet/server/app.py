@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from quartet.server.interceptors import CallInterceptor
 from quartet.server.registration import Provided
 from quartet.server.services import DATABASE_SERVICES, MEMORY_SERVICES, SERVICE_NAMES, SERVICES
 from quartet.server.settings import Settings, development_secret
-from quartet.storage import scores
+from quartet.storage import retention, scores
+from quartet.storage.base import utcnow
 from quartet.storage.events import latest_event_types
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,10 @@ logger = logging.getLogger(__name__)
 # the server turns NOT_SERVING, and SERVING again, within about that much of the change.
 PROBE_INTERVAL = 1.0
 REFRESH_INTERVAL = 10.0
+# How often one process of a server (see `running`) creates the event partitions ahead, this far
+# past the clock skew, and applies the retention (quartet.storage.retention).
+MAINTENANCE_INTERVAL = 3600.0
+PARTITIONS_AHEAD = datetime.timedelta(days=14)
 
 
 class PortInUse(RuntimeError):
@@ -210,6 +216,39 @@ def build_server(
     )
 
 
+async def keep_events(settings: Settings, interval: float = MAINTENANCE_INTERVAL) -> None:
+    """Create the event partitions ahead and apply the retention, now and every interval."""
+    ahead = datetime.timedelta(seconds=settings.event_clock_skew_seconds) + PARTITIONS_AHEAD
+    stop = threading.Event()
+    while True:
+        work = asyncio.ensure_future(
+            asyncio.to_thread(
+                retention.maintain,
+                utcnow(),
+                days=settings.event_retention_days,
+                ahead=ahead,
+                stop=stop,
+            )
+        )
+        try:
+            removed = await asyncio.shield(work)
+        except asyncio.CancelledError:  # the server stops: after the batch in progress
+            stop.set()
+            await asyncio.wait([work])
+            raise
+        except Exception as exc:
+            logger.warning("cannot keep the events table (again in %g s): %s", interval, exc)
+        else:
+            if removed:
+                logger.info(
+                    "retention removed %d events, %d rejected events, partitions %s",
+                    removed.events,
+                    removed.rejected,
+                    ", ".join(removed.partitions) or "none",
+                )
+        await asyncio.sleep(interval)
+
+
 def _options(settings: Settings, reuse_port: bool) -> list[tuple[str, int]]:
     return [
         ("grpc.so_reuseport", int(reuse_port)),
@@ -232,8 +271,9 @@ def _options(settings: Settings, reuse_port: bool) -> list[tuple[str, int]]:
 
 def _connections(settings: Settings) -> int:
     """Pooled connections: one per database thread, the event loop's (SQLite reads run there),
-    the event and score writers', the WAL checkpointer's, and one to spare."""
-    return settings.db_threads + 5
+    the event and score writers', the WAL checkpointer's, the events' upkeep, and one to
+    spare."""
+    return settings.db_threads + 6
 
 
 def _key_pair(settings: Settings) -> tuple[bytes, bytes]:
@@ -279,8 +319,11 @@ def with_secret(settings: Settings) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, *, worker: bool = False) -> AsyncIterator[Server]:
-    """Open the database, then start the server; on exit, stop it gracefully.
+async def running(
+    settings: Settings, *, worker: bool = False, upkeep: bool = True
+) -> AsyncIterator[Server]:
+    """Open the database, then start the server; on exit, stop it gracefully. With upkeep,
+    also keep the events table (keep_events): one process per server does, not every worker.
 
     A worker (one of several processes on one port) finds the database already prepared by its
     supervisor, and shares the port. It never creates the database: should the file be gone by
@@ -297,9 +340,13 @@ async def running(settings: Settings, *, worker: bool = False) -> AsyncIterator[
         database = open_database(settings)
     server = build_server(settings, database, reuse_port=worker)
     await server.start()
-    watchdog = asyncio.create_task(server.watch())
+    tasks = [asyncio.create_task(server.watch())]
+    if upkeep:
+        tasks.append(asyncio.create_task(keep_events(settings)))
     try:
         yield server
     finally:
-        watchdog.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
         await server.stop(settings.grace_seconds)

@@ -100,6 +100,11 @@ class Settings:
         default=60.0, metadata={"env": "QUARTET_EVENT_CLOCK_SKEW_SECONDS"}
     )
     max_event_bytes: int = field(default=65536, metadata={"env": "QUARTET_MAX_EVENT_BYTES"})
+    # Events are kept this many days after they occurred, rejected events after they were
+    # rejected; 0 keeps them forever. (On PostgreSQL a week goes at once, up to 7 days later.)
+    event_retention_days: float = field(
+        default=0.0, metadata={"env": "QUARTET_EVENT_RETENTION_DAYS"}
+    )
     # The largest batch of events (one SendEvents request, or one message of a stream), so that a
     # too large one is refused with details instead of gRPC's bare RESOURCE_EXHAUSTED at
     # max_message_bytes. The SDK splits its batches to stay under the default.
@@ -209,6 +214,8 @@ class Settings:
             raise SettingsError("QUARTET_UNKNOWN_EVENT_TYPES must be reject or accept")
         if self.event_clock_skew_seconds < 0 or self.max_event_bytes < 1:
             raise SettingsError("the event clock skew and size limit must be positive")
+        if self.event_retention_days < 0:
+            raise SettingsError("QUARTET_EVENT_RETENTION_DAYS must be 0 (forever) or more")
         if self.max_batch_bytes < 1:
             raise SettingsError("max_batch_bytes must be positive")
         if not 0 <= self.event_commit_delay_ms <= 1000:

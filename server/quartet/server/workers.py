@@ -249,7 +249,7 @@ class _Supervisor:
         if role.index is None:
             _metrics_server(self.settings, self._ready_write)
         else:
-            _worker(self.settings, self._ready_write, role.cpu)
+            _worker(self.settings, self._ready_write, role.cpu, upkeep=role.index == 0)
 
 
 def _how_it_ended(code: int) -> str:
@@ -262,15 +262,15 @@ def _how_it_ended(code: int) -> str:
         return f"was killed by signal {-code}"
 
 
-def _worker(settings: Settings, ready: int, cpu: int | None) -> None:
+def _worker(settings: Settings, ready: int, cpu: int | None, *, upkeep: bool) -> None:
     """A worker process: serve until SIGTERM/SIGINT, then exit (never return into the parent's
-    code)."""
+    code). One worker, the first, keeps the events table (app.keep_events)."""
     status = 1
     try:
         _die_with_parent()
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})
-        asyncio.run(_serve_worker(settings, ready))
+        asyncio.run(_serve_worker(settings, ready, upkeep))
         status = 0
     except BaseException:
         logger.exception("worker failed")
@@ -279,13 +279,13 @@ def _worker(settings: Settings, ready: int, cpu: int | None) -> None:
         os._exit(status)
 
 
-async def _serve_worker(settings: Settings, ready: int) -> None:
+async def _serve_worker(settings: Settings, ready: int, upkeep: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # a stop sent meanwhile, now
-    async with app.running(settings, worker=True):
+    async with app.running(settings, worker=True, upkeep=upkeep):
         os.write(ready, f"{os.getpid()}\n".encode())
         os.close(ready)
         await stop.wait()

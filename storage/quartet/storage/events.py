@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import peewee
+import psycopg2
 
+from quartet.storage import partitions
 from quartet.storage.base import BaseModel, copy_line, db, prepared, utcnow
 from quartet.storage.errors import RecordNotFound
 
@@ -31,7 +33,10 @@ class EventType(BaseModel):
 
 class Event(BaseModel):
     """A stored event. `seq` is the arrival order; `id` the sender's (or our) UUID, unique, so a
-    resent event is recognised by the database itself."""
+    resent event is recognised by the database itself: by a unique index on SQLite, and on
+    PostgreSQL, where the table is partitioned by week of `occur_time` (quartet.storage.partitions)
+    and a unique index would have to include it, by the primary key of EventId. Find an event by
+    id through `by_ids`, which reads EventId first there."""
 
     seq = peewee.BigAutoField()
     id = peewee.CharField(max_length=36, unique=True)
@@ -54,6 +59,26 @@ class Event(BaseModel):
             (("category", "name", "occur_time", "seq"), False),
             (("occur_time", "seq"), False),
         )
+
+
+class EventId(BaseModel):
+    """PostgreSQL only: the id and time of every stored event, its id unique.
+
+    A partitioned table's unique index must include the partition key, and (id, occur_time)
+    would take a resend with another time (or another sender's event of that id) for a new
+    event. So the writer claims each id here, in the transaction that inserts the event, and
+    inserts only the events whose id it claimed. The time is the way to the one partition that
+    holds the event. Deriving the partition key from the id instead is not possible: senders
+    choose their ids, which need not say when the event occurred. Measured with
+    scripts/bench_event_store.py: no slower, within the noise, than the unique index it replaces
+    (docs/performance.md).
+    """
+
+    id = peewee.CharField(max_length=36, primary_key=True)
+    occur_time = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "event_ids"
 
 
 class RejectedEvent(BaseModel):
@@ -127,8 +152,9 @@ def store(
     """Insert the events that are new and every rejection, in the caller's transaction.
 
     Returns the ids actually inserted: an id already stored, or repeated within `events`, is a
-    resend and inserts nothing. The unique index on `event.id` is what guarantees it; the insert
-    skips conflicts instead of failing, so one resent event never fails its whole batch.
+    resend and inserts nothing. The unique index on `event.id` (on PostgreSQL, the key of
+    `event_ids`) is what guarantees it; the insert skips conflicts instead of failing, so one
+    resent event never fails its whole batch.
     """
     database = db.obj
     fresh: dict[str, NewEvent] = {}
@@ -229,10 +255,18 @@ _STAGE = (
     " ON COMMIT DELETE ROWS"
 )
 _TO_STAGE = f"COPY pg_temp.event_stage (n, {_COLUMNS}) FROM STDIN"
+# The ids are claimed in event_ids first (see EventId); only the events whose id was claimed are
+# inserted. Behind a savepoint: an event of a week without its partition fails the insert, which
+# is tried again once the weeks exist (partitions.ensure).
 _FROM_STAGE = (
-    f"WITH staged AS (DELETE FROM pg_temp.event_stage RETURNING *) INSERT INTO event ({_COLUMNS})"
-    f" SELECT {_COLUMNS} FROM staged ORDER BY n ON CONFLICT (id) DO NOTHING RETURNING id"
+    "SAVEPOINT event_insert;"
+    " WITH staged AS (DELETE FROM pg_temp.event_stage RETURNING *),"
+    " claimed AS (INSERT INTO event_ids (id, occur_time) SELECT id, occur_time FROM staged"
+    " ON CONFLICT (id) DO NOTHING RETURNING id)"
+    f" INSERT INTO event ({_COLUMNS}) SELECT {_COLUMNS} FROM staged JOIN claimed USING (id)"
+    " ORDER BY n RETURNING id"
 )
+_NO_PARTITION = "23514"  # check_violation: "no partition of relation "event" found for row"
 
 
 def _copy_new(
@@ -245,7 +279,14 @@ def _copy_new(
     with database.cursor() as cursor:  # type: ignore[no-untyped-call]
         cursor.execute(_STAGE)
         cursor.copy_expert(_TO_STAGE, io.StringIO("".join(lines)))
-        cursor.execute(_FROM_STAGE)
+        try:
+            cursor.execute(_FROM_STAGE)
+        except psycopg2.Error as exc:
+            if exc.pgcode != _NO_PARTITION:
+                raise
+            cursor.execute("ROLLBACK TO SAVEPOINT event_insert")
+            partitions.ensure(cursor, (e.occur_time for e in events))
+            cursor.execute(_FROM_STAGE)
         return {found[0] for found in cursor.fetchall()}
 
 
@@ -254,15 +295,26 @@ def senders(ids: set[str]) -> dict[str, int]:
     found: dict[str, int] = {}
     ordered = sorted(ids)
     for start in range(0, len(ordered), _CHUNK):
-        query = Event.select(Event.id, Event.application_id).where(
-            Event.id.in_(ordered[start : start + _CHUNK])
+        query = by_ids(
+            Event.select(Event.id, Event.application_id), ordered[start : start + _CHUNK]
         )
         found.update((row.id, row.application_id) for row in query)
     return found
 
 
+def by_ids(query: peewee.ModelSelect[Event], ids: Sequence[str]) -> peewee.ModelSelect[Event]:
+    """query, of the events of these ids. On PostgreSQL through EventId, whose times lead to
+    the partitions that hold them (nothing indexes Event.id in a partition)."""
+    if isinstance(db.obj, peewee.PostgresqlDatabase):
+        query = query.join(
+            EventId, on=(EventId.occur_time == Event.occur_time) & (EventId.id == Event.id)
+        )
+        return query.where(EventId.id.in_(ids))
+    return query.where(Event.id.in_(ids))
+
+
 def get_event(event_id: str) -> Event:
-    event: Event | None = Event.get_or_none(Event.id == event_id)
+    event: Event | None = by_ids(Event.select(), [event_id]).first()
     if event is None:
         raise RecordNotFound("event", event_id)
     return event
@@ -467,7 +519,7 @@ def tail_cursor(after_event_id: str = "") -> TailCursor:
     """A cursor after the event with this id (RecordNotFound if none), or after every event
     stored so far."""
     if after_event_id:
-        row = Event.select(Event.seq).where(Event.id == after_event_id).first()
+        row = by_ids(Event.select(Event.seq), [after_event_id]).first()
         if row is None:
             raise RecordNotFound("event", after_event_id)
         return TailCursor(row.seq)

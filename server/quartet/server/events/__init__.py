@@ -36,7 +36,13 @@ SERVICE = Service(
     servicer=_servicer,
     add_to_server=add_event_service,
     needs_database=True,
-    models=(events.EventType, events.Event, events.RejectedEvent, events.RejectedEventReason),
+    models=(
+        events.EventType,
+        events.Event,
+        events.EventId,
+        events.RejectedEvent,
+        events.RejectedEventReason,
+    ),
 )
 
 __all__ = [
