@@ -250,12 +250,13 @@ def _summaries(low: int, high: int, selection: Selection = EVERYONE) -> list[Use
     ).cte("ranked")
     counted = Experiment.alias("counted")
 
-    def of_user(aggregate: peewee.Function) -> peewee.Select:
-        return counted.select(aggregate).where(counted.user_id == ExperimentUser.id)
+    def of_user(aggregate: peewee.Function, name: str) -> peewee.Node:
+        # Aliased: Peewee would read an unnamed subquery's value as its table's key, an integer.
+        return counted.select(aggregate).where(counted.user_id == ExperimentUser.id).alias(name)
 
-    experiments = of_user(peewee.fn.COUNT(peewee.SQL("*")))
-    run_time = of_user(peewee.fn.SUM(counted.run_time))
-    average_run_time = of_user(peewee.fn.AVG(counted.run_time))
+    experiments = of_user(peewee.fn.COUNT(peewee.SQL("*")), "experiments")
+    run_time = of_user(peewee.fn.SUM(counted.run_time), "run_time")
+    average_run_time = of_user(peewee.fn.AVG(counted.run_time), "average_run_time")
     query = (
         ranked.select_from(
             ExperimentUser.id,
