@@ -283,7 +283,9 @@ Global___FileProgress: _TypeAlias = FileProgress  # noqa: Y015
 @_typing.final
 class ReportFilter(_message.Message):
     """ReportFilter selects the users a report covers; its conditions combine with AND, and an empty
-    filter selects every user. A filter that selects nobody gives an empty report, not an error.
+    filter selects every user. A filter that selects nobody gives an empty report, not an error. A
+    day that is not a date of the calendar, or an end before the start, is INVALID_ARGUMENT (reason
+    FIELD_INVALID, the field violation naming `filter.signup_date_start` or `filter.signup_date_end`).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -801,7 +803,7 @@ class Import(_message.Message):
     """The import's id, given when it ends: a later id ended later."""
     caller: _builtins.str
     """Who imported: `account:<id>` for an account calling ImportExperimentData, `command-line` for
-    an operator's `quartet server import-experiments`.
+    an operator's `quartet server import-experiments`, `demo-data` for `quartet server demo-data`.
     """
     user_rows: _builtins.int
     """How many data rows users.csv held (not the header or blank lines)."""
@@ -815,7 +817,7 @@ class Import(_message.Message):
     """How many problems the files had: 0 for a published import."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """When the server received the import's first chunk."""
+        """When the server began to read the import's files (after any import before it had ended)."""
 
     @_builtins.property
     def finish_time(self) -> _timestamp_pb2.Timestamp:
