@@ -92,12 +92,12 @@ def test_client_command_imports_and_prints_the_report(
     assert lines[1].split() == ["users", "10", "(10", "ran", "one)"]
     assert lines[3].split() == ["per", "user", "1.1"]
     rows = [line.split() for line in lines if line.strip()[:1].isdigit()]
-    assert rows[0] == ["1", "Alice", "alice@example.com", "2", "Compound", "B", "2"]
-    assert rows[1] == ["2", "Bob", "bob@example.com", "1", "Compound", "A", "1"]
+    assert rows[0] == ["1", "Alice", "alice@example.com", "2", "Compound", "B", "2", "25", "12.5"]
+    assert rows[1] == ["2", "Bob", "bob@example.com", "1", "Compound", "A", "1", "20", "20"]
     one = run([*CLIENT, "report", "--user", "3", "--format", "csv"], env)
     assert one.stdout.splitlines() == [
-        "user,name,email,experiments,favourite compound,uses",
-        "3,Carol,carol@example.com,1,Compound B,1",
+        "user,name,email,experiments,favourite compound,uses,run time,average",
+        "3,Carol,carol@example.com,1,Compound B,1,25,25",
     ]
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 from rich.console import Console
@@ -22,7 +23,7 @@ from quartet.cli.session import (
     session,
 )
 from quartet.client import exports
-from quartet.client._experiments import FILE_NAMES
+from quartet.client._experiments import FILE_NAMES, Filter
 from quartet.client.progress import describe
 from quartet.experiments.v1 import experiment_service_pb2 as pb
 
@@ -75,42 +76,48 @@ def _day(ctx: click.Context, param: click.Parameter, value: str | None) -> datet
 
 
 def filter_options(fn: F) -> F:
-    """The report filter: --compound, --signed-up-from, --signed-up-to (as `filters` keywords)."""
-    for option in reversed(
-        [
-            click.option(
-                "--compound",
-                type=click.IntRange(min=1),
-                metavar="ID",
-                help="only users who used this compound",
-            ),
-            click.option(
-                "--signed-up-from",
-                metavar="DAY",
-                callback=_day,
-                help="only users who signed up on or after this day (YYYY-MM-DD)",
-            ),
-            click.option(
-                "--signed-up-to",
-                metavar="DAY",
-                callback=_day,
-                help="only users who signed up on or before this day (YYYY-MM-DD)",
-            ),
-        ]
-    ):
-        fn = option(fn)
-    return fn
+    """The report filter's options, --compound, --signed-up-from and --signed-up-to, given to
+    the command as one `selected` argument: the SDK's filter keywords."""
 
+    @functools.wraps(fn)
+    def command(
+        *args: Any,
+        compound: int | None,
+        signed_up_from: datetime.date | None,
+        signed_up_to: datetime.date | None,
+        **kwargs: Any,
+    ) -> Any:
+        selected: Filter = {
+            "compound_id": compound,
+            "signup_date_start": signed_up_from,
+            "signup_date_end": signed_up_to,
+        }
+        return fn(*args, selected=selected, **kwargs)
 
-def filters(
-    compound: int | None, signed_up_from: datetime.date | None, signed_up_to: datetime.date | None
-) -> dict[str, Any]:
-    """The SDK's filter keywords for the options of filter_options."""
-    return {
-        "compound_id": compound,
-        "signup_date_start": signed_up_from,
-        "signup_date_end": signed_up_to,
-    }
+    options = [
+        click.option(
+            "--compound",
+            type=click.IntRange(min=1),
+            metavar="ID",
+            help="only users who used this compound",
+        ),
+        click.option(
+            "--signed-up-from",
+            metavar="DAY",
+            callback=_day,
+            help="only users who signed up on or after this day (YYYY-MM-DD)",
+        ),
+        click.option(
+            "--signed-up-to",
+            metavar="DAY",
+            callback=_day,
+            help="only users who signed up on or before this day (YYYY-MM-DD)",
+        ),
+    ]
+    wrapped: Any = command
+    for option in reversed(options):
+        wrapped = option(wrapped)
+    return cast(F, wrapped)
 
 
 @click.group(help="The experiment data set: import it, and read its report.")
@@ -197,13 +204,7 @@ def import_(
 @filter_options
 @limit_option
 @api_command("table", "json", "csv")
-def report(
-    user: int | None,
-    compound: int | None,
-    signed_up_from: datetime.date | None,
-    signed_up_to: datetime.date | None,
-    limit: int,
-) -> None:
+def report(user: int | None, selected: Filter, limit: int) -> None:
     state = session()
     client = state.client()
     if user is not None:
@@ -213,7 +214,6 @@ def report(
         else:
             print_list([found], USER_COLUMNS, state.format)
         return
-    selected = filters(compound, signed_up_from, signed_up_to)
     overall = client.experiments.get_report(**selected)
     users = limited(
         client.experiments.iter_user_reports(page_size=page_size(limit), **selected), limit
@@ -250,15 +250,10 @@ def report(
 @filter_options
 @limit_option
 @api_command("table", "json", "csv")
-def compounds(
-    compound: int | None,
-    signed_up_from: datetime.date | None,
-    signed_up_to: datetime.date | None,
-    limit: int,
-) -> None:
+def compounds(selected: Filter, limit: int) -> None:
     state = session()
     reports = state.client().experiments.iter_compound_reports(
-        page_size=page_size(limit), **filters(compound, signed_up_from, signed_up_to)
+        page_size=page_size(limit), **selected
     )
     print_list(limited(reports, limit), COMPOUND_COLUMNS, state.format)
 
@@ -289,14 +284,11 @@ def export(
     report_file: Path | None,
     users_file: Path | None,
     fmt: exports.Format,
-    compound: int | None,
-    signed_up_from: datetime.date | None,
-    signed_up_to: datetime.date | None,
+    selected: Filter,
 ) -> None:
     if report_file is None and users_file is None:
         raise click.UsageError("give --report FILE, --users FILE, or both")
     state = session()
-    selected = filters(compound, signed_up_from, signed_up_to)
     client = state.client()
     if report_file is not None:
         client.experiments.write_report(report_file, fmt, **selected)

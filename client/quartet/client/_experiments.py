@@ -7,7 +7,7 @@ import datetime
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, TypeAlias
+from typing import BinaryIO, TypeAlias, TypedDict, Unpack
 
 from quartet.client import _aio_base, _base, exports
 from quartet.client._base import Call, call, fields
@@ -31,18 +31,23 @@ FILE_NAMES = {
 }
 
 
-def report_filter(
-    compound_id: int | None = None,
-    signup_date_start: Day | None = None,
-    signup_date_end: Day | None = None,
-) -> pb.ReportFilter:
-    """The ReportFilter selecting the users who used compound_id and signed up between the two
-    days (both included); None leaves a condition out."""
+class Filter(TypedDict, total=False):
+    """The report calls' filter, as keywords: the users who used `compound_id` and signed up
+    between `signup_date_start` and `signup_date_end` (both days included). A keyword left out,
+    or None, leaves its condition out."""
+
+    compound_id: int | None
+    signup_date_start: Day | None
+    signup_date_end: Day | None
+
+
+def report_filter(**given: Unpack[Filter]) -> pb.ReportFilter:
+    """The ReportFilter of the keywords."""
     return pb.ReportFilter(
         **fields(
-            compound_id=compound_id,
-            signup_date_start=_day(signup_date_start),
-            signup_date_end=_day(signup_date_end),
+            compound_id=given.get("compound_id"),
+            signup_date_start=_day(given.get("signup_date_start")),
+            signup_date_end=_day(given.get("signup_date_end")),
         )
     )
 
@@ -53,23 +58,16 @@ def _day(day: Day | None) -> str | None:
 
 class ExperimentCalls:
     """The ExperimentService's unary calls, described once for both clients. The report calls
-    take the same filter: the users who used `compound_id` and signed up between
-    `signup_date_start` and `signup_date_end` (both days included); None leaves a condition
-    out."""
+    take the same filter keywords (`Filter`): the users who used `compound_id` and signed up
+    between `signup_date_start` and `signup_date_end` (both days included)."""
 
     @staticmethod
     def get_report(
-        *,
-        compound_id: int | None = None,
-        signup_date_start: Day | None = None,
-        signup_date_end: Day | None = None,
-        timeout: float | None = None,
+        *, timeout: float | None = None, **selected: Unpack[Filter]
     ) -> Call[pb.ExperimentReport]:
         """The figures over the whole data set or the filter's users: counts, averages, run
         times, and the import the data set comes from."""
-        request = pb.GetExperimentReportRequest(
-            filter=report_filter(compound_id, signup_date_start, signup_date_end)
-        )
+        request = pb.GetExperimentReportRequest(filter=report_filter(**selected))
         return call(SERVICE, "GetExperimentReport", request, pb.ExperimentReport, timeout)
 
     @staticmethod
@@ -83,16 +81,14 @@ class ExperimentCalls:
         *,
         page_size: int = 0,
         page_token: str = "",
-        compound_id: int | None = None,
-        signup_date_start: Day | None = None,
-        signup_date_end: Day | None = None,
         timeout: float | None = None,
+        **selected: Unpack[Filter],
     ) -> Call[pb.ListUserReportsResponse]:
         """One page of user reports, by user id, of every user or the filter's."""
         request = pb.ListUserReportsRequest(
             page_size=page_size,
             page_token=page_token,
-            filter=report_filter(compound_id, signup_date_start, signup_date_end),
+            filter=report_filter(**selected),
         )
         return call(SERVICE, "ListUserReports", request, pb.ListUserReportsResponse, timeout)
 
@@ -101,17 +97,15 @@ class ExperimentCalls:
         *,
         page_size: int = 0,
         page_token: str = "",
-        compound_id: int | None = None,
-        signup_date_start: Day | None = None,
-        signup_date_end: Day | None = None,
         timeout: float | None = None,
+        **selected: Unpack[Filter],
     ) -> Call[pb.ListCompoundReportsResponse]:
         """One page of compound reports (experiments and average run time), by compound id,
         over the experiments of every user or the filter's."""
         request = pb.ListCompoundReportsRequest(
             page_size=page_size,
             page_token=page_token,
-            filter=report_filter(compound_id, signup_date_start, signup_date_end),
+            filter=report_filter(**selected),
         )
         return call(
             SERVICE, "ListCompoundReports", request, pb.ListCompoundReportsResponse, timeout
@@ -221,20 +215,16 @@ class Experiments(_base.Service):
         destination: exports.Destination,
         format: exports.Format = "csv",
         *,
-        compound_id: int | None = None,
-        signup_date_start: Day | None = None,
-        signup_date_end: Day | None = None,
         timeout: float | None = None,
+        **selected: Unpack[Filter],
     ) -> pb.ExperimentReport:
         """Write the report's figures (get_report, with the same filter) to destination, a path
         or a text file: as CSV (a header and one row) or as a JSON object, with the columns that
         `quartet.client.exports` describes. Returns the report."""
         exports.check_format(format)
         report = self.get_report(
-            compound_id=compound_id,
-            signup_date_start=signup_date_start,
-            signup_date_end=signup_date_end,
             timeout=timeout,
+            **selected,
         )
         exports.write_one(destination, report, format)
         return report
@@ -244,11 +234,9 @@ class Experiments(_base.Service):
         destination: exports.Destination,
         format: exports.Format = "csv",
         *,
-        compound_id: int | None = None,
-        signup_date_start: Day | None = None,
-        signup_date_end: Day | None = None,
         page_size: int = 0,
         timeout: float | None = None,
+        **selected: Unpack[Filter],
     ) -> int:
         """Write every user report (iter_user_reports, with the same filter) to destination, a
         path or a text file: as CSV (a header, then a row per user, by user id) or as a JSON
@@ -256,10 +244,8 @@ class Experiments(_base.Service):
         exports.check_format(format)
         reports = self.iter_user_reports(
             page_size=page_size,
-            compound_id=compound_id,
-            signup_date_start=signup_date_start,
-            signup_date_end=signup_date_end,
             timeout=timeout,
+            **selected,
         )
         return exports.write(destination, reports, pb.UserReport.DESCRIPTOR, format)
 
@@ -374,18 +360,14 @@ class AsyncExperiments(_aio_base.AsyncService):
         destination: exports.Destination,
         format: exports.Format = "csv",
         *,
-        compound_id: int | None = None,
-        signup_date_start: Day | None = None,
-        signup_date_end: Day | None = None,
         timeout: float | None = None,
+        **selected: Unpack[Filter],
     ) -> pb.ExperimentReport:
         """Write the report's figures to destination: see `Experiments.write_report`."""
         exports.check_format(format)
         report = await self.get_report(
-            compound_id=compound_id,
-            signup_date_start=signup_date_start,
-            signup_date_end=signup_date_end,
             timeout=timeout,
+            **selected,
         )
         exports.write_one(destination, report, format)
         return report
@@ -395,11 +377,9 @@ class AsyncExperiments(_aio_base.AsyncService):
         destination: exports.Destination,
         format: exports.Format = "csv",
         *,
-        compound_id: int | None = None,
-        signup_date_start: Day | None = None,
-        signup_date_end: Day | None = None,
         page_size: int = 0,
         timeout: float | None = None,
+        **selected: Unpack[Filter],
     ) -> int:
         """Write every user report to destination: see `Experiments.write_user_reports`. The
         pages are fetched first, then written (the file is written on the event loop)."""
@@ -408,10 +388,8 @@ class AsyncExperiments(_aio_base.AsyncService):
             report
             async for report in self.iter_user_reports(
                 page_size=page_size,
-                compound_id=compound_id,
-                signup_date_start=signup_date_start,
-                signup_date_end=signup_date_end,
                 timeout=timeout,
+                **selected,
             )
         ]
         return exports.write(destination, reports, pb.UserReport.DESCRIPTOR, format)
