@@ -259,7 +259,10 @@ def test_invalid_filters_are_refused_with_the_field(
     for call in (client.experiments.get_report, client.experiments.list_user_reports):
         with pytest.raises(QuartetError) as caught:
             call(**options)
-        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert (caught.value.code, caught.value.reason) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "FIELD_INVALID",
+        )
         assert field in [v.field for v in caught.value.field_violations]
 
 

@@ -21,6 +21,7 @@ from quartet.client import Client, QuartetError, event
 from quartet.server import services
 from quartet.server.errors import text_problem
 from quartet.storage.events import RejectedEvent, RejectedEventReason
+from quartet.storage.experiment_history import ImportRecord
 from tests.test_auth import PASSWORD
 from tests.test_experiments import SEED_COMPOUNDS, SEED_EXPERIMENTS, SEED_USERS
 
@@ -143,13 +144,14 @@ OWN_DESCRIPTIONS = {"fsa", "province code"}
 
 
 def row_counts(db: peewee.Database) -> dict[str, int]:
-    """Rows per table a call may write. Rejected events are kept by design, so not counted."""
+    """Rows per table a call may write. Rejected events and refused imports are kept by design,
+    so not counted."""
     models = [m for m in services.MODELS if m not in storage.REFERENCE_MODELS]
     with db.connection_context():
         return {
             m._meta.table_name: m.select().count()
             for m in models
-            if m not in (RejectedEvent, RejectedEventReason)
+            if m not in (RejectedEvent, RejectedEventReason, ImportRecord)
         }
 
 
