@@ -3,6 +3,8 @@ database, and `quartet experiments import` over gRPC, each with its progress and
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import shutil
 import subprocess
@@ -15,6 +17,8 @@ from quartet.server.auth.passwords import hash_password
 from quartet.storage import accounts
 from tests.conftest import Principal, mint_token
 from tests.helpers import QUARTET, run_on_terminal
+from tests.test_experiment_reports import SEED as SEED_FILES
+from tests.test_experiment_reports import Expected
 
 SEED = Path(__file__).resolve().parent.parent / "storage/quartet/storage/data/experiments"
 SERVER = [sys.executable, "-m", "quartet.server", "import-experiments"]
@@ -88,12 +92,12 @@ def test_client_command_imports_and_prints_the_report(
     assert lines[1].split() == ["users", "10", "(10", "ran", "one)"]
     assert lines[3].split() == ["per", "user", "1.1"]
     rows = [line.split() for line in lines if line.strip()[:1].isdigit()]
-    assert rows[0] == ["1", "Alice", "alice@example.com", "2", "Compound", "B", "2"]
-    assert rows[1] == ["2", "Bob", "bob@example.com", "1", "Compound", "A", "1"]
+    assert rows[0] == ["1", "Alice", "alice@example.com", "2", "Compound", "B", "2", "25", "12.5"]
+    assert rows[1] == ["2", "Bob", "bob@example.com", "1", "Compound", "A", "1", "20", "20"]
     one = run([*CLIENT, "report", "--user", "3", "--format", "csv"], env)
     assert one.stdout.splitlines() == [
-        "user,name,email,experiments,favourite compound,uses",
-        "3,Carol,carol@example.com,1,Compound B,1",
+        "user,name,email,experiments,favourite compound,uses,run time,average",
+        "3,Carol,carol@example.com,1,Compound B,1,25,25",
     ]
 
 
@@ -164,3 +168,60 @@ def test_client_command_shows_progress_on_a_terminal(target: str, admin: Princip
     stdout, stderr = run_on_terminal([*CLIENT, "import", str(SEED)], env)
     assert stdout.strip() == DONE
     assert "━" in stderr and "767/767 bytes" in stderr  # the bar, and the bytes sent of all
+
+
+def test_client_commands_filter_export_and_list_imports(
+    client: Client, database_url: str, target: str, admin: Principal, tmp_path: Path
+) -> None:
+    env = {"QUARTET_SERVER": target, "QUARTET_TOKEN": mint_token(admin.id, "admin")}
+    assert run([*SERVER, "--database-url", database_url]).returncode == 0  # the seed's data
+    assert run([*CLIENT, "import", str(broken_copy(tmp_path))], env).returncode == 3
+    # Users who used compound 1 (experiments 1, 3, 5, 7, 9, 11) and signed up in March to July.
+    narrowed = [*CLIENT, "report", "--compound", "1", "--signed-up-from", "2023-03-01"]
+    narrowed += ["--signed-up-to", "2023-07-01", "--format", "csv"]
+    printed = run(narrowed, env)
+    assert printed.returncode == 0, printed.stderr
+    assert [line.split(",")[1] for line in printed.stdout.splitlines()[1:]] == ["Dave", "Frank"]
+    assert printed.stdout.splitlines()[1].endswith(",30,30")  # Dave's run time and average
+    table = run([*CLIENT, "report", "--compound", "1"], env).stdout.splitlines()
+    # Every experiment of the users who used compound 1: Alice's 10 and 15, then 20 to 60.
+    assert table[5].split() == ["run", "time", "225"]
+    assert table[7].split()[:3] == ["import", "1,", "published"]
+    bad_day = run([*CLIENT, "report", "--signed-up-to", "July"], env)
+    assert bad_day.returncode == 2 and "'July' is not a day" in bad_day.stderr
+
+    exported = run(
+        [
+            *CLIENT,
+            "export",
+            "--format",
+            "json",
+            "--compound",
+            "3",
+            "--users",
+            str(tmp_path / "users.json"),
+            "--report",
+            str(tmp_path / "report.json"),
+        ],
+        env,
+    )
+    assert exported.returncode == 0, exported.stderr
+    expected = Expected.of(*SEED_FILES)
+    chosen = expected.selected(3)  # everyone but Heidi, whose one experiment is 1;2
+    assert exported.stderr.splitlines()[-1].startswith(f"wrote {len(chosen)} user rows")
+    users = json.loads((tmp_path / "users.json").read_text())
+    assert [u["user_id"] for u in users] == chosen
+    assert [u["total_run_time"] for u in users] == [
+        expected.user_run_times(chosen)[user][1] for user in chosen
+    ]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["user_count"] == len(users)
+
+    listed = run([*CLIENT, "imports", "--format", "csv"], env)
+    assert listed.returncode == 0, listed.stderr
+    rows = list(csv.reader(listed.stdout.splitlines()))
+    assert rows[0][:3] == ["import", "outcome", "problems"]
+    assert [(row[0], row[1], row[2], row[-1]) for row in rows[1:]] == [
+        ("2", "refused", "2", f"account:{admin.id}"),
+        ("1", "published", "0", "command-line"),
+    ]

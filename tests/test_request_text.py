@@ -21,6 +21,7 @@ from quartet.client import Client, QuartetError, event
 from quartet.server import services
 from quartet.server.errors import text_problem
 from quartet.storage.events import RejectedEvent, RejectedEventReason
+from quartet.storage.experiment_history import ImportRecord
 from tests.test_auth import PASSWORD
 from tests.test_experiments import SEED_COMPOUNDS, SEED_EXPERIMENTS, SEED_USERS
 
@@ -143,15 +144,16 @@ OWN_DESCRIPTIONS = {"fsa", "province code"}
 
 
 def row_counts(db: peewee.Database) -> dict[str, int]:
-    """Rows per table a call may write. Rejected events are kept by design, so not counted.
-    (event_ids exists on PostgreSQL alone.)"""
+    """Rows per table a call may write. Rejected events and refused imports are kept by design,
+    so not counted. (event_ids exists on PostgreSQL alone.)"""
     models = [m for m in services.MODELS if m not in storage.REFERENCE_MODELS]
     with db.connection_context():
         tables = set(db.get_tables())
         return {
             m._meta.table_name: m.select().count()
             for m in models
-            if m not in (RejectedEvent, RejectedEventReason) and m._meta.table_name in tables
+            if m not in (RejectedEvent, RejectedEventReason, ImportRecord)
+            and m._meta.table_name in tables
         }
 
 

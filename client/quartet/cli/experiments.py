@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import datetime
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-from quartet.cli.output import Column, as_dict, json_text, print_fields, print_list
-from quartet.cli.session import api_command, limit_option, limited, page_size, session
-from quartet.client._experiments import FILE_NAMES
+from quartet.cli.output import Column, as_dict, json_text, print_fields, print_list, time_text
+from quartet.cli.session import (
+    api_command,
+    connection_options,
+    limit_option,
+    limited,
+    page_size,
+    session,
+)
+from quartet.client import exports
+from quartet.client._experiments import FILE_NAMES, Filter
 from quartet.client.progress import describe
 from quartet.experiments.v1 import experiment_service_pb2 as pb
 
@@ -27,7 +39,85 @@ USER_COLUMNS: list[Column[pb.UserReport]] = [
         lambda r: r.favourite_compound.name if r.HasField("favourite_compound") else "",
     ),
     Column("uses", lambda r: r.favourite_compound_uses or "", "right"),
+    Column("run time", lambda r: f"{r.total_run_time:g}", "right"),
+    Column("average", lambda r: f"{r.average_run_time:g}", "right"),
 ]
+COMPOUND_COLUMNS: list[Column[pb.CompoundReport]] = [
+    Column("compound", lambda r: r.compound.id, "right"),
+    Column("name", lambda r: r.compound.name),
+    Column("structure", lambda r: r.compound.structure),
+    Column("experiments", lambda r: r.experiment_count, "right"),
+    Column("average run time", lambda r: f"{r.average_run_time:g}", "right"),
+]
+IMPORT_COLUMNS: list[Column[pb.Import]] = [
+    Column("import", lambda i: i.id, "right"),
+    Column(
+        "outcome",
+        lambda i: pb.ImportOutcome.Name(i.outcome).removeprefix("IMPORT_OUTCOME_").lower(),
+    ),
+    Column("problems", lambda i: i.problem_count, "right"),
+    Column("users", lambda i: i.user_rows, "right"),
+    Column("compounds", lambda i: i.compound_rows, "right"),
+    Column("experiments", lambda i: i.experiment_rows, "right"),
+    Column("started", lambda i: time_text(i.start_time)),
+    Column("finished", lambda i: time_text(i.finish_time)),
+    Column("caller", lambda i: i.caller),
+]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _day(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime.date | None:
+    if value is None:
+        return None
+    try:
+        return datetime.date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a day (YYYY-MM-DD)") from None
+
+
+def filter_options(fn: F) -> F:
+    """The report filter's options, --compound, --signed-up-from and --signed-up-to, given to
+    the command as one `selected` argument: the SDK's filter keywords."""
+
+    @functools.wraps(fn)
+    def command(
+        *args: Any,
+        compound: int | None,
+        signed_up_from: datetime.date | None,
+        signed_up_to: datetime.date | None,
+        **kwargs: Any,
+    ) -> Any:
+        selected: Filter = {
+            "compound_id": compound,
+            "signup_date_start": signed_up_from,
+            "signup_date_end": signed_up_to,
+        }
+        return fn(*args, selected=selected, **kwargs)
+
+    options = [
+        click.option(
+            "--compound",
+            type=click.IntRange(min=1),
+            metavar="ID",
+            help="only users who used this compound",
+        ),
+        click.option(
+            "--signed-up-from",
+            metavar="DAY",
+            callback=_day,
+            help="only users who signed up on or after this day (YYYY-MM-DD)",
+        ),
+        click.option(
+            "--signed-up-to",
+            metavar="DAY",
+            callback=_day,
+            help="only users who signed up on or before this day (YYYY-MM-DD)",
+        ),
+    ]
+    wrapped: Any = command
+    for option in reversed(options):
+        wrapped = option(wrapped)
+    return cast(F, wrapped)
 
 
 @click.group(help="The experiment data set: import it, and read its report.")
@@ -106,13 +196,15 @@ def import_(
 
 
 @experiments.command(
-    help="Print the report: counts, averages, and each user's experiments and favourite compound "
-    "(analysts and admins)."
+    help="Print the report: counts, averages, run times, the import it comes from, and each "
+    "user's experiments, favourite compound and run times (analysts and admins). The filter "
+    "options narrow it to some users."
 )
 @click.option("--user", type=int, metavar="ID", help="only this user's report")
+@filter_options
 @limit_option
 @api_command("table", "json", "csv")
-def report(user: int | None, limit: int) -> None:
+def report(user: int | None, selected: Filter, limit: int) -> None:
     state = session()
     client = state.client()
     if user is not None:
@@ -122,12 +214,19 @@ def report(user: int | None, limit: int) -> None:
         else:
             print_list([found], USER_COLUMNS, state.format)
         return
-    overall = client.experiments.get_report()
-    users = limited(client.experiments.iter_user_reports(page_size=page_size(limit)), limit)
+    overall = client.experiments.get_report(**selected)
+    users = limited(
+        client.experiments.iter_user_reports(page_size=page_size(limit), **selected), limit
+    )
     if state.format == "json":
         click.echo(json_text({"report": as_dict(overall), "users": [as_dict(u) for u in users]}))
         return
     if state.format == "table":
+        imported = (
+            f"{overall.import_id}, published {time_text(overall.publish_time)}"
+            if overall.import_id
+            else "none"
+        )
         print_fields(
             [
                 ("experiments", f"{overall.experiment_count:,}"),
@@ -135,10 +234,79 @@ def report(user: int | None, limit: int) -> None:
                 ("compounds", f"{overall.compound_count:,}"),
                 ("per user", f"{overall.average_experiments_per_user:g}"),
                 ("per active user", f"{overall.average_experiments_per_active_user:g}"),
+                ("run time", f"{overall.total_run_time:g}"),
+                ("per experiment", f"{overall.average_run_time:g}"),
+                ("import", imported),
             ]
         )
         click.echo()
     print_list(users, USER_COLUMNS, state.format)
+
+
+@experiments.command(
+    help="Print each compound's experiments and their average run time (analysts and admins). "
+    "The filter options count only the experiments of some users."
+)
+@filter_options
+@limit_option
+@api_command("table", "json", "csv")
+def compounds(selected: Filter, limit: int) -> None:
+    state = session()
+    reports = state.client().experiments.iter_compound_reports(
+        page_size=page_size(limit), **selected
+    )
+    print_list(limited(reports, limit), COMPOUND_COLUMNS, state.format)
+
+
+@experiments.command(
+    help="Write the report (--report FILE) and the user rows (--users FILE) as CSV (the "
+    "default) or JSON, with the same columns in both (analysts and admins). The filter options "
+    "narrow them to some users."
+)
+@click.option(
+    "--report",
+    "report_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write the report's figures here",
+)
+@click.option(
+    "--users",
+    "users_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write every user's row here",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(exports.FORMATS), default="csv", show_default=True
+)
+@filter_options
+@connection_options
+def export(
+    report_file: Path | None,
+    users_file: Path | None,
+    fmt: exports.Format,
+    selected: Filter,
+) -> None:
+    if report_file is None and users_file is None:
+        raise click.UsageError("give --report FILE, --users FILE, or both")
+    state = session()
+    client = state.client()
+    if report_file is not None:
+        client.experiments.write_report(report_file, fmt, **selected)
+        click.echo(f"wrote the report to {report_file}", err=True)
+    if users_file is not None:
+        count = client.experiments.write_user_reports(users_file, fmt, **selected)
+        click.echo(f"wrote {count:,} user rows to {users_file}", err=True)
+
+
+@experiments.command(
+    help="List the imports, published and refused, newest first (analysts and admins)."
+)
+@limit_option
+@api_command("table", "json", "csv")
+def imports(limit: int) -> None:
+    state = session()
+    found = state.client().experiments.iter_imports(page_size=page_size(limit))
+    print_list(limited(found, limit), IMPORT_COLUMNS, state.format, empty="no imports yet")
 
 
 COMMANDS = [experiments]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, TypeAlias
+from typing import BinaryIO, TypeAlias, TypedDict, Unpack
 
-from quartet.client import _aio_base, _base
+from quartet.client import _aio_base, _base, exports
 from quartet.client._base import Call, call, fields
 from quartet.client._errors import FieldViolation, QuartetError
 from quartet.experiments.v1 import experiment_service_pb2 as pb
@@ -17,6 +18,8 @@ from quartet.experiments.v1 import experiment_service_pb2_grpc
 Source: TypeAlias = "str | os.PathLike[str] | BinaryIO"
 """A file to import: a path, or a binary file object opened for reading (left open)."""
 Progress = pb.ImportExperimentDataResponse
+Day: TypeAlias = "datetime.date | str"
+"""A day of a report filter: a date, or its ISO 8601 text (YYYY-MM-DD)."""
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
 IMPORT_TIMEOUT = 3600.0  # the default deadline of a whole import, in seconds
@@ -28,13 +31,43 @@ FILE_NAMES = {
 }
 
 
+class Filter(TypedDict, total=False):
+    """The report calls' filter, as keywords: the users who used `compound_id` and signed up
+    between `signup_date_start` and `signup_date_end` (both days included). A keyword left out,
+    or None, leaves its condition out."""
+
+    compound_id: int | None
+    signup_date_start: Day | None
+    signup_date_end: Day | None
+
+
+def report_filter(**given: Unpack[Filter]) -> pb.ReportFilter:
+    """The ReportFilter of the keywords."""
+    return pb.ReportFilter(
+        **fields(
+            compound_id=given.get("compound_id"),
+            signup_date_start=_day(given.get("signup_date_start")),
+            signup_date_end=_day(given.get("signup_date_end")),
+        )
+    )
+
+
+def _day(day: Day | None) -> str | None:
+    return day.isoformat() if isinstance(day, datetime.date) else day
+
+
 class ExperimentCalls:
-    """The ExperimentService's unary calls, described once for both clients."""
+    """The ExperimentService's unary calls, described once for both clients. The report calls
+    take the same filter keywords (`Filter`): the users who used `compound_id` and signed up
+    between `signup_date_start` and `signup_date_end` (both days included)."""
 
     @staticmethod
-    def get_report(*, timeout: float | None = None) -> Call[pb.ExperimentReport]:
-        """The figures over the whole data set: counts and both averages."""
-        request = pb.GetExperimentReportRequest()
+    def get_report(
+        *, timeout: float | None = None, **selected: Unpack[Filter]
+    ) -> Call[pb.ExperimentReport]:
+        """The figures over the whole data set or the filter's users: counts, averages, run
+        times, and the import the data set comes from."""
+        request = pb.GetExperimentReportRequest(filter=report_filter(**selected))
         return call(SERVICE, "GetExperimentReport", request, pb.ExperimentReport, timeout)
 
     @staticmethod
@@ -45,11 +78,38 @@ class ExperimentCalls:
 
     @staticmethod
     def list_user_reports(
-        *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+        **selected: Unpack[Filter],
     ) -> Call[pb.ListUserReportsResponse]:
-        """One page of user reports, by user id."""
-        request = pb.ListUserReportsRequest(page_size=page_size, page_token=page_token)
+        """One page of user reports, by user id, of every user or the filter's."""
+        request = pb.ListUserReportsRequest(
+            page_size=page_size,
+            page_token=page_token,
+            filter=report_filter(**selected),
+        )
         return call(SERVICE, "ListUserReports", request, pb.ListUserReportsResponse, timeout)
+
+    @staticmethod
+    def list_compound_reports(
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+        **selected: Unpack[Filter],
+    ) -> Call[pb.ListCompoundReportsResponse]:
+        """One page of compound reports (experiments and average run time), by compound id,
+        over the experiments of every user or the filter's."""
+        request = pb.ListCompoundReportsRequest(
+            page_size=page_size,
+            page_token=page_token,
+            filter=report_filter(**selected),
+        )
+        return call(
+            SERVICE, "ListCompoundReports", request, pb.ListCompoundReportsResponse, timeout
+        )
 
     @staticmethod
     def list(
@@ -65,6 +125,14 @@ class ExperimentCalls:
         )
         return call(SERVICE, "ListExperiments", request, pb.ListExperimentsResponse, timeout)
 
+    @staticmethod
+    def list_imports(
+        *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> Call[pb.ListImportsResponse]:
+        """One page of the import history, published and refused, newest first."""
+        request = pb.ListImportsRequest(page_size=page_size, page_token=page_token)
+        return call(SERVICE, "ListImports", request, pb.ListImportsResponse, timeout)
+
 
 def _user_reports(page: pb.ListUserReportsResponse) -> Sequence[pb.UserReport]:
     return page.user_reports
@@ -72,6 +140,14 @@ def _user_reports(page: pb.ListUserReportsResponse) -> Sequence[pb.UserReport]:
 
 def _experiments(page: pb.ListExperimentsResponse) -> Sequence[pb.Experiment]:
     return page.experiments
+
+
+def _compound_reports(page: pb.ListCompoundReportsResponse) -> Sequence[pb.CompoundReport]:
+    return page.compound_reports
+
+
+def _imports(page: pb.ListImportsResponse) -> Sequence[pb.Import]:
+    return page.imports
 
 
 class _Import:
@@ -123,12 +199,55 @@ class Experiments(_base.Service):
     get_user_report = _base.unary(ExperimentCalls.get_user_report)
     list_user_reports = _base.unary(ExperimentCalls.list_user_reports)
     iter_user_reports = _base.paged(ExperimentCalls.list_user_reports, _user_reports)
+    list_compound_reports = _base.unary(ExperimentCalls.list_compound_reports)
+    iter_compound_reports = _base.paged(ExperimentCalls.list_compound_reports, _compound_reports)
     list = _base.unary(ExperimentCalls.list)
     iter = _base.paged(ExperimentCalls.list, _experiments)
+    list_imports = _base.unary(ExperimentCalls.list_imports)
+    iter_imports = _base.paged(ExperimentCalls.list_imports, _imports)
 
     def __init__(self, transport: _base.Transport) -> None:
         super().__init__(transport)
         self._stub = experiment_service_pb2_grpc.ExperimentServiceStub(transport.channel)
+
+    def write_report(
+        self,
+        destination: exports.Destination,
+        format: exports.Format = "csv",
+        *,
+        timeout: float | None = None,
+        **selected: Unpack[Filter],
+    ) -> pb.ExperimentReport:
+        """Write the report's figures (get_report, with the same filter) to destination, a path
+        or a text file: as CSV (a header and one row) or as a JSON object, with the columns that
+        `quartet.client.exports` describes. Returns the report."""
+        exports.check_format(format)
+        report = self.get_report(
+            timeout=timeout,
+            **selected,
+        )
+        exports.write_one(destination, report, format)
+        return report
+
+    def write_user_reports(
+        self,
+        destination: exports.Destination,
+        format: exports.Format = "csv",
+        *,
+        page_size: int = 0,
+        timeout: float | None = None,
+        **selected: Unpack[Filter],
+    ) -> int:
+        """Write every user report (iter_user_reports, with the same filter) to destination, a
+        path or a text file: as CSV (a header, then a row per user, by user id) or as a JSON
+        array of objects, page by page as they arrive. Returns how many were written."""
+        exports.check_format(format)
+        reports = self.iter_user_reports(
+            page_size=page_size,
+            timeout=timeout,
+            **selected,
+        )
+        return exports.write(destination, reports, pb.UserReport.DESCRIPTOR, format)
 
     def import_files(
         self,
@@ -223,12 +342,57 @@ class AsyncExperiments(_aio_base.AsyncService):
     get_user_report = _aio_base.unary(ExperimentCalls.get_user_report)
     list_user_reports = _aio_base.unary(ExperimentCalls.list_user_reports)
     iter_user_reports = _aio_base.paged(ExperimentCalls.list_user_reports, _user_reports)
+    list_compound_reports = _aio_base.unary(ExperimentCalls.list_compound_reports)
+    iter_compound_reports = _aio_base.paged(
+        ExperimentCalls.list_compound_reports, _compound_reports
+    )
     list = _aio_base.unary(ExperimentCalls.list)
     iter = _aio_base.paged(ExperimentCalls.list, _experiments)
+    list_imports = _aio_base.unary(ExperimentCalls.list_imports)
+    iter_imports = _aio_base.paged(ExperimentCalls.list_imports, _imports)
 
     def __init__(self, transport: _aio_base.AsyncTransport) -> None:
         super().__init__(transport)
         self._stub = experiment_service_pb2_grpc.ExperimentServiceStub(transport.channel)
+
+    async def write_report(
+        self,
+        destination: exports.Destination,
+        format: exports.Format = "csv",
+        *,
+        timeout: float | None = None,
+        **selected: Unpack[Filter],
+    ) -> pb.ExperimentReport:
+        """Write the report's figures to destination: see `Experiments.write_report`."""
+        exports.check_format(format)
+        report = await self.get_report(
+            timeout=timeout,
+            **selected,
+        )
+        exports.write_one(destination, report, format)
+        return report
+
+    async def write_user_reports(
+        self,
+        destination: exports.Destination,
+        format: exports.Format = "csv",
+        *,
+        page_size: int = 0,
+        timeout: float | None = None,
+        **selected: Unpack[Filter],
+    ) -> int:
+        """Write every user report to destination: see `Experiments.write_user_reports`. The
+        pages are fetched first, then written (the file is written on the event loop)."""
+        exports.check_format(format)
+        reports = [
+            report
+            async for report in self.iter_user_reports(
+                page_size=page_size,
+                timeout=timeout,
+                **selected,
+            )
+        ]
+        return exports.write(destination, reports, pb.UserReport.DESCRIPTOR, format)
 
     async def import_files(
         self,

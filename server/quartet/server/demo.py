@@ -31,6 +31,7 @@ from quartet.storage import accounts, applications, events, scores
 from quartet.storage.base import db, utcnow
 
 DEMO_PASSWORD = "quartet-demo"
+DEMO_CALLER = "demo-data"  # the caller the import history names for the demo import
 # Real compounds and their formulas (the seed's Compound B and C are THC and dopamine by formula).
 COMPOUNDS = (
     ("Caffeine", "C8H10N4O2"), ("Tetrahydrocannabinol", "C21H30O2"), ("Dopamine", "C8H11NO2"),
@@ -106,7 +107,8 @@ def fill(
         _store(batch, now, filled)
         if experiments:
             files = _experiment_files(fake, rng, max(1, experiments // 5), experiments)
-            run_import(((kind, data, False) for kind, data in files.items()), lambda progress: None)
+            chunks = ((kind, data, False) for kind, data in files.items())
+            run_import(chunks, lambda progress: None, DEMO_CALLER)
             filled.experiment_users, filled.experiments = max(1, experiments // 5), experiments
     return filled
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import peewee
 
+from quartet.storage import experiment_history
 from quartet.storage.base import copy_line, db
 from quartet.storage.experiments import Compound, Experiment, ExperimentCompound, ExperimentUser
 
@@ -202,8 +203,9 @@ class Staging:
                 found += [Finding("experiment", kind, *row) for row in rows]
         return total, found
 
-    def publish(self) -> None:
-        """Replace the stored data set with the staged one, in one transaction."""
+    def publish(self, attempt: experiment_history.Attempt) -> None:
+        """Replace the stored data set with the staged one, and record `attempt` as the import
+        that published it, in one transaction."""
         self._flush()
         copies = (
             (ExperimentUser, "id, name, email, signup_date", "import_user"),
@@ -220,6 +222,7 @@ class Staging:
                     # to the primary key's index.
                     table = model._meta.table_name
                     self._sql(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage}")
+                experiment_history.record(attempt, experiment_history.PUBLISHED)
                 return
             self._sql("SELECT pg_advisory_xact_lock(%s)", (_PG_PUBLISH_LOCK,))
             # Report reads wait the few seconds this takes (the tables are locked), rather than
@@ -236,6 +239,8 @@ class Staging:
                 self._swap_in(self._tables[stage], loaded_model)
             # Plan the first reports with the new data's statistics.
             self._sql(f"ANALYZE {', '.join(m._meta.table_name for m, *_ in copies)}")
+            # Under the lock, so ids follow the order in which imports publish.
+            experiment_history.record(attempt, experiment_history.PUBLISHED)
 
     def _swap_in(self, loaded: str, model: type[peewee.Model]) -> None:
         """Make the loaded table the stored one: its columns NOT NULL as declared, its primary

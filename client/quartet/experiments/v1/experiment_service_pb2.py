@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from quartet.api.v1 import access_pb2 as quartet_dot_api_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/quartet/experiments/v1/experiment_service.proto\x12\x16quartet.experiments.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bquartet/api/v1/access.proto\"\xe4\x01\n\x1bImportExperimentDataRequest\x12\xa1\x01\n\x04\x66ile\x18\x01 \x01(\x0e\x32 .quartet.experiments.v1.DataFileBq\xe2\x41\x01\x02\xbaHj\x82\x01\x02\x10\x01\xba\x01\x62\n\x0e\x65num.specified\x12\x45must be DATA_FILE_USERS, DATA_FILE_COMPOUNDS or DATA_FILE_EXPERIMENTS\x1a\tthis != 0\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x13\n\x0b\x61llow_empty\x18\x03 \x01(\x08\"\xc0\x01\n\x1cImportExperimentDataResponse\x12\x32\n\x05stage\x18\x01 \x01(\x0e\x32#.quartet.experiments.v1.ImportStage\x12\x33\n\x05\x66iles\x18\x02 \x03(\x0b\x32$.quartet.experiments.v1.FileProgress\x12\x37\n\x08problems\x18\x03 \x03(\x0b\x32%.quartet.experiments.v1.ImportProblem\"r\n\rImportProblem\x12.\n\x04\x66ile\x18\x01 \x01(\x0e\x32 .quartet.experiments.v1.DataFile\x12\x0c\n\x04line\x18\x02 \x01(\x03\x12\x0e\n\x06\x63olumn\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\x8c\x01\n\x0c\x46ileProgress\x12.\n\x04\x66ile\x18\x01 \x01(\x0e\x32 .quartet.experiments.v1.DataFile\x12\x12\n\nbytes_read\x18\x02 \x01(\x03\x12\x11\n\trows_read\x18\x03 \x01(\x03\x12\x13\n\x0brows_stored\x18\x04 \x01(\x03\x12\x10\n\x08\x63omplete\x18\x05 \x01(\x08\"\x1c\n\x1aGetExperimentReportRequest\"\xc6\x01\n\x10\x45xperimentReport\x12\x12\n\nuser_count\x18\x01 \x01(\x03\x12\x19\n\x11\x61\x63tive_user_count\x18\x02 \x01(\x03\x12\x18\n\x10\x65xperiment_count\x18\x03 \x01(\x03\x12\x16\n\x0e\x63ompound_count\x18\x04 \x01(\x03\x12$\n\x1c\x61verage_experiments_per_user\x18\x05 \x01(\x01\x12+\n#average_experiments_per_active_user\x18\x06 \x01(\x01\"7\n\x08\x43ompound\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tstructure\x18\x03 \x01(\t\"\xc8\x01\n\nUserReport\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x18\n\x10\x65xperiment_count\x18\x04 \x01(\x03\x12<\n\x12\x66\x61vourite_compound\x18\x05 \x01(\x0b\x32 .quartet.experiments.v1.Compound\x12\x1f\n\x17\x66\x61vourite_compound_uses\x18\x06 \x01(\x03\x12\x13\n\x0bsignup_date\x18\x07 \x01(\t\"H\n\x16ListUserReportsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\"l\n\x17ListUserReportsResponse\x12\x38\n\x0cuser_reports\x18\x01 \x03(\x0b\x32\".quartet.experiments.v1.UserReport\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x14GetUserReportRequest\x12\x1c\n\x07user_id\x18\x01 \x01(\x03\x42\x0b\xe2\x41\x01\x02\xbaH\x04\"\x02 \x00\"_\n\nExperiment\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x14\n\x0c\x63ompound_ids\x18\x03 \x03(\x03\x12\x10\n\x08run_time\x18\x04 \x01(\x01\x12\x0c\n\x04line\x18\x05 \x01(\x03\"s\n\x16ListExperimentsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x1d\n\x07user_id\x18\x03 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00H\x00\x88\x01\x01\x42\n\n\x08_user_id\"k\n\x17ListExperimentsResponse\x12\x37\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\".quartet.experiments.v1.Experiment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*n\n\x08\x44\x61taFile\x12\x19\n\x15\x44\x41TA_FILE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x41TA_FILE_USERS\x10\x01\x12\x17\n\x13\x44\x41TA_FILE_COMPOUNDS\x10\x02\x12\x19\n\x15\x44\x41TA_FILE_EXPERIMENTS\x10\x03*\xb1\x01\n\x0bImportStage\x12\x1c\n\x18IMPORT_STAGE_UNSPECIFIED\x10\x00\x12\x1a\n\x16IMPORT_STAGE_RECEIVING\x10\x01\x12\x19\n\x15IMPORT_STAGE_CHECKING\x10\x02\x12\x1b\n\x17IMPORT_STAGE_PUBLISHING\x10\x03\x12\x15\n\x11IMPORT_STAGE_DONE\x10\x04\x12\x19\n\x15IMPORT_STAGE_REJECTED\x10\x05\x32\xa4\x05\n\x11\x45xperimentService\x12\x93\x01\n\x14ImportExperimentData\x12\x33.quartet.experiments.v1.ImportExperimentDataRequest\x1a\x34.quartet.experiments.v1.ImportExperimentDataResponse\"\x0c\x90\x02\x02\x8a\xce\x18\x05\x08\x01\x12\x01\x03(\x01\x30\x01\x12\x81\x01\n\x13GetExperimentReport\x12\x32.quartet.experiments.v1.GetExperimentReportRequest\x1a(.quartet.experiments.v1.ExperimentReport\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x12\x80\x01\n\x0fListUserReports\x12..quartet.experiments.v1.ListUserReportsRequest\x1a/.quartet.experiments.v1.ListUserReportsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x12o\n\rGetUserReport\x12,.quartet.experiments.v1.GetUserReportRequest\x1a\".quartet.experiments.v1.UserReport\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x12\x80\x01\n\x0fListExperiments\x12..quartet.experiments.v1.ListExperimentsRequest\x1a/.quartet.experiments.v1.ListExperimentsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/quartet/experiments/v1/experiment_service.proto\x12\x16quartet.experiments.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bquartet/api/v1/access.proto\"\xe4\x01\n\x1bImportExperimentDataRequest\x12\xa1\x01\n\x04\x66ile\x18\x01 \x01(\x0e\x32 .quartet.experiments.v1.DataFileBq\xe2\x41\x01\x02\xbaHj\x82\x01\x02\x10\x01\xba\x01\x62\n\x0e\x65num.specified\x12\x45must be DATA_FILE_USERS, DATA_FILE_COMPOUNDS or DATA_FILE_EXPERIMENTS\x1a\tthis != 0\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x13\n\x0b\x61llow_empty\x18\x03 \x01(\x08\"\xc0\x01\n\x1cImportExperimentDataResponse\x12\x32\n\x05stage\x18\x01 \x01(\x0e\x32#.quartet.experiments.v1.ImportStage\x12\x33\n\x05\x66iles\x18\x02 \x03(\x0b\x32$.quartet.experiments.v1.FileProgress\x12\x37\n\x08problems\x18\x03 \x03(\x0b\x32%.quartet.experiments.v1.ImportProblem\"r\n\rImportProblem\x12.\n\x04\x66ile\x18\x01 \x01(\x0e\x32 .quartet.experiments.v1.DataFile\x12\x0c\n\x04line\x18\x02 \x01(\x03\x12\x0e\n\x06\x63olumn\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\x8c\x01\n\x0c\x46ileProgress\x12.\n\x04\x66ile\x18\x01 \x01(\x0e\x32 .quartet.experiments.v1.DataFile\x12\x12\n\nbytes_read\x18\x02 \x01(\x03\x12\x11\n\trows_read\x18\x03 \x01(\x03\x12\x13\n\x0brows_stored\x18\x04 \x01(\x03\x12\x10\n\x08\x63omplete\x18\x05 \x01(\x08\"\xc5\x01\n\x0cReportFilter\x12!\n\x0b\x63ompound_id\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00H\x00\x88\x01\x01\x12\x41\n\x11signup_date_start\x18\x02 \x01(\tB&\xbaH#r!2\x1f^([0-9]{4}-[0-9]{2}-[0-9]{2})?$\x12?\n\x0fsignup_date_end\x18\x03 \x01(\tB&\xbaH#r!2\x1f^([0-9]{4}-[0-9]{2}-[0-9]{2})?$B\x0e\n\x0c_compound_id\"R\n\x1aGetExperimentReportRequest\x12\x34\n\x06\x66ilter\x18\x01 \x01(\x0b\x32$.quartet.experiments.v1.ReportFilter\"\xbd\x02\n\x10\x45xperimentReport\x12\x12\n\nuser_count\x18\x01 \x01(\x03\x12\x19\n\x11\x61\x63tive_user_count\x18\x02 \x01(\x03\x12\x18\n\x10\x65xperiment_count\x18\x03 \x01(\x03\x12\x16\n\x0e\x63ompound_count\x18\x04 \x01(\x03\x12$\n\x1c\x61verage_experiments_per_user\x18\x05 \x01(\x01\x12+\n#average_experiments_per_active_user\x18\x06 \x01(\x01\x12\x16\n\x0etotal_run_time\x18\x07 \x01(\x01\x12\x18\n\x10\x61verage_run_time\x18\x08 \x01(\x01\x12\x11\n\timport_id\x18\t \x01(\x03\x12\x30\n\x0cpublish_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x08\x43ompound\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tstructure\x18\x03 \x01(\t\"\xfa\x01\n\nUserReport\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x18\n\x10\x65xperiment_count\x18\x04 \x01(\x03\x12<\n\x12\x66\x61vourite_compound\x18\x05 \x01(\x0b\x32 .quartet.experiments.v1.Compound\x12\x1f\n\x17\x66\x61vourite_compound_uses\x18\x06 \x01(\x03\x12\x13\n\x0bsignup_date\x18\x07 \x01(\t\x12\x16\n\x0etotal_run_time\x18\x08 \x01(\x01\x12\x18\n\x10\x61verage_run_time\x18\t \x01(\x01\"~\n\x16ListUserReportsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x34\n\x06\x66ilter\x18\x03 \x01(\x0b\x32$.quartet.experiments.v1.ReportFilter\"l\n\x17ListUserReportsResponse\x12\x38\n\x0cuser_reports\x18\x01 \x03(\x0b\x32\".quartet.experiments.v1.UserReport\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x14GetUserReportRequest\x12\x1c\n\x07user_id\x18\x01 \x01(\x03\x42\x0b\xe2\x41\x01\x02\xbaH\x04\"\x02 \x00\"_\n\nExperiment\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x14\n\x0c\x63ompound_ids\x18\x03 \x03(\x03\x12\x10\n\x08run_time\x18\x04 \x01(\x01\x12\x0c\n\x04line\x18\x05 \x01(\x03\"s\n\x16ListExperimentsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x1d\n\x07user_id\x18\x03 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00H\x00\x88\x01\x01\x42\n\n\x08_user_id\"k\n\x17ListExperimentsResponse\x12\x37\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\".quartet.experiments.v1.Experiment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"x\n\x0e\x43ompoundReport\x12\x32\n\x08\x63ompound\x18\x01 \x01(\x0b\x32 .quartet.experiments.v1.Compound\x12\x18\n\x10\x65xperiment_count\x18\x02 \x01(\x03\x12\x18\n\x10\x61verage_run_time\x18\x03 \x01(\x01\"\x82\x01\n\x1aListCompoundReportsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x34\n\x06\x66ilter\x18\x03 \x01(\x0b\x32$.quartet.experiments.v1.ReportFilter\"x\n\x1bListCompoundReportsResponse\x12@\n\x10\x63ompound_reports\x18\x01 \x03(\x0b\x32&.quartet.experiments.v1.CompoundReport\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x97\x02\n\x06Import\x12\n\n\x02id\x18\x01 \x01(\x03\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63\x61ller\x18\x04 \x01(\t\x12\x11\n\tuser_rows\x18\x05 \x01(\x03\x12\x15\n\rcompound_rows\x18\x06 \x01(\x03\x12\x17\n\x0f\x65xperiment_rows\x18\x07 \x01(\x03\x12\x36\n\x07outcome\x18\x08 \x01(\x0e\x32%.quartet.experiments.v1.ImportOutcome\x12\x15\n\rproblem_count\x18\t \x01(\x03\"D\n\x12ListImportsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x13ListImportsResponse\x12/\n\x07imports\x18\x01 \x03(\x0b\x32\x1e.quartet.experiments.v1.Import\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*n\n\x08\x44\x61taFile\x12\x19\n\x15\x44\x41TA_FILE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x41TA_FILE_USERS\x10\x01\x12\x17\n\x13\x44\x41TA_FILE_COMPOUNDS\x10\x02\x12\x19\n\x15\x44\x41TA_FILE_EXPERIMENTS\x10\x03*\xb1\x01\n\x0bImportStage\x12\x1c\n\x18IMPORT_STAGE_UNSPECIFIED\x10\x00\x12\x1a\n\x16IMPORT_STAGE_RECEIVING\x10\x01\x12\x19\n\x15IMPORT_STAGE_CHECKING\x10\x02\x12\x1b\n\x17IMPORT_STAGE_PUBLISHING\x10\x03\x12\x15\n\x11IMPORT_STAGE_DONE\x10\x04\x12\x19\n\x15IMPORT_STAGE_REJECTED\x10\x05*i\n\rImportOutcome\x12\x1e\n\x1aIMPORT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18IMPORT_OUTCOME_PUBLISHED\x10\x01\x12\x1a\n\x16IMPORT_OUTCOME_REFUSED\x10\x02\x32\xa9\x07\n\x11\x45xperimentService\x12\x93\x01\n\x14ImportExperimentData\x12\x33.quartet.experiments.v1.ImportExperimentDataRequest\x1a\x34.quartet.experiments.v1.ImportExperimentDataResponse\"\x0c\x90\x02\x02\x8a\xce\x18\x05\x08\x01\x12\x01\x03(\x01\x30\x01\x12\x81\x01\n\x13GetExperimentReport\x12\x32.quartet.experiments.v1.GetExperimentReportRequest\x1a(.quartet.experiments.v1.ExperimentReport\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x12\x80\x01\n\x0fListUserReports\x12..quartet.experiments.v1.ListUserReportsRequest\x1a/.quartet.experiments.v1.ListUserReportsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x12o\n\rGetUserReport\x12,.quartet.experiments.v1.GetUserReportRequest\x1a\".quartet.experiments.v1.UserReport\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x12\x80\x01\n\x0fListExperiments\x12..quartet.experiments.v1.ListExperimentsRequest\x1a/.quartet.experiments.v1.ListExperimentsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x12\x8c\x01\n\x13ListCompoundReports\x12\x32.quartet.experiments.v1.ListCompoundReportsRequest\x1a\x33.quartet.experiments.v1.ListCompoundReportsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x12t\n\x0bListImports\x12*.quartet.experiments.v1.ListImportsRequest\x1a+.quartet.experiments.v1.ListImportsResponse\"\x0c\x90\x02\x01\x8a\xce\x18\x05\x08\x01\x12\x01\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +37,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_IMPORTEXPERIMENTDATAREQUEST'].fields_by_name['file']._loaded_options = None
   _globals['_IMPORTEXPERIMENTDATAREQUEST'].fields_by_name['file']._serialized_options = b'\342A\001\002\272Hj\202\001\002\020\001\272\001b\n\016enum.specified\022Emust be DATA_FILE_USERS, DATA_FILE_COMPOUNDS or DATA_FILE_EXPERIMENTS\032\tthis != 0'
+  _globals['_REPORTFILTER'].fields_by_name['compound_id']._loaded_options = None
+  _globals['_REPORTFILTER'].fields_by_name['compound_id']._serialized_options = b'\272H\004\"\002 \000'
+  _globals['_REPORTFILTER'].fields_by_name['signup_date_start']._loaded_options = None
+  _globals['_REPORTFILTER'].fields_by_name['signup_date_start']._serialized_options = b'\272H#r!2\037^([0-9]{4}-[0-9]{2}-[0-9]{2})?$'
+  _globals['_REPORTFILTER'].fields_by_name['signup_date_end']._loaded_options = None
+  _globals['_REPORTFILTER'].fields_by_name['signup_date_end']._serialized_options = b'\272H#r!2\037^([0-9]{4}-[0-9]{2}-[0-9]{2})?$'
   _globals['_LISTUSERREPORTSREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTUSERREPORTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
   _globals['_GETUSERREPORTREQUEST'].fields_by_name['user_id']._loaded_options = None
@@ -44,6 +51,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTEXPERIMENTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
   _globals['_LISTEXPERIMENTSREQUEST'].fields_by_name['user_id']._loaded_options = None
   _globals['_LISTEXPERIMENTSREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H\004\"\002 \000'
+  _globals['_LISTCOMPOUNDREPORTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTCOMPOUNDREPORTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
+  _globals['_LISTIMPORTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTIMPORTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
   _globals['_EXPERIMENTSERVICE'].methods_by_name['ImportExperimentData']._loaded_options = None
   _globals['_EXPERIMENTSERVICE'].methods_by_name['ImportExperimentData']._serialized_options = b'\220\002\002\212\316\030\005\010\001\022\001\003'
   _globals['_EXPERIMENTSERVICE'].methods_by_name['GetExperimentReport']._loaded_options = None
@@ -54,38 +65,58 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPERIMENTSERVICE'].methods_by_name['GetUserReport']._serialized_options = b'\220\002\001\212\316\030\005\010\001\022\001\002'
   _globals['_EXPERIMENTSERVICE'].methods_by_name['ListExperiments']._loaded_options = None
   _globals['_EXPERIMENTSERVICE'].methods_by_name['ListExperiments']._serialized_options = b'\220\002\001\212\316\030\005\010\001\022\001\002'
-  _globals['_DATAFILE']._serialized_start=1903
-  _globals['_DATAFILE']._serialized_end=2013
-  _globals['_IMPORTSTAGE']._serialized_start=2016
-  _globals['_IMPORTSTAGE']._serialized_end=2193
-  _globals['_IMPORTEXPERIMENTDATAREQUEST']._serialized_start=167
-  _globals['_IMPORTEXPERIMENTDATAREQUEST']._serialized_end=395
-  _globals['_IMPORTEXPERIMENTDATARESPONSE']._serialized_start=398
-  _globals['_IMPORTEXPERIMENTDATARESPONSE']._serialized_end=590
-  _globals['_IMPORTPROBLEM']._serialized_start=592
-  _globals['_IMPORTPROBLEM']._serialized_end=706
-  _globals['_FILEPROGRESS']._serialized_start=709
-  _globals['_FILEPROGRESS']._serialized_end=849
-  _globals['_GETEXPERIMENTREPORTREQUEST']._serialized_start=851
-  _globals['_GETEXPERIMENTREPORTREQUEST']._serialized_end=879
-  _globals['_EXPERIMENTREPORT']._serialized_start=882
-  _globals['_EXPERIMENTREPORT']._serialized_end=1080
-  _globals['_COMPOUND']._serialized_start=1082
-  _globals['_COMPOUND']._serialized_end=1137
-  _globals['_USERREPORT']._serialized_start=1140
-  _globals['_USERREPORT']._serialized_end=1340
-  _globals['_LISTUSERREPORTSREQUEST']._serialized_start=1342
-  _globals['_LISTUSERREPORTSREQUEST']._serialized_end=1414
-  _globals['_LISTUSERREPORTSRESPONSE']._serialized_start=1416
-  _globals['_LISTUSERREPORTSRESPONSE']._serialized_end=1524
-  _globals['_GETUSERREPORTREQUEST']._serialized_start=1526
-  _globals['_GETUSERREPORTREQUEST']._serialized_end=1578
-  _globals['_EXPERIMENT']._serialized_start=1580
-  _globals['_EXPERIMENT']._serialized_end=1675
-  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=1677
-  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=1792
-  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=1794
-  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=1901
-  _globals['_EXPERIMENTSERVICE']._serialized_start=2196
-  _globals['_EXPERIMENTSERVICE']._serialized_end=2872
+  _globals['_EXPERIMENTSERVICE'].methods_by_name['ListCompoundReports']._loaded_options = None
+  _globals['_EXPERIMENTSERVICE'].methods_by_name['ListCompoundReports']._serialized_options = b'\220\002\001\212\316\030\005\010\001\022\001\002'
+  _globals['_EXPERIMENTSERVICE'].methods_by_name['ListImports']._loaded_options = None
+  _globals['_EXPERIMENTSERVICE'].methods_by_name['ListImports']._serialized_options = b'\220\002\001\212\316\030\005\010\001\022\001\002'
+  _globals['_DATAFILE']._serialized_start=3239
+  _globals['_DATAFILE']._serialized_end=3349
+  _globals['_IMPORTSTAGE']._serialized_start=3352
+  _globals['_IMPORTSTAGE']._serialized_end=3529
+  _globals['_IMPORTOUTCOME']._serialized_start=3531
+  _globals['_IMPORTOUTCOME']._serialized_end=3636
+  _globals['_IMPORTEXPERIMENTDATAREQUEST']._serialized_start=200
+  _globals['_IMPORTEXPERIMENTDATAREQUEST']._serialized_end=428
+  _globals['_IMPORTEXPERIMENTDATARESPONSE']._serialized_start=431
+  _globals['_IMPORTEXPERIMENTDATARESPONSE']._serialized_end=623
+  _globals['_IMPORTPROBLEM']._serialized_start=625
+  _globals['_IMPORTPROBLEM']._serialized_end=739
+  _globals['_FILEPROGRESS']._serialized_start=742
+  _globals['_FILEPROGRESS']._serialized_end=882
+  _globals['_REPORTFILTER']._serialized_start=885
+  _globals['_REPORTFILTER']._serialized_end=1082
+  _globals['_GETEXPERIMENTREPORTREQUEST']._serialized_start=1084
+  _globals['_GETEXPERIMENTREPORTREQUEST']._serialized_end=1166
+  _globals['_EXPERIMENTREPORT']._serialized_start=1169
+  _globals['_EXPERIMENTREPORT']._serialized_end=1486
+  _globals['_COMPOUND']._serialized_start=1488
+  _globals['_COMPOUND']._serialized_end=1543
+  _globals['_USERREPORT']._serialized_start=1546
+  _globals['_USERREPORT']._serialized_end=1796
+  _globals['_LISTUSERREPORTSREQUEST']._serialized_start=1798
+  _globals['_LISTUSERREPORTSREQUEST']._serialized_end=1924
+  _globals['_LISTUSERREPORTSRESPONSE']._serialized_start=1926
+  _globals['_LISTUSERREPORTSRESPONSE']._serialized_end=2034
+  _globals['_GETUSERREPORTREQUEST']._serialized_start=2036
+  _globals['_GETUSERREPORTREQUEST']._serialized_end=2088
+  _globals['_EXPERIMENT']._serialized_start=2090
+  _globals['_EXPERIMENT']._serialized_end=2185
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=2187
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=2302
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=2304
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=2411
+  _globals['_COMPOUNDREPORT']._serialized_start=2413
+  _globals['_COMPOUNDREPORT']._serialized_end=2533
+  _globals['_LISTCOMPOUNDREPORTSREQUEST']._serialized_start=2536
+  _globals['_LISTCOMPOUNDREPORTSREQUEST']._serialized_end=2666
+  _globals['_LISTCOMPOUNDREPORTSRESPONSE']._serialized_start=2668
+  _globals['_LISTCOMPOUNDREPORTSRESPONSE']._serialized_end=2788
+  _globals['_IMPORT']._serialized_start=2791
+  _globals['_IMPORT']._serialized_end=3070
+  _globals['_LISTIMPORTSREQUEST']._serialized_start=3072
+  _globals['_LISTIMPORTSREQUEST']._serialized_end=3140
+  _globals['_LISTIMPORTSRESPONSE']._serialized_start=3142
+  _globals['_LISTIMPORTSRESPONSE']._serialized_end=3237
+  _globals['_EXPERIMENTSERVICE']._serialized_start=3639
+  _globals['_EXPERIMENTSERVICE']._serialized_end=4576
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -100,6 +101,30 @@ file, line and column order, up to 1,000 per message and 10,000 in all (the erro
 INVALID_ARGUMENT.
 """
 Global___ImportStage: _TypeAlias = ImportStage  # noqa: Y015
+
+class _ImportOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ImportOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ImportOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IMPORT_OUTCOME_UNSPECIFIED: _ImportOutcome.ValueType  # 0
+    """Never stored; the proto3 default."""
+    IMPORT_OUTCOME_PUBLISHED: _ImportOutcome.ValueType  # 1
+    """The files were valid and became the data set."""
+    IMPORT_OUTCOME_REFUSED: _ImportOutcome.ValueType  # 2
+    """The files had problems (`problem_count` of them): nothing was imported."""
+
+class ImportOutcome(_ImportOutcome, metaclass=_ImportOutcomeEnumTypeWrapper):
+    """ImportOutcome is how an import ended."""
+
+IMPORT_OUTCOME_UNSPECIFIED: ImportOutcome.ValueType  # 0
+"""Never stored; the proto3 default."""
+IMPORT_OUTCOME_PUBLISHED: ImportOutcome.ValueType  # 1
+"""The files were valid and became the data set."""
+IMPORT_OUTCOME_REFUSED: ImportOutcome.ValueType  # 2
+"""The files had problems (`problem_count` of them): nothing was imported."""
+Global___ImportOutcome: _TypeAlias = ImportOutcome  # noqa: Y015
 
 @_typing.final
 class ImportExperimentDataRequest(_message.Message):
@@ -256,17 +281,62 @@ class FileProgress(_message.Message):
 Global___FileProgress: _TypeAlias = FileProgress  # noqa: Y015
 
 @_typing.final
-class GetExperimentReportRequest(_message.Message):
-    """GetExperimentReportRequest asks for the figures over the whole data set."""
+class ReportFilter(_message.Message):
+    """ReportFilter selects the users a report covers; its conditions combine with AND, and an empty
+    filter selects every user. A filter that selects nobody gives an empty report, not an error. A
+    day that is not a date of the calendar, or an end before the start, is INVALID_ARGUMENT (reason
+    FIELD_INVALID, the field violation naming `filter.signup_date_start` or `filter.signup_date_end`).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    COMPOUND_ID_FIELD_NUMBER: _builtins.int
+    SIGNUP_DATE_START_FIELD_NUMBER: _builtins.int
+    SIGNUP_DATE_END_FIELD_NUMBER: _builtins.int
+    compound_id: _builtins.int
+    """Only users who used this compound in at least one experiment."""
+    signup_date_start: _builtins.str
+    """Only users who signed up on or after this day (ISO 8601, YYYY-MM-DD)."""
+    signup_date_end: _builtins.str
+    """Only users who signed up on or before this day (ISO 8601, YYYY-MM-DD); the day itself is
+    included. Not before `signup_date_start`.
+    """
     def __init__(
         self,
+        *,
+        compound_id: _builtins.int | None = ...,
+        signup_date_start: _builtins.str = ...,
+        signup_date_end: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_compound_id", b"_compound_id", "compound_id", b"compound_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_compound_id", b"_compound_id", "compound_id", b"compound_id", "signup_date_end", b"signup_date_end", "signup_date_start", b"signup_date_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__compound_id: _TypeAlias = _typing.Literal["compound_id"]  # noqa: Y015
+    _WhichOneofArgType__compound_id: _TypeAlias = _typing.Literal["_compound_id", b"_compound_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__compound_id) -> _WhichOneofReturnType__compound_id | None: ...
+
+Global___ReportFilter: _TypeAlias = ReportFilter  # noqa: Y015
+
+@_typing.final
+class GetExperimentReportRequest(_message.Message):
+    """GetExperimentReportRequest asks for the figures over the whole data set or some of its users."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def filter(self) -> Global___ReportFilter:
+        """Which users the figures cover; every user when absent."""
+
+    def __init__(
+        self,
+        *,
+        filter: Global___ReportFilter | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -274,7 +344,9 @@ Global___GetExperimentReportRequest: _TypeAlias = GetExperimentReportRequest  # 
 
 @_typing.final
 class ExperimentReport(_message.Message):
-    """ExperimentReport holds the figures over the whole data set."""
+    """ExperimentReport holds the figures over the whole data set, or over the users and experiments
+    the request's filter selects (except `compound_count`, always the data set's).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -284,6 +356,10 @@ class ExperimentReport(_message.Message):
     COMPOUND_COUNT_FIELD_NUMBER: _builtins.int
     AVERAGE_EXPERIMENTS_PER_USER_FIELD_NUMBER: _builtins.int
     AVERAGE_EXPERIMENTS_PER_ACTIVE_USER_FIELD_NUMBER: _builtins.int
+    TOTAL_RUN_TIME_FIELD_NUMBER: _builtins.int
+    AVERAGE_RUN_TIME_FIELD_NUMBER: _builtins.int
+    IMPORT_ID_FIELD_NUMBER: _builtins.int
+    PUBLISH_TIME_FIELD_NUMBER: _builtins.int
     user_count: _builtins.int
     """How many users the data set has (every row of users.csv)."""
     active_user_count: _builtins.int
@@ -298,6 +374,18 @@ class ExperimentReport(_message.Message):
     """experiment_count / active_user_count: only users who ran an experiment count. This is how the
     original ETL defined the average. 0 without experiments.
     """
+    total_run_time: _builtins.float
+    """The sum of the experiments' run times (in the file's unit: see the service's comment)."""
+    average_run_time: _builtins.float
+    """total_run_time / experiment_count; 0 without experiments."""
+    import_id: _builtins.int
+    """The id of the import that published the data set reported on (see ListImports); 0 if none
+    has (nothing imported yet, or a data set imported by a version of quartet without history).
+    """
+    @_builtins.property
+    def publish_time(self) -> _timestamp_pb2.Timestamp:
+        """When that import was published; absent when import_id is 0."""
+
     def __init__(
         self,
         *,
@@ -307,10 +395,14 @@ class ExperimentReport(_message.Message):
         compound_count: _builtins.int = ...,
         average_experiments_per_user: _builtins.float = ...,
         average_experiments_per_active_user: _builtins.float = ...,
+        total_run_time: _builtins.float = ...,
+        average_run_time: _builtins.float = ...,
+        import_id: _builtins.int = ...,
+        publish_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["publish_time", b"publish_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_user_count", b"active_user_count", "average_experiments_per_active_user", b"average_experiments_per_active_user", "average_experiments_per_user", b"average_experiments_per_user", "compound_count", b"compound_count", "experiment_count", b"experiment_count", "user_count", b"user_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_user_count", b"active_user_count", "average_experiments_per_active_user", b"average_experiments_per_active_user", "average_experiments_per_user", b"average_experiments_per_user", "average_run_time", b"average_run_time", "compound_count", b"compound_count", "experiment_count", b"experiment_count", "import_id", b"import_id", "publish_time", b"publish_time", "total_run_time", b"total_run_time", "user_count", b"user_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -359,6 +451,8 @@ class UserReport(_message.Message):
     FAVOURITE_COMPOUND_FIELD_NUMBER: _builtins.int
     FAVOURITE_COMPOUND_USES_FIELD_NUMBER: _builtins.int
     SIGNUP_DATE_FIELD_NUMBER: _builtins.int
+    TOTAL_RUN_TIME_FIELD_NUMBER: _builtins.int
+    AVERAGE_RUN_TIME_FIELD_NUMBER: _builtins.int
     user_id: _builtins.int
     """The user's id in the data set."""
     name: _builtins.str
@@ -371,6 +465,10 @@ class UserReport(_message.Message):
     """How many times the favourite compound appears in the user's experiments; 0 if none."""
     signup_date: _builtins.str
     """The day the user signed up, as in users.csv (ISO 8601, YYYY-MM-DD)."""
+    total_run_time: _builtins.float
+    """The sum of the run times of the user's experiments (in the file's unit); 0 if none."""
+    average_run_time: _builtins.float
+    """total_run_time / experiment_count; 0 if the user ran no experiment."""
     @_builtins.property
     def favourite_compound(self) -> Global___Compound:
         """The compound the user's experiments used most often, counting each appearance in an
@@ -389,10 +487,12 @@ class UserReport(_message.Message):
         favourite_compound: Global___Compound | None = ...,
         favourite_compound_uses: _builtins.int = ...,
         signup_date: _builtins.str = ...,
+        total_run_time: _builtins.float = ...,
+        average_run_time: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["favourite_compound", b"favourite_compound"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "experiment_count", b"experiment_count", "favourite_compound", b"favourite_compound", "favourite_compound_uses", b"favourite_compound_uses", "name", b"name", "signup_date", b"signup_date", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["average_run_time", b"average_run_time", "email", b"email", "experiment_count", b"experiment_count", "favourite_compound", b"favourite_compound", "favourite_compound_uses", b"favourite_compound_uses", "name", b"name", "signup_date", b"signup_date", "total_run_time", b"total_run_time", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -406,21 +506,27 @@ class ListUserReportsRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """The maximum number of reports to return (default 50, at most 1000; larger values are lowered
     to 1000). Negative values are INVALID_ARGUMENT.
     """
     page_token: _builtins.str
-    """The `next_page_token` of the previous page."""
+    """The `next_page_token` of the previous page, with the same filter."""
+    @_builtins.property
+    def filter(self) -> Global___ReportFilter:
+        """Which users to list; every user when absent."""
+
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        filter: Global___ReportFilter | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -579,3 +685,217 @@ class ListExperimentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListExperimentsResponse: _TypeAlias = ListExperimentsResponse  # noqa: Y015
+
+@_typing.final
+class CompoundReport(_message.Message):
+    """CompoundReport is what the data set says about one compound's use."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPOUND_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_COUNT_FIELD_NUMBER: _builtins.int
+    AVERAGE_RUN_TIME_FIELD_NUMBER: _builtins.int
+    experiment_count: _builtins.int
+    """How many of the selected experiments list the compound (an experiment that lists it twice
+    counts once); 0 if none.
+    """
+    average_run_time: _builtins.float
+    """The average run time of those experiments (in the file's unit), each counted once; 0 if none."""
+    @_builtins.property
+    def compound(self) -> Global___Compound:
+        """The compound."""
+
+    def __init__(
+        self,
+        *,
+        compound: Global___Compound | None = ...,
+        experiment_count: _builtins.int = ...,
+        average_run_time: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compound", b"compound"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["average_run_time", b"average_run_time", "compound", b"compound", "experiment_count", b"experiment_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompoundReport: _TypeAlias = CompoundReport  # noqa: Y015
+
+@_typing.final
+class ListCompoundReportsRequest(_message.Message):
+    """ListCompoundReportsRequest asks for one page of compound reports."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """The maximum number of reports to return (default 50, at most 1000; larger values are lowered
+    to 1000). Negative values are INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """The `next_page_token` of the previous page, with the same filter."""
+    @_builtins.property
+    def filter(self) -> Global___ReportFilter:
+        """Whose experiments the figures cover; every user's when absent. Every compound is listed
+        either way, with zeros for one no selected experiment used.
+        """
+
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        filter: Global___ReportFilter | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCompoundReportsRequest: _TypeAlias = ListCompoundReportsRequest  # noqa: Y015
+
+@_typing.final
+class ListCompoundReportsResponse(_message.Message):
+    """ListCompoundReportsResponse is one page of compound reports, by compound id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPOUND_REPORTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """A token for the next page, or empty when this is the last page."""
+    @_builtins.property
+    def compound_reports(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompoundReport]:
+        """The reports of this page."""
+
+    def __init__(
+        self,
+        *,
+        compound_reports: _abc.Iterable[Global___CompoundReport] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compound_reports", b"compound_reports", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCompoundReportsResponse: _TypeAlias = ListCompoundReportsResponse  # noqa: Y015
+
+@_typing.final
+class Import(_message.Message):
+    """Import is one import of the data set, as the history keeps it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    FINISH_TIME_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    USER_ROWS_FIELD_NUMBER: _builtins.int
+    COMPOUND_ROWS_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_ROWS_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    PROBLEM_COUNT_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The import's id, given when it ends: a later id ended later."""
+    caller: _builtins.str
+    """Who imported: `account:<id>` for an account calling ImportExperimentData, `command-line` for
+    an operator's `quartet server import-experiments`, `demo-data` for `quartet server demo-data`.
+    """
+    user_rows: _builtins.int
+    """How many data rows users.csv held (not the header or blank lines)."""
+    compound_rows: _builtins.int
+    """How many data rows compounds.csv held."""
+    experiment_rows: _builtins.int
+    """How many data rows user_experiments.csv held."""
+    outcome: Global___ImportOutcome.ValueType
+    """Whether the files were published or refused."""
+    problem_count: _builtins.int
+    """How many problems the files had: 0 for a published import."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the server began to read the import's files (after any import before it had ended)."""
+
+    @_builtins.property
+    def finish_time(self) -> _timestamp_pb2.Timestamp:
+        """When the import was published or refused."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        finish_time: _timestamp_pb2.Timestamp | None = ...,
+        caller: _builtins.str = ...,
+        user_rows: _builtins.int = ...,
+        compound_rows: _builtins.int = ...,
+        experiment_rows: _builtins.int = ...,
+        outcome: Global___ImportOutcome.ValueType = ...,
+        problem_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finish_time", b"finish_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "compound_rows", b"compound_rows", "experiment_rows", b"experiment_rows", "finish_time", b"finish_time", "id", b"id", "outcome", b"outcome", "problem_count", b"problem_count", "start_time", b"start_time", "user_rows", b"user_rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Import: _TypeAlias = Import  # noqa: Y015
+
+@_typing.final
+class ListImportsRequest(_message.Message):
+    """ListImportsRequest asks for one page of the import history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """The maximum number of imports to return (default 50, at most 1000; larger values are lowered
+    to 1000). Negative values are INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """The `next_page_token` of the previous page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListImportsRequest: _TypeAlias = ListImportsRequest  # noqa: Y015
+
+@_typing.final
+class ListImportsResponse(_message.Message):
+    """ListImportsResponse is one page of the import history, newest (highest id) first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMPORTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """A token for the next page, or empty when this is the last page."""
+    @_builtins.property
+    def imports(self) -> _containers.RepeatedCompositeFieldContainer[Global___Import]:
+        """The imports of this page."""
+
+    def __init__(
+        self,
+        *,
+        imports: _abc.Iterable[Global___Import] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["imports", b"imports", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListImportsResponse: _TypeAlias = ListImportsResponse  # noqa: Y015

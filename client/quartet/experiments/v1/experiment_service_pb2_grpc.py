@@ -27,9 +27,13 @@ if _version_not_supported:
 
 class ExperimentServiceStub:
     """ExperimentService loads the experiment data set (its users, compounds and experiments, sent as
-    three CSV files) and reports on it: how many experiments each user ran, the average per user, and
-    each user's most used compound. The data set's users are people in the experiment data, not
-    quartet accounts.
+    three CSV files) and reports on it: how many experiments each user ran, the average per user,
+    each user's most used compound, and the experiments' run times per user and per compound. The
+    data set's users are people in the experiment data, not quartet accounts. Every import, published
+    or refused, is kept in a history.
+
+    Run times are in the unit of the files' `experiment_run_time` column, which the data set does not
+    name (the seed data holds whole numbers from 10 to 60): quartet neither converts nor assumes one.
     """
 
     def __init__(self, channel):
@@ -63,13 +67,27 @@ class ExperimentServiceStub:
                 request_serializer=quartet_dot_experiments_dot_v1_dot_experiment__service__pb2.ListExperimentsRequest.SerializeToString,
                 response_deserializer=quartet_dot_experiments_dot_v1_dot_experiment__service__pb2.ListExperimentsResponse.FromString,
                 _registered_method=True)
+        self.ListCompoundReports = channel.unary_unary(
+                '/quartet.experiments.v1.ExperimentService/ListCompoundReports',
+                request_serializer=quartet_dot_experiments_dot_v1_dot_experiment__service__pb2.ListCompoundReportsRequest.SerializeToString,
+                response_deserializer=quartet_dot_experiments_dot_v1_dot_experiment__service__pb2.ListCompoundReportsResponse.FromString,
+                _registered_method=True)
+        self.ListImports = channel.unary_unary(
+                '/quartet.experiments.v1.ExperimentService/ListImports',
+                request_serializer=quartet_dot_experiments_dot_v1_dot_experiment__service__pb2.ListImportsRequest.SerializeToString,
+                response_deserializer=quartet_dot_experiments_dot_v1_dot_experiment__service__pb2.ListImportsResponse.FromString,
+                _registered_method=True)
 
 
 class ExperimentServiceServicer:
     """ExperimentService loads the experiment data set (its users, compounds and experiments, sent as
-    three CSV files) and reports on it: how many experiments each user ran, the average per user, and
-    each user's most used compound. The data set's users are people in the experiment data, not
-    quartet accounts.
+    three CSV files) and reports on it: how many experiments each user ran, the average per user,
+    each user's most used compound, and the experiments' run times per user and per compound. The
+    data set's users are people in the experiment data, not quartet accounts. Every import, published
+    or refused, is kept in a history.
+
+    Run times are in the unit of the files' `experiment_run_time` column, which the data set does not
+    name (the seed data holds whole numbers from 10 to 60): quartet neither converts nor assumes one.
     """
 
     def ImportExperimentData(self, request_iterator, context):
@@ -86,21 +104,27 @@ class ExperimentServiceServicer:
         An empty users.csv is a problem ("users.csv has no rows"), unless all three files are empty
         and a request sets `allow_empty`. Importing the same files again leaves the same data set, so
         the call is safe to retry.
+
+        An import that reaches a verdict on its files, published or refused, is recorded in the
+        history that ListImports lists (a refused one although its rows are discarded); a stream that
+        breaks the protocol or ends early is not.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetExperimentReport(self, request, context):
-        """Returns the figures over the whole data set: counts and the average experiments per user.
+        """Returns the figures over the whole data set, or over the users `filter` selects: counts, the
+        average experiments per user, run times, and which import the data set comes from.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListUserReports(self, request, context):
-        """Lists every user of the data set with their experiment count and favourite compound, by user
-        id, paginated. Users without experiments are listed too, with a count of zero.
+        """Lists every user of the data set (or those `filter` selects) with their experiment count,
+        favourite compound and run times, by user id, paginated. Users without experiments are listed
+        too, with a count of zero.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,6 +139,22 @@ class ExperimentServiceServicer:
 
     def ListExperiments(self, request, context):
         """Lists the stored experiments, by experiment id, paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCompoundReports(self, request, context):
+        """Lists every compound of the data set with how many experiments used it and their average run
+        time (over the experiments of the users `filter` selects), by compound id, paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListImports(self, request, context):
+        """Lists the imports, published and refused, newest first, paginated. Analysts may list them as
+        well as admins: the report they read names the import it comes from.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +188,16 @@ def add_ExperimentServiceServicer_to_server(servicer, server):
                     request_deserializer=quartet_dot_experiments_dot_v1_dot_experiment__service__pb2.ListExperimentsRequest.FromString,
                     response_serializer=quartet_dot_experiments_dot_v1_dot_experiment__service__pb2.ListExperimentsResponse.SerializeToString,
             ),
+            'ListCompoundReports': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCompoundReports,
+                    request_deserializer=quartet_dot_experiments_dot_v1_dot_experiment__service__pb2.ListCompoundReportsRequest.FromString,
+                    response_serializer=quartet_dot_experiments_dot_v1_dot_experiment__service__pb2.ListCompoundReportsResponse.SerializeToString,
+            ),
+            'ListImports': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListImports,
+                    request_deserializer=quartet_dot_experiments_dot_v1_dot_experiment__service__pb2.ListImportsRequest.FromString,
+                    response_serializer=quartet_dot_experiments_dot_v1_dot_experiment__service__pb2.ListImportsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'quartet.experiments.v1.ExperimentService', rpc_method_handlers)
@@ -158,9 +208,13 @@ def add_ExperimentServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ExperimentService:
     """ExperimentService loads the experiment data set (its users, compounds and experiments, sent as
-    three CSV files) and reports on it: how many experiments each user ran, the average per user, and
-    each user's most used compound. The data set's users are people in the experiment data, not
-    quartet accounts.
+    three CSV files) and reports on it: how many experiments each user ran, the average per user,
+    each user's most used compound, and the experiments' run times per user and per compound. The
+    data set's users are people in the experiment data, not quartet accounts. Every import, published
+    or refused, is kept in a history.
+
+    Run times are in the unit of the files' `experiment_run_time` column, which the data set does not
+    name (the seed data holds whole numbers from 10 to 60): quartet neither converts nor assumes one.
     """
 
     @staticmethod
@@ -288,6 +342,60 @@ class ExperimentService:
             '/quartet.experiments.v1.ExperimentService/ListExperiments',
             quartet_dot_experiments_dot_v1_dot_experiment__service__pb2.ListExperimentsRequest.SerializeToString,
             quartet_dot_experiments_dot_v1_dot_experiment__service__pb2.ListExperimentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCompoundReports(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartet.experiments.v1.ExperimentService/ListCompoundReports',
+            quartet_dot_experiments_dot_v1_dot_experiment__service__pb2.ListCompoundReportsRequest.SerializeToString,
+            quartet_dot_experiments_dot_v1_dot_experiment__service__pb2.ListCompoundReportsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListImports(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartet.experiments.v1.ExperimentService/ListImports',
+            quartet_dot_experiments_dot_v1_dot_experiment__service__pb2.ListImportsRequest.SerializeToString,
+            quartet_dot_experiments_dot_v1_dot_experiment__service__pb2.ListImportsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,9 +28,13 @@ GRPC_VERSION: str
 
 class ExperimentServiceStub:
     """ExperimentService loads the experiment data set (its users, compounds and experiments, sent as
-    three CSV files) and reports on it: how many experiments each user ran, the average per user, and
-    each user's most used compound. The data set's users are people in the experiment data, not
-    quartet accounts.
+    three CSV files) and reports on it: how many experiments each user ran, the average per user,
+    each user's most used compound, and the experiments' run times per user and per compound. The
+    data set's users are people in the experiment data, not quartet accounts. Every import, published
+    or refused, is kept in a history.
+
+    Run times are in the unit of the files' `experiment_run_time` column, which the data set does not
+    name (the seed data holds whole numbers from 10 to 60): quartet neither converts nor assumes one.
     """
 
     @_typing.overload
@@ -51,24 +55,43 @@ class ExperimentServiceStub:
     An empty users.csv is a problem ("users.csv has no rows"), unless all three files are empty
     and a request sets `allow_empty`. Importing the same files again leaves the same data set, so
     the call is safe to retry.
+
+    An import that reaches a verdict on its files, published or refused, is recorded in the
+    history that ListImports lists (a refused one although its rows are discarded); a stream that
+    breaks the protocol or ends early is not.
     """
     GetExperimentReport: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.GetExperimentReportRequest, _experiment_service_pb2.ExperimentReport]
-    """Returns the figures over the whole data set: counts and the average experiments per user."""
+    """Returns the figures over the whole data set, or over the users `filter` selects: counts, the
+    average experiments per user, run times, and which import the data set comes from.
+    """
     ListUserReports: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.ListUserReportsRequest, _experiment_service_pb2.ListUserReportsResponse]
-    """Lists every user of the data set with their experiment count and favourite compound, by user
-    id, paginated. Users without experiments are listed too, with a count of zero.
+    """Lists every user of the data set (or those `filter` selects) with their experiment count,
+    favourite compound and run times, by user id, paginated. Users without experiments are listed
+    too, with a count of zero.
     """
     GetUserReport: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.GetUserReportRequest, _experiment_service_pb2.UserReport]
     """Returns one user's report. An unknown user id is NOT_FOUND."""
     ListExperiments: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.ListExperimentsRequest, _experiment_service_pb2.ListExperimentsResponse]
     """Lists the stored experiments, by experiment id, paginated."""
+    ListCompoundReports: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.ListCompoundReportsRequest, _experiment_service_pb2.ListCompoundReportsResponse]
+    """Lists every compound of the data set with how many experiments used it and their average run
+    time (over the experiments of the users `filter` selects), by compound id, paginated.
+    """
+    ListImports: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.ListImportsRequest, _experiment_service_pb2.ListImportsResponse]
+    """Lists the imports, published and refused, newest first, paginated. Analysts may list them as
+    well as admins: the report they read names the import it comes from.
+    """
 
 @_typing.type_check_only
 class ExperimentServiceAsyncStub(ExperimentServiceStub):
     """ExperimentService loads the experiment data set (its users, compounds and experiments, sent as
-    three CSV files) and reports on it: how many experiments each user ran, the average per user, and
-    each user's most used compound. The data set's users are people in the experiment data, not
-    quartet accounts.
+    three CSV files) and reports on it: how many experiments each user ran, the average per user,
+    each user's most used compound, and the experiments' run times per user and per compound. The
+    data set's users are people in the experiment data, not quartet accounts. Every import, published
+    or refused, is kept in a history.
+
+    Run times are in the unit of the files' `experiment_run_time` column, which the data set does not
+    name (the seed data holds whole numbers from 10 to 60): quartet neither converts nor assumes one.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -86,23 +109,42 @@ class ExperimentServiceAsyncStub(ExperimentServiceStub):
     An empty users.csv is a problem ("users.csv has no rows"), unless all three files are empty
     and a request sets `allow_empty`. Importing the same files again leaves the same data set, so
     the call is safe to retry.
+
+    An import that reaches a verdict on its files, published or refused, is recorded in the
+    history that ListImports lists (a refused one although its rows are discarded); a stream that
+    breaks the protocol or ends early is not.
     """
     GetExperimentReport: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.GetExperimentReportRequest, _experiment_service_pb2.ExperimentReport]  # type: ignore[assignment]
-    """Returns the figures over the whole data set: counts and the average experiments per user."""
+    """Returns the figures over the whole data set, or over the users `filter` selects: counts, the
+    average experiments per user, run times, and which import the data set comes from.
+    """
     ListUserReports: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.ListUserReportsRequest, _experiment_service_pb2.ListUserReportsResponse]  # type: ignore[assignment]
-    """Lists every user of the data set with their experiment count and favourite compound, by user
-    id, paginated. Users without experiments are listed too, with a count of zero.
+    """Lists every user of the data set (or those `filter` selects) with their experiment count,
+    favourite compound and run times, by user id, paginated. Users without experiments are listed
+    too, with a count of zero.
     """
     GetUserReport: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.GetUserReportRequest, _experiment_service_pb2.UserReport]  # type: ignore[assignment]
     """Returns one user's report. An unknown user id is NOT_FOUND."""
     ListExperiments: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.ListExperimentsRequest, _experiment_service_pb2.ListExperimentsResponse]  # type: ignore[assignment]
     """Lists the stored experiments, by experiment id, paginated."""
+    ListCompoundReports: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.ListCompoundReportsRequest, _experiment_service_pb2.ListCompoundReportsResponse]  # type: ignore[assignment]
+    """Lists every compound of the data set with how many experiments used it and their average run
+    time (over the experiments of the users `filter` selects), by compound id, paginated.
+    """
+    ListImports: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.ListImportsRequest, _experiment_service_pb2.ListImportsResponse]  # type: ignore[assignment]
+    """Lists the imports, published and refused, newest first, paginated. Analysts may list them as
+    well as admins: the report they read names the import it comes from.
+    """
 
 class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
     """ExperimentService loads the experiment data set (its users, compounds and experiments, sent as
-    three CSV files) and reports on it: how many experiments each user ran, the average per user, and
-    each user's most used compound. The data set's users are people in the experiment data, not
-    quartet accounts.
+    three CSV files) and reports on it: how many experiments each user ran, the average per user,
+    each user's most used compound, and the experiments' run times per user and per compound. The
+    data set's users are people in the experiment data, not quartet accounts. Every import, published
+    or refused, is kept in a history.
+
+    Run times are in the unit of the files' `experiment_run_time` column, which the data set does not
+    name (the seed data holds whole numbers from 10 to 60): quartet neither converts nor assumes one.
     """
 
     @_abc_1.abstractmethod
@@ -124,6 +166,10 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         An empty users.csv is a problem ("users.csv has no rows"), unless all three files are empty
         and a request sets `allow_empty`. Importing the same files again leaves the same data set, so
         the call is safe to retry.
+
+        An import that reaches a verdict on its files, published or refused, is recorded in the
+        history that ListImports lists (a refused one although its rows are discarded); a stream that
+        breaks the protocol or ends early is not.
         """
 
     @_abc_1.abstractmethod
@@ -132,7 +178,9 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _experiment_service_pb2.GetExperimentReportRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_service_pb2.ExperimentReport, _abc.Awaitable[_experiment_service_pb2.ExperimentReport]]:
-        """Returns the figures over the whole data set: counts and the average experiments per user."""
+        """Returns the figures over the whole data set, or over the users `filter` selects: counts, the
+        average experiments per user, run times, and which import the data set comes from.
+        """
 
     @_abc_1.abstractmethod
     def ListUserReports(
@@ -140,8 +188,9 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _experiment_service_pb2.ListUserReportsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_service_pb2.ListUserReportsResponse, _abc.Awaitable[_experiment_service_pb2.ListUserReportsResponse]]:
-        """Lists every user of the data set with their experiment count and favourite compound, by user
-        id, paginated. Users without experiments are listed too, with a count of zero.
+        """Lists every user of the data set (or those `filter` selects) with their experiment count,
+        favourite compound and run times, by user id, paginated. Users without experiments are listed
+        too, with a count of zero.
         """
 
     @_abc_1.abstractmethod
@@ -159,5 +208,25 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_service_pb2.ListExperimentsResponse, _abc.Awaitable[_experiment_service_pb2.ListExperimentsResponse]]:
         """Lists the stored experiments, by experiment id, paginated."""
+
+    @_abc_1.abstractmethod
+    def ListCompoundReports(
+        self,
+        request: _experiment_service_pb2.ListCompoundReportsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_experiment_service_pb2.ListCompoundReportsResponse, _abc.Awaitable[_experiment_service_pb2.ListCompoundReportsResponse]]:
+        """Lists every compound of the data set with how many experiments used it and their average run
+        time (over the experiments of the users `filter` selects), by compound id, paginated.
+        """
+
+    @_abc_1.abstractmethod
+    def ListImports(
+        self,
+        request: _experiment_service_pb2.ListImportsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_experiment_service_pb2.ListImportsResponse, _abc.Awaitable[_experiment_service_pb2.ListImportsResponse]]:
+        """Lists the imports, published and refused, newest first, paginated. Analysts may list them as
+        well as admins: the report they read names the import it comes from.
+        """
 
 def add_ExperimentServiceServicer_to_server(servicer: ExperimentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

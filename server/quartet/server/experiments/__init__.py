@@ -3,7 +3,7 @@
 from quartet.experiments.v1 import experiment_service_pb2, experiment_service_pb2_grpc
 from quartet.server.experiments.service import ExperimentServicer
 from quartet.server.registration import Service
-from quartet.storage import experiments
+from quartet.storage import experiment_history, experiments
 
 SERVICE = Service(
     descriptor=experiment_service_pb2.DESCRIPTOR.services_by_name["ExperimentService"],
@@ -15,6 +15,7 @@ SERVICE = Service(
         experiments.Compound,
         experiments.Experiment,
         experiments.ExperimentCompound,
+        experiment_history.ImportRecord,
     ),
 )
 

@@ -16,6 +16,7 @@ from quartet.server.experiments.csvfiles import FILE_NAMES, DataFile, Problem
 from quartet.server.experiments.importer import Chunk, run_import
 
 CHUNK_SIZE = 256 * 1024
+COMMAND_LINE = "command-line"  # the caller the import history names for these imports
 
 
 def import_experiments(
@@ -44,7 +45,7 @@ def import_experiments(
                 bar(reply)
 
             with ImportProgressBar(total) as bar, database.connection_context():
-                run_import(_chunks(paths, allow_empty), progress)
+                run_import(_chunks(paths, allow_empty), progress, COMMAND_LINE)
         except InvalidArgument as error:
             print(f"error: {error.message}", file=sys.stderr)
             for problem in problems:

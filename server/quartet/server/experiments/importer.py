@@ -21,7 +21,8 @@ from quartet.server.experiments.csvfiles import (
     Problems,
     Reader,
 )
-from quartet.storage import experiment_import
+from quartet.storage import experiment_history, experiment_import
+from quartet.storage.base import utcnow
 
 BATCH_ROWS = 10_000  # rows staged per write; one progress message each
 MAX_LISTED = 10_000  # problems streamed back in REJECTED messages (all are counted) ...
@@ -40,14 +41,52 @@ _FILES: dict[str, DataFile] = {
 }
 
 
-def run_import(chunks: Iterable[Chunk], progress: Progress) -> None:
-    """Import the files in chunks, calling progress as it goes.
+def run_import(chunks: Iterable[Chunk], progress: Progress, caller: str) -> None:
+    """Import the files in chunks, calling progress as it goes, and record the import's outcome
+    in the history under `caller`.
 
     Raises InvalidArgument when a file has problems (the stored data set is then unchanged) or when
-    the chunks break the protocol (a file unnamed, or resumed after another began).
+    the chunks break the protocol (a file unnamed, or resumed after another began; such a stream
+    reaches no verdict and is not recorded).
     """
-    problems = Problems(keep=MAX_LISTED)
+    started = utcnow()
     readers: dict[DataFile, Reader] = {}
+
+    def attempt() -> experiment_history.Attempt:
+        rows = {file: reader.rows_read for file, reader in readers.items()}
+        return experiment_history.Attempt(
+            start_time=started,
+            caller=caller,
+            user_rows=rows.get(pb.DATA_FILE_USERS, 0),
+            compound_rows=rows.get(pb.DATA_FILE_COMPOUNDS, 0),
+            experiment_rows=rows.get(pb.DATA_FILE_EXPERIMENTS, 0),
+        )
+
+    try:
+        _run(chunks, progress, readers, attempt)
+    except _Refused as refused:
+        # Its own transaction, after the staged rows were dropped: the refusal is kept, the
+        # refused rows are not.
+        experiment_history.record(attempt(), experiment_history.REFUSED, refused.count)
+        raise refused.error from None
+
+
+class _Refused(Exception):
+    """The files have `count` problems; `error` says so to the caller."""
+
+    def __init__(self, count: int, error: InvalidArgument) -> None:
+        super().__init__(error.message)
+        self.count = count
+        self.error = error
+
+
+def _run(
+    chunks: Iterable[Chunk],
+    progress: Progress,
+    readers: dict[DataFile, Reader],
+    attempt: Callable[[], experiment_history.Attempt],
+) -> None:
+    problems = Problems(keep=MAX_LISTED)
     reply = pb.ImportExperimentDataResponse(stage=pb.IMPORT_STAGE_RECEIVING)
 
     def report(stage: pb.ImportStage.ValueType = pb.IMPORT_STAGE_RECEIVING) -> None:
@@ -94,9 +133,10 @@ def run_import(chunks: Iterable[Chunk], progress: Progress) -> None:
                 )
                 report(pb.IMPORT_STAGE_REJECTED)
                 del reply.problems[:]
-            raise rejection(problems.count + found, listed)
+            count = problems.count + found
+            raise _Refused(count, rejection(count, listed))
         report(pb.IMPORT_STAGE_PUBLISHING)
-        staging.publish()
+        staging.publish(attempt())
     report(pb.IMPORT_STAGE_DONE)
 
 
