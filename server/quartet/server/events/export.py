@@ -1,0 +1,168 @@
+"""ExportEvents: the events matching a filter, in ListEvents' order, as NDJSON or Event messages.
+
+The export reads the events a chunk at a time by their keyset position (occur_time, seq), the
+order the indexes give, so that each read is a bounded index range whatever the table's size
+(and, on a table partitioned by occur_time, touches only the partitions it needs). Each message
+is yielded to gRPC, which sends it once the client's flow-control window has room: the server
+holds one chunk and one message at a time, however many rows the export has.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from quartet.events.v1 import event_service_pb2 as pb
+from quartet.server.auth.authenticator import rechecked
+from quartet.server.errors import Violations
+from quartet.server.events.validation import canonical_uuid
+from quartet.server.timestamps import optional_timestamp, to_timestamp
+from quartet.storage import DatabaseRunner, events
+
+Context = grpc.aio.ServicerContext[Any, Any]
+# Rows read at a time: large enough that the query's own cost is small beside the rows'.
+CHUNK = 5000
+MAX_EVENTS = 1000  # per message of Event messages
+# Room in each message for its other fields (last_event_id, event_count) and their tags.
+_OVERHEAD = 64
+# One event as an NDJSON line: protobuf's JSON field names; data is the stored compact JSON.
+_LINE = (
+    '{{"id":"{}","sessionId":"{}","category":{},"name":{},"data":{},"occurTime":"{}",'
+    '"applicationId":{},"receiveTime":"{}","schemaVersion":{}}}\n'
+).format
+_quoted = json.JSONEncoder().encode
+
+
+async def export(
+    runner: DatabaseRunner,
+    request: pb.ExportEventsRequest,
+    context: Context,
+    max_message_bytes: int,
+) -> AsyncIterator[pb.ExportEventsResponse]:
+    """The ExportEvents call; the caller is checked again before each chunk read."""
+    filters, after_event_id = _checked(request)
+    after = await runner.run(events.export_position, after_event_id) if after_event_id else None
+    chunks = rechecked(_chunks(runner, filters, after))
+    budget = max_message_bytes - _OVERHEAD
+    if request.format == pb.EXPORT_FORMAT_EVENTS:
+        messages = _event_messages(chunks, budget)
+    else:
+        messages = _ndjson_messages(chunks, budget)
+    async for message in messages:
+        yield message
+
+
+async def _chunks(
+    runner: DatabaseRunner, filters: dict[str, Any], after: events.ExportKey | None
+) -> AsyncIterator[list[tuple[Any, ...]]]:
+    """The matching rows, CHUNK at a time, read in a database thread (not on the event loop:
+    a chunk takes milliseconds)."""
+    while True:
+        rows = await runner.run(events.export_events, limit=CHUNK, after=after, **filters)
+        if rows:
+            yield rows
+        if len(rows) < CHUNK:
+            return
+        after = (rows[-1][5], rows[-1][9])  # occur_time, seq
+
+
+async def _ndjson_messages(
+    chunks: AsyncIterator[list[tuple[Any, ...]]], budget: int
+) -> AsyncIterator[pb.ExportEventsResponse]:
+    """The rows as NDJSON, in messages of whole lines up to budget bytes (one line at least)."""
+    lines: list[str] = []
+    size = 0
+    last = ""
+    async for rows in chunks:
+        for event_id, session, category, name, data, occur, app, receive, version, _ in rows:
+            if "\n" in data:  # JSON text may hold line feeds between its tokens only
+                data = data.replace("\n", " ")
+            line = _LINE(
+                event_id, session, _quoted(category), _quoted(name), data,
+                _rfc3339(occur), app, _rfc3339(receive), version,
+            )  # fmt: skip
+            if lines and size + len(line) > budget:
+                yield _ndjson(lines, last)
+                lines, size = [], 0
+            lines.append(line)
+            size += len(line)
+            last = event_id
+    if lines:
+        yield _ndjson(lines, last)
+
+
+def _ndjson(lines: list[str], last: str) -> pb.ExportEventsResponse:
+    return pb.ExportEventsResponse(
+        ndjson="".join(lines).encode(), last_event_id=last, event_count=len(lines)
+    )
+
+
+async def _event_messages(
+    chunks: AsyncIterator[list[tuple[Any, ...]]], budget: int
+) -> AsyncIterator[pb.ExportEventsResponse]:
+    """The rows as Event messages, up to MAX_EVENTS and budget bytes a message."""
+    response = pb.ExportEventsResponse()
+    size = 0
+    async for rows in chunks:
+        for row in rows:
+            message = _event(row)
+            added = message.ByteSize() + 6  # its tag and length
+            if response.events and (size + added > budget or len(response.events) >= MAX_EVENTS):
+                yield response
+                response, size = pb.ExportEventsResponse(), 0
+            response.events.append(message)
+            response.last_event_id = message.id
+            response.event_count += 1
+            size += added
+    if response.events:
+        yield response
+
+
+def _event(row: tuple[Any, ...]) -> pb.Event:
+    event_id, session, category, name, data, occur, app, receive, version, _ = row
+    message = pb.Event(
+        id=event_id,
+        session_id=session,
+        category=category,
+        name=name,
+        occur_time=to_timestamp(_datetime(occur)),
+        application_id=app,
+        receive_time=to_timestamp(_datetime(receive)),
+        schema_version=version,
+    )
+    message.data.update(json.loads(data))
+    return message
+
+
+def _rfc3339(value: datetime.datetime | str) -> str:
+    """A stored time (a datetime from PostgreSQL, its ISO text from SQLite) in RFC 3339 UTC."""
+    if isinstance(value, str):
+        return value.replace(" ", "T", 1) + "Z"
+    return value.isoformat() + "Z"
+
+
+def _datetime(value: datetime.datetime | str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def _checked(request: pb.ExportEventsRequest) -> tuple[dict[str, Any], str]:
+    """The filters (their field rules are the contract's) and the event to resume after."""
+    violations = Violations()
+    session_id = canonical_uuid(request.session_id, "session_id", violations, required=False)
+    violations.check(not request.name or bool(request.category), "name", "needs `category` too")
+    start = optional_timestamp(request, "occur_time_start", violations)
+    end = optional_timestamp(request, "occur_time_end", violations)
+    after = canonical_uuid(request.after_event_id, "after_event_id", violations, required=False)
+    violations.raise_if_any()
+    return {
+        "session_id": session_id,
+        "category": request.category,
+        "name": request.name,
+        "application_id": request.application_id,
+        "occur_time_start": start,
+        "occur_time_end": end,
+    }, after
