@@ -128,7 +128,7 @@ def test_an_export_reads_many_rows_a_chunk_at_a_time(db: peewee.Database, client
     count = export.CHUNK * 2 + 7
     start = T0.replace(tzinfo=None)
     stored = [
-        NewEvent(str(uuid.uuid4()), 1, str(uuid.uuid4()), "c", "n", '{"n":%d}' % n,
+        NewEvent(str(uuid.uuid4()), 1, str(uuid.uuid4()), "c", "n", f'{{"n":{n}}}',
                  start + datetime.timedelta(milliseconds=n // 2), 0)
         for n in range(count)
     ]  # fmt: skip

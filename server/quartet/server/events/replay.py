@@ -111,7 +111,9 @@ def _violations(
 ) -> list[dict[str, str]]:
     """The problems the event kept without its data still has (its data aside)."""
     item = _check(checker, sent, row, now)
-    return [] if isinstance(item, NewEvent) else [v for v in item if v["field"] != "data"]
+    if isinstance(item, NewEvent):
+        return []
+    return [v for v in item if v["field"] != "data" and not v["field"].startswith("data.")]
 
 
 def _checked(request: pb.ReplayRejectedEventsRequest) -> tuple[dict[str, Any], str, str]:
