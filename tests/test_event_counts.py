@@ -12,6 +12,7 @@ import peewee
 import pytest
 
 from quartet.client import Client, QuartetError, event
+from quartet.events.v1 import event_service_pb2 as pb
 from quartet.storage import events
 from quartet.storage.events import NewEvent
 from tests.conftest import Principal
@@ -135,21 +136,17 @@ def test_pages_walk_every_count_once(client: Client, history: dict[str, Any]) ->
     ids=str,
 )
 def test_invalid_requests(client: Client, request_fields: dict[str, Any], field: str) -> None:
-    from quartet.client._base import timestamp
-    from quartet.events.v1 import event_service_pb2 as pb
-
     values: dict[str, Any] = {
         "bucket": pb.COUNT_BUCKET_HOUR,
         "occur_time_start": T0,
         "occur_time_end": T0 + DAY,
     } | request_fields
-    request = pb.CountEventsRequest(
-        **{
-            k: timestamp(v) if isinstance(v, datetime.datetime) else v
-            for k, v in values.items()
-            if v is not None
-        }
-    )
+    request = pb.CountEventsRequest()
+    for name, value in values.items():
+        if isinstance(value, datetime.datetime):
+            getattr(request, name).FromDatetime(value)
+        elif value is not None:
+            setattr(request, name, value)
     with pytest.raises(grpc.RpcError) as caught:
         client.channel.unary_unary(
             "/quartet.events.v1.EventService/CountEvents",

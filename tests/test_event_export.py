@@ -111,7 +111,7 @@ def test_messages_keep_to_the_reply_budget_and_an_export_resumes(
             history(app, 100)
         whole = list(client.events.iter())
         for export_format in ("ndjson", "events"):
-            responses = list(client.events.export(format=export_format))  # type: ignore[arg-type]
+            responses = list(client.events.export(format=export_format))
             assert len(responses) > 3
             assert all(r.ByteSize() <= 4096 for r in responses)
             assert sum(r.event_count for r in responses) == 100
