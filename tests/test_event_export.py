@@ -90,13 +90,16 @@ def test_an_export_holds_what_listing_gives_in_its_order(
 def test_ndjson_lines_are_protobuf_json(app: Client, client: Client) -> None:
     history(app, 3)
     [response] = client.events.export()
-    for line, listed in zip(
-        response.ndjson.decode().splitlines(), client.events.iter(), strict=True
-    ):
-        assert json.loads(line) == json.loads(json_format.MessageToJson(listed)) | {
-            "applicationId": listed.application_id  # a JSON number, not protobuf's string
-        }
-    assert response.event_count == 3 and response.last_event_id == listed.id
+    listed = list(client.events.iter())
+    lines = response.ndjson.decode().splitlines()
+    for line, stored in zip(lines, listed, strict=True):
+        document = json.loads(line)
+        assert set(document) == set(json.loads(json_format.MessageToJson(stored)))
+        assert document["applicationId"] == stored.application_id  # a number, not a string
+        assert document["data"] == json_format.MessageToDict(stored.data)
+        assert document["occurTime"].endswith("Z")
+        assert json_format.Parse(line, pb.Event()) == stored
+    assert response.event_count == 3 and response.last_event_id == listed[-1].id
 
 
 def test_messages_keep_to_the_reply_budget_and_an_export_resumes(

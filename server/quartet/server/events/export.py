@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -29,12 +29,6 @@ CHUNK = 5000
 MAX_EVENTS = 1000  # per message of Event messages
 # Room in each message for its other fields (last_event_id, event_count) and their tags.
 _OVERHEAD = 64
-# One event as an NDJSON line: protobuf's JSON field names; data is the stored compact JSON.
-_LINE = (
-    '{{"id":"{}","sessionId":"{}","category":{},"name":{},"data":{},"occurTime":"{}",'
-    '"applicationId":{},"receiveTime":"{}","schemaVersion":{}}}\n'
-).format
-_quoted = json.JSONEncoder().encode
 
 
 async def export(
@@ -46,45 +40,46 @@ async def export(
     """The ExportEvents call; the caller is checked again before each chunk read."""
     filters, after_event_id = _checked(request)
     after = await runner.run(events.export_position, after_event_id) if after_event_id else None
-    chunks = rechecked(_chunks(runner, filters, after))
     budget = max_message_bytes - _OVERHEAD
     if request.format == pb.EXPORT_FORMAT_EVENTS:
-        messages = _event_messages(chunks, budget)
+        rows = rechecked(_chunks(runner, events.export_events, filters, after))
+        messages = _event_messages(rows, budget)
     else:
-        messages = _ndjson_messages(chunks, budget)
+        rows = rechecked(_chunks(runner, events.export_lines, filters, after))
+        messages = _ndjson_messages(rows, budget)
     async for message in messages:
         yield message
 
 
+Rows = list[tuple[Any, ...]]
+
+
 async def _chunks(
-    runner: DatabaseRunner, filters: dict[str, Any], after: events.ExportKey | None
-) -> AsyncIterator[list[tuple[Any, ...]]]:
-    """The matching rows, CHUNK at a time, read in a database thread (not on the event loop:
-    a chunk takes milliseconds)."""
+    runner: DatabaseRunner,
+    read: Callable[..., Rows],
+    filters: dict[str, Any],
+    after: events.ExportKey | None,
+) -> AsyncIterator[Rows]:
+    """The matching rows, CHUNK at a time, each ending in its keyset position, read in a
+    database thread (not on the event loop: a chunk takes milliseconds)."""
     while True:
-        rows = await runner.run(events.export_events, limit=CHUNK, after=after, **filters)
+        rows = await runner.run(read, limit=CHUNK, after=after, **filters)
         if rows:
             yield rows
         if len(rows) < CHUNK:
             return
-        after = (rows[-1][5], rows[-1][9])  # occur_time, seq
+        after = rows[-1][-2:]
 
 
 async def _ndjson_messages(
-    chunks: AsyncIterator[list[tuple[Any, ...]]], budget: int
+    chunks: AsyncIterator[Rows], budget: int
 ) -> AsyncIterator[pb.ExportEventsResponse]:
-    """The rows as NDJSON, in messages of whole lines up to budget bytes (one line at least)."""
+    """The lines, in messages of whole lines up to budget bytes (one line at least)."""
     lines: list[str] = []
     size = 0
     last = ""
     async for rows in chunks:
-        for event_id, session, category, name, data, occur, app, receive, version, _ in rows:
-            if "\n" in data:  # JSON text may hold line feeds between its tokens only
-                data = data.replace("\n", " ")
-            line = _LINE(
-                event_id, session, _quoted(category), _quoted(name), data,
-                _rfc3339(occur), app, _rfc3339(receive), version,
-            )  # fmt: skip
+        for line, event_id, _, _ in rows:
             if lines and size + len(line) > budget:
                 yield _ndjson(lines, last)
                 lines, size = [], 0
@@ -102,7 +97,7 @@ def _ndjson(lines: list[str], last: str) -> pb.ExportEventsResponse:
 
 
 async def _event_messages(
-    chunks: AsyncIterator[list[tuple[Any, ...]]], budget: int
+    chunks: AsyncIterator[Rows], budget: int
 ) -> AsyncIterator[pb.ExportEventsResponse]:
     """The rows as Event messages, up to MAX_EVENTS and budget bytes a message."""
     response = pb.ExportEventsResponse()
@@ -123,7 +118,7 @@ async def _event_messages(
 
 
 def _event(row: tuple[Any, ...]) -> pb.Event:
-    event_id, session, category, name, data, occur, app, receive, version, _ = row
+    event_id, session, category, name, data, app, receive, version, occur, _ = row
     message = pb.Event(
         id=event_id,
         session_id=session,
@@ -138,14 +133,8 @@ def _event(row: tuple[Any, ...]) -> pb.Event:
     return message
 
 
-def _rfc3339(value: datetime.datetime | str) -> str:
-    """A stored time (a datetime from PostgreSQL, its ISO text from SQLite) in RFC 3339 UTC."""
-    if isinstance(value, str):
-        return value.replace(" ", "T", 1) + "Z"
-    return value.isoformat() + "Z"
-
-
 def _datetime(value: datetime.datetime | str) -> datetime.datetime:
+    """A stored time: a datetime from PostgreSQL, its ISO text from SQLite."""
     return datetime.datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
