@@ -9,6 +9,7 @@ holds one chunk and one message at a time, however many rows the export has.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 from collections.abc import AsyncIterator, Callable
@@ -60,15 +61,24 @@ async def _chunks(
     filters: dict[str, Any],
     after: events.ExportKey | None,
 ) -> AsyncIterator[Rows]:
-    """The matching rows, CHUNK at a time, each ending in its keyset position, read in a
-    database thread (not on the event loop: a chunk takes milliseconds)."""
-    while True:
-        rows = await runner.run(read, limit=CHUNK, after=after, **filters)
-        if rows:
-            yield rows
-        if len(rows) < CHUNK:
-            return
-        after = rows[-1][-2:]
+    """The matching rows, CHUNK at a time, each ending in its keyset position. Each chunk is
+    read in a database thread while the one before is being sent (the database and the
+    network overlap; two chunks are held at most)."""
+    reading = asyncio.ensure_future(runner.run(read, limit=CHUNK, after=after, **filters))
+    try:
+        while True:
+            rows = await reading
+            if len(rows) == CHUNK:
+                after = rows[-1][-2:]
+                reading = asyncio.ensure_future(
+                    runner.run(read, limit=CHUNK, after=after, **filters)
+                )
+            if rows:
+                yield rows
+            if len(rows) < CHUNK:
+                return
+    finally:
+        reading.cancel()  # the client went away: the read under way is not wanted
 
 
 async def _ndjson_messages(
