@@ -49,15 +49,18 @@ def main() -> None:
     parser = benchlib.arguments(__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000, help="events to export")
     parser.add_argument("--rejected", type=int, default=100_000, help="rejected events to replay")
+    parser.add_argument("--parts", default="export,replay", help="what to measure")
     args = parser.parse_args()
     print(f"{benchlib.cpu_count()} cores; {args.events:,} events, {args.rejected:,} rejected")
     print("| database | what | events | seconds | events/s | MB/s | baseline | ratio |")
     print("|---|---|---:|---:|---:|---:|---|---:|")
     for backend in benchlib.backends(args.postgres):
-        with benchlib.fresh_database(backend, args.postgres) as url:
-            exports(backend, url, args.events)
-        with benchlib.fresh_database(backend, args.postgres) as url:
-            replays(backend, url, args.rejected)
+        if "export" in args.parts:
+            with benchlib.fresh_database(backend, args.postgres) as url:
+                exports(backend, url, args.events)
+        if "replay" in args.parts:
+            with benchlib.fresh_database(backend, args.postgres) as url:
+                replays(backend, url, args.rejected)
 
 
 def row(
@@ -198,7 +201,7 @@ def replays(backend: str, url: str, count: int) -> None:
         assert again.already_stored_count == count, again
         with Client(target, token=key) as app:
             began = time.monotonic()
-            sent = app.events.stream(play(n) for n in range(count))
+            sent = app.events.stream((play(n) for n in range(count)), timeout=3600)
             streamed = time.monotonic() - began
             assert sent.stored_count == count, sent
     size = count * len(DATA)

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import peewee
 import pytest
+from google.protobuf import json_format
 
 from quartet.client import Client, QuartetError, event
 from quartet.events.v1 import event_service_pb2 as pb
@@ -185,8 +186,6 @@ def test_a_large_replay_streams_its_progress(
 
 
 def _json(message: pb.Event) -> str:
-    from google.protobuf import json_format
-
     return json_format.MessageToJson(message, indent=None)
 
 
@@ -211,3 +210,18 @@ def test_only_admins_replay(app: Client, sign_in: Callable[..., Principal]) -> N
         with pytest.raises(QuartetError) as caught:
             list(caller.events.replay_rejected())
         assert caught.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize(
+    "kept",
+    [
+        play(1),
+        pb.Event(category="video"),  # no id, session, data or time, as some are rejected
+        play(2, data={"a": [1, 2.5, None, True, {"b": "ü\n"}], "c": {}}),
+        pb.Event(id="x", application_id=3, schema_version=2),  # fields a sender may not set
+    ],
+    ids=["whole", "sparse", "nested", "server fields"],
+)
+def test_rejected_json_is_read_as_protobuf_reads_it(kept: pb.Event) -> None:
+    text = json_format.MessageToJson(kept, indent=None)
+    assert replay.sent_event(text) == json_format.Parse(text, pb.Event())

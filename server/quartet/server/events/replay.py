@@ -11,6 +11,7 @@ idempotent: an event already stored is counted, never stored again.
 from __future__ import annotations
 
 import datetime
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -57,11 +58,14 @@ async def replay(
         now = utcnow()
         replayed: list[tuple[int, NewEvent | list[dict[str, str]]]] = []
         for row in rows:
-            sent = pb.Event()
-            json_format.Parse(row.event, sent, ignore_unknown_fields=True)
+            done = row.replay_state in (ReplayState.STORED, ReplayState.ALREADY_STORED)
+            if done and not category:
+                progress.already_stored_count += 1
+                continue
+            sent = sent_event(row.event)
             if (category and sent.category != category) or (name and sent.name != name):
                 continue
-            if row.replay_state in (ReplayState.STORED, ReplayState.ALREADY_STORED):
+            if done:
                 progress.already_stored_count += 1
             elif row.data_prefix is not None:
                 replayed.append((row.id, [*_violations(checker, sent, row, now), _NOT_KEPT]))
@@ -80,6 +84,35 @@ async def replay(
         yield response
     if not sent_one:
         yield progress
+
+
+# The fields of a rejected event's JSON that sent_event reads itself: what MessageToJson writes
+# of the fields a sender sets.
+_SENT_FIELDS = frozenset({"id", "sessionId", "category", "name", "data", "occurTime"})
+
+
+def sent_event(text: str) -> pb.Event:
+    """The event a rejected event's JSON holds. json_format.Parse would do, at 3-4 times the
+    cost, most of a replay's time; it still reads what this does not expect."""
+    document = json.loads(text)
+    if not (
+        isinstance(document, dict)
+        and document.keys() <= _SENT_FIELDS
+        and all(isinstance(document.get(k, ""), str) for k in _SENT_FIELDS - {"data"})
+        and isinstance(document.get("data", {}), dict)
+    ):
+        return json_format.Parse(text, pb.Event(), ignore_unknown_fields=True)
+    sent = pb.Event(
+        id=document.get("id", ""),
+        session_id=document.get("sessionId", ""),
+        category=document.get("category", ""),
+        name=document.get("name", ""),
+    )
+    if "data" in document:
+        sent.data.update(document["data"])
+    if "occurTime" in document:
+        sent.occur_time.FromJsonString(document["occurTime"])
+    return sent
 
 
 async def _chunks(
