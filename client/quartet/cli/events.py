@@ -8,8 +8,8 @@ import datetime
 import json
 import os
 import sys
-from collections.abc import Iterator
-from typing import IO, Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any, TypeVar
 
 import click
 from google.protobuf import json_format
@@ -37,6 +37,7 @@ from quartet.client import Client
 from quartet.client._events import Bucket, ReplayStateName
 from quartet.events.v1 import event_service_pb2 as pb
 
+F = TypeVar("F", bound=Callable[..., Any])
 EXIT_REJECTED = 3  # the exit status when an event was rejected (main.EXIT_REFUSED)
 
 
@@ -253,17 +254,32 @@ def _print_tally(tally: Tally, fmt: str) -> None:
             )
 
 
+def event_filters(fn: F) -> F:
+    """The options that select events, as `events list` and `events export` take them."""
+    for option in reversed(
+        [
+            click.option(
+                "--session", "session_id", metavar="UUID", help="only this session's events"
+            ),
+            click.option("--category", help="only this category"),
+            click.option("--name", help="only this name (with --category)"),
+            click.option(
+                "--application", type=int, metavar="ID", help="only this application's events"
+            ),
+            time_option("--since", help="occurred at or after this date or time"),
+            time_option("--until", help="occurred before this date or time"),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
 @events.command(
     "list",
     help="List events, in the order they occurred (--newest-first: reversed). Times without a "
     "zone are local.",
 )
-@click.option("--session", "session_id", metavar="UUID", help="only this session's events")
-@click.option("--category", help="only this category")
-@click.option("--name", help="only this name (with --category)")
-@click.option("--application", type=int, metavar="ID", help="only this application's events")
-@time_option("--since", help="occurred at or after this date or time")
-@time_option("--until", help="occurred before this date or time")
+@event_filters
 @click.option("--newest-first", is_flag=True, help="the latest first")
 @limit_option
 @api_command("table", "json", "csv")
@@ -458,12 +474,7 @@ def _replayed_text(progress: pb.ReplayRejectedEventsResponse) -> str:
     "are local."
 )
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True), default="-")
-@click.option("--session", "session_id", metavar="UUID", help="only this session's events")
-@click.option("--category", help="only this category")
-@click.option("--name", help="only this name (with --category)")
-@click.option("--application", type=int, metavar="ID", help="only this application's events")
-@time_option("--since", help="occurred at or after this date or time")
-@time_option("--until", help="occurred before this date or time")
+@event_filters
 @click.option("--restart", is_flag=True, help="overwrite FILE instead of resuming it")
 @connection_options
 def export(

@@ -294,6 +294,25 @@ def _export_request(
     )
 
 
+def _filters(
+    session_id: str | uuid.UUID,
+    category: str,
+    name: str,
+    application_id: int,
+    occurred_after: datetime.datetime | None,
+    occurred_before: datetime.datetime | None,
+) -> dict[str, Any]:
+    """The filters of an export, as `export` takes them."""
+    return {
+        "session_id": session_id,
+        "category": category,
+        "name": name,
+        "application_id": application_id,
+        "occurred_after": occurred_after,
+        "occurred_before": occurred_before,
+    }
+
+
 def _replay_request(
     reason: str,
     application_id: int,
@@ -314,15 +333,27 @@ def _replay_request(
     )
 
 
-class ExportFile:
+class ExportFile(Closable):
     """The NDJSON file an export is written to: a new one, or, to resume, one a broken export
-    left, cut back to its last whole line, whose event the export resumes after."""
+    left, cut back to its last whole line, whose event the export resumes after; and how long to
+    wait before resuming after a failure (see retry_delay)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, resume: bool) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, resume: bool, retries: int) -> None:
         self.after_event_id = ""
+        self.written = 0
+        self._retries = retries
+        self._failures = 0
         self._file: BinaryIO = open(path, "r+b" if resume and os.path.exists(path) else "wb")
         if resume:
             self.after_event_id = self._last_whole_line_id()
+
+    def retry_delay(self, error: QuartetError) -> float:
+        """The seconds to wait before resuming after error; error itself if it is not transient
+        (see `_transient`) or the retries in a row are spent."""
+        self._failures += 1
+        if not _transient(error) or self._failures > self._retries:
+            raise error
+        return min(0.1 * 2.0**self._failures, 5.0)
 
     def _last_whole_line_id(self) -> str:
         """Cut the file after its last line feed; the id of the event on the line before."""
@@ -343,6 +374,8 @@ class ExportFile:
     def write(self, response: pb.ExportEventsResponse) -> None:
         self._file.write(response.ndjson)
         self.after_event_id = response.last_event_id or self.after_event_id
+        self.written += response.event_count
+        self._failures = 0
 
     def close(self) -> None:
         self._file.flush()
@@ -529,27 +562,17 @@ class Events(_base.Service):
         with resume (the default), a file a broken export left is continued after its last
         whole line, so run the same export again to finish it (a file of another export would
         be continued too: delete it, or pass resume=False to start afresh)."""
-        output = ExportFile(path, resume=resume)
-        written = failures = 0
-        try:
+        filters = _filters(
+            session_id, category, name, application_id, occurred_after, occurred_before
+        )
+        with ExportFile(path, resume=resume, retries=retries) as output:
             while True:
                 try:
-                    for response in self.export(
-                        session_id=session_id, category=category, name=name,
-                        application_id=application_id, occurred_after=occurred_after,
-                        occurred_before=occurred_before, after_event_id=output.after_event_id,
-                    ):  # fmt: skip
+                    for response in self.export(after_event_id=output.after_event_id, **filters):
                         output.write(response)
-                        written += response.event_count
-                        failures = 0
-                    return written
+                    return output.written
                 except QuartetError as error:
-                    failures += 1
-                    if not _transient(error) or failures > retries:
-                        raise
-                    time.sleep(min(0.1 * 2**failures, 5.0))
-        finally:
-            output.close()
+                    time.sleep(output.retry_delay(error))
 
     def replay_rejected(
         self,
@@ -697,27 +720,19 @@ class AsyncEvents(_aio_base.AsyncService):
         occurred_before: datetime.datetime | None = None,
     ) -> int:
         """Export the matching events to an NDJSON file: see `Events.export_to`."""
-        output = ExportFile(path, resume=resume)
-        written = failures = 0
-        try:
+        filters = _filters(
+            session_id, category, name, application_id, occurred_after, occurred_before
+        )
+        with ExportFile(path, resume=resume, retries=retries) as output:
             while True:
                 try:
                     async for response in self.export(
-                        session_id=session_id, category=category, name=name,
-                        application_id=application_id, occurred_after=occurred_after,
-                        occurred_before=occurred_before, after_event_id=output.after_event_id,
-                    ):  # fmt: skip
+                        after_event_id=output.after_event_id, **filters
+                    ):
                         output.write(response)
-                        written += response.event_count
-                        failures = 0
-                    return written
+                    return output.written
                 except QuartetError as error:
-                    failures += 1
-                    if not _transient(error) or failures > retries:
-                        raise
-                    await asyncio.sleep(min(0.1 * 2**failures, 5.0))
-        finally:
-            output.close()
+                    await asyncio.sleep(output.retry_delay(error))
 
     def replay_rejected(
         self,
