@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -52,8 +53,10 @@ def main() -> None:
     parser.add_argument("--parts", default="export,replay", help="what to measure")
     args = parser.parse_args()
     print(f"{benchlib.cpu_count()} cores; {args.events:,} events, {args.rejected:,} rejected")
-    print("| database | what | events | seconds | events/s | MB/s | baseline | ratio |")
-    print("|---|---|---:|---:|---:|---:|---|---:|")
+    print(
+        "| database | what | events | seconds | events/s | events/CPU s | MB/s | baseline | ratio |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---|---:|")
     for backend in benchlib.backends(args.postgres):
         if "export" in args.parts:
             with benchlib.fresh_database(backend, args.postgres) as url:
@@ -64,13 +67,29 @@ def main() -> None:
 
 
 def row(
-    backend: str, what: str, count: int, seconds: float, size: int, base: str, ratio: float
+    backend: str,
+    what: str,
+    count: int,
+    seconds: float,
+    size: int,
+    base: str,
+    ratio: float,
+    cpu: float = 0.0,
 ) -> None:
+    """A row of the table; `cpu`, the server worker's CPU seconds for it (user and system)."""
     rate = count / seconds
+    per_cpu = f"{count / cpu:,.0f}" if cpu else "-"
     print(
-        f"| {backend} | {what} | {count:,} | {seconds:.1f} | {rate:,.0f} | "
+        f"| {backend} | {what} | {count:,} | {seconds:.1f} | {rate:,.0f} | {per_cpu} | "
         f"{size / seconds / 1e6:,.0f} | {base} | {ratio:.2f} |"
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) process pid has used so far: what a figure costs the
+    server, whatever else the shared machine was running meanwhile."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def exports(backend: str, url: str, count: int) -> None:
@@ -82,24 +101,28 @@ def exports(backend: str, url: str, count: int) -> None:
         [worker] = benchlib.children(pid)
         before = benchlib.peak_memory_mib(worker)
         with Client(target, token=token) as client:
+            cpu = cpu_seconds(worker)
             ndjson, size, exported = timed(lambda: client.events.export())
+            cpu, used = cpu_seconds(worker), cpu_seconds(worker) - cpu
             assert exported == count, f"exported {exported} of {count}"
             messages = -(-size // (2 * 1024 * 1024))
             bare = bare_stream_seconds(size, messages)
             row(backend, "ExportEvents, NDJSON", count, ndjson, size, "bare stream, same bytes",
-                bare / ndjson)  # fmt: skip
+                bare / ndjson, used)  # fmt: skip
             with tempfile.TemporaryDirectory() as directory:
                 path = Path(directory) / "events.ndjson"
                 began = time.monotonic()
                 written = client.events.export_to(path, resume=False)
                 took = time.monotonic() - began
+                cpu, used = cpu_seconds(worker), cpu_seconds(worker) - cpu
                 assert written == count and path.stat().st_size == size
             row(backend, "export_to a file", count, took, size, "bare stream, same bytes",
-                bare / took)  # fmt: skip
+                bare / took, used)  # fmt: skip
             seconds, typed, exported = timed(lambda: client.events.export(format="events"))
+            cpu, used = cpu_seconds(worker), cpu_seconds(worker) - cpu
             assert exported == count
             row(backend, "ExportEvents, Event messages", count, seconds, typed, "NDJSON export",
-                ndjson / seconds)  # fmt: skip
+                ndjson / seconds, used)  # fmt: skip
         peak = benchlib.peak_memory_mib(worker)
     print(f"<!-- {backend}: worker resident memory {before:.0f} MiB at start, peak {peak:.0f} MiB "
           f"after exporting {count:,} events three times -->")  # fmt: skip
@@ -187,28 +210,30 @@ def replays(backend: str, url: str, count: int) -> None:
     key = benchlib.application_key(url)
     keep_rejected(url, count)
     with (
-        benchlib.quartet_server(url, "--workers", "1") as target,
+        benchlib.quartet_process(url, "--workers", "1") as (target, pid),
         Client(target, token=token) as client,
     ):
+        [worker] = benchlib.children(pid)
         client.events.create_type("video", "play", {"type": "object"})
-        began = time.monotonic()
+        cpu, began = cpu_seconds(worker), time.monotonic()
         [*_, done] = client.events.replay_rejected()
-        replayed = time.monotonic() - began
+        replayed, first_cpu = time.monotonic() - began, cpu_seconds(worker) - cpu
         assert done.stored_count == count, done
-        began = time.monotonic()
+        cpu, began = cpu_seconds(worker), time.monotonic()
         [*_, again] = client.events.replay_rejected()
-        repeated = time.monotonic() - began
+        repeated, again_cpu = time.monotonic() - began, cpu_seconds(worker) - cpu
         assert again.already_stored_count == count, again
         with Client(target, token=key) as app:
-            began = time.monotonic()
+            cpu, began = cpu_seconds(worker), time.monotonic()
             sent = app.events.stream((play(n) for n in range(count)), timeout=3600)
-            streamed = time.monotonic() - began
+            streamed, stream_cpu = time.monotonic() - began, cpu_seconds(worker) - cpu
             assert sent.stored_count == count, sent
     size = count * len(DATA)
-    row(backend, "ReplayRejectedEvents", count, replayed, size, "StreamEvents", streamed / replayed)
+    row(backend, "ReplayRejectedEvents", count, replayed, size, "StreamEvents",
+        streamed / replayed, first_cpu)  # fmt: skip
     row(backend, "replay again (stores nothing)", count, repeated, size, "StreamEvents",
-        streamed / repeated)  # fmt: skip
-    row(backend, "StreamEvents, the same events", count, streamed, size, "-", 1.0)
+        streamed / repeated, again_cpu)  # fmt: skip
+    row(backend, "StreamEvents, the same events", count, streamed, size, "-", 1.0, stream_cpu)
 
 
 def play(n: int) -> pb.Event:
