@@ -48,6 +48,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from quartet.client import Client, event
+from quartet.server import metrics
 
 SCENARIOS = Path(__file__).parent / "load"
 # Which credential each scenario's call needs.
@@ -294,7 +295,9 @@ def _request(target: str, method: str, data: Any) -> bytes:
 
 
 def handled(metrics_url: str, service: str, method: str) -> Counter[str]:
-    """The server's count of completed calls of one method, by status code."""
+    """The server's count of completed calls of one method, by status code, once every call
+    ended so far is published (workers publish theirs in bulk, PUBLISH_SECONDS after)."""
+    time.sleep(metrics.PUBLISH_SECONDS + 0.2)
     with urllib.request.urlopen(metrics_url, timeout=10) as response:
         text = response.read().decode()
     codes: Counter[str] = Counter()

@@ -191,7 +191,7 @@ def target(settings: Settings) -> Iterator[str]:
 
 
 def mint_token(account_id: int, role: str, secret: str = SECRET) -> str:
-    """An access token as the server issues them, without a login (scrypt is slow by design)."""
+    """An access token as the server issues them, without a login (password hashes are slow)."""
     issuer = TokenIssuer(secret, datetime.timedelta(minutes=15), datetime.timedelta(days=1))
     return issuer.access(account_id, role, utcnow()).token
 

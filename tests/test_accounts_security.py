@@ -3,6 +3,7 @@ self sign-up, and weak production secrets. Through a real server, on every backe
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import functools
@@ -61,7 +62,7 @@ THROTTLED = ("RESOURCE_EXHAUSTED", "LOGIN_THROTTLED")
 
 @pytest.fixture
 def hashes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The passwords the (in-process) server verified with scrypt, in order."""
+    """The passwords the (in-process) server verified, in order."""
     verified: list[str] = []
     real = passwords.verify_password
 
@@ -151,7 +152,7 @@ def test_the_delay_grows_with_each_failure_after_the_threshold(settings: Setting
 
 
 def test_an_unknown_email_is_throttled_exactly_like_a_registered_one(settings: Settings) -> None:
-    # A delay no loaded machine's scrypt outlasts, so that each refusal is seen.
+    # A delay no loaded machine's password hash outlasts, so that each refusal is seen.
     with (
         serve(settings, **{**THROTTLE, "login_delay_seconds": 30.0}) as server,
         server.client() as anonymous,
@@ -284,6 +285,31 @@ def eventually(call: Callable[[], object], expected: tuple[str, str], within: fl
         assert time.monotonic() - start < within, outcome(call)
         time.sleep(0.05)
     return time.monotonic() - start
+
+
+def scrypt_hash(password: str) -> str:
+    """A hash as releases before argon2id stored them: scrypt$N$r$p$salt$digest."""
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    text = [base64.urlsafe_b64encode(raw).decode().rstrip("=") for raw in (salt, digest)]
+    return f"scrypt${2**14}$8$1${text[0]}${text[1]}"
+
+
+def test_an_earlier_releases_scrypt_hash_logs_in_once_and_is_replaced_by_argon2id(
+    sign_in: Callable[..., Principal], target: str, run_in_db: Any
+) -> None:
+    user = sign_in("user")
+    run_in_db(accounts.set_password_hash, user.id, scrypt_hash(PASSWORD))
+    with Client(target) as anonymous:
+        assert outcome(lambda: anonymous.auth.login(user.account.email, WRONG)) == FAILED
+        assert outcome(lambda: anonymous.auth.login(user.account.email, PASSWORD)) == ("OK", "")
+        stored = run_in_db(accounts.find_account_by_id, user.id).password_hash
+        # OWASP's argon2id parameters, stored with the hash; the password still logs in.
+        assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+        assert not passwords.needs_rehash(stored)
+        assert outcome(lambda: anonymous.auth.login(user.account.email, PASSWORD)) == ("OK", "")
+    assert not passwords.verify_password(PASSWORD, None)
+    assert not passwords.verify_password(PASSWORD, "$argon2id$not a hash")
 
 
 def test_a_disabled_account_is_refused_everywhere_until_enabled(

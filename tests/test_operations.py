@@ -19,7 +19,8 @@ import grpc
 import pytest
 
 from quartet.client import Client, QuartetError, event
-from quartet.server.settings import Settings
+from quartet.server import metrics
+from quartet.server.settings import Settings, cgroup_cpu_limit, cpu_count
 from quartet.server.testing import running_server
 from tests.conftest import SECRET, Principal, mint_token
 from tests.helpers import Background, server_process, table_locked
@@ -103,21 +104,31 @@ def test_metrics_count_every_call_across_workers(tmp_path: Path) -> None:
                 key = client.auth.create_application(f"app{time.monotonic_ns()}").api_key
             with Client(server.address, token=key) as app:
                 app.events.send_batch([event(**FIELDS), event(**{**FIELDS, "session_id": "x"})])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-            text = response.read().decode()
-    samples = {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
+        samples: dict[str, float] = {}
 
-    def sample(name: str, **labels: str) -> float:
-        wanted = [f'{k}="{v}"' for k, v in labels.items()]
-        return sum(
-            value
-            for key, value in samples.items()
-            if key.startswith(name + "{") and all(w in key for w in wanted)
-        )
+        def sample(name: str, **labels: str) -> float:
+            wanted = [f'{k}="{v}"' for k, v in labels.items()]
+            return sum(
+                value
+                for key, value in samples.items()
+                if key.startswith(name + "{") and all(w in key for w in wanted)
+            )
+
+        # Each worker publishes its calls in bulk, at most PUBLISH_SECONDS after they end.
+        deadline = time.monotonic() + metrics.PUBLISH_SECONDS + 10
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+                text = reply.read().decode()
+            samples = {
+                line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line and not line.startswith("#")
+            }
+            methods = ("Login", "CreateScore", "GetScore", "SendEvents")
+            ended = [sample("grpc_server_handled_total", grpc_method=m) for m in methods]
+            if ended == [5, 5, 5, 5] or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
 
     score = {"grpc_service": "quartet.score.v1.ScoreService"}
     assert sample("grpc_server_started_total", grpc_method="CreateScore", **score) == 5
@@ -130,6 +141,12 @@ def test_metrics_count_every_call_across_workers(tmp_path: Path) -> None:
     )
     assert sample("grpc_server_handling_seconds_count", grpc_method="CreateScore", **score) == 5
     assert sample("grpc_server_in_flight", grpc_method="CreateScore", **score) == 0
+    # The histogram as Histogram.observe would have filled it: every call in a bucket, the
+    # cumulative count at +Inf, and a sum of positive seconds.
+    create = {"grpc_method": "CreateScore", **score}
+    assert sample("grpc_server_handling_seconds_bucket", le="+Inf", **create) == 5
+    assert 0 < sample("grpc_server_handling_seconds_bucket", le="10.0", **create) <= 5
+    assert 0 < sample("grpc_server_handling_seconds_sum", **create) < 50
     outcomes = {o: sample("quartet_events_total", outcome=o) for o in ("stored", "rejected")}
     outcomes["duplicate"] = sample("quartet_events_total", outcome="duplicate")
     assert outcomes == {"stored": 5, "rejected": 5, "duplicate": 0}, text
@@ -182,3 +199,23 @@ def test_logs_never_show_passwords_or_tokens(
     for secret in (password, "wrong password!", tokens.access_token, tokens.refresh_token):
         assert secret not in text
     assert "account:1" in text  # the caller is identified, by id
+
+
+def test_the_default_worker_count_follows_a_containers_cpu_limit(tmp_path: Path) -> None:
+    """A pod limited to 1.5 CPUs gets 2 workers, whatever the node's core count; the tightest
+    quota on the way to the root counts, and "max" is no limit."""
+    membership = tmp_path / "cgroup"
+    membership.write_text("0::/kubepods/pod1/container\n")
+    root = tmp_path / "fs"
+    container = root / "kubepods" / "pod1" / "container"
+    container.mkdir(parents=True)
+    (container / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(root, membership) is None
+    (root / "kubepods" / "pod1" / "cpu.max").write_text("150000 100000\n")
+    (root / "kubepods" / "cpu.max").write_text("800000 100000\n")
+    assert cgroup_cpu_limit(root, membership) == 2
+    (container / "cpu.max").write_text("50000 100000\n")
+    assert cgroup_cpu_limit(root, membership) == 1
+    assert cgroup_cpu_limit(root, tmp_path / "no-such-file") is None
+    # This machine's own answer is never more than the cores the process may run on.
+    assert 1 <= cpu_count() <= len(os.sched_getaffinity(0))

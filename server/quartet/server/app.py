@@ -18,7 +18,7 @@ import peewee
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from quartet import storage
-from quartet.server import budgets, events, reflection
+from quartet.server import budgets, events, metrics, reflection
 from quartet.server.auth import Authenticator, TokenIssuer
 from quartet.server.interceptors import CallInterceptor
 from quartet.server.registration import Provided
@@ -76,6 +76,7 @@ class Server:
         self.score_writer.close()
         self.checkpointer.close()
         self.runner.close()
+        metrics.publish()  # the last second's calls, before the worker exits
 
     async def refresh(self) -> str | None:
         """Reload the event types and write to the database; what failed, or None."""

@@ -273,7 +273,13 @@ def demo_data(
     seed: int | None,
     verbose: bool,
 ) -> None:
-    from quartet.server import demo
+    try:
+        from quartet.server import demo
+    except ModuleNotFoundError as missing:  # Faker: the `demo` extra, kept out of the image
+        raise click.UsageError(
+            f"demo-data needs the demo extra ({missing.name} is not installed): "
+            "pip install 'quartet[server,demo]'"
+        ) from None
 
     settings = _settings(database_url=database_url)
     _logs_for_people(settings, verbose)

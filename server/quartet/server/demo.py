@@ -70,8 +70,8 @@ def fill(
     Faker.seed(seed)
     rng = random.Random(seed)
     filled = Filled()
-    # One hash for every demo account: they share a published password anyway, and scrypt is
-    # slow on purpose.
+    # One hash for every demo account: they share a published password anyway, and a password
+    # hash is slow on purpose.
     password_hash = hash_password(DEMO_PASSWORD)
     with database.connection_context():
         with db.atomic():

@@ -163,7 +163,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         finally:
             holds.settle(context)
             duration = time.perf_counter() - start
-            counts.finish(code, duration)
+            counts.finish(code.name, duration)
             # Logged before the status is sent, so the line exists once the client has its answer.
             access_log.info(
                 "call",
@@ -243,28 +243,12 @@ _TYPES = {
 }
 
 
-class _MethodMetrics:
-    """One method's Prometheus series, looked up once instead of on every call."""
+class _MethodMetrics(metrics.CallMetrics):
+    """One method's Prometheus series, labelled from its path and kind once."""
 
     def __init__(self, method: str, kind: str) -> None:
         service, _, name = method.lstrip("/").rpartition("/")
-        self._labels = (service, name, _TYPES[kind])
-        self._started = metrics.started.labels(*self._labels)
-        self._in_flight = metrics.in_flight.labels(*self._labels)
-        self._seconds = metrics.handling_seconds.labels(*self._labels)
-        self._handled: dict[grpc.StatusCode, Any] = {}
-
-    def start(self) -> None:
-        self._started.inc()
-        self._in_flight.inc()
-
-    def finish(self, code: grpc.StatusCode, seconds: float) -> None:
-        self._in_flight.dec()
-        self._seconds.observe(seconds)
-        handled = self._handled.get(code)
-        if handled is None:
-            handled = self._handled[code] = metrics.handled.labels(*self._labels, code.name)
-        handled.inc()
+        super().__init__(service, name, _TYPES[kind])
 
 
 def _kind(handler: Handler) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import stat
@@ -313,8 +314,33 @@ def development_secret(database_url: str) -> tuple[str, Path, bool]:
 
 
 def cpu_count() -> int:
-    """The cores this process may run on (its affinity, which containers may narrow)."""
-    return len(os.sched_getaffinity(0))
+    """The cores this process may use: those it may run on (its affinity), no more than a
+    cgroup CPU quota allows (a container's or a Kubernetes pod's CPU limit). A pod limited to 2
+    CPUs on a 64-core node would otherwise start 64 workers, each throttled."""
+    cores = len(os.sched_getaffinity(0))
+    return min(cores, cgroup_cpu_limit() or cores)
+
+
+def cgroup_cpu_limit(
+    root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")
+) -> int | None:
+    """The CPUs the tightest cgroup v2 quota (`cpu.max`) on this process's path to the root
+    allows, rounded up (1.5 CPUs: 2 workers); None where there is none (or no cgroup v2)."""
+    try:
+        path = next(line[3:] for line in membership.read_text().splitlines() if line[:3] == "0::")
+    except (OSError, StopIteration):
+        return None
+    folder, limits = root / path.lstrip("/"), []
+    for candidate in [folder, *folder.parents]:
+        try:
+            quota, period = (candidate / "cpu.max").read_text().split()
+            if quota != "max":
+                limits.append(max(1, math.ceil(int(quota) / int(period))))
+        except (OSError, ValueError):
+            pass  # no controller file here, or one that is not what the kernel writes
+        if candidate == root:
+            break
+    return min(limits, default=None)
 
 
 def _read(name: str, path: str) -> str:

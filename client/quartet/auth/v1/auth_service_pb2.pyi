@@ -140,7 +140,7 @@ class CreateAccountRequest(_message.Message):
     email: _builtins.str
     """Required. A valid email address; stored lower-cased, unique."""
     password: _builtins.str
-    """Required. 8 to 128 characters. Stored only as a salted scrypt hash."""
+    """Required. 8 to 128 characters. Stored only as a salted argon2id hash."""
     role: Global___Role.ValueType
     """The role; ROLE_UNSPECIFIED means ROLE_USER. Any other role needs an admin's credential."""
     def __init__(

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import orjson
 from google.protobuf import json_format, struct_pb2
 
 from quartet.errors.v1 import error_reason_pb2
@@ -578,7 +579,7 @@ def event_message(row: events.Event) -> pb.Event:
         receive_time=to_timestamp(row.receive_time),
         schema_version=row.schema_version,
     )
-    message.data.update(json.loads(row.data))  # in place: data=Struct(...) would copy it
+    message.data.update(orjson.loads(row.data))  # in place: data=Struct(...) would copy it
     return message
 
 
