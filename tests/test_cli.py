@@ -285,6 +285,39 @@ def test_events_send_list_get_rejected_and_types(as_admin: Run, tmp_path: Path) 
     assert no_filter.returncode == 2 and "--session or --category" in no_filter.stderr
 
 
+def test_count_export_and_replay(as_admin: Run, client: Client, tmp_path: Path) -> None:
+    key = client.auth.create_application("cli").api_key
+    lines = [pageview(), pageview(name="cta click", data={"host": "h", "path": "/"})]
+    lines += [pageview(category="video", name="play", data={"video_id": "v"})]
+    sent = as_admin(
+        "events", "send", input="\n".join(json.dumps(x) for x in lines), QUARTET_TOKEN=key
+    )
+    assert sent.returncode == 3  # a click without its element, and an unknown type: rejected
+
+    counted = table(as_admin("events", "count", "--by", "day", "--since", "2021-01-01T00:00Z",
+                             "--until", "2021-01-02T00:00Z"))  # fmt: skip
+    assert counted == [["2021-01-01T00:00:00Z", "page interaction", "pageview", "1"]]
+    no_range = as_admin("events", "count")
+    assert no_range.returncode == 2 and "--since and --until" in no_range.stderr
+
+    schema = tmp_path / "video.json"
+    schema.write_text(json.dumps({"type": "object"}))
+    ok(as_admin("events", "types", "create", "video", "play", str(schema)))
+    replayed = ok(as_admin("events", "replay", "--category", "video"))
+    assert replayed.stdout == "stored 1, still rejected 0, already stored 0\n"
+    again = json.loads(ok(as_admin("events", "replay", "--json")).stdout)
+    assert again == {"stored_count": "0", "still_rejected_count": "1", "already_stored_count": "1"}
+    still = table(as_admin("events", "rejected", "--replay", "still rejected"))
+    assert [(r[5], r[-1]) for r in still] == [("cta click", "still rejected")]
+
+    printed = ok(as_admin("events", "export")).stdout.splitlines()
+    assert [json.loads(line)["name"] for line in printed] == ["pageview", "play"]
+    path = tmp_path / "out.ndjson"
+    written = ok(as_admin("events", "export", str(path), "--category", "video"))
+    assert written.stderr == f"exported 1 events to {path}\n"
+    assert json.loads(path.read_text())["data"] == {"video_id": "v"}
+
+
 def test_tail_prints_events_sent_after_it_started(
     target: str, admin: Principal, as_admin: Run, home: dict[str, str], client: Client
 ) -> None:

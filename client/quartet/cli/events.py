@@ -8,8 +8,8 @@ import datetime
 import json
 import os
 import sys
-from collections.abc import Iterator
-from typing import IO, Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any, TypeVar
 
 import click
 from google.protobuf import json_format
@@ -24,10 +24,20 @@ from quartet.cli.output import (
     print_one,
     time_text,
 )
-from quartet.cli.session import api_command, limit_option, limited, page_size, session, time_option
+from quartet.cli.session import (
+    api_command,
+    connection_options,
+    limit_option,
+    limited,
+    page_size,
+    session,
+    time_option,
+)
 from quartet.client import Client
+from quartet.client._events import Bucket, ReplayStateName
 from quartet.events.v1 import event_service_pb2 as pb
 
+F = TypeVar("F", bound=Callable[..., Any])
 EXIT_REJECTED = 3  # the exit status when an event was rejected (main.EXIT_REFUSED)
 
 
@@ -54,6 +64,14 @@ def violations_text(violations: Any) -> str:
     return "; ".join(f"{v.field}: {v.reason}" for v in violations)
 
 
+REPLAY_STATE_NAMES = {
+    pb.REPLAY_STATE_UNSPECIFIED: "",
+    pb.REPLAY_STATE_NOT_REPLAYED: "",
+    pb.REPLAY_STATE_STORED: "stored",
+    pb.REPLAY_STATE_STILL_REJECTED: "still rejected",
+    pb.REPLAY_STATE_ALREADY_STORED: "already stored",
+}
+
 REJECTED_COLUMNS: list[Column[pb.RejectedEvent]] = [
     Column("id", lambda r: r.id, "right"),
     Column("rejected", lambda r: time_text(r.reject_time)),
@@ -62,6 +80,14 @@ REJECTED_COLUMNS: list[Column[pb.RejectedEvent]] = [
     Column("category", lambda r: r.event.category),
     Column("name", lambda r: r.event.name),
     Column("problems", lambda r: violations_text(r.violations)),
+    Column("replay", lambda r: REPLAY_STATE_NAMES[r.replay_state]),
+]
+
+COUNT_COLUMNS: list[Column[pb.EventCount]] = [
+    Column("bucket", lambda c: time_text(c.bucket_start_time)),
+    Column("category", lambda c: c.category),
+    Column("name", lambda c: c.name),
+    Column("count", lambda c: c.count, "right"),
 ]
 
 TYPE_COLUMNS: list[Column[pb.EventType]] = [
@@ -228,17 +254,32 @@ def _print_tally(tally: Tally, fmt: str) -> None:
             )
 
 
+def event_filters(fn: F) -> F:
+    """The options that select events, as `events list` and `events export` take them."""
+    for option in reversed(
+        [
+            click.option(
+                "--session", "session_id", metavar="UUID", help="only this session's events"
+            ),
+            click.option("--category", help="only this category"),
+            click.option("--name", help="only this name (with --category)"),
+            click.option(
+                "--application", type=int, metavar="ID", help="only this application's events"
+            ),
+            time_option("--since", help="occurred at or after this date or time"),
+            time_option("--until", help="occurred before this date or time"),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
 @events.command(
     "list",
     help="List events, in the order they occurred (--newest-first: reversed). Times without a "
     "zone are local.",
 )
-@click.option("--session", "session_id", metavar="UUID", help="only this session's events")
-@click.option("--category", help="only this category")
-@click.option("--name", help="only this name (with --category)")
-@click.option("--application", type=int, metavar="ID", help="only this application's events")
-@time_option("--since", help="occurred at or after this date or time")
-@time_option("--until", help="occurred before this date or time")
+@event_filters
 @click.option("--newest-first", is_flag=True, help="the latest first")
 @limit_option
 @api_command("table", "json", "csv")
@@ -297,6 +338,12 @@ def get(event_id: str) -> None:
 @click.option("--application", type=int, metavar="ID", help="only this application's")
 @time_option("--since", help="rejected at or after this date or time")
 @time_option("--until", help="rejected before this date or time")
+@click.option(
+    "--replay",
+    "replay_state",
+    type=click.Choice(["not replayed", "stored", "still rejected", "already stored"]),
+    help="only those whose latest replay did this",
+)
 @limit_option
 @api_command("table", "json", "csv")
 def rejected(
@@ -304,6 +351,7 @@ def rejected(
     application: int | None,
     since: datetime.datetime | None,
     until: datetime.datetime | None,
+    replay_state: ReplayStateName | None,
     limit: int,
 ) -> None:
     state = session()
@@ -313,6 +361,7 @@ def rejected(
         application_id=application or 0,
         rejected_after=since,
         rejected_before=until,
+        replay_state=replay_state or "",
     )
     print_list(limited(found, limit), REJECTED_COLUMNS, state.format)
 
@@ -363,6 +412,136 @@ def tail(
                     ]
                 )
             click.echo(line)  # a line at a time, flushed, for a pipe to read as it comes
+
+
+@events.command(
+    help="Replay rejected events (admins): check those matching the filters against today's "
+    "schemas and store those that pass, with their original ids and times. Safe to repeat: "
+    "nothing is stored twice. Prints how many were stored, are still rejected and were already "
+    "stored (`events rejected --replay still rejected` lists why). Progress is shown on a "
+    "terminal."
+)
+@click.option("--reason", metavar="REASON", help="only those rejected for this problem")
+@click.option("--application", type=int, metavar="ID", help="only this application's")
+@click.option("--category", help="only events of this category")
+@click.option("--name", help="only events of this name (with --category)")
+@time_option("--since", help="rejected at or after this date or time")
+@time_option("--until", help="rejected before this date or time")
+@api_command("table", "json")
+def replay(
+    reason: str | None,
+    application: int | None,
+    category: str | None,
+    name: str | None,
+    since: datetime.datetime | None,
+    until: datetime.datetime | None,
+) -> None:
+    state = session()
+    progress = state.client().events.replay_rejected(
+        reason=reason or "",
+        application_id=application or 0,
+        category=category or "",
+        name=name or "",
+        rejected_after=since,
+        rejected_before=until,
+        timeout=state.timeout,
+    )
+    last = pb.ReplayRejectedEventsResponse()
+    watching = sys.stderr.isatty()
+    for last in progress:
+        if watching:
+            click.echo(f"\r{_replayed_text(last)}", nl=False, err=True)
+    if watching:
+        click.echo("", err=True)
+    if state.format == "json":
+        click.echo(json_text(as_dict(last)))
+    else:
+        click.echo(_replayed_text(last))
+
+
+def _replayed_text(progress: pb.ReplayRejectedEventsResponse) -> str:
+    return (
+        f"stored {progress.stored_count:,}, still rejected {progress.still_rejected_count:,}, "
+        f"already stored {progress.already_stored_count:,}"
+    )
+
+
+@events.command(
+    help="Export events to FILE (default: standard output) as NDJSON, one JSON object an event "
+    "(protobuf's JSON field names), in the order they occurred. Into a file, an export that "
+    "broke off is finished by running it again (it resumes after the file's last whole line; "
+    "--restart starts afresh); the count written goes to standard error. Times without a zone "
+    "are local."
+)
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True), default="-")
+@event_filters
+@click.option("--restart", is_flag=True, help="overwrite FILE instead of resuming it")
+@connection_options
+def export(
+    file: str,
+    session_id: str | None,
+    category: str | None,
+    name: str | None,
+    application: int | None,
+    since: datetime.datetime | None,
+    until: datetime.datetime | None,
+    restart: bool,
+) -> None:
+    state = session()
+    filters: dict[str, Any] = {
+        "session_id": session_id or "",
+        "category": category or "",
+        "name": name or "",
+        "application_id": application or 0,
+        "occurred_after": since,
+        "occurred_before": until,
+    }
+    service = state.client().events
+    if file != "-":
+        written = service.export_to(file, resume=not restart, **filters)
+        click.echo(f"exported {written:,} events to {file}", err=True)
+        return
+    out = sys.stdout.buffer
+    for response in service.export(timeout=state.timeout, **filters):
+        out.write(response.ndjson)
+    out.flush()
+
+
+@events.command(
+    help="Count events by type (category and name) per bucket of time (--by minute, hour or "
+    "day, in UTC) from --since to --until (at most 10,000 buckets), optionally of one "
+    "application or session. Times without a zone are local."
+)
+@click.option(
+    "--by", "bucket", type=click.Choice(["minute", "hour", "day"]), default="hour",
+    show_default=True, help="the bucket",
+)  # fmt: skip
+@time_option("--since", help="occurred at or after this date or time (required)")
+@time_option("--until", help="occurred before this date or time (required)")
+@click.option("--application", type=int, metavar="ID", help="only this application's events")
+@click.option("--session", "session_id", metavar="UUID", help="only this session's events")
+@limit_option
+@api_command("table", "json", "csv")
+def count(
+    bucket: Bucket,
+    since: datetime.datetime | None,
+    until: datetime.datetime | None,
+    application: int | None,
+    session_id: str | None,
+    limit: int,
+) -> None:
+    if since is None or until is None:
+        raise click.UsageError("give --since and --until")
+    state = session()
+    found = state.client().events.iter_counts(
+        bucket,
+        since,
+        until,
+        application_id=application or 0,
+        session_id=session_id or "",
+        page_size=page_size(limit),
+    )
+    print_list(limited(found, limit), COUNT_COLUMNS, state.format)
 
 
 @events.group(help="Event types: the JSON Schema each category and name must satisfy.")

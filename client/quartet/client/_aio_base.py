@@ -88,6 +88,23 @@ class AsyncTransport(Credentials):
         except grpc.RpcError as error:
             raise QuartetError.from_rpc_error(error) from None
 
+    async def invoke_server_stream(
+        self,
+        method: grpc.aio.UnaryStreamMultiCallable[Request, Response],
+        request: Request,
+        timeout: float | None,
+    ) -> AsyncIterator[Response]:
+        """Call a method that answers with a stream that ends: see
+        `Transport.invoke_server_stream`."""
+        responses: Any = method(request, timeout=timeout, metadata=self.metadata)
+        try:
+            async for response in responses:
+                yield response
+        except grpc.RpcError as error:
+            raise QuartetError.from_rpc_error(error) from None
+        finally:
+            responses.cancel()
+
     async def follow(
         self,
         method: grpc.aio.UnaryStreamMultiCallable[Request, Response],

@@ -256,6 +256,23 @@ class Transport(Credentials):
         except grpc.RpcError as error:
             raise QuartetError.from_rpc_error(error) from None
 
+    def invoke_server_stream(
+        self,
+        method: grpc.UnaryStreamMultiCallable[Request, Response],
+        request: Request,
+        timeout: float | None,
+    ) -> Iterator[Response]:
+        """Call a method that answers with a stream that ends (an export, a replay); iterate its
+        responses, raise QuartetError, the end of its deadline too (`timeout`, None for none: it
+        bounds the whole transfer). Leaving the iteration early cancels the call."""
+        responses: Any = method(request, timeout=timeout, metadata=self.metadata)
+        try:
+            yield from responses
+        except grpc.RpcError as error:
+            raise QuartetError.from_rpc_error(error) from None
+        finally:
+            responses.cancel()
+
     def follow(
         self,
         method: grpc.UnaryStreamMultiCallable[Request, Response],

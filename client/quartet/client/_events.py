@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import datetime
+import json
+import os
 import threading
 import time
 import uuid
@@ -17,7 +20,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, Literal, TypeVar
 
 import grpc
 import uuid_utils
@@ -182,20 +185,50 @@ class EventCalls:
         application_id: int = 0,
         rejected_after: datetime.datetime | None = None,
         rejected_before: datetime.datetime | None = None,
+        replay_state: ReplayStateName = "",
         timeout: float | None = None,
     ) -> Call[pb.ListRejectedEventsResponse]:
-        """One page of rejected events, newest first. `reason` is an ErrorReason name."""
+        """One page of rejected events, newest first. `reason` is an ErrorReason name;
+        `replay_state` ("not replayed", "stored", "still rejected" or "already stored") keeps
+        those whose latest replay did that."""
         request = pb.ListRejectedEventsRequest(
             page_size=page_size,
             page_token=page_token,
             reason=reason,
             application_id=application_id,
+            replay_state=_REPLAY_STATES[replay_state],
             **fields(
                 reject_time_start=timestamp(rejected_after),
                 reject_time_end=timestamp(rejected_before),
             ),
         )
         return call(SERVICE, "ListRejectedEvents", request, pb.ListRejectedEventsResponse, timeout)
+
+    @staticmethod
+    def count(
+        bucket: Bucket,
+        occurred_after: datetime.datetime,
+        occurred_before: datetime.datetime,
+        *,
+        application_id: int = 0,
+        session_id: str | uuid.UUID = "",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> Call[pb.CountEventsResponse]:
+        """One page of event counts by type per bucket ("minute", "hour" or "day", in UTC) of the
+        events that occurred from occurred_after (inclusive) to occurred_before (exclusive), at
+        most 10000 buckets apart; ordered by bucket, category and name."""
+        request = pb.CountEventsRequest(
+            bucket=_BUCKETS[bucket],
+            occur_time_start=timestamp(occurred_after),
+            occur_time_end=timestamp(occurred_before),
+            application_id=application_id,
+            session_id=str(session_id),
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return call(SERVICE, "CountEvents", request, pb.CountEventsResponse, timeout)
 
     @staticmethod
     def create_type(
@@ -220,12 +253,146 @@ class EventCalls:
         return call(SERVICE, "ListEventTypes", request, pb.ListEventTypesResponse, timeout)
 
 
+Bucket = Literal["minute", "hour", "day"]
+_BUCKETS: dict[str, pb.CountBucket.ValueType] = {
+    "minute": pb.COUNT_BUCKET_MINUTE,
+    "hour": pb.COUNT_BUCKET_HOUR,
+    "day": pb.COUNT_BUCKET_DAY,
+}
+ReplayStateName = Literal["", "not replayed", "stored", "still rejected", "already stored"]
+_REPLAY_STATES: dict[str, pb.ReplayState.ValueType] = {
+    "": pb.REPLAY_STATE_UNSPECIFIED,
+    "not replayed": pb.REPLAY_STATE_NOT_REPLAYED,
+    "stored": pb.REPLAY_STATE_STORED,
+    "still rejected": pb.REPLAY_STATE_STILL_REJECTED,
+    "already stored": pb.REPLAY_STATE_ALREADY_STORED,
+}
+ExportFormat = Literal["ndjson", "events"]
+
+
+def _export_request(
+    export_format: ExportFormat,
+    session_id: str | uuid.UUID,
+    category: str,
+    name: str,
+    application_id: int,
+    occurred_after: datetime.datetime | None,
+    occurred_before: datetime.datetime | None,
+    after_event_id: str | uuid.UUID,
+) -> pb.ExportEventsRequest:
+    return pb.ExportEventsRequest(
+        format=pb.EXPORT_FORMAT_EVENTS if export_format == "events" else pb.EXPORT_FORMAT_NDJSON,
+        session_id=str(session_id),
+        category=category,
+        name=name,
+        application_id=application_id,
+        after_event_id=str(after_event_id),
+        **fields(
+            occur_time_start=timestamp(occurred_after),
+            occur_time_end=timestamp(occurred_before),
+        ),
+    )
+
+
+def _filters(
+    session_id: str | uuid.UUID,
+    category: str,
+    name: str,
+    application_id: int,
+    occurred_after: datetime.datetime | None,
+    occurred_before: datetime.datetime | None,
+) -> dict[str, Any]:
+    """The filters of an export, as `export` takes them."""
+    return {
+        "session_id": session_id,
+        "category": category,
+        "name": name,
+        "application_id": application_id,
+        "occurred_after": occurred_after,
+        "occurred_before": occurred_before,
+    }
+
+
+def _replay_request(
+    reason: str,
+    application_id: int,
+    category: str,
+    name: str,
+    rejected_after: datetime.datetime | None,
+    rejected_before: datetime.datetime | None,
+) -> pb.ReplayRejectedEventsRequest:
+    return pb.ReplayRejectedEventsRequest(
+        reason=reason,
+        application_id=application_id,
+        category=category,
+        name=name,
+        **fields(
+            reject_time_start=timestamp(rejected_after),
+            reject_time_end=timestamp(rejected_before),
+        ),
+    )
+
+
+class ExportFile(Closable):
+    """The NDJSON file an export is written to: a new one, or, to resume, one a broken export
+    left, cut back to its last whole line, whose event the export resumes after; and how long to
+    wait before resuming after a failure (see retry_delay)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, resume: bool, retries: int) -> None:
+        self.after_event_id = ""
+        self.written = 0
+        self._retries = retries
+        self._failures = 0
+        self._file: BinaryIO = open(path, "r+b" if resume and os.path.exists(path) else "wb")
+        if resume:
+            self.after_event_id = self._last_whole_line_id()
+
+    def retry_delay(self, error: QuartetError) -> float:
+        """The seconds to wait before resuming after error; error itself if it is not transient
+        (see `_transient`) or the retries in a row are spent."""
+        self._failures += 1
+        if not _transient(error) or self._failures > self._retries:
+            raise error
+        return min(0.1 * 2.0**self._failures, 5.0)
+
+    def _last_whole_line_id(self) -> str:
+        """Cut the file after its last line feed; the id of the event on the line before."""
+        end = self._file.seek(0, os.SEEK_END)
+        tail = b""
+        while end and tail.count(b"\n") < 2 and len(tail) < end:
+            start = max(0, end - len(tail) - 65536)
+            self._file.seek(start)
+            tail = self._file.read(end - start)
+            if start == 0:
+                break
+        cut = tail.rfind(b"\n") + 1
+        self._file.truncate(end - len(tail) + cut)
+        self._file.seek(0, os.SEEK_END)
+        lines = tail[:cut].splitlines()
+        return str(json.loads(lines[-1])["id"]) if lines else ""
+
+    def write(self, response: pb.ExportEventsResponse) -> None:
+        self._file.write(response.ndjson)
+        self.after_event_id = response.last_event_id or self.after_event_id
+        self.written += response.event_count
+        self._failures = 0
+
+    def close(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+
 def _events(page: pb.ListEventsResponse) -> Sequence[pb.Event]:
     return page.events
 
 
 def _rejected_events(page: pb.ListRejectedEventsResponse) -> Sequence[pb.RejectedEvent]:
     return page.rejected_events
+
+
+def _counts(page: pb.CountEventsResponse) -> Sequence[pb.EventCount]:
+    return page.counts
 
 
 def _event_types(page: pb.ListEventTypesResponse) -> Sequence[pb.EventType]:
@@ -271,6 +438,8 @@ class Events(_base.Service):
     iter = _base.paged(EventCalls.list, _events)
     list_rejected = _base.unary(EventCalls.list_rejected)
     iter_rejected = _base.paged(EventCalls.list_rejected, _rejected_events)
+    count = _base.unary(EventCalls.count)
+    iter_counts = _base.paged(EventCalls.count, _counts)
     create_type = _base.unary(EventCalls.create_type)
     list_types = _base.unary(EventCalls.list_types)
     iter_types = _base.paged(EventCalls.list_types, _event_types)
@@ -350,6 +519,83 @@ class Events(_base.Service):
         request = _tail_request(session_id, category, name, application_id, after_event_id)
         return EventTail(self._transport.follow(self._stub.TailEvents, request, timeout))
 
+    def export(
+        self,
+        *,
+        format: ExportFormat = "ndjson",
+        session_id: str | uuid.UUID = "",
+        category: str = "",
+        name: str = "",
+        application_id: int = 0,
+        occurred_after: datetime.datetime | None = None,
+        occurred_before: datetime.datetime | None = None,
+        after_event_id: str | uuid.UUID = "",
+        timeout: float | None = None,
+    ) -> Iterator[pb.ExportEventsResponse]:
+        """The messages of an export of the matching events (the filters of `list`), in order:
+        NDJSON text in each message's `ndjson`, or, with format="events", Event messages in its
+        `events`. Each message's `last_event_id` is where to resume (`after_event_id`). No
+        deadline unless `timeout`; stopping the iteration early cancels the export. Needs an
+        analyst's or admin's credentials, like `list`."""
+        request = _export_request(
+            format, session_id, category, name, application_id, occurred_after,
+            occurred_before, after_event_id,
+        )  # fmt: skip
+        return self._transport.invoke_server_stream(self._stub.ExportEvents, request, timeout)
+
+    def export_to(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        resume: bool = True,
+        retries: int = 5,
+        session_id: str | uuid.UUID = "",
+        category: str = "",
+        name: str = "",
+        application_id: int = 0,
+        occurred_after: datetime.datetime | None = None,
+        occurred_before: datetime.datetime | None = None,
+    ) -> int:
+        """Export the matching events (the filters of `list`) to an NDJSON file at path, one
+        event a line, and return how many were written. A transient failure (the server
+        restarting, say) resumes after the last event received, up to `retries` times in a row;
+        with resume (the default), a file a broken export left is continued after its last
+        whole line, so run the same export again to finish it (a file of another export would
+        be continued too: delete it, or pass resume=False to start afresh)."""
+        filters = _filters(
+            session_id, category, name, application_id, occurred_after, occurred_before
+        )
+        with ExportFile(path, resume=resume, retries=retries) as output:
+            while True:
+                try:
+                    for response in self.export(after_event_id=output.after_event_id, **filters):
+                        output.write(response)
+                    return output.written
+                except QuartetError as error:
+                    time.sleep(output.retry_delay(error))
+
+    def replay_rejected(
+        self,
+        *,
+        reason: str = "",
+        application_id: int = 0,
+        category: str = "",
+        name: str = "",
+        rejected_after: datetime.datetime | None = None,
+        rejected_before: datetime.datetime | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[pb.ReplayRejectedEventsResponse]:
+        """Replay the matching rejected events (admins only): check them against the schemas of
+        now and store those that pass, with their original ids and times. Yields the progress,
+        counts so far, after each chunk; the last is the totals. Safe to repeat: nothing is
+        stored twice. No deadline unless `timeout`."""
+        request = _replay_request(
+            reason, application_id, category, name, rejected_after, rejected_before
+        )
+        return self._transport.invoke_server_stream(
+            self._stub.ReplayRejectedEvents, request, timeout
+        )
+
 
 class EventTail(Closable, Iterator[pb.Event]):
     """The events of `Events.tail`, one at a time; close() it to stop following (from another
@@ -383,6 +629,8 @@ class AsyncEvents(_aio_base.AsyncService):
     iter = _aio_base.paged(EventCalls.list, _events)
     list_rejected = _aio_base.unary(EventCalls.list_rejected)
     iter_rejected = _aio_base.paged(EventCalls.list_rejected, _rejected_events)
+    count = _aio_base.unary(EventCalls.count)
+    iter_counts = _aio_base.paged(EventCalls.count, _counts)
     create_type = _aio_base.unary(EventCalls.create_type)
     list_types = _aio_base.unary(EventCalls.list_types)
     iter_types = _aio_base.paged(EventCalls.list_types, _event_types)
@@ -437,6 +685,74 @@ class AsyncEvents(_aio_base.AsyncService):
         `async with` block) stops it."""
         request = _tail_request(session_id, category, name, application_id, after_event_id)
         return AsyncEventTail(await self._transport.follow(self._stub.TailEvents, request, timeout))
+
+    def export(
+        self,
+        *,
+        format: ExportFormat = "ndjson",
+        session_id: str | uuid.UUID = "",
+        category: str = "",
+        name: str = "",
+        application_id: int = 0,
+        occurred_after: datetime.datetime | None = None,
+        occurred_before: datetime.datetime | None = None,
+        after_event_id: str | uuid.UUID = "",
+        timeout: float | None = None,
+    ) -> AsyncIterator[pb.ExportEventsResponse]:
+        """The messages of an export (`async for`): see `Events.export`."""
+        request = _export_request(
+            format, session_id, category, name, application_id, occurred_after,
+            occurred_before, after_event_id,
+        )  # fmt: skip
+        return self._transport.invoke_server_stream(self._stub.ExportEvents, request, timeout)
+
+    async def export_to(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        resume: bool = True,
+        retries: int = 5,
+        session_id: str | uuid.UUID = "",
+        category: str = "",
+        name: str = "",
+        application_id: int = 0,
+        occurred_after: datetime.datetime | None = None,
+        occurred_before: datetime.datetime | None = None,
+    ) -> int:
+        """Export the matching events to an NDJSON file: see `Events.export_to`."""
+        filters = _filters(
+            session_id, category, name, application_id, occurred_after, occurred_before
+        )
+        with ExportFile(path, resume=resume, retries=retries) as output:
+            while True:
+                try:
+                    async for response in self.export(
+                        after_event_id=output.after_event_id, **filters
+                    ):
+                        output.write(response)
+                    return output.written
+                except QuartetError as error:
+                    await asyncio.sleep(output.retry_delay(error))
+
+    def replay_rejected(
+        self,
+        *,
+        reason: str = "",
+        application_id: int = 0,
+        category: str = "",
+        name: str = "",
+        rejected_after: datetime.datetime | None = None,
+        rejected_before: datetime.datetime | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[pb.ReplayRejectedEventsResponse]:
+        """Replay the matching rejected events (`async for` the progress): see
+        `Events.replay_rejected`."""
+        request = _replay_request(
+            reason, application_id, category, name, rejected_after, rejected_before
+        )
+        return self._transport.invoke_server_stream(
+            self._stub.ReplayRejectedEvents, request, timeout
+        )
 
 
 async def _async_stream_requests(

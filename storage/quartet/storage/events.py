@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import enum
 import io
 import json
 from collections.abc import Sequence
@@ -95,6 +96,11 @@ class RejectedEvent(BaseModel):
     # Set for an event too large to keep whole: the start of its data as JSON, `event` holding
     # the rest of it (its text fields cut short).
     data_prefix = peewee.TextField(null=True)
+    # The latest replay (see store_replayed): a ReplayState value, NULL if never replayed; its
+    # time; and the problems found then (JSON), if the event stayed rejected.
+    replay_state = peewee.SmallIntegerField(null=True)
+    replay_time = peewee.DateTimeField(null=True)
+    replay_violations = peewee.TextField(null=True)
 
     class Meta:
         indexes = (
@@ -393,6 +399,16 @@ def _matching(
     return query
 
 
+class ReplayState(enum.IntEnum):
+    """What the latest replay of a rejected event did: the values of quartet.events.v1's
+    ReplayState, which `RejectedEvent.replay_state` holds (NULL for NOT_REPLAYED)."""
+
+    NOT_REPLAYED = 1
+    STORED = 2
+    STILL_REJECTED = 3
+    ALREADY_STORED = 4
+
+
 def list_rejected(*, limit: int, **filters: Any) -> list[RejectedEvent]:
     """Rejected events newest first; see rejected_query for the filters."""
     return list(rejected_query(**filters).limit(limit))
@@ -405,10 +421,12 @@ def rejected_query(
     application_id: int = 0,
     reject_time_start: datetime.datetime | None = None,
     reject_time_end: datetime.datetime | None = None,
+    replay_state: int = 0,
 ) -> peewee.ModelSelect[RejectedEvent]:
     """Rejected events newest first, after the keyset position `after`. With a reason, the rows
     come from that reason's range of RejectedEventReason's key, already in this order; the
-    application filter rides on either (tests/test_events.py checks the plans)."""
+    application and replay state filters ride on either (tests/test_events.py checks the plans).
+    A replay_state of 0 is any."""
     query = RejectedEvent.select()
     time: peewee.Field = RejectedEvent.reject_time
     key: peewee.Field = RejectedEvent.id
@@ -419,6 +437,10 @@ def rejected_query(
         time, key = RejectedEventReason.reject_time, RejectedEventReason.rejected_id
     if application_id:
         query = query.where(RejectedEvent.application_id == application_id)
+    if replay_state == ReplayState.NOT_REPLAYED:
+        query = query.where(RejectedEvent.replay_state.is_null())
+    elif replay_state:
+        query = query.where(RejectedEvent.replay_state == replay_state)
     if reject_time_start is not None:
         query = query.where(time >= reject_time_start)
     if reject_time_end is not None:
@@ -426,6 +448,186 @@ def rejected_query(
     if after is not None:
         query = query.where(peewee.Tuple(time, key) < peewee.Tuple(*after))
     return query.order_by(time.desc(), key.desc())
+
+
+def store_replayed(
+    replayed: Sequence[tuple[int, NewEvent | list[dict[str, str]]]],
+    now: datetime.datetime,
+    id_taken: dict[str, str],
+) -> list[ReplayState]:
+    """Record a replay of rejected events, in one transaction: each (rejected event id, the event
+    to store or the problems found again). Stores the events whose id is new; an event whose id
+    its application's stored event has is ALREADY_STORED, one whose id another application's
+    event has STILL_REJECTED with the violation `id_taken`. Marks each rejected event with its
+    outcome, which it returns in order."""
+    with db.atomic():
+        new_events = [item for _, item in replayed if isinstance(item, NewEvent)]
+        inserted = store(new_events, [], now)
+        known = senders({e.id for e in new_events if e.id not in inserted})
+        states: list[ReplayState] = []
+        problems: list[tuple[int, str]] = []
+        for rejected_id, item in replayed:
+            if isinstance(item, NewEvent):
+                if item.id in inserted:
+                    inserted.discard(item.id)  # a second copy in the same chunk is a duplicate
+                    known[item.id] = item.application_id
+                    states.append(ReplayState.STORED)
+                    continue
+                if known.get(item.id, item.application_id) == item.application_id:
+                    states.append(ReplayState.ALREADY_STORED)
+                    continue
+                item = [id_taken]
+            states.append(ReplayState.STILL_REJECTED)
+            problems.append((rejected_id, json.dumps(item)))
+        for state in (ReplayState.STORED, ReplayState.ALREADY_STORED):
+            ids = [r for (r, _), s in zip(replayed, states, strict=True) if s == state]
+            if ids:
+                RejectedEvent.update(
+                    replay_state=state, replay_time=now, replay_violations=None
+                ).where(RejectedEvent.id.in_(ids)).execute()
+        for rejected_id, violations in problems:
+            RejectedEvent.update(
+                replay_state=ReplayState.STILL_REJECTED,
+                replay_time=now,
+                replay_violations=violations,
+            ).where(RejectedEvent.id == rejected_id).execute()
+    return states
+
+
+# The time buckets events are counted in: each an SQL expression of occur_time giving the start
+# of its bucket (a timestamp on PostgreSQL; on SQLite the text Peewee stores times as), and the
+# bucket's length. From this fixed table only: the expressions are SQL, not parameters.
+BUCKETS: dict[str, tuple[str, str, datetime.timedelta]] = {
+    "minute": (
+        "date_trunc('minute', occur_time)",
+        "strftime('%Y-%m-%d %H:%M:00', occur_time)",
+        datetime.timedelta(minutes=1),
+    ),
+    "hour": (
+        "date_trunc('hour', occur_time)",
+        "strftime('%Y-%m-%d %H:00:00', occur_time)",
+        datetime.timedelta(hours=1),
+    ),
+    "day": (
+        "date_trunc('day', occur_time)",
+        "strftime('%Y-%m-%d 00:00:00', occur_time)",
+        datetime.timedelta(days=1),
+    ),
+}
+CountKey = tuple[datetime.datetime, str, str]
+
+
+def count_query(
+    bucket: str,
+    start: datetime.datetime,
+    end: datetime.datetime,
+    *,
+    application_id: int = 0,
+    session_id: str = "",
+    after: CountKey | None = None,
+) -> peewee.ModelSelect[Event]:
+    """The events counted by (bucket start, category, name), in that order, of those that occurred
+    in [start, end), after the keyset position `after`. The database reads only the range's rows,
+    by the index on occur_time (or, for a session, its index); a page after `after` reads from
+    that bucket on (tests/test_event_counts.py checks the plans)."""
+    postgres, sqlite, _ = BUCKETS[bucket]
+    expression = peewee.SQL(postgres if isinstance(db.obj, peewee.PostgresqlDatabase) else sqlite)
+    if after is not None:
+        start = max(start, after[0])
+    query = _matching(
+        Event.select(expression, Event.category, Event.name, peewee.fn.COUNT(peewee.SQL("*"))),
+        session_id,
+        "",
+        "",
+        application_id,
+    ).where((Event.occur_time >= start) & (Event.occur_time < end))
+    query = query.group_by(expression, Event.category, Event.name)
+    if after is not None:
+        first = after[0] if isinstance(db.obj, peewee.PostgresqlDatabase) else str(after[0])
+        query = query.having(
+            peewee.Tuple(expression, Event.category, Event.name)
+            > peewee.Tuple(first, after[1], after[2])
+        )
+    return query.order_by(expression, Event.category, Event.name)
+
+
+def count_events(
+    bucket: str, start: datetime.datetime, end: datetime.datetime, *, limit: int, **filters: Any
+) -> list[tuple[datetime.datetime, str, str, int]]:
+    """Up to limit counts of count_query: (bucket start, category, name, count)."""
+    rows: Any = count_query(bucket, start, end, **filters).limit(limit).tuples()
+    return [
+        (when if isinstance(when, datetime.datetime) else datetime.datetime.fromisoformat(when),
+         category, name, count)
+        for when, category, name, count in rows
+    ]  # fmt: skip
+
+
+# The columns of an exported event, in the order export_events gives them: its keyset position
+# last, as in export_lines.
+EXPORT_COLUMNS = (
+    Event.id,
+    Event.session_id,
+    Event.category,
+    Event.name,
+    Event.data,
+    Event.application_id,
+    Event.receive_time,
+    Event.schema_version,
+    Event.occur_time,
+    Event.seq,
+)
+# The keyset position of an exported event: its occur_time as the driver gives it (a datetime on
+# PostgreSQL, the stored text on SQLite, which compares as that text) and its seq.
+ExportKey = tuple[Any, int]
+
+
+def export_events(*, limit: int, after: ExportKey | None, **filters: Any) -> list[tuple[Any, ...]]:
+    """The next events of an export after `after` (see events_query for the filters), as the
+    database driver's tuples of EXPORT_COLUMNS: an export reads millions of rows, and models (or
+    even Peewee's conversion of each value) would cost it several times the query's own time."""
+    sql, params = events_query(after=after, **filters).select(*EXPORT_COLUMNS).limit(limit).sql()
+    return list(db.obj.execute_sql(sql, params).fetchall())
+
+
+# An event as a line of NDJSON, spelled by the database: the protobuf JSON mapping's field
+# names, times in RFC 3339 UTC, data as stored (JSON text holds line feeds between its tokens
+# only, so they become spaces). Python formatting each line cost 4-5 times the query.
+_NDJSON_LINE = {
+    "postgresql": """'{"id":"' || id || '","sessionId":"' || session_id
+        || '","category":' || to_json(category)::text || ',"name":' || to_json(name)::text
+        || ',"data":' || replace(data, E'\\n', ' ')
+        || ',"occurTime":"' || to_char(occur_time, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+        || '","applicationId":' || application_id
+        || ',"receiveTime":"' || to_char(receive_time, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+        || '","schemaVersion":' || schema_version || E'}\\n'""",
+    "sqlite": """'{"id":"' || id || '","sessionId":"' || session_id
+        || '","category":' || json_quote(category) || ',"name":' || json_quote(name)
+        || ',"data":' || replace(data, char(10), ' ')
+        || ',"occurTime":"' || replace(occur_time, ' ', 'T')
+        || 'Z","applicationId":' || application_id
+        || ',"receiveTime":"' || replace(receive_time, ' ', 'T')
+        || 'Z","schemaVersion":' || schema_version || '}' || char(10)""",
+}
+
+
+def export_lines(*, limit: int, after: ExportKey | None, **filters: Any) -> list[tuple[Any, ...]]:
+    """export_events as (NDJSON line, id, occur_time, seq) tuples, the line built by the
+    database (see _NDJSON_LINE)."""
+    dialect = "postgresql" if isinstance(db.obj, peewee.PostgresqlDatabase) else "sqlite"
+    line = peewee.SQL(_NDJSON_LINE[dialect])
+    query = events_query(after=after, **filters).select(line, Event.id, Event.occur_time, Event.seq)
+    sql, params = query.limit(limit).sql()
+    return list(db.obj.execute_sql(sql, params).fetchall())
+
+
+def export_position(event_id: str) -> ExportKey:
+    """The export position of the stored event with this id; RecordNotFound if none."""
+    sql, params = by_ids(Event.select(Event.occur_time, Event.seq), [event_id]).sql()
+    row = db.obj.execute_sql(sql, params).fetchone()
+    if row is None:
+        raise RecordNotFound("event", event_id)
+    return row[0], row[1]
 
 
 def latest_event_types() -> list[EventType]:

@@ -55,6 +55,104 @@ rejected events.
 """
 Global___EventStatus: _TypeAlias = EventStatus  # noqa: Y015
 
+class _ExportFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExportFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPORT_FORMAT_UNSPECIFIED: _ExportFormat.ValueType  # 0
+    """Not chosen: NDJSON."""
+    EXPORT_FORMAT_NDJSON: _ExportFormat.ValueType  # 1
+    """NDJSON text in `ExportEventsResponse.ndjson`: one JSON object an event and a line, with the
+    field names of protobuf's JSON mapping of `Event` (which protobuf's JSON parsers read back
+    as an `Event`), times in RFC 3339 UTC, and `data` as it was stored.
+    """
+    EXPORT_FORMAT_EVENTS: _ExportFormat.ValueType  # 2
+    """`Event` messages in `ExportEventsResponse.events`."""
+
+class ExportFormat(_ExportFormat, metaclass=_ExportFormatEnumTypeWrapper):
+    """ExportFormat is how an export carries its events."""
+
+EXPORT_FORMAT_UNSPECIFIED: ExportFormat.ValueType  # 0
+"""Not chosen: NDJSON."""
+EXPORT_FORMAT_NDJSON: ExportFormat.ValueType  # 1
+"""NDJSON text in `ExportEventsResponse.ndjson`: one JSON object an event and a line, with the
+field names of protobuf's JSON mapping of `Event` (which protobuf's JSON parsers read back
+as an `Event`), times in RFC 3339 UTC, and `data` as it was stored.
+"""
+EXPORT_FORMAT_EVENTS: ExportFormat.ValueType  # 2
+"""`Event` messages in `ExportEventsResponse.events`."""
+Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
+
+class _CountBucket:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CountBucketEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CountBucket.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COUNT_BUCKET_UNSPECIFIED: _CountBucket.ValueType  # 0
+    """Not chosen: refused."""
+    COUNT_BUCKET_MINUTE: _CountBucket.ValueType  # 1
+    """Whole minutes."""
+    COUNT_BUCKET_HOUR: _CountBucket.ValueType  # 2
+    """Whole hours."""
+    COUNT_BUCKET_DAY: _CountBucket.ValueType  # 3
+    """Whole days (UTC)."""
+
+class CountBucket(_CountBucket, metaclass=_CountBucketEnumTypeWrapper):
+    """CountBucket is the length of the time buckets events are counted in, aligned in UTC."""
+
+COUNT_BUCKET_UNSPECIFIED: CountBucket.ValueType  # 0
+"""Not chosen: refused."""
+COUNT_BUCKET_MINUTE: CountBucket.ValueType  # 1
+"""Whole minutes."""
+COUNT_BUCKET_HOUR: CountBucket.ValueType  # 2
+"""Whole hours."""
+COUNT_BUCKET_DAY: CountBucket.ValueType  # 3
+"""Whole days (UTC)."""
+Global___CountBucket: _TypeAlias = CountBucket  # noqa: Y015
+
+class _ReplayState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReplayStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReplayState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REPLAY_STATE_UNSPECIFIED: _ReplayState.ValueType  # 0
+    """In a filter: any state. A rejected event never has it."""
+    REPLAY_STATE_NOT_REPLAYED: _ReplayState.ValueType  # 1
+    """The event was never replayed."""
+    REPLAY_STATE_STORED: _ReplayState.ValueType  # 2
+    """The replay stored the event."""
+    REPLAY_STATE_STILL_REJECTED: _ReplayState.ValueType  # 3
+    """The event failed its checks again (see `RejectedEvent.replay_violations`); nothing was
+    stored.
+    """
+    REPLAY_STATE_ALREADY_STORED: _ReplayState.ValueType  # 4
+    """An event with its id was already stored (sent again, or stored by an earlier replay);
+    nothing new was stored.
+    """
+
+class ReplayState(_ReplayState, metaclass=_ReplayStateEnumTypeWrapper):
+    """ReplayState says what the latest replay of a rejected event did."""
+
+REPLAY_STATE_UNSPECIFIED: ReplayState.ValueType  # 0
+"""In a filter: any state. A rejected event never has it."""
+REPLAY_STATE_NOT_REPLAYED: ReplayState.ValueType  # 1
+"""The event was never replayed."""
+REPLAY_STATE_STORED: ReplayState.ValueType  # 2
+"""The replay stored the event."""
+REPLAY_STATE_STILL_REJECTED: ReplayState.ValueType  # 3
+"""The event failed its checks again (see `RejectedEvent.replay_violations`); nothing was
+stored.
+"""
+REPLAY_STATE_ALREADY_STORED: ReplayState.ValueType  # 4
+"""An event with its id was already stored (sent again, or stored by an earlier replay);
+nothing new was stored.
+"""
+Global___ReplayState: _TypeAlias = ReplayState  # noqa: Y015
+
 @_typing.final
 class Event(_message.Message):
     """Event is one thing that happened in an application."""
@@ -573,6 +671,223 @@ class TailEventsResponse(_message.Message):
 Global___TailEventsResponse: _TypeAlias = TailEventsResponse  # noqa: Y015
 
 @_typing.final
+class ExportEventsRequest(_message.Message):
+    """ExportEventsRequest selects the events to export. Filters are optional and combine with AND,
+    as in ListEventsRequest.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    APPLICATION_ID_FIELD_NUMBER: _builtins.int
+    OCCUR_TIME_START_FIELD_NUMBER: _builtins.int
+    OCCUR_TIME_END_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    AFTER_EVENT_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """Only events of this session (a UUID)."""
+    category: _builtins.str
+    """Only events of this category."""
+    name: _builtins.str
+    """Only events of this name (within `category`, which is then required)."""
+    application_id: _builtins.int
+    """Only events sent by this application."""
+    format: Global___ExportFormat.ValueType
+    """How the events are carried (NDJSON when unset)."""
+    after_event_id: _builtins.str
+    """Resume after this event (a UUID of a stored event: the last one a previous export with the
+    same filters delivered): the export goes on with the events after it in the export's order.
+    An unknown id is NOT_FOUND.
+    """
+    @_builtins.property
+    def occur_time_start(self) -> _timestamp_pb2.Timestamp:
+        """Only events that occurred at or after this time."""
+
+    @_builtins.property
+    def occur_time_end(self) -> _timestamp_pb2.Timestamp:
+        """Only events that occurred strictly before this time."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        category: _builtins.str = ...,
+        name: _builtins.str = ...,
+        application_id: _builtins.int = ...,
+        occur_time_start: _timestamp_pb2.Timestamp | None = ...,
+        occur_time_end: _timestamp_pb2.Timestamp | None = ...,
+        format: Global___ExportFormat.ValueType = ...,
+        after_event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time_end", b"occur_time_end", "occur_time_start", b"occur_time_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_event_id", b"after_event_id", "application_id", b"application_id", "category", b"category", "format", b"format", "name", b"name", "occur_time_end", b"occur_time_end", "occur_time_start", b"occur_time_start", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportEventsRequest: _TypeAlias = ExportEventsRequest  # noqa: Y015
+
+@_typing.final
+class ExportEventsResponse(_message.Message):
+    """ExportEventsResponse is the next events of an export, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NDJSON_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    LAST_EVENT_ID_FIELD_NUMBER: _builtins.int
+    EVENT_COUNT_FIELD_NUMBER: _builtins.int
+    ndjson: _builtins.bytes
+    """With EXPORT_FORMAT_NDJSON: whole lines of UTF-8 NDJSON, each ending in a line feed, one an
+    event. Concatenated, the messages' `ndjson` make the export's NDJSON file.
+    """
+    last_event_id: _builtins.str
+    """The id of the last event in this message: pass it as `after_event_id` to resume after it."""
+    event_count: _builtins.int
+    """The number of events in this message."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
+        """With EXPORT_FORMAT_EVENTS: the events."""
+
+    def __init__(
+        self,
+        *,
+        ndjson: _builtins.bytes = ...,
+        events: _abc.Iterable[Global___Event] | None = ...,
+        last_event_id: _builtins.str = ...,
+        event_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_count", b"event_count", "events", b"events", "last_event_id", b"last_event_id", "ndjson", b"ndjson"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportEventsResponse: _TypeAlias = ExportEventsResponse  # noqa: Y015
+
+@_typing.final
+class CountEventsRequest(_message.Message):
+    """CountEventsRequest says which events to count, and by how long a bucket."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKET_FIELD_NUMBER: _builtins.int
+    OCCUR_TIME_START_FIELD_NUMBER: _builtins.int
+    OCCUR_TIME_END_FIELD_NUMBER: _builtins.int
+    APPLICATION_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    bucket: Global___CountBucket.ValueType
+    """Required. The length of a bucket."""
+    application_id: _builtins.int
+    """Only events sent by this application."""
+    session_id: _builtins.str
+    """Only events of this session (a UUID)."""
+    page_size: _builtins.int
+    """The maximum number of counts to return (default 50, at most 1000). A page may hold fewer
+    even when more follow: go on while `next_page_token` is set.
+    """
+    page_token: _builtins.str
+    """The `next_page_token` of a previous call with the same fields otherwise."""
+    @_builtins.property
+    def occur_time_start(self) -> _timestamp_pb2.Timestamp:
+        """Required. Count the events that occurred at or after this time. A bucket it cuts into
+        counts only the events from here on.
+        """
+
+    @_builtins.property
+    def occur_time_end(self) -> _timestamp_pb2.Timestamp:
+        """Required. Count the events that occurred strictly before this time, after
+        `occur_time_start`, and at most 10000 buckets later.
+        """
+
+    def __init__(
+        self,
+        *,
+        bucket: Global___CountBucket.ValueType = ...,
+        occur_time_start: _timestamp_pb2.Timestamp | None = ...,
+        occur_time_end: _timestamp_pb2.Timestamp | None = ...,
+        application_id: _builtins.int = ...,
+        session_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time_end", b"occur_time_end", "occur_time_start", b"occur_time_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_id", b"application_id", "bucket", b"bucket", "occur_time_end", b"occur_time_end", "occur_time_start", b"occur_time_start", "page_size", b"page_size", "page_token", b"page_token", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountEventsRequest: _TypeAlias = CountEventsRequest  # noqa: Y015
+
+@_typing.final
+class EventCount(_message.Message):
+    """EventCount is the number of events of one type in one bucket."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKET_START_TIME_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    category: _builtins.str
+    """The events' category."""
+    name: _builtins.str
+    """The events' name."""
+    count: _builtins.int
+    """The number of events of this type that occurred in the bucket (and the range)."""
+    @_builtins.property
+    def bucket_start_time(self) -> _timestamp_pb2.Timestamp:
+        """The start of the bucket (its end is one bucket length later)."""
+
+    def __init__(
+        self,
+        *,
+        bucket_start_time: _timestamp_pb2.Timestamp | None = ...,
+        category: _builtins.str = ...,
+        name: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bucket_start_time", b"bucket_start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_start_time", b"bucket_start_time", "category", b"category", "count", b"count", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventCount: _TypeAlias = EventCount  # noqa: Y015
+
+@_typing.final
+class CountEventsResponse(_message.Message):
+    """CountEventsResponse is one page of counts, ordered by bucket, category and name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """A token for the next page, or empty when this is the last page."""
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventCount]:
+        """The counts of this page: one per bucket and type holding events."""
+
+    def __init__(
+        self,
+        *,
+        counts: _abc.Iterable[Global___EventCount] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountEventsResponse: _TypeAlias = CountEventsResponse  # noqa: Y015
+
+@_typing.final
 class RejectedEvent(_message.Message):
     """RejectedEvent is an event that failed validation, kept with its reasons."""
 
@@ -585,6 +900,9 @@ class RejectedEvent(_message.Message):
     REJECT_TIME_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     DATA_PREFIX_FIELD_NUMBER: _builtins.int
+    REPLAY_STATE_FIELD_NUMBER: _builtins.int
+    REPLAY_TIME_FIELD_NUMBER: _builtins.int
+    REPLAY_VIOLATIONS_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """The server-assigned identifier of the rejection."""
     application_id: _builtins.int
@@ -598,6 +916,10 @@ class RejectedEvent(_message.Message):
     """Only when `event` has no `data` because it was too large (EVENT_TOO_LARGE), held NaN or
     an infinity, or nested too deep: the first 4096 characters of its `data` as compact JSON
     (NaN and Infinity written as such). Empty otherwise.
+    """
+    replay_state: Global___ReplayState.ValueType
+    """What the latest replay (ReplayRejectedEvents) of the event did; REPLAY_STATE_NOT_REPLAYED
+    if it was never replayed.
     """
     @_builtins.property
     def event(self) -> Global___Event:
@@ -618,6 +940,16 @@ class RejectedEvent(_message.Message):
     def reject_time(self) -> _timestamp_pb2.Timestamp:
         """When the event was rejected."""
 
+    @_builtins.property
+    def replay_time(self) -> _timestamp_pb2.Timestamp:
+        """When the event was last replayed; unset if never."""
+
+    @_builtins.property
+    def replay_violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Violation]:
+        """When the latest replay left the event rejected: every problem found then (`violations`
+        keeps those found when it was sent). Empty otherwise.
+        """
+
     def __init__(
         self,
         *,
@@ -628,10 +960,13 @@ class RejectedEvent(_message.Message):
         reject_time: _timestamp_pb2.Timestamp | None = ...,
         size_bytes: _builtins.int = ...,
         data_prefix: _builtins.str = ...,
+        replay_state: Global___ReplayState.ValueType = ...,
+        replay_time: _timestamp_pb2.Timestamp | None = ...,
+        replay_violations: _abc.Iterable[Global___Violation] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "reject_time", b"reject_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "reject_time", b"reject_time", "replay_time", b"replay_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_id", b"application_id", "data_prefix", b"data_prefix", "event", b"event", "id", b"id", "reject_time", b"reject_time", "size_bytes", b"size_bytes", "violations", b"violations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_id", b"application_id", "data_prefix", b"data_prefix", "event", b"event", "id", b"id", "reject_time", b"reject_time", "replay_state", b"replay_state", "replay_time", b"replay_time", "replay_violations", b"replay_violations", "size_bytes", b"size_bytes", "violations", b"violations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -649,6 +984,7 @@ class ListRejectedEventsRequest(_message.Message):
     APPLICATION_ID_FIELD_NUMBER: _builtins.int
     REJECT_TIME_START_FIELD_NUMBER: _builtins.int
     REJECT_TIME_END_FIELD_NUMBER: _builtins.int
+    REPLAY_STATE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """The maximum number of rejected events to return (default 50, at most 1000). A page stops
     sooner when its size in bytes reaches the server's limit (2 MiB by default), so it may hold
@@ -662,6 +998,8 @@ class ListRejectedEventsRequest(_message.Message):
     """
     application_id: _builtins.int
     """Only events sent by this application."""
+    replay_state: Global___ReplayState.ValueType
+    """Only events in this replay state (any when unset)."""
     @_builtins.property
     def reject_time_start(self) -> _timestamp_pb2.Timestamp:
         """Only events rejected at or after this time."""
@@ -679,14 +1017,97 @@ class ListRejectedEventsRequest(_message.Message):
         application_id: _builtins.int = ...,
         reject_time_start: _timestamp_pb2.Timestamp | None = ...,
         reject_time_end: _timestamp_pb2.Timestamp | None = ...,
+        replay_state: Global___ReplayState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["reject_time_end", b"reject_time_end", "reject_time_start", b"reject_time_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_id", b"application_id", "page_size", b"page_size", "page_token", b"page_token", "reason", b"reason", "reject_time_end", b"reject_time_end", "reject_time_start", b"reject_time_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_id", b"application_id", "page_size", b"page_size", "page_token", b"page_token", "reason", b"reason", "reject_time_end", b"reject_time_end", "reject_time_start", b"reject_time_start", "replay_state", b"replay_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRejectedEventsRequest: _TypeAlias = ListRejectedEventsRequest  # noqa: Y015
+
+@_typing.final
+class ReplayRejectedEventsRequest(_message.Message):
+    """ReplayRejectedEventsRequest selects the rejected events to replay. Filters are optional and
+    combine with AND; with none, every rejected event is replayed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    APPLICATION_ID_FIELD_NUMBER: _builtins.int
+    REJECT_TIME_START_FIELD_NUMBER: _builtins.int
+    REJECT_TIME_END_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Only events rejected for this reason (an ErrorReason value name, such as
+    "EVENT_PAYLOAD_INVALID"), among any of their violations.
+    """
+    application_id: _builtins.int
+    """Only events sent by this application."""
+    category: _builtins.str
+    """Only events of this category (as sent)."""
+    name: _builtins.str
+    """Only events of this name (within `category`, which is then required)."""
+    @_builtins.property
+    def reject_time_start(self) -> _timestamp_pb2.Timestamp:
+        """Only events rejected at or after this time."""
+
+    @_builtins.property
+    def reject_time_end(self) -> _timestamp_pb2.Timestamp:
+        """Only events rejected strictly before this time."""
+
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        application_id: _builtins.int = ...,
+        reject_time_start: _timestamp_pb2.Timestamp | None = ...,
+        reject_time_end: _timestamp_pb2.Timestamp | None = ...,
+        category: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reject_time_end", b"reject_time_end", "reject_time_start", b"reject_time_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_id", b"application_id", "category", b"category", "name", b"name", "reason", b"reason", "reject_time_end", b"reject_time_end", "reject_time_start", b"reject_time_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayRejectedEventsRequest: _TypeAlias = ReplayRejectedEventsRequest  # noqa: Y015
+
+@_typing.final
+class ReplayRejectedEventsResponse(_message.Message):
+    """ReplayRejectedEventsResponse is the progress of a replay: the counts so far, of the rejected
+    events replayed since the call began (the last message holds the totals).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORED_COUNT_FIELD_NUMBER: _builtins.int
+    STILL_REJECTED_COUNT_FIELD_NUMBER: _builtins.int
+    ALREADY_STORED_COUNT_FIELD_NUMBER: _builtins.int
+    stored_count: _builtins.int
+    """Rejected events now stored as events."""
+    still_rejected_count: _builtins.int
+    """Rejected events that failed their checks again."""
+    already_stored_count: _builtins.int
+    """Rejected events whose event was already stored (by an earlier replay, or sent again)."""
+    def __init__(
+        self,
+        *,
+        stored_count: _builtins.int = ...,
+        still_rejected_count: _builtins.int = ...,
+        already_stored_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_stored_count", b"already_stored_count", "still_rejected_count", b"still_rejected_count", "stored_count", b"stored_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayRejectedEventsResponse: _TypeAlias = ReplayRejectedEventsResponse  # noqa: Y015
 
 @_typing.final
 class ListRejectedEventsResponse(_message.Message):

@@ -70,10 +70,25 @@ class EventServiceStub:
                 request_serializer=quartet_dot_events_dot_v1_dot_event__service__pb2.TailEventsRequest.SerializeToString,
                 response_deserializer=quartet_dot_events_dot_v1_dot_event__service__pb2.TailEventsResponse.FromString,
                 _registered_method=True)
+        self.ExportEvents = channel.unary_stream(
+                '/quartet.events.v1.EventService/ExportEvents',
+                request_serializer=quartet_dot_events_dot_v1_dot_event__service__pb2.ExportEventsRequest.SerializeToString,
+                response_deserializer=quartet_dot_events_dot_v1_dot_event__service__pb2.ExportEventsResponse.FromString,
+                _registered_method=True)
+        self.CountEvents = channel.unary_unary(
+                '/quartet.events.v1.EventService/CountEvents',
+                request_serializer=quartet_dot_events_dot_v1_dot_event__service__pb2.CountEventsRequest.SerializeToString,
+                response_deserializer=quartet_dot_events_dot_v1_dot_event__service__pb2.CountEventsResponse.FromString,
+                _registered_method=True)
         self.ListRejectedEvents = channel.unary_unary(
                 '/quartet.events.v1.EventService/ListRejectedEvents',
                 request_serializer=quartet_dot_events_dot_v1_dot_event__service__pb2.ListRejectedEventsRequest.SerializeToString,
                 response_deserializer=quartet_dot_events_dot_v1_dot_event__service__pb2.ListRejectedEventsResponse.FromString,
+                _registered_method=True)
+        self.ReplayRejectedEvents = channel.unary_stream(
+                '/quartet.events.v1.EventService/ReplayRejectedEvents',
+                request_serializer=quartet_dot_events_dot_v1_dot_event__service__pb2.ReplayRejectedEventsRequest.SerializeToString,
+                response_deserializer=quartet_dot_events_dot_v1_dot_event__service__pb2.ReplayRejectedEventsResponse.FromString,
                 _registered_method=True)
         self.CreateEventType = channel.unary_unary(
                 '/quartet.events.v1.EventService/CreateEventType',
@@ -163,8 +178,54 @@ class EventServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportEvents(self, request, context):
+        """Exports the stored events that match a filter, in the order of ListEvents (the time they
+        occurred, then arrival), as a stream that ends after the last one: as NDJSON text (one JSON
+        object a line, for warehouses and notebooks) or as `Event` messages (for typed clients).
+        The server reads the events a chunk at a time and sends each message once the client has
+        room for it, so an export of any size holds little memory on either side; each message
+        stays within the server's limit on a reply's bytes (2 MiB by default). An export that
+        broke off resumes with `after_event_id`, the last event received, missing and repeating
+        none of the events stored before the export began (events stored while it runs may be
+        included or not). An export is a stream: it counts towards the caller's streams open at
+        once (RESOURCE_EXHAUSTED, reason LIMIT_EXCEEDED, past the server's limit), and the caller's
+        credential is checked again while it runs. An unknown `after_event_id` is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountEvents(self, request, context):
+        """Counts the stored events by type (category and name) per time bucket (a minute, an hour or
+        a day, in UTC) over a time range of occurrence, optionally of one application or session:
+        "which pages are viewed, which buttons clicked", counted by the database. Only buckets
+        holding events are listed, ordered by bucket, category and name. The range is required
+        and holds at most 10000 buckets (INVALID_ARGUMENT, reason LIMIT_EXCEEDED, with the
+        limit in the metadata's "max_buckets", past it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListRejectedEvents(self, request, context):
-        """Lists rejected events, newest first, by reason, application and time of rejection.
+        """Lists rejected events, newest first, by reason, application, time of rejection and replay
+        state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayRejectedEvents(self, request, context):
+        """Replays rejected events: checks the rejected events that match a filter again, against the
+        event types' schemas of now, and stores those that pass, each with its original id,
+        session, application, type, data and occurrence time (an event sent without an id gets one
+        derived from its rejection, the same at every replay). Replaying is idempotent: an event
+        already stored (by an earlier replay, or sent again by its application) is not stored
+        again but counted as already stored. Each rejected event replayed records the outcome
+        (`replay_state`, `replay_time`, and the problems found when still rejected); replays never
+        add rejected events. A stream of progress messages follows the replay, newest rejections
+        first, each with the counts so far; the last one holds the totals. An event kept without
+        its data (too large, or data JSON could not hold) cannot be replayed and stays rejected.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -220,10 +281,25 @@ def add_EventServiceServicer_to_server(servicer, server):
                     request_deserializer=quartet_dot_events_dot_v1_dot_event__service__pb2.TailEventsRequest.FromString,
                     response_serializer=quartet_dot_events_dot_v1_dot_event__service__pb2.TailEventsResponse.SerializeToString,
             ),
+            'ExportEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportEvents,
+                    request_deserializer=quartet_dot_events_dot_v1_dot_event__service__pb2.ExportEventsRequest.FromString,
+                    response_serializer=quartet_dot_events_dot_v1_dot_event__service__pb2.ExportEventsResponse.SerializeToString,
+            ),
+            'CountEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountEvents,
+                    request_deserializer=quartet_dot_events_dot_v1_dot_event__service__pb2.CountEventsRequest.FromString,
+                    response_serializer=quartet_dot_events_dot_v1_dot_event__service__pb2.CountEventsResponse.SerializeToString,
+            ),
             'ListRejectedEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRejectedEvents,
                     request_deserializer=quartet_dot_events_dot_v1_dot_event__service__pb2.ListRejectedEventsRequest.FromString,
                     response_serializer=quartet_dot_events_dot_v1_dot_event__service__pb2.ListRejectedEventsResponse.SerializeToString,
+            ),
+            'ReplayRejectedEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReplayRejectedEvents,
+                    request_deserializer=quartet_dot_events_dot_v1_dot_event__service__pb2.ReplayRejectedEventsRequest.FromString,
+                    response_serializer=quartet_dot_events_dot_v1_dot_event__service__pb2.ReplayRejectedEventsResponse.SerializeToString,
             ),
             'CreateEventType': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateEventType,
@@ -415,6 +491,60 @@ class EventService:
             _registered_method=True)
 
     @staticmethod
+    def ExportEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/quartet.events.v1.EventService/ExportEvents',
+            quartet_dot_events_dot_v1_dot_event__service__pb2.ExportEventsRequest.SerializeToString,
+            quartet_dot_events_dot_v1_dot_event__service__pb2.ExportEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartet.events.v1.EventService/CountEvents',
+            quartet_dot_events_dot_v1_dot_event__service__pb2.CountEventsRequest.SerializeToString,
+            quartet_dot_events_dot_v1_dot_event__service__pb2.CountEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListRejectedEvents(request,
             target,
             options=(),
@@ -431,6 +561,33 @@ class EventService:
             '/quartet.events.v1.EventService/ListRejectedEvents',
             quartet_dot_events_dot_v1_dot_event__service__pb2.ListRejectedEventsRequest.SerializeToString,
             quartet_dot_events_dot_v1_dot_event__service__pb2.ListRejectedEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayRejectedEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/quartet.events.v1.EventService/ReplayRejectedEvents',
+            quartet_dot_events_dot_v1_dot_event__service__pb2.ReplayRejectedEventsRequest.SerializeToString,
+            quartet_dot_events_dot_v1_dot_event__service__pb2.ReplayRejectedEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

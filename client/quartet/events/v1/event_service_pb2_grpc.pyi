@@ -81,8 +81,43 @@ class EventServiceStub:
     LIMIT_EXCEEDED, past the server's limit), and the caller's credential is checked again
     while it stays open.
     """
+    ExportEvents: _grpc.UnaryStreamMultiCallable[_event_service_pb2.ExportEventsRequest, _event_service_pb2.ExportEventsResponse]
+    """Exports the stored events that match a filter, in the order of ListEvents (the time they
+    occurred, then arrival), as a stream that ends after the last one: as NDJSON text (one JSON
+    object a line, for warehouses and notebooks) or as `Event` messages (for typed clients).
+    The server reads the events a chunk at a time and sends each message once the client has
+    room for it, so an export of any size holds little memory on either side; each message
+    stays within the server's limit on a reply's bytes (2 MiB by default). An export that
+    broke off resumes with `after_event_id`, the last event received, missing and repeating
+    none of the events stored before the export began (events stored while it runs may be
+    included or not). An export is a stream: it counts towards the caller's streams open at
+    once (RESOURCE_EXHAUSTED, reason LIMIT_EXCEEDED, past the server's limit), and the caller's
+    credential is checked again while it runs. An unknown `after_event_id` is NOT_FOUND.
+    """
+    CountEvents: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.CountEventsRequest, _event_service_pb2.CountEventsResponse]
+    """Counts the stored events by type (category and name) per time bucket (a minute, an hour or
+    a day, in UTC) over a time range of occurrence, optionally of one application or session:
+    "which pages are viewed, which buttons clicked", counted by the database. Only buckets
+    holding events are listed, ordered by bucket, category and name. The range is required
+    and holds at most 10000 buckets (INVALID_ARGUMENT, reason LIMIT_EXCEEDED, with the
+    limit in the metadata's "max_buckets", past it).
+    """
     ListRejectedEvents: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.ListRejectedEventsRequest, _event_service_pb2.ListRejectedEventsResponse]
-    """Lists rejected events, newest first, by reason, application and time of rejection."""
+    """Lists rejected events, newest first, by reason, application, time of rejection and replay
+    state.
+    """
+    ReplayRejectedEvents: _grpc.UnaryStreamMultiCallable[_event_service_pb2.ReplayRejectedEventsRequest, _event_service_pb2.ReplayRejectedEventsResponse]
+    """Replays rejected events: checks the rejected events that match a filter again, against the
+    event types' schemas of now, and stores those that pass, each with its original id,
+    session, application, type, data and occurrence time (an event sent without an id gets one
+    derived from its rejection, the same at every replay). Replaying is idempotent: an event
+    already stored (by an earlier replay, or sent again by its application) is not stored
+    again but counted as already stored. Each rejected event replayed records the outcome
+    (`replay_state`, `replay_time`, and the problems found when still rejected); replays never
+    add rejected events. A stream of progress messages follows the replay, newest rejections
+    first, each with the counts so far; the last one holds the totals. An event kept without
+    its data (too large, or data JSON could not hold) cannot be replayed and stays rejected.
+    """
     CreateEventType: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.CreateEventTypeRequest, _event_service_pb2.EventType]
     """Registers a JSON Schema for an event type, as a new version that validates every later
     event of that type. Each call stores a new version, even of the same schema, so the call is
@@ -146,8 +181,43 @@ class EventServiceAsyncStub(EventServiceStub):
     LIMIT_EXCEEDED, past the server's limit), and the caller's credential is checked again
     while it stays open.
     """
+    ExportEvents: _aio.UnaryStreamMultiCallable[_event_service_pb2.ExportEventsRequest, _event_service_pb2.ExportEventsResponse]  # type: ignore[assignment]
+    """Exports the stored events that match a filter, in the order of ListEvents (the time they
+    occurred, then arrival), as a stream that ends after the last one: as NDJSON text (one JSON
+    object a line, for warehouses and notebooks) or as `Event` messages (for typed clients).
+    The server reads the events a chunk at a time and sends each message once the client has
+    room for it, so an export of any size holds little memory on either side; each message
+    stays within the server's limit on a reply's bytes (2 MiB by default). An export that
+    broke off resumes with `after_event_id`, the last event received, missing and repeating
+    none of the events stored before the export began (events stored while it runs may be
+    included or not). An export is a stream: it counts towards the caller's streams open at
+    once (RESOURCE_EXHAUSTED, reason LIMIT_EXCEEDED, past the server's limit), and the caller's
+    credential is checked again while it runs. An unknown `after_event_id` is NOT_FOUND.
+    """
+    CountEvents: _aio.UnaryUnaryMultiCallable[_event_service_pb2.CountEventsRequest, _event_service_pb2.CountEventsResponse]  # type: ignore[assignment]
+    """Counts the stored events by type (category and name) per time bucket (a minute, an hour or
+    a day, in UTC) over a time range of occurrence, optionally of one application or session:
+    "which pages are viewed, which buttons clicked", counted by the database. Only buckets
+    holding events are listed, ordered by bucket, category and name. The range is required
+    and holds at most 10000 buckets (INVALID_ARGUMENT, reason LIMIT_EXCEEDED, with the
+    limit in the metadata's "max_buckets", past it).
+    """
     ListRejectedEvents: _aio.UnaryUnaryMultiCallable[_event_service_pb2.ListRejectedEventsRequest, _event_service_pb2.ListRejectedEventsResponse]  # type: ignore[assignment]
-    """Lists rejected events, newest first, by reason, application and time of rejection."""
+    """Lists rejected events, newest first, by reason, application, time of rejection and replay
+    state.
+    """
+    ReplayRejectedEvents: _aio.UnaryStreamMultiCallable[_event_service_pb2.ReplayRejectedEventsRequest, _event_service_pb2.ReplayRejectedEventsResponse]  # type: ignore[assignment]
+    """Replays rejected events: checks the rejected events that match a filter again, against the
+    event types' schemas of now, and stores those that pass, each with its original id,
+    session, application, type, data and occurrence time (an event sent without an id gets one
+    derived from its rejection, the same at every replay). Replaying is idempotent: an event
+    already stored (by an earlier replay, or sent again by its application) is not stored
+    again but counted as already stored. Each rejected event replayed records the outcome
+    (`replay_state`, `replay_time`, and the problems found when still rejected); replays never
+    add rejected events. A stream of progress messages follows the replay, newest rejections
+    first, each with the counts so far; the last one holds the totals. An event kept without
+    its data (too large, or data JSON could not hold) cannot be replayed and stays rejected.
+    """
     CreateEventType: _aio.UnaryUnaryMultiCallable[_event_service_pb2.CreateEventTypeRequest, _event_service_pb2.EventType]  # type: ignore[assignment]
     """Registers a JSON Schema for an event type, as a new version that validates every later
     event of that type. Each call stores a new version, even of the same schema, so the call is
@@ -246,12 +316,65 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def ExportEvents(
+        self,
+        request: _event_service_pb2.ExportEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_event_service_pb2.ExportEventsResponse], _abc.AsyncIterator[_event_service_pb2.ExportEventsResponse]]:
+        """Exports the stored events that match a filter, in the order of ListEvents (the time they
+        occurred, then arrival), as a stream that ends after the last one: as NDJSON text (one JSON
+        object a line, for warehouses and notebooks) or as `Event` messages (for typed clients).
+        The server reads the events a chunk at a time and sends each message once the client has
+        room for it, so an export of any size holds little memory on either side; each message
+        stays within the server's limit on a reply's bytes (2 MiB by default). An export that
+        broke off resumes with `after_event_id`, the last event received, missing and repeating
+        none of the events stored before the export began (events stored while it runs may be
+        included or not). An export is a stream: it counts towards the caller's streams open at
+        once (RESOURCE_EXHAUSTED, reason LIMIT_EXCEEDED, past the server's limit), and the caller's
+        credential is checked again while it runs. An unknown `after_event_id` is NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def CountEvents(
+        self,
+        request: _event_service_pb2.CountEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_service_pb2.CountEventsResponse, _abc.Awaitable[_event_service_pb2.CountEventsResponse]]:
+        """Counts the stored events by type (category and name) per time bucket (a minute, an hour or
+        a day, in UTC) over a time range of occurrence, optionally of one application or session:
+        "which pages are viewed, which buttons clicked", counted by the database. Only buckets
+        holding events are listed, ordered by bucket, category and name. The range is required
+        and holds at most 10000 buckets (INVALID_ARGUMENT, reason LIMIT_EXCEEDED, with the
+        limit in the metadata's "max_buckets", past it).
+        """
+
+    @_abc_1.abstractmethod
     def ListRejectedEvents(
         self,
         request: _event_service_pb2.ListRejectedEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_event_service_pb2.ListRejectedEventsResponse, _abc.Awaitable[_event_service_pb2.ListRejectedEventsResponse]]:
-        """Lists rejected events, newest first, by reason, application and time of rejection."""
+        """Lists rejected events, newest first, by reason, application, time of rejection and replay
+        state.
+        """
+
+    @_abc_1.abstractmethod
+    def ReplayRejectedEvents(
+        self,
+        request: _event_service_pb2.ReplayRejectedEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_event_service_pb2.ReplayRejectedEventsResponse], _abc.AsyncIterator[_event_service_pb2.ReplayRejectedEventsResponse]]:
+        """Replays rejected events: checks the rejected events that match a filter again, against the
+        event types' schemas of now, and stores those that pass, each with its original id,
+        session, application, type, data and occurrence time (an event sent without an id gets one
+        derived from its rejection, the same at every replay). Replaying is idempotent: an event
+        already stored (by an earlier replay, or sent again by its application) is not stored
+        again but counted as already stored. Each rejected event replayed records the outcome
+        (`replay_state`, `replay_time`, and the problems found when still rejected); replays never
+        add rejected events. A stream of progress messages follows the replay, newest rejections
+        first, each with the counts so far; the last one holds the totals. An event kept without
+        its data (too large, or data JSON could not hold) cannot be replayed and stays rejected.
+        """
 
     @_abc_1.abstractmethod
     def CreateEventType(

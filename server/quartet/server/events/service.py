@@ -26,6 +26,7 @@ from quartet.server.errors import (
     InvalidArgument,
     Violations,
 )
+from quartet.server.events import export, replay
 from quartet.server.events.registry import Registry, Schema, SchemaInvalid
 from quartet.server.events.validation import EventChecker, canonical_uuid, violations_of
 from quartet.server.pagination import decode_page_token, page_size, paged_messages
@@ -285,6 +286,59 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         async for response in self._tails.tail(request, context):
             yield response
 
+    async def ExportEvents(
+        self, request: pb.ExportEventsRequest, context: Context
+    ) -> AsyncIterator[pb.ExportEventsResponse]:
+        async for response in export.export(self._db, request, context, self._max_page_bytes):
+            yield response
+
+    async def CountEvents(
+        self, request: pb.CountEventsRequest, context: Context
+    ) -> pb.CountEventsResponse:
+        violations = Violations()
+        limit = page_size(request)
+        after = decode_page_token(request, (datetime.datetime, str, str))
+        session_id = canonical_uuid(request.session_id, "session_id", violations, required=False)
+        start = optional_timestamp(request, "occur_time_start", violations)
+        end = optional_timestamp(request, "occur_time_end", violations)
+        bucket = _BUCKETS.get(request.bucket, "")
+        violations.check(bool(bucket), "bucket", "is required: a minute, an hour or a day")
+        violations.check(start is not None, "occur_time_start", "is required")
+        violations.check(end is not None, "occur_time_end", "is required")
+        violations.raise_if_any()
+        assert start is not None and end is not None
+        violations.check(end > start, "occur_time_end", "must be after `occur_time_start`")
+        violations.raise_if_any()
+        _check_buckets(bucket, start, end)
+        rows = await self._db.run(
+            events.count_events,
+            bucket,
+            start,
+            end,
+            limit=limit + 1,
+            after=after,
+            application_id=request.application_id,
+            session_id=session_id,
+        )
+        page, token = paged_messages(
+            request,
+            rows,
+            limit,
+            lambda row: row[:3],
+            _count_message,
+            self._max_page_bytes,
+        )
+        return pb.CountEventsResponse(counts=page, next_page_token=token)
+
+    async def ReplayRejectedEvents(
+        self, request: pb.ReplayRejectedEventsRequest, context: Context
+    ) -> AsyncIterator[pb.ReplayRejectedEventsResponse]:
+        progress = replay.replay(
+            self._db, self._checker, request, ID_TAKEN_VIOLATION, self._tails.stored
+        )
+        async for response in progress:
+            yield response
+
     async def ListRejectedEvents(
         self, request: pb.ListRejectedEventsRequest, context: Context
     ) -> pb.ListRejectedEventsResponse:
@@ -307,6 +361,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             application_id=request.application_id,
             reject_time_start=start,
             reject_time_end=end,
+            replay_state=request.replay_state,
         )
         page, token = paged_messages(
             request,
@@ -409,6 +464,47 @@ class _StreamSummary:
         return self._response
 
 
+# CountBucket values, as count_events names them.
+_BUCKETS = {
+    pb.COUNT_BUCKET_MINUTE: "minute",
+    pb.COUNT_BUCKET_HOUR: "hour",
+    pb.COUNT_BUCKET_DAY: "day",
+}
+MAX_BUCKETS = 10_000
+
+
+def _check_buckets(bucket: str, start: datetime.datetime, end: datetime.datetime) -> None:
+    """A count spans at most MAX_BUCKETS buckets, counting the one `start` cuts into, so that
+    a reply (of a single type, say) stays a few pages and the rows counted a bounded range."""
+    length = events.BUCKETS[bucket][2]
+    first = start - (start - datetime.datetime.min) % length
+    spanned = -((first - end) // length)
+    if spanned > MAX_BUCKETS:
+        description = (
+            f"spans {spanned} buckets of a {bucket} from `occur_time_start`; at most "
+            f"{MAX_BUCKETS} are counted at once: count a shorter range, or by longer buckets"
+        )
+        raise InvalidArgument(
+            f"occur_time_end {description}",
+            reason=error_reason_pb2.LIMIT_EXCEEDED,
+            metadata={"max_buckets": str(MAX_BUCKETS)},
+            violations=[
+                FieldViolation(
+                    "occur_time_end",
+                    description,
+                    error_reason_pb2.ErrorReason.Name(error_reason_pb2.LIMIT_EXCEEDED),
+                )
+            ],
+        )
+
+
+def _count_message(row: tuple[datetime.datetime, str, str, int]) -> pb.EventCount:
+    start, category, name, count = row
+    return pb.EventCount(
+        bucket_start_time=to_timestamp(start), category=category, name=name, count=count
+    )
+
+
 def _position(rejected: pb.RejectedEventResult) -> int:
     return rejected.index
 
@@ -490,7 +586,7 @@ def event_message(row: events.Event) -> pb.Event:
 def rejected_message(row: events.RejectedEvent) -> pb.RejectedEvent:
     sent = pb.Event()
     json_format.Parse(row.event, sent, ignore_unknown_fields=True)
-    return pb.RejectedEvent(
+    message = pb.RejectedEvent(
         id=row.id,
         application_id=row.application_id,
         event=sent,
@@ -498,7 +594,12 @@ def rejected_message(row: events.RejectedEvent) -> pb.RejectedEvent:
         reject_time=to_timestamp(row.reject_time),
         size_bytes=row.size or 0,
         data_prefix=row.data_prefix or "",
+        replay_state=pb.ReplayState.ValueType(row.replay_state or pb.REPLAY_STATE_NOT_REPLAYED),
+        replay_violations=[pb.Violation(**v) for v in json.loads(row.replay_violations or "[]")],
     )
+    if row.replay_time is not None:
+        message.replay_time.CopyFrom(to_timestamp(row.replay_time))
+    return message
 
 
 def event_type_message(row: events.EventType) -> pb.EventType:
