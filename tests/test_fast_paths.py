@@ -16,6 +16,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from typing import TypeVar
 
 import peewee
 import pytest
@@ -23,6 +24,13 @@ import pytest
 from quartet import storage
 from quartet.storage import accounts, applications, base, events, scores
 from quartet.storage.scores import NewScore, Score
+
+Row = TypeVar("Row", scores.ScoreRow, events.EventRow)
+
+
+def row_of(row_type: type[Row], model: peewee.Model) -> Row:
+    """What Peewee's own model of a row holds, as the row the fast path reads from the cursor."""
+    return row_type(*(getattr(model, name) for name in row_type._fields))
 
 
 @pytest.fixture
@@ -56,7 +64,7 @@ def test_every_listing_shape_answers_as_peewee_does(database: peewee.Database) -
             name: value for (name, value), on in zip(values.items(), chosen, strict=True) if on
         }
         expected = [
-            row.__data__
+            row_of(scores.ScoreRow, row)
             for row in scores._list_query(  # Peewee's query, compiled for this call
                 7,
                 filters.get("after"),  # type: ignore[arg-type]
@@ -67,8 +75,8 @@ def test_every_listing_shape_answers_as_peewee_does(database: peewee.Database) -
                 "",
             )
         ]
-        first = [row.__data__ for row in scores.list_scores(limit=7, **filters)]  # type: ignore[arg-type]
-        again = [row.__data__ for row in scores.list_scores(limit=7, **filters)]  # type: ignore[arg-type]
+        first = scores.list_scores(limit=7, **filters)  # type: ignore[arg-type]
+        again = scores.list_scores(limit=7, **filters)  # type: ignore[arg-type]
         assert first == again == expected, filters
     compiled = {shape for (shape, kind), sql in base._statements.items() if sql is not None}
     assert len({s for s in compiled if s.startswith("list_scores")}) == 2 ** len(values)
@@ -111,9 +119,12 @@ def test_every_event_listing_shape_answers_as_peewee_does(database: peewee.Datab
         }
         if "name" in filters and "category" not in filters:
             continue  # the service refuses a name without its category
-        expected = [row.__data__ for row in events.events_query(**filters).limit(6)]  # type: ignore[arg-type]
-        first = [row.__data__ for row in events.list_events(limit=6, **filters)]
-        again = [row.__data__ for row in events.list_events(limit=6, **filters)]
+        expected = [
+            row_of(events.EventRow, row)
+            for row in events.events_query(**filters).limit(6)  # type: ignore[arg-type]
+        ]
+        first = events.list_events(limit=6, **filters)
+        again = events.list_events(limit=6, **filters)
         assert first == again == expected, filters
     compiled = [shape for (shape, kind), sql in base._statements.items() if sql is not None]
     assert len({s for s in compiled if s.startswith("list_events")}) == 3 * 2**6
@@ -124,7 +135,7 @@ def test_score_lookup_compiled_once_answers_as_peewee_does(database: peewee.Data
     for _ in range(2):  # compiled, then from the cache
         found = scores.find_score(stored.id)
         assert found is not None
-        assert found.__data__ == Score.get_by_id(stored.id).__data__
+        assert found == row_of(scores.ScoreRow, Score.get_by_id(stored.id))
         assert scores.find_score(stored.id + 1000) is None
     with pytest.raises(storage.RecordNotFound):
         scores.get_score(stored.id + 1000)

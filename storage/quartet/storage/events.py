@@ -8,13 +8,13 @@ import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import peewee
 import psycopg2
 
 from quartet.storage import partitions
-from quartet.storage.base import BaseModel, copy_line, db, prepared, utcnow
+from quartet.storage.base import BaseModel, as_datetime, copy_line, db, prepared, utcnow
 from quartet.storage.errors import RecordNotFound
 
 
@@ -120,6 +120,53 @@ class RejectedEventReason(BaseModel):
 
     class Meta:
         primary_key = peewee.CompositeKey("reason", "reject_time", "rejected_id")
+
+
+class EventRow(NamedTuple):
+    """A stored event as the calls that show events read it, straight from the cursor (see
+    prepared): the columns of EVENT_COLUMNS, in their order, its keyset position last."""
+
+    id: str
+    session_id: str
+    category: str
+    name: str
+    data: str  # JSON
+    application_id: int
+    receive_time: datetime.datetime
+    schema_version: int
+    occur_time: datetime.datetime
+    seq: int
+
+
+EVENT_COLUMNS = (
+    Event.id,
+    Event.session_id,
+    Event.category,
+    Event.name,
+    Event.data,
+    Event.application_id,
+    Event.receive_time,
+    Event.schema_version,
+    Event.occur_time,
+    Event.seq,
+)
+
+
+def event_row(*values: Any) -> EventRow:
+    """The EventRow of the driver's values of EVENT_COLUMNS."""
+    event_id, session, category, name, data, app, receive, version, occur, seq = values
+    return EventRow(
+        event_id,
+        session,
+        category,
+        name,
+        data,
+        app,
+        as_datetime(receive),
+        version,
+        as_datetime(occur),
+        seq,
+    )
 
 
 @dataclass(slots=True)  # not frozen: frozen dataclasses are slow to build, and this is per event
@@ -329,7 +376,7 @@ def get_event(event_id: str) -> Event:
 EventKey = tuple[datetime.datetime, int]
 
 
-def list_events(*, limit: int, **filters: Any) -> list[Event]:
+def list_events(*, limit: int, **filters: Any) -> list[EventRow]:
     """Events in (occur_time, seq) order, or its reverse; see events_query for the filters.
     Compiled once per shape (which filters are given), then run with their values."""
     given = [filters.get(name) for name in _EVENT_FILTERS]
@@ -337,7 +384,12 @@ def list_events(*, limit: int, **filters: Any) -> list[Event]:
     params += [*(filters.get("after") or ()), limit]
     shape = "list_events" + "".join("01"[bool(value)] for value in given)
     shape += "01"[bool(filters.get("after"))] + "01"[bool(filters.get("newest_first"))]
-    return prepared(Event, shape, lambda: events_query(**filters).limit(limit), params)
+    return prepared(
+        shape,
+        lambda: events_query(**filters).select(*EVENT_COLUMNS).limit(limit),
+        params,
+        event_row,
+    )
 
 
 # The filters of events_query whose values are parameters, in the order they appear in its SQL
@@ -563,20 +615,6 @@ def count_events(
     ]  # fmt: skip
 
 
-# The columns of an exported event, in the order export_events gives them: its keyset position
-# last, as in export_lines.
-EXPORT_COLUMNS = (
-    Event.id,
-    Event.session_id,
-    Event.category,
-    Event.name,
-    Event.data,
-    Event.application_id,
-    Event.receive_time,
-    Event.schema_version,
-    Event.occur_time,
-    Event.seq,
-)
 # The keyset position of an exported event: its occur_time as the driver gives it (a datetime on
 # PostgreSQL, the stored text on SQLite, which compares as that text) and its seq.
 ExportKey = tuple[Any, int]
@@ -584,9 +622,9 @@ ExportKey = tuple[Any, int]
 
 def export_events(*, limit: int, after: ExportKey | None, **filters: Any) -> list[tuple[Any, ...]]:
     """The next events of an export after `after` (see events_query for the filters), as the
-    database driver's tuples of EXPORT_COLUMNS: an export reads millions of rows, and models (or
+    database driver's tuples of EVENT_COLUMNS: an export reads millions of rows, and models (or
     even Peewee's conversion of each value) would cost it several times the query's own time."""
-    sql, params = events_query(after=after, **filters).select(*EXPORT_COLUMNS).limit(limit).sql()
+    sql, params = events_query(after=after, **filters).select(*EVENT_COLUMNS).limit(limit).sql()
     return list(db.obj.execute_sql(sql, params).fetchall())
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime
 import math
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import peewee
 
 from quartet.storage.accounts import Account
-from quartet.storage.base import BaseModel, db, prepared, utcnow
+from quartet.storage.base import BaseModel, as_datetime, db, prepared, utcnow
 from quartet.storage.errors import RecordExists, RecordNotFound
 
 
@@ -110,14 +111,36 @@ def _replay(request_id: str, user_id: int | None) -> Score | None:
     return previous
 
 
-def find_score(score_id: int) -> Score | None:
+class ScoreRow(NamedTuple):
+    """A stored score as read by the calls that only show it, straight from the cursor."""
+
+    id: int
+    user_id: int | None
+    input_value: float
+    value: float
+    create_time: datetime.datetime
+
+
+# The columns of a ScoreRow, in its order.
+_ROW_COLUMNS = (Score.id, Score.user, Score.input_value, Score.value, Score.create_time)
+
+
+def _score_row(*values: Any) -> ScoreRow:
+    score_id, user_id, input_value, value, create_time = values
+    return ScoreRow(score_id, user_id, input_value, value, as_datetime(create_time))
+
+
+def find_score(score_id: int) -> ScoreRow | None:
     found = prepared(
-        Score, "find_score", lambda: Score.select().where(Score.id == score_id), [score_id]
+        "find_score",
+        lambda: Score.select(*_ROW_COLUMNS).where(Score.id == score_id),
+        [score_id],
+        _score_row,
     )
     return found[0] if found else None
 
 
-def get_score(score_id: int) -> Score:
+def get_score(score_id: int) -> ScoreRow:
     score = find_score(score_id)
     if score is None:
         raise RecordNotFound("score", score_id)
@@ -133,31 +156,30 @@ def list_scores(
     create_time_start: datetime.datetime | None = None,
     create_time_end: datetime.datetime | None = None,
     search: str = "",
-) -> list[Score]:
+) -> list[ScoreRow]:
     """Scores newest first (then highest id), after the keyset position `after`, at most limit."""
     if search:  # the admin search: a join and a shape of its own each time
-        return list(
-            _list_query(
-                limit,
-                after,
-                score_greater_than,
-                user_id,
-                create_time_start,
-                create_time_end,
-                search,
-            )
-        )
+        sql, found = _list_query(
+            limit,
+            after,
+            score_greater_than,
+            user_id,
+            create_time_start,
+            create_time_end,
+            search,
+        ).sql()
+        return [_score_row(*values) for values in db.obj.execute_sql(sql, found)]
     filters = (score_greater_than, user_id, create_time_start, create_time_end)
     params: list[object] = [value for value in filters if value is not None]
     params += [*(after or ()), limit]
     shape = "list_scores" + "".join("01"[value is not None] for value in (*filters, after))
     return prepared(
-        Score,
         shape,
         lambda: _list_query(
             limit, after, score_greater_than, user_id, create_time_start, create_time_end, ""
         ),
         params,
+        _score_row,
     )
 
 
@@ -170,7 +192,7 @@ def _list_query(
     create_time_end: datetime.datetime | None,
     search: str,
 ) -> peewee.ModelSelect[Score]:
-    query = Score.select()
+    query = Score.select(*_ROW_COLUMNS)
     if score_greater_than is not None:
         query = query.where(Score.value > score_greater_than)
     if user_id is not None:

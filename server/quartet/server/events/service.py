@@ -568,7 +568,7 @@ def new_event_message(event: NewEvent, receive_time: datetime.datetime | None) -
     return message
 
 
-def event_message(row: events.Event) -> pb.Event:
+def event_message(row: events.Event | events.EventRow) -> pb.Event:
     message = pb.Event(
         id=row.id,
         session_id=row.session_id,

@@ -108,7 +108,7 @@ class ScoreServicer(score_service_pb2_grpc.ScoreServiceServicer):
         )
 
 
-def to_message(row: scores.Score) -> score_service_pb2.Score:
+def to_message(row: scores.Score | scores.ScoreRow) -> score_service_pb2.Score:
     message = score_service_pb2.Score(
         id=row.id,
         input_value=row.input_value,
