@@ -3,17 +3,21 @@ database): every group's table and --json, the filters, the token file, and the 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import json
 import os
+import queue
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -335,8 +339,10 @@ def test_tail_prints_events_sent_after_it_started(
         data={"host": "h", "path": "/"},
         occurred_at="2021-01-01 09:15:27",
     )
+    sent: list[str] = []
+    printed: list[str] = []
     with Client(target, token=key) as sender:
-        sender.events.send(before)
+        sender.events.send(before)  # stored before the tail starts: not one it prints
         process = subprocess.Popen(
             [*QUARTET, "events", "tail", "--session", SESSION, "--json"],
             env=env,
@@ -344,26 +350,44 @@ def test_tail_prints_events_sent_after_it_started(
             stderr=subprocess.PIPE,
             text=True,
         )
+        assert process.stdout is not None and process.stderr is not None
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=_put_lines, args=(process.stdout, lines), daemon=True)
+        reader.start()
         try:
-            time.sleep(1.5)  # the command has started following (it starts in well under that)
-            after = [
-                event(
-                    session_id=SESSION,
-                    category="page interaction",
-                    name="pageview",
-                    data={"host": "h", "path": f"/{n}"},
-                    occurred_at="2021-01-01 09:15:28",
-                )
-                for n in range(3)
-            ]
-            sender.events.send_batch(after)
-            assert process.stdout is not None
-            printed = [json.loads(process.stdout.readline()) for _ in after]
+            deadline = time.monotonic() + 60
+            while len(printed) < 3 and time.monotonic() < deadline:
+                if not printed:  # it starts following at a moment no one sees: send till it shows
+                    batch = [
+                        event(
+                            session_id=SESSION,
+                            category="page interaction",
+                            name="pageview",
+                            data={"host": "h", "path": f"/{len(sent) + n}"},
+                            occurred_at="2021-01-01 09:15:28",
+                        )
+                        for n in range(3)
+                    ]
+                    sender.events.send_batch(batch)
+                    sent += [e.id for e in batch]
+                with contextlib.suppress(queue.Empty):
+                    printed.append(json.loads(lines.get(timeout=1))["id"])
         finally:
             process.send_signal(signal.SIGINT)
-            _, stderr = process.communicate(timeout=30)
-    assert [e["id"] for e in printed] == [e.id for e in after]  # not the one sent before
+            process.wait(timeout=30)
+            reader.join(timeout=10)  # it has read to the end of the output
+            stderr = process.stderr.read()
+            process.stdout.close()
+            process.stderr.close()
+    assert len(printed) == 3 and before.id not in printed
+    first = sent.index(printed[0])
+    assert printed == sent[first : first + 3]  # everything stored after it started, in order
     assert process.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
+
+
+def _put_lines(stream: IO[str], into: queue.Queue[str]) -> None:
+    for line in stream:
+        into.put(line)
 
 
 # --- accounts, applications, keys -------------------------------------------------------------
