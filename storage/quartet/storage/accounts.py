@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import peewee
 
+from quartet.storage import changes
 from quartet.storage.base import BaseModel, db, utcnow
 from quartet.storage.errors import RecordExists, RecordNotFound
 
@@ -49,7 +50,10 @@ def create_account(email: str, password_hash: str | None = None, role: str = "us
     email = normalize_email(email)
     try:
         with db.atomic():
-            return Account.create(email=email, password_hash=password_hash, role=role)
+            account: Account = Account.create(email=email, password_hash=password_hash, role=role)
+            # A process may cache the id as unknown (ids are reused after a restore).
+            changes.notify(changes.ACCOUNTS, account.id)
+            return account
     except peewee.IntegrityError:
         raise RecordExists("account", email) from None
 
@@ -75,6 +79,7 @@ def set_role(account_id: int, role: str) -> Account:
     with db.atomic():
         if not Account.update(role=role).where(Account.id == account_id).execute():
             raise RecordNotFound("account", account_id)
+        changes.notify(changes.ACCOUNTS, account_id)
     return get_account(account_id)
 
 
@@ -87,6 +92,7 @@ def set_disabled(account_id: int, disabled: bool, now: datetime.datetime) -> Acc
             query = Account.update(disable_time=None)
         if not query.where(Account.id == account_id).execute():
             raise RecordNotFound("account", account_id)
+        changes.notify(changes.ACCOUNTS, account_id)
     return get_account(account_id)
 
 

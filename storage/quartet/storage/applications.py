@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import peewee
 
+from quartet.storage import changes
 from quartet.storage.base import BaseModel, db, utcnow
 from quartet.storage.errors import RecordExists, RecordNotFound
 
@@ -33,6 +34,7 @@ def create_application(name: str, key_id: str, secret_hash: str) -> tuple[Applic
         with db.atomic():
             application = Application.create(name=name)
             key = ApiKey.create(id=key_id, application=application, secret_hash=secret_hash)
+            changes.notify(changes.API_KEYS, key_id)  # a process may cache the id as unknown
     except peewee.IntegrityError:
         raise RecordExists("application", name) from None
     return application, key
@@ -43,6 +45,7 @@ def add_api_key(application_id: int, key_id: str, secret_hash: str) -> ApiKey:
         if not Application.select().where(Application.id == application_id).exists():
             raise RecordNotFound("application", application_id)
         key: ApiKey = ApiKey.create(id=key_id, application=application_id, secret_hash=secret_hash)
+        changes.notify(changes.API_KEYS, key_id)  # a process may cache the id as unknown
         return key
 
 
@@ -55,6 +58,7 @@ def revoke_api_key(key_id: str) -> ApiKey:
         if key.revoke_time is None:
             key.revoke_time = utcnow()
             key.save()
+            changes.notify(changes.API_KEYS, key_id)
         return key
 
 

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import peewee
 import psycopg2
 
-from quartet.storage import partitions
+from quartet.storage import changes, partitions
 from quartet.storage.base import BaseModel, as_datetime, copy_line, db, prepared, utcnow
 from quartet.storage.errors import RecordNotFound
 
@@ -725,6 +725,7 @@ def add_event_type(category: str, name: str, schema: dict[str, Any]) -> EventTyp
                     version=(current or 0) + 1,
                     schema=json.dumps(schema),
                 )
+                changes.notify(changes.EVENT_TYPES, f"{category}/{name}")
                 return event_type
         except peewee.IntegrityError:
             if attempt == _REGISTRATION_ATTEMPTS:

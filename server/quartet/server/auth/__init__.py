@@ -13,7 +13,7 @@ from quartet.server.auth.policy import (
 from quartet.server.auth.service import AuthServicer
 from quartet.server.auth.tokens import TokenIssuer
 from quartet.server.registration import Service
-from quartet.storage import accounts, applications
+from quartet.storage import accounts, applications, changes
 
 SERVICE = Service(
     descriptor=auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"],
@@ -28,6 +28,7 @@ SERVICE = Service(
         accounts.LoginThrottle,
         applications.Application,
         applications.ApiKey,
+        changes.ChangeCounter,  # announces changes of accounts, keys and event types too
     ),
 )
 
