@@ -673,6 +673,21 @@ def latest_event_types() -> list[EventType]:
     return list(event_types_query())
 
 
+def latest_event_types_named(named: Sequence[tuple[str, str]]) -> list[EventType]:
+    """The latest version of each of these event types (category, name) that exists, in one
+    query. SQLite compares no lists of row values, so the query asks for every pair of the
+    categories and names, a few more rows at most, and the unasked ones are dropped here."""
+    if not named:
+        return []
+    categories = sorted({category for category, _ in named})
+    names = sorted({name for _, name in named})
+    query = event_types_query().where(
+        EventType.category.in_(categories) & EventType.name.in_(names)
+    )
+    wanted = set(named)
+    return [row for row in query if (row.category, row.name) in wanted]
+
+
 def list_event_types(*, limit: int, after: tuple[str, str] | None = None) -> list[EventType]:
     """Up to limit event types at their latest version; see event_types_query."""
     return list(event_types_query(after=after).limit(limit))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,11 +165,23 @@ def _properties_named(error: jsonschema.ValidationError) -> list[str]:
     return []
 
 
-class Registry:
-    """The latest schema of every event type, by (category, name)."""
+# An event type looked up and not found is not looked up again for this long, so that events of
+# a made-up type cost one query per batch at most this often (per worker process). A type
+# registered meanwhile, anywhere, is announced, which ends this at once (forget_missing).
+MISSING_SECONDS = 5.0
+# Event types remembered as missing, at most; past that the memory is cleared (a sender of many
+# made-up types then costs one query per batch, no more).
+MISSING_SIZE = 10_000
 
-    def __init__(self) -> None:
+
+class Registry:
+    """The latest schema of every event type, by (category, name), and the types recently looked
+    up and not found."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._schemas: dict[tuple[str, str], Schema] = {}
+        self._missing: dict[tuple[str, str], float] = {}  # type -> until when it counts missing
+        self._clock = clock
 
     def replace(self, rows: Iterable[events.EventType]) -> None:
         """Use exactly these event types from now on."""
@@ -176,6 +189,36 @@ class Registry:
             (row.category, row.name): Schema.compile(row.version, json.loads(row.schema))
             for row in rows
         }
+        self._missing.clear()
+
+    def unknown(self, named: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Those of these types (category, name) that are neither known nor recently found
+        missing: the ones worth a lookup before their events are rejected."""
+        schemas, missing = self._schemas, self._missing
+        found: set[tuple[str, str]] = set()
+        for key in named:
+            if key in schemas or key in found:
+                continue
+            until = missing.get(key)
+            if until is not None and until > self._clock():
+                continue
+            found.add(key)
+        return sorted(found)
+
+    def learn(self, asked: Iterable[tuple[str, str]], rows: Iterable[events.EventType]) -> None:
+        """Use the rows a lookup of the types `asked` found; remember the rest as missing."""
+        for row in rows:
+            self.add(row)
+        until = self._clock() + MISSING_SECONDS
+        for key in asked:
+            if key not in self._schemas:
+                if len(self._missing) >= MISSING_SIZE:
+                    self._missing.clear()
+                self._missing[key] = until
+
+    def forget_missing(self) -> None:
+        """Look every type up again (one was registered somewhere)."""
+        self._missing.clear()
 
     def add(self, row: events.EventType) -> None:
         """Use this version from now on, unless a later one is known already (concurrent
@@ -185,6 +228,7 @@ class Registry:
             self._schemas[(row.category, row.name)] = Schema.compile(
                 row.version, json.loads(row.schema)
             )
+        self._missing.pop((row.category, row.name), None)
 
     def get(self, category: str, name: str) -> Schema | None:
         return self._schemas.get((category, name))

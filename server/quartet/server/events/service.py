@@ -144,6 +144,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             raise InvalidArgument(
                 "event is required", violations=[FieldViolation("event", "is required")]
             )
+        await self._learn_types([request.event])
         item = self._checker.check(request.event, application_id, utcnow())
         [(status, receive_time)] = await self._submit([item])
         if isinstance(item, Rejection):
@@ -170,6 +171,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         application_id = _sending_application()
         _check_batch_size(request.events, "events")
         self._check_batch_bytes(request.ByteSize(), "events")
+        await self._learn_types(request.events)
         items = self._check_all(request.events, application_id)
         outcomes = await self._submit(items)
         return pb.SendEventsResponse(
@@ -195,6 +197,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
                 messages += 1
                 _check_batch_size(message.events, field, allow_empty=True)
                 self._check_batch_bytes(message.ByteSize(), field)
+                await self._learn_types(message.events)
                 items = self._check_all(message.events, application_id)
                 writing.add(asyncio.ensure_future(self._write(offset, items)))
                 offset += len(items)
@@ -426,6 +429,16 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
                     )
                 ],
             )
+
+    async def _learn_types(self, sent: Sequence[pb.Event]) -> None:
+        """Look up, in one query, the types of these events this process does not know: one
+        registered through another process (or replica) is accepted at once, even before its
+        announcement arrives here. A type found missing is not looked up again for a while
+        (registry.MISSING_SECONDS), unless a registration is announced meanwhile."""
+        unknown = self._registry.unknown((event.category, event.name) for event in sent)
+        if unknown:
+            found = await self._db.read(events.latest_event_types_named, unknown)
+            self._registry.learn(unknown, found)
 
     def _check_all(
         self, sent: Sequence[pb.Event], application_id: int
