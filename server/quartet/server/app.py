@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from quartet import storage
 from quartet.server import budgets, events, metrics, reflection
 from quartet.server.auth import Authenticator, TokenIssuer
+from quartet.server.coherence import kept_coherent
 from quartet.server.interceptors import CallInterceptor
 from quartet.server.registration import Provided
 from quartet.server.services import DATABASE_SERVICES, MEMORY_SERVICES, SERVICE_NAMES, SERVICES
@@ -34,7 +35,8 @@ logger = logging.getLogger(__name__)
 # How each worker keeps the health of the database services true. Every PROBE_INTERVAL seconds
 # it checks the SQLite files (a few system calls: still the file opened, still writable); every
 # REFRESH_INTERVAL it also writes to the database (storage.probe_writes) and reloads the event
-# types (so that a schema registered through another process is used here too). Once a call found
+# types (a fallback: a schema registered through another process is announced, and reloaded
+# within about a second, by quartet.server.coherence). Once a call found
 # the database unavailable, and for as long as it stays so, the write comes every PROBE_INTERVAL:
 # the server turns NOT_SERVING, and SERVING again, within about that much of the change.
 PROBE_INTERVAL = 1.0
@@ -61,6 +63,7 @@ class Server:
     checkpointer: storage.WalCheckpointer
     event_types: events.Registry
     score_writer: storage.BatchWriter[Any, Any]
+    authenticator: Authenticator
     _serving: bool = False
 
     async def start(self) -> None:
@@ -212,7 +215,15 @@ def build_server(
         runner.close()
         raise PortInUse(f"cannot listen on {settings.address}: is the port in use?") from exc
     return Server(
-        server, port, health_servicer, runner, event_writer, checkpointer, registry, score_writer
+        server,
+        port,
+        health_servicer,
+        runner,
+        event_writer,
+        checkpointer,
+        registry,
+        score_writer,
+        authenticator,
     )
 
 
@@ -271,9 +282,9 @@ def _options(settings: Settings, reuse_port: bool) -> list[tuple[str, int]]:
 
 def _connections(settings: Settings) -> int:
     """Pooled connections: one per database thread, the event loop's (SQLite reads run there),
-    the event and score writers', the WAL checkpointer's, the events' upkeep, and one to
-    spare."""
-    return settings.db_threads + 6
+    the event and score writers', the WAL checkpointer's, the events' upkeep, SQLite's change
+    poller (quartet.server.coherence), and one to spare."""
+    return settings.db_threads + 7
 
 
 def _key_pair(settings: Settings) -> tuple[bytes, bytes]:
@@ -339,14 +350,16 @@ async def running(
         settings = with_secret(settings)
         database = open_database(settings)
     server = build_server(settings, database, reuse_port=worker)
-    await server.start()
-    tasks = [asyncio.create_task(server.watch())]
-    if upkeep:
-        tasks.append(asyncio.create_task(keep_events(settings)))
-    try:
-        yield server
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait(tasks)
-        await server.stop(settings.grace_seconds)
+    # Listening before the first load of the caches, so that no change in between is missed.
+    async with kept_coherent(database, server.authenticator, server.event_types, server.runner):
+        await server.start()
+        tasks = [asyncio.create_task(server.watch())]
+        if upkeep:
+            tasks.append(asyncio.create_task(keep_events(settings)))
+        try:
+            yield server
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+            await server.stop(settings.grace_seconds)

@@ -18,9 +18,12 @@ from quartet.server.errors import Unauthenticated
 from quartet.storage import DatabaseRunner, accounts, applications
 
 # How long a key lookup is reused. Events arrive by the thousand per second with the same few
-# keys: without the cache each would cost a database round trip. A key revoked through this
-# process is dropped from its cache at once; the other worker processes (and replicas) keep
-# accepting it until their entry expires, so for up to this long.
+# keys: without the cache each would cost a database round trip. A key created or revoked through
+# any process is dropped from every process's cache when the change is announced
+# (quartet.server.coherence: within about a second, usually milliseconds, on every worker of
+# every replica); this expiry is only the bound for a process that cannot follow the
+# announcements (its listener lost the database), which keeps accepting a revoked key for up to
+# this long.
 KEY_CACHE_SECONDS = 10.0
 # Keys found (valid or revoked) kept at most; the oldest lookups go first.
 KEY_CACHE_SIZE = 10_000
@@ -33,9 +36,10 @@ KEY_MISS_CACHE_SIZE = 1_000
 # text (a tampered token included) is another key, so it is verified in full.
 TOKEN_CACHE_SIZE = 10_000
 # Each call with an access token takes the account's role and state from the database, not from
-# the token: a role change, a disabled or a deleted account takes effect within the same bound as
-# a revoked API key (at once in the process that made the change). Accounts looked up (found or
-# not: only this server signs the ids in tokens) are kept this long, this many at most.
+# the token: a role change, a disabled or a deleted account takes effect as a revoked API key
+# does (announced to every process; this expiry only bounds a process that cannot follow the
+# announcements). Accounts looked up (found or not: only this server signs the ids in tokens)
+# are kept this long, this many at most.
 ACCOUNT_CACHE_SECONDS = KEY_CACHE_SECONDS
 ACCOUNT_CACHE_SIZE = 10_000
 
@@ -80,6 +84,9 @@ class ExpiringCache(Generic[V]):
 
     def pop(self, key: str) -> None:
         self._items.pop(key, None)
+
+    def clear(self) -> None:
+        self._items.clear()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -216,7 +223,8 @@ class Authenticator:
         task.add_done_callback(lambda _: self._lookups.pop(name, None))
 
     def forget_account(self, account_id: int) -> None:
-        """Drop an account from the cache (after its role or state changed here)."""
+        """Drop an account from the cache (after its role or state changed, here or
+        elsewhere)."""
         self._accounts.pop(str(account_id))
 
     async def _application(self, key_id: str, secret: str) -> Caller:
@@ -240,8 +248,18 @@ class Authenticator:
         return Caller("application", application_id, "application")
 
     def forget_key(self, key_id: str) -> None:
-        """Drop a key from the cache (after it was revoked here)."""
+        """Drop a key from the caches (after it was created or revoked, here or elsewhere)."""
         self._keys.pop(key_id)
+        self._missing.pop(key_id)
+
+    def forget_keys(self) -> None:
+        """Drop every key from the caches (some changed, which is not known)."""
+        self._keys.clear()
+        self._missing.clear()
+
+    def forget_accounts(self) -> None:
+        """Drop every account from the cache (some changed, which is not known)."""
+        self._accounts.clear()
 
 
 # The authenticator and metadata of the current call, recorded by `authenticate`.
@@ -255,7 +273,8 @@ def rechecked(requests: AsyncIterator[M]) -> AsyncIterator[M]:
     the first, so that a stream opened before its account was disabled or deleted, its role
     lowered or its API key revoked stops at the next message (UNAUTHENTICATED or
     PERMISSION_DENIED, as a new call would be answered), not when the client ends it. A check
-    costs a cache lookup; the database is asked once per cache period (10 s) at most.
+    costs a cache lookup; the database is asked once per cache period (10 s) at most, or after
+    a change of the caller was announced.
 
     Call it in the call's own task: the caller and its credentials are taken at once."""
     caller = current_caller()
