@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 
 import peewee
@@ -23,8 +24,11 @@ def migrate(database: peewee.Database, target: str | None = None) -> list[str]:
     """Apply pending migrations (up to and including target) and return the names applied.
 
     Without a target, also load the reference data of this version (regions) unless the database
-    already holds it. On PostgreSQL an advisory lock makes concurrent starts (several replicas)
-    migrate one at a time.
+    already holds it. Concurrent starts (several replicas, or servers on one SQLite file) migrate
+    one at a time, each after the one before has finished, so each migration is applied once: on
+    PostgreSQL under an advisory lock, on SQLite under an flock() of `<database>.migratelock`
+    (the runner's own transactions cannot serialise it: it reads which migrations are applied
+    before it begins one).
     """
     with database.connection_context():
         runner = migrations.Runner(database, str(MIGRATIONS))
@@ -34,7 +38,9 @@ def migrate(database: peewee.Database, target: str | None = None) -> list[str]:
                 return _up(runner, database, target)
             finally:
                 database.execute_sql("SELECT pg_advisory_unlock(%s)", (_PG_MIGRATION_LOCK,))  # type: ignore[no-untyped-call]
-        return _up(runner, database, target)
+        with open(f"{database.database}.migratelock", "a") as lock:  # closing it unlocks
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return _up(runner, database, target)
 
 
 def _up(runner: migrations.Runner, database: peewee.Database, target: str | None) -> list[str]:
