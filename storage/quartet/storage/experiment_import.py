@@ -10,7 +10,9 @@ and the stored data set was never touched.
   Users and compounds go to temporary tables; experiments and their compound lists, the bulk of
   an import, go by COPY straight into new tables shaped like the stored ones, written while the
   next rows are parsed. Publishing then only builds their keys and indexes and swaps them in for
-  the old tables. An advisory lock makes concurrent imports publish one after the other.
+  the old tables. An advisory lock makes concurrent imports (on any worker of any replica)
+  publish one after the other: the later one waits, then replaces the data set whole, so the
+  data set is always exactly one import's.
 - SQLite: writing temporary tables takes no lock on the main database, so other writers carry on
   while a long upload is staged; the main database is locked only while publishing.
 
@@ -128,13 +130,20 @@ class Staging:
 
     def _create_load_table(self, table: str, model: type[peewee.Model]) -> None:
         """A table with the stored table's columns and types, nullable (a staged row whose cell
-        could not be parsed holds NULL: such an import never publishes), without keys yet."""
+        could not be parsed holds NULL: such an import never publishes), without keys yet.
+
+        The columns are read from the catalog, not copied with `LIKE`: that would hold a lock on
+        the stored table until this import commits, and an import publishing meanwhile (under
+        the lock below, from another worker or replica) needs that table's exclusive lock to
+        drop it, while this one would wait for its publish lock: a deadlock."""
         stored = model._meta.table_name
-        self._sql(f"CREATE TABLE {table} (LIKE {stored} INCLUDING DEFAULTS)")
-        nullable = ", ".join(
-            f"ALTER COLUMN {field.column_name} DROP NOT NULL" for field in model._meta.sorted_fields
-        )
-        self._sql(f"ALTER TABLE {table} {nullable}")
+        [(columns,)] = self._sql(
+            "SELECT string_agg(quote_ident(attname) || ' ' || format_type(atttypid, atttypmod),"
+            " ', ' ORDER BY attnum) FROM pg_attribute"
+            " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+            (stored,),
+        ).fetchall()
+        self._sql(f"CREATE TABLE {table} ({columns})")
 
     def add_users(self, rows: Sequence[UserRow]) -> None:
         self._insert("import_user", rows)
