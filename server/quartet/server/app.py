@@ -282,9 +282,9 @@ def _options(settings: Settings, reuse_port: bool) -> list[tuple[str, int]]:
 
 def _connections(settings: Settings) -> int:
     """Pooled connections: one per database thread, the event loop's (SQLite reads run there),
-    the event and score writers', the WAL checkpointer's, the events' upkeep, SQLite's change
-    poller (quartet.server.coherence), and one to spare."""
-    return settings.db_threads + 7
+    the event and score writers', the WAL checkpointer's, the events' upkeep, and one to
+    spare."""
+    return settings.db_threads + 6
 
 
 def _key_pair(settings: Settings) -> tuple[bytes, bytes]:

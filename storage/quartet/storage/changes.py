@@ -23,15 +23,17 @@ import contextlib
 import logging
 import os
 import select
+import sqlite3
 import threading
 from collections.abc import Callable
+from urllib.parse import quote
 
 import peewee
 import psycopg2
 import psycopg2.extensions
 
 from quartet.storage.base import BaseModel, db
-from quartet.storage.database import unavailable
+from quartet.storage.errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +97,7 @@ class ChangeListener:
     """Calls on_change(topic, key) for every change announced by any process, from a thread of
     its own (so on_change must hand the work to whoever owns the caches). Every topic is reported
     changed (key None) when it starts listening, and again whenever it listens again after a
-    failure. A database that is neither PostgreSQL nor SQLite has no listener: nothing starts."""
+    failure."""
 
     def __init__(
         self,
@@ -150,18 +152,31 @@ class ChangeListener:
         self._everything()
 
     def _poll(self) -> None:
-        """SQLite: read the counters every poll_seconds; report the topics whose counter moved."""
+        """SQLite: read the counters every poll_seconds; report the topics whose counter moved.
+
+        Through a read-only connection of its own, not the pool's: a connection SQLite opens
+        while the files cannot be written (a storage fault) is read-only for good, and one
+        given back to the pool would later fail every write handed it. The files are checked
+        before each read, as the pool's connections check them (a read writes to -shm)."""
         seen: dict[str, int] | None = None
+        connection: sqlite3.Connection | None = None
+        path = os.path.abspath(self._database.database)
         while not self._stop.is_set():
             try:
-                with self._database.connection_context():
-                    rows = self._database.execute_sql(  # type: ignore[no-untyped-call]
-                        "SELECT topic, value FROM change_counter"
+                self._database.check_files(writing=False)  # type: ignore[attr-defined]
+                if connection is None:
+                    connection = sqlite3.connect(
+                        f"file:{quote(path)}?mode=ro",
+                        uri=True,
+                        isolation_level=None,
+                        check_same_thread=False,
                     )
-                    counters = {str(topic): int(value) for topic, value in rows}
-            except Exception as exc:
-                if not unavailable(exc):
-                    logger.exception("reading the change counters failed")
+                rows = connection.execute("SELECT topic, value FROM change_counter").fetchall()
+                counters = {str(topic): int(value) for topic, value in rows}
+            except (sqlite3.Error, DatabaseUnavailable) as exc:
+                if connection is not None:
+                    connection.close()
+                    connection = None
                 self._failed(exc)
                 seen = None
                 self._stop.wait(self._retry_seconds)
@@ -174,6 +189,8 @@ class ChangeListener:
                         self._on_change(topic, None)
             seen = counters
             self._stop.wait(self._poll_seconds)
+        if connection is not None:
+            connection.close()
 
     def _listen(self) -> None:
         """PostgreSQL: LISTEN on one connection of its own, reconnecting after any failure."""
