@@ -167,7 +167,8 @@ class AuthServiceServicer:
 
     def SetAccountRole(self, request, context):
         """Changes an account's role. Calls are admitted by the account's current role, whatever role
-        its access tokens were issued with: the change applies to every call within 10 seconds.
+        its access tokens were issued with: the change applies to every call within a second (10
+        seconds at most, on a server that has lost track of changes).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -176,7 +177,7 @@ class AuthServiceServicer:
     def DisableAccount(self, request, context):
         """Disables an account (AIP-136 custom method). From then on its access tokens, refresh
         tokens and logins are refused with UNAUTHENTICATED, reason ACCOUNT_DISABLED, on every
-        method, within the same 10 seconds as SetAccountRole. Nothing is deleted: EnableAccount
+        method, within the same bound as SetAccountRole. Nothing is deleted: EnableAccount
         undoes it, and tokens not yet expired work again. Disabling a disabled account keeps its
         first disable_time. An admin may not disable their own account.
         """
@@ -214,8 +215,9 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeApiKey(self, request, context):
-        """Revokes an API key. Calls with the key are refused within 10 seconds (UNAUTHENTICATED,
-        reason CREDENTIALS_REVOKED); until then some may still be accepted. Revoking a revoked key
+        """Revokes an API key. Calls with the key are refused within a second, by every server (10
+        seconds at most, on one that has lost track of changes) (UNAUTHENTICATED, reason
+        CREDENTIALS_REVOKED); until then some may still be accepted. Revoking a revoked key
         keeps its first revoke_time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

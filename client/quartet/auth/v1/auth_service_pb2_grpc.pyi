@@ -73,12 +73,13 @@ class AuthServiceStub:
     """Lists accounts, oldest first."""
     SetAccountRole: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.SetAccountRoleRequest, _auth_service_pb2.Account]
     """Changes an account's role. Calls are admitted by the account's current role, whatever role
-    its access tokens were issued with: the change applies to every call within 10 seconds.
+    its access tokens were issued with: the change applies to every call within a second (10
+    seconds at most, on a server that has lost track of changes).
     """
     DisableAccount: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.DisableAccountRequest, _auth_service_pb2.Account]
     """Disables an account (AIP-136 custom method). From then on its access tokens, refresh
     tokens and logins are refused with UNAUTHENTICATED, reason ACCOUNT_DISABLED, on every
-    method, within the same 10 seconds as SetAccountRole. Nothing is deleted: EnableAccount
+    method, within the same bound as SetAccountRole. Nothing is deleted: EnableAccount
     undoes it, and tokens not yet expired work again. Disabling a disabled account keeps its
     first disable_time. An admin may not disable their own account.
     """
@@ -93,8 +94,9 @@ class AuthServiceStub:
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CreateApiKeyRequest, _auth_service_pb2.CreateApiKeyResponse]
     """Issues another API key for an application, for example to rotate keys."""
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeApiKeyRequest, _auth_service_pb2.ApiKey]
-    """Revokes an API key. Calls with the key are refused within 10 seconds (UNAUTHENTICATED,
-    reason CREDENTIALS_REVOKED); until then some may still be accepted. Revoking a revoked key
+    """Revokes an API key. Calls with the key are refused within a second, by every server (10
+    seconds at most, on one that has lost track of changes) (UNAUTHENTICATED, reason
+    CREDENTIALS_REVOKED); until then some may still be accepted. Revoking a revoked key
     keeps its first revoke_time.
     """
 
@@ -143,12 +145,13 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """Lists accounts, oldest first."""
     SetAccountRole: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.SetAccountRoleRequest, _auth_service_pb2.Account]  # type: ignore[assignment]
     """Changes an account's role. Calls are admitted by the account's current role, whatever role
-    its access tokens were issued with: the change applies to every call within 10 seconds.
+    its access tokens were issued with: the change applies to every call within a second (10
+    seconds at most, on a server that has lost track of changes).
     """
     DisableAccount: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.DisableAccountRequest, _auth_service_pb2.Account]  # type: ignore[assignment]
     """Disables an account (AIP-136 custom method). From then on its access tokens, refresh
     tokens and logins are refused with UNAUTHENTICATED, reason ACCOUNT_DISABLED, on every
-    method, within the same 10 seconds as SetAccountRole. Nothing is deleted: EnableAccount
+    method, within the same bound as SetAccountRole. Nothing is deleted: EnableAccount
     undoes it, and tokens not yet expired work again. Disabling a disabled account keeps its
     first disable_time. An admin may not disable their own account.
     """
@@ -163,8 +166,9 @@ class AuthServiceAsyncStub(AuthServiceStub):
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CreateApiKeyRequest, _auth_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
     """Issues another API key for an application, for example to rotate keys."""
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeApiKeyRequest, _auth_service_pb2.ApiKey]  # type: ignore[assignment]
-    """Revokes an API key. Calls with the key are refused within 10 seconds (UNAUTHENTICATED,
-    reason CREDENTIALS_REVOKED); until then some may still be accepted. Revoking a revoked key
+    """Revokes an API key. Calls with the key are refused within a second, by every server (10
+    seconds at most, on one that has lost track of changes) (UNAUTHENTICATED, reason
+    CREDENTIALS_REVOKED); until then some may still be accepted. Revoking a revoked key
     keeps its first revoke_time.
     """
 
@@ -246,7 +250,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.Account, _abc.Awaitable[_auth_service_pb2.Account]]:
         """Changes an account's role. Calls are admitted by the account's current role, whatever role
-        its access tokens were issued with: the change applies to every call within 10 seconds.
+        its access tokens were issued with: the change applies to every call within a second (10
+        seconds at most, on a server that has lost track of changes).
         """
 
     @_abc_1.abstractmethod
@@ -257,7 +262,7 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_auth_service_pb2.Account, _abc.Awaitable[_auth_service_pb2.Account]]:
         """Disables an account (AIP-136 custom method). From then on its access tokens, refresh
         tokens and logins are refused with UNAUTHENTICATED, reason ACCOUNT_DISABLED, on every
-        method, within the same 10 seconds as SetAccountRole. Nothing is deleted: EnableAccount
+        method, within the same bound as SetAccountRole. Nothing is deleted: EnableAccount
         undoes it, and tokens not yet expired work again. Disabling a disabled account keeps its
         first disable_time. An admin may not disable their own account.
         """
@@ -302,8 +307,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.RevokeApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.ApiKey, _abc.Awaitable[_auth_service_pb2.ApiKey]]:
-        """Revokes an API key. Calls with the key are refused within 10 seconds (UNAUTHENTICATED,
-        reason CREDENTIALS_REVOKED); until then some may still be accepted. Revoking a revoked key
+        """Revokes an API key. Calls with the key are refused within a second, by every server (10
+        seconds at most, on one that has lost track of changes) (UNAUTHENTICATED, reason
+        CREDENTIALS_REVOKED); until then some may still be accepted. Revoking a revoked key
         keeps its first revoke_time.
         """
 
