@@ -9,6 +9,7 @@ servers on one file (one host), which exercises the change counters instead of L
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import time
@@ -57,6 +58,12 @@ def replicas(database_url: str, workers: str = WORKERS) -> Iterator[tuple[str, s
 def make_admin(database_url: str, email: str = "ops@example.com") -> str:
     """An admin's access token, the account made directly in the database."""
     return mint_token(create_account(database_url, email, "admin"), "admin")
+
+
+def new_application(address: str, admin: str) -> auth_service_pb2.CreateApplicationResponse:
+    """An application registered through the server at address, with its first key."""
+    with Client(address, token=admin) as client:
+        return client.auth.create_application("web")
 
 
 def create_account(
@@ -121,8 +128,7 @@ def test_a_type_registered_on_one_replica_is_accepted_at_once_on_the_other(
 ) -> None:
     with replicas(database_url) as (a, b):
         admin = make_admin(database_url)
-        with Client(a, token=admin) as on_a:
-            key = on_a.auth.create_application("web").api_key
+        key = new_application(a, admin).api_key
         with Client(b, token=key) as sender:
             with pytest.raises(QuartetError) as caught:  # B looked the type up: unknown
                 sender.events.send(page_view(category="shop", name="order"))
@@ -134,14 +140,8 @@ def test_a_type_registered_on_one_replica_is_accepted_at_once_on_the_other(
             # Sent right after the registration: stored, not rejected (looked up, or announced).
             assert not sender.events.send(page_view(category="shop", name="refund")).duplicate
             # The type B had found missing a moment ago is accepted too.
-            seconds = seconds_until(
-                lambda: (
-                    not refused(
-                        lambda: sender.events.send(page_view(category="shop", name="order")),
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                    )
-                )
-            )
+            order = functools.partial(sender.events.send, page_view(category="shop", name="order"))
+            seconds = seconds_until(lambda: not refused(order, grpc.StatusCode.INVALID_ARGUMENT))
             assert seconds < BOUND_SECONDS
 
 
@@ -150,17 +150,13 @@ def test_a_key_revoked_on_one_replica_is_refused_on_the_other_within_a_second(
 ) -> None:
     with replicas(database_url) as (a, b):
         admin = make_admin(database_url)
-        with Client(a, token=admin) as on_a:
-            created = on_a.auth.create_application("web")
+        created = new_application(a, admin)
         with Client(b, token=created.api_key) as sender:
             sender.events.send(page_view())  # B's worker caches the key as valid
             with Client(a, token=admin) as on_a:
                 on_a.auth.revoke_api_key(created.application.api_keys[0].id)
-            seconds = seconds_until(
-                lambda: refused(
-                    lambda: sender.events.send(page_view()), grpc.StatusCode.UNAUTHENTICATED
-                )
-            )
+            send = functools.partial(sender.events.send, page_view())
+            seconds = seconds_until(lambda: refused(send, grpc.StatusCode.UNAUTHENTICATED))
     print(f"revoked on A, refused on B after {seconds * 1000:.0f} ms")
     assert seconds < BOUND_SECONDS
 
@@ -193,8 +189,7 @@ def test_a_role_change_and_a_disabled_account_are_seen_on_the_other_replica_with
 
 def test_the_same_event_sent_to_both_replicas_is_stored_once(database_url: str) -> None:
     with replicas(database_url) as (a, b):
-        with Client(a, token=make_admin(database_url)) as on_a:
-            key = on_a.auth.create_application("web").api_key
+        key = new_application(a, make_admin(database_url)).api_key
         with Client(a, token=key) as to_a, Client(b, token=key) as to_b:
             for _ in range(20):
                 message = page_view(event_id=str(uuid.uuid4()))
