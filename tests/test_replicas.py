@@ -28,7 +28,7 @@ from quartet.client import Client, QuartetError, event
 from quartet.events.v1 import event_service_pb2
 from quartet.experiments.v1 import experiment_service_pb2
 from quartet.server.auth.authenticator import KEY_CACHE_SECONDS
-from quartet.storage import accounts
+from quartet.storage import accounts, events
 from tests.conftest import SECRET, mint_token
 from tests.helpers import Background, ServerProcess, database_unreachable, server_process
 from tests.test_experiments import FIXTURE_EXPERIMENTS, FIXTURE_USERS, figures, load, report
@@ -37,6 +37,7 @@ from tests.test_experiments import FIXTURE_EXPERIMENTS, FIXTURE_USERS, figures, 
 BOUND_SECONDS = 1.0
 WORKERS = "2"  # per replica, so that changes cross worker processes as well as replicas
 SESSION = "e2085be5-9137-4e4e-80b5-f1ffddc25423"
+STORED = event_service_pb2.EVENT_STATUS_STORED
 
 
 @contextlib.contextmanager
@@ -311,3 +312,32 @@ def revoke_unannounced(database_url: str, key_id: str) -> None:
     with psycopg2.connect(database_url) as postgres, postgres.cursor() as cursor:
         cursor.execute("UPDATE api_key SET revoke_time = now() WHERE id = %s", (key_id,))
     postgres.close()
+
+
+def test_made_up_types_are_looked_up_once_until_a_registration_is_announced(
+    client: Client, target: str, run_in_db: Callable[..., object]
+) -> None:
+    def made_up() -> list[event_service_pb2.Event]:
+        return [page_view(category="made up", name=f"type {n}") for n in range(100)]
+
+    with Client(target, token=client.auth.create_application("web").api_key) as sender:
+
+        def stored() -> set[int]:
+            results = sender.events.send_batch(made_up()).results
+            return {n for n, r in enumerate(results) if r.status == STORED}
+
+        assert stored() == set()
+        # Registered behind quartet's back, unannounced: the types found missing a moment ago are
+        # not looked up again, so the batch costs no query and is rejected as before.
+        run_in_db(insert_unannounced_type, "made up", "type 7")
+        assert stored() == set()
+        # A registration anywhere is announced, and that ends it (every missing type is looked
+        # up again, the unannounced one too).
+        run_in_db(events.add_event_type, "made up", "type 8", {"type": "object"})
+        assert seconds_until(lambda: stored() == {7, 8}) < BOUND_SECONDS
+
+
+def insert_unannounced_type(category: str, name: str) -> None:
+    events.EventType.insert(
+        category=category, name=name, version=1, schema='{"type": "object"}'
+    ).execute()
