@@ -28,6 +28,7 @@ from quartet.client import Client, QuartetError, event
 from quartet.events.v1 import event_service_pb2
 from quartet.experiments.v1 import experiment_service_pb2
 from quartet.server.auth.authenticator import KEY_CACHE_SECONDS
+from quartet.server.events import registry
 from quartet.storage import accounts, events
 from tests.conftest import SECRET, mint_token
 from tests.helpers import Background, ServerProcess, database_unreachable, server_process
@@ -341,3 +342,17 @@ def insert_unannounced_type(category: str, name: str) -> None:
     events.EventType.insert(
         category=category, name=name, version=1, schema='{"type": "object"}'
     ).execute()
+
+
+def test_a_replay_looks_up_the_types_it_does_not_know(
+    client: Client, target: str, run_in_db: Callable[..., object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing is remembered as missing, so that only the replay's own lookup can find the type
+    # registered below without an announcement (as by another replica a moment ago).
+    monkeypatch.setattr(registry, "MISSING_SECONDS", 0.0)
+    with Client(target, token=client.auth.create_application("web").api_key) as sender:
+        sent = sender.events.send_batch([page_view(category="late", name="type") for _ in range(3)])
+    assert {r.status for r in sent.results} == {event_service_pb2.EVENT_STATUS_REJECTED}
+    run_in_db(insert_unannounced_type, "late", "type")
+    *_, progress = client.events.replay_rejected(category="late")
+    assert (progress.stored_count, progress.still_rejected_count) == (3, 0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -48,15 +48,19 @@ async def replay(
     request: pb.ReplayRejectedEventsRequest,
     id_taken: dict[str, str],
     stored: Callable[[], None],
+    learn_types: Callable[[Sequence[pb.Event]], Awaitable[None]],
 ) -> AsyncIterator[pb.ReplayRejectedEventsResponse]:
     """The ReplayRejectedEvents call: a progress message after each chunk (one, of zeros, when
-    nothing matches). `stored()` is called after each chunk that stored events (it wakes tails)."""
+    nothing matches). `stored()` is called after each chunk that stored events (it wakes tails);
+    `learn_types` looks up the chunk's event types this process does not know (a type
+    registered through another replica a moment ago, its announcement still on the way)."""
     filters, category, name = _checked(request)
     progress = pb.ReplayRejectedEventsResponse()
     sent_one = False
     async for rows in rechecked(_chunks(runner, filters)):
         now = utcnow()
         replayed: list[tuple[int, NewEvent | list[dict[str, str]]]] = []
+        chosen: list[tuple[events.RejectedEvent, pb.Event, bool]] = []
         for row in rows:
             done = row.replay_state in (ReplayState.STORED, ReplayState.ALREADY_STORED)
             if done and not category:
@@ -65,6 +69,9 @@ async def replay(
             sent = sent_event(row.event)
             if (category and sent.category != category) or (name and sent.name != name):
                 continue
+            chosen.append((row, sent, done))
+        await learn_types([sent for _, sent, done in chosen if not done])
+        for row, sent, done in chosen:
             if done:
                 progress.already_stored_count += 1
             elif row.data_prefix is not None:

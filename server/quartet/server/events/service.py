@@ -337,7 +337,12 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         self, request: pb.ReplayRejectedEventsRequest, context: Context
     ) -> AsyncIterator[pb.ReplayRejectedEventsResponse]:
         progress = replay.replay(
-            self._db, self._checker, request, ID_TAKEN_VIOLATION, self._tails.stored
+            self._db,
+            self._checker,
+            request,
+            ID_TAKEN_VIOLATION,
+            self._tails.stored,
+            self._learn_types,
         )
         async for response in progress:
             yield response
