@@ -197,7 +197,7 @@ class Registry:
         schemas, missing = self._schemas, self._missing
         found: set[tuple[str, str]] = set()
         for key in named:
-            if key in schemas or key in found:
+            if key in schemas or key in found or not _registrable(key):
                 continue
             until = missing.get(key)
             if until is not None and until > self._clock():
@@ -259,3 +259,9 @@ def register_file(database: peewee.Database, path: Path) -> list[events.EventTyp
             if latest.get((category, name)) != schema:
                 registered.append(events.add_event_type(category, name, schema))
     return registered
+
+
+def _registrable(key: tuple[str, str]) -> bool:
+    """Whether CreateEventType could have stored this type: the others (a control character,
+    which PostgreSQL cannot even compare, or a length out of bounds) are rejected unasked."""
+    return all(0 < len(part) <= TEXT_LENGTH and text_problem(part) is None for part in key)
