@@ -73,7 +73,7 @@ def publishable_origins() -> set[str]:
     query = ApiKey.select(ApiKey.allowed_origins).where(
         (ApiKey.kind == "publishable") & ApiKey.revoke_time.is_null()
     )
-    return {origin for (text,) in query.tuples() if text for origin in text.split("\n")}
+    return {origin for key in query for origin in key.origins}
 
 
 def revoke_api_key(key_id: str) -> ApiKey:
