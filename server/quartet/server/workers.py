@@ -74,15 +74,15 @@ def serve(settings: Settings) -> int:
     supervisor = _Supervisor(settings)
     if supervisor.start(roles):
         logger.info(
-            "quartet listening on %s%s (%d worker%s%s, database %s)",
+            "quartet listening on %s (%d worker%s%s, database %s)%s",
             _address(settings),
-            f", HTTP (Connect, gRPC-Web) on port {settings.http_port}"
-            if settings.http_port
-            else "",
             settings.workers,
             "s" if settings.workers > 1 else "",
             ", each pinned to a core" if pin else "",
             storage.redacted(settings.database_url),
+            f"; HTTP (Connect, gRPC-Web) on port {settings.http_port}"
+            if settings.http_port
+            else "",
         )
     return supervisor.run()
 
