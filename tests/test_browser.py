@@ -19,8 +19,6 @@ from urllib.parse import urlencode
 import pytest
 
 from quartet.client import Client
-from quartet.server.settings import Settings
-from quartet.server.testing import running_servers
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "docs" / "examples" / "browser"
@@ -47,14 +45,8 @@ def page_server() -> Iterator[str]:
 
 
 @pytest.fixture
-def servers(settings: Settings) -> Iterator[tuple[str, str]]:
-    with running_servers(settings) as addresses:
-        yield addresses
-
-
-@pytest.fixture
-def target(servers: tuple[str, str]) -> str:
-    return servers[0]
+def target(http_servers: tuple[str, str]) -> str:
+    return http_servers[0]
 
 
 @pytest.fixture
@@ -94,26 +86,30 @@ def key_for(client: Client, origin: str) -> str:
     return client.auth.create_api_key(application.id, allowed_origins=[origin]).api_key
 
 
-def test_page_sends_the_example_events(servers: tuple[str, str], client: Client, page: str) -> None:
+def test_page_sends_the_example_events(
+    http_servers: tuple[str, str], client: Client, page: str
+) -> None:
     session = str(uuid.uuid4())
-    status = drive(open_page(page, servers[1], key_for(client, page), session), "flush")
+    status = drive(open_page(page, http_servers[1], key_for(client, page), session), "flush")
     assert status.startswith("sent:"), status
     assert stored(client, session, 3) == ["cta click", "pageview", "submit"]
 
 
 def test_page_on_another_origin_is_refused(
-    servers: tuple[str, str], client: Client, page: str
+    http_servers: tuple[str, str], client: Client, page: str
 ) -> None:
     session = str(uuid.uuid4())
     key = key_for(client, "https://shop.example.com")
-    status = drive(open_page(page, servers[1], key, session), "flush")
+    status = drive(open_page(page, http_servers[1], key, session), "flush")
     # The preflight is refused, so the browser does not even send the events.
     assert status.startswith("refused:"), status
     assert stored(client, session, 0) == []
 
 
-def test_closing_page_still_delivers(servers: tuple[str, str], client: Client, page: str) -> None:
+def test_closing_page_still_delivers(
+    http_servers: tuple[str, str], client: Client, page: str
+) -> None:
     session = str(uuid.uuid4())
-    url = open_page(page, servers[1], key_for(client, page), session, stay="1")
+    url = open_page(page, http_servers[1], key_for(client, page), session, stay="1")
     assert drive(url, "close") == "closed"
     assert stored(client, session, 3) == ["cta click", "pageview", "submit"]

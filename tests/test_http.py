@@ -27,21 +27,20 @@ WHERE = {"host": "www.ca.com", "path": "/"}
 
 
 @pytest.fixture
-def servers(settings: Settings) -> Iterator[tuple[str, str]]:
-    settings = dataclasses.replace(settings, http_calls_per_address=5)
-    with running_servers(settings) as addresses:
-        yield addresses
+def settings(settings: Settings) -> Settings:
+    """Few calls a second per address, for test_rate_limit_per_address."""
+    return dataclasses.replace(settings, http_calls_per_address=5)
 
 
 @pytest.fixture
-def target(servers: tuple[str, str]) -> str:
+def target(http_servers: tuple[str, str]) -> str:
     """The gRPC address, for the SDK fixtures (admin, client, sign_in) of conftest."""
-    return servers[0]
+    return http_servers[0]
 
 
 @pytest.fixture
-def http(servers: tuple[str, str]) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=servers[1], timeout=10) as client:
+def http(http_servers: tuple[str, str]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=http_servers[1], timeout=10) as client:
         yield client
 
 
