@@ -22,6 +22,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     QUARTET_ENV=production \
     QUARTET_HOST=0.0.0.0 \
     QUARTET_PORT=50051 \
+    QUARTET_HTTP_PORT=8080 \
     QUARTET_METRICS_PORT=9464 \
     QUARTET_LOG_FORMAT=json
 RUN groupadd --gid 10001 quartet \
@@ -33,7 +34,7 @@ RUN pip install --no-cache-dir "$(find /wheels -name 'quartet-*.whl')[server,cli
     && rm -r /wheels
 USER 10001:10001
 VOLUME ["/data"]
-EXPOSE 50051 9464
+EXPOSE 50051 8080 9464
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["sh", "-c", "python -m quartet.client.health 127.0.0.1:${QUARTET_PORT}"]
 CMD ["quartet", "server", "serve"]

@@ -230,6 +230,12 @@ def render_reference(descriptor_set: Path, proto_files: list[str]) -> str:
         "control characters (U+0000 to U+001F, U+007F). A field marked `IGNORE_ALWAYS` is checked",
         "by the method itself, as its description says.",
         "",
+        "With `--http-port` (`docs/http.md`) each method is also served over HTTP at the path its",
+        "**HTTP** list gives, with the Connect protocol (JSON or binary body; `GET` too for a",
+        "`NO_SIDE_EFFECTS` method) and gRPC-Web. The curl lines assume `--http-port 8080` and a",
+        "token or API key in `$TOKEN`; `{}` is an empty request, to fill in as the request table",
+        "says.",
+        "",
     ]
     access_of = _access_reader(files)
     rules_of = _rules_reader(files)
@@ -251,6 +257,9 @@ def render_reference(descriptor_set: Path, proto_files: list[str]) -> str:
                     f"| `{method.name}` | `{request}` | `{response}` | {access} | {idempotency} "
                     f"| {doc} |"
                 )
+            lines += ["", "HTTP:", ""]
+            for method in service.method:
+                lines.append(_http_line(file.package, service.name, method))
             lines.append("")
         for path, name, message in _messages(file.message_type, (_MESSAGE,), ""):
             lines += [f"### message `{name}`", "", _text(comments, path), ""]
@@ -397,6 +406,20 @@ def _cell(comments: dict[tuple[int, ...], str], path: tuple[int, ...]) -> str:
 
 def _short(type_name: str) -> str:
     return type_name.lstrip(".")
+
+
+def _http_line(package: str, service: str, method: descriptor_pb2.MethodDescriptorProto) -> str:
+    """The method's HTTP path, and a curl line for a unary one (docs/http.md)."""
+    path = f"/{package}.{service}/{method.name}"
+    if method.client_streaming or method.server_streaming:
+        return f"- `POST {path}`: a stream, with a Connect or gRPC-Web client"
+    get = method.options.idempotency_level == descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
+    verbs = "POST or GET" if get else "POST"
+    curl = (
+        "curl -H 'content-type: application/json' -H \"authorization: Bearer $TOKEN\" "
+        f"-d '{{}}' localhost:8080{path}"
+    )
+    return f"- `{verbs} {path}`: `{curl}`"
 
 
 def _stream(streaming: bool) -> str:

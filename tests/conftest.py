@@ -29,7 +29,7 @@ from quartet.client import Client
 from quartet.server import services
 from quartet.server.auth import TokenIssuer
 from quartet.server.settings import Settings
-from quartet.server.testing import running_server
+from quartet.server.testing import running_server, running_servers
 from quartet.storage import accounts
 from quartet.storage.base import utcnow
 
@@ -188,6 +188,14 @@ def target(settings: Settings) -> Iterator[str]:
     """The host:port of a real quartet server serving `settings`."""
     with running_server(settings) as address:
         yield address
+
+
+@pytest.fixture
+def http_servers(settings: Settings) -> Iterator[tuple[str, str]]:
+    """A real server serving `settings` on gRPC and on an HTTP port: (host:port, base URL). A
+    module using it overrides `target` with its gRPC address, for the SDK fixtures."""
+    with running_servers(settings) as addresses:
+        yield addresses
 
 
 def mint_token(account_id: int, role: str, secret: str = SECRET) -> str:

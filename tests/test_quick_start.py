@@ -3,7 +3,8 @@ what it promises, and the login must outlive a restart of the server.
 
 The lines are run as written, in a shell, with only the environment moved: a private
 XDG_DATA_HOME and XDG_CONFIG_HOME, and a free port (QUARTET_PORT for the server, QUARTET_SERVER
-for the command, both documented settings) instead of 50051.
+for the command, both documented settings) instead of 50051; the HTTP port's 8080 is moved to a
+free port too, in the lines themselves.
 """
 
 from __future__ import annotations
@@ -59,9 +60,11 @@ def serving(line: str, env: dict[str, str], target: str) -> Iterator[None]:
 
 
 def test_every_quick_start_step_does_what_the_readme_says(tmp_path: Path) -> None:
-    lines = quick_start()
+    http_port = str(free_port())
+    lines = [line.replace(":8080/", f":{http_port}/") for line in quick_start()]
     serve, *steps = lines
-    assert serve.startswith("quartet server serve &")
+    assert serve.startswith("quartet server serve --http-port 8080 &")
+    serve = serve.replace("8080", http_port)
     port = free_port()
     target = f"127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUARTET_")}
@@ -105,5 +108,6 @@ def test_every_quick_start_step_does_what_the_readme_says(tmp_path: Path) -> Non
     assert "42" in out[3].split("score", 1)[1].split()[0]
     assert len(out[4].splitlines()) > 2  # demo scores over 100 from the last week
     assert "per user" in out[5]
+    assert commands[6].startswith("curl") and '"accessToken"' in out[6]
     assert commands[-1] == "quartet whoami" and "you@example.com" in out[-1]
     assert (tmp_path / "data" / "quartet" / "secret").stat().st_mode & 0o777 == 0o600

@@ -205,12 +205,22 @@ def keys() -> None:
 
 @keys.command("create", help="Another key for an application (to rotate keys); shown only once.")
 @click.argument("application_id", type=int, metavar="APPLICATION_ID")
+@click.option(
+    "--allowed-origin",
+    "allowed_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="make a publishable key for web pages on this origin (e.g. https://shop.example.com; "
+    "repeat for several): it may only send events, over the HTTP port (docs/http.md)",
+)
 @api_command("table", "json")
-def create_key(application_id: int) -> None:
+def create_key(application_id: int, allowed_origins: tuple[str, ...]) -> None:
     state = session()
-    created = state.client().auth.create_api_key(application_id)
+    created = state.client().auth.create_api_key(application_id, allowed_origins=allowed_origins)
     key = created.key
     rows = [("id", key.id), ("application", key.application_id)]
+    if key.allowed_origins:
+        rows += [("kind", "publishable"), ("allowed origins", " ".join(key.allowed_origins))]
     _print_secret(created, [*rows, ("created", time_text(key.create_time))], created.api_key)
 
 

@@ -92,10 +92,25 @@ class AuthCalls:
 
     @staticmethod
     def create_api_key(
-        application_id: int, *, timeout: float | None = None
+        application_id: int,
+        *,
+        allowed_origins: Sequence[str] = (),
+        timeout: float | None = None,
     ) -> Call[pb.CreateApiKeyResponse]:
-        """Another key for an application (to rotate keys); shown only this once."""
-        request = pb.CreateApiKeyRequest(application_id=application_id)
+        """Another key for an application (to rotate keys); shown only this once.
+
+        Args:
+            application_id: The application the key acts for.
+            allowed_origins: Given, the key is a publishable one, for web pages on these origins
+                (e.g. "https://shop.example.com"): it may only send the application's events, over
+                the HTTP port. See docs/http.md.
+            timeout: Seconds before the call gives up.
+        """
+        request = pb.CreateApiKeyRequest(
+            application_id=application_id,
+            kind=pb.API_KEY_KIND_PUBLISHABLE if allowed_origins else pb.API_KEY_KIND_SECRET,
+            allowed_origins=allowed_origins,
+        )
         return call(SERVICE, "CreateApiKey", request, pb.CreateApiKeyResponse, timeout)
 
     @staticmethod

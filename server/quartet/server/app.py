@@ -19,9 +19,11 @@ import peewee
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from quartet import storage
-from quartet.server import budgets, events, metrics, reflection
+from quartet.server import budgets, events, http, metrics, reflection
 from quartet.server.auth import Authenticator, TokenIssuer
+from quartet.server.calls import CallCore
 from quartet.server.coherence import kept_coherent
+from quartet.server.http import HttpServer
 from quartet.server.interceptors import CallInterceptor
 from quartet.server.registration import Provided
 from quartet.server.services import DATABASE_SERVICES, MEMORY_SERVICES, SERVICE_NAMES, SERVICES
@@ -64,10 +66,17 @@ class Server:
     event_types: events.Registry
     score_writer: storage.BatchWriter[Any, Any]
     authenticator: Authenticator
+    http: HttpServer | None = None  # the Connect and gRPC-Web port, when configured
     _serving: bool = False
+
+    @property
+    def http_port(self) -> int | None:
+        return None if self.http is None else self.http.port
 
     async def start(self) -> None:
         await self.grpc_server.start()
+        if self.http is not None:
+            self.http.start()
         for name in MEMORY_SERVICES:
             await self.health.set(name, _status(True))
         problem = await self.refresh()
@@ -79,7 +88,10 @@ class Server:
     async def stop(self, grace: float | None) -> None:
         """Report NOT_SERVING, let in-flight calls finish for up to grace seconds, then release."""
         await self.health.enter_graceful_shutdown()
-        await self.grpc_server.stop(grace)
+        if self.http is not None:
+            await asyncio.gather(self.http.stop(), self.grpc_server.stop(grace))
+        else:
+            await self.grpc_server.stop(grace)
         # In-flight sends waited for their commits above; now nothing can queue any more.
         self.event_writer.close()
         self.score_writer.close()
@@ -150,9 +162,15 @@ def _status(serving: bool) -> health_pb2.HealthCheckResponse.ServingStatus.Value
 
 
 def build_server(
-    settings: Settings, database: peewee.Database, *, reuse_port: bool = False
+    settings: Settings,
+    database: peewee.Database,
+    *,
+    reuse_port: bool = False,
+    http_port: int | None = None,
 ) -> Server:
-    """Register every service, health and reflection on a new server bound to settings.address.
+    """Register every service, health and reflection on a new server bound to settings.address,
+    and serve them over HTTP too (quartet.server.http) on http_port (None: settings.http_port,
+    where 0 means no HTTP port).
 
     Must run inside the event loop that will serve. Raises PortInUse if the address is taken:
     grpc.so_reuseport=0 makes a second bind fail instead of silently sharing the port. Worker
@@ -173,8 +191,9 @@ def build_server(
         streams_per_caller=settings.max_streams_per_caller,
         reply_bytes=settings.max_reply_bytes,
     )
+    core = CallCore(authenticator, budgets.Budgets(limits))
     server = grpc.aio.server(
-        interceptors=[CallInterceptor(authenticator, budgets.Budgets(limits))],
+        interceptors=[CallInterceptor(core)],
         options=_options(settings, reuse_port),
         # The sum of the interceptor's call budgets, so that no kind of call can fill it and
         # starve the others; the budgets refuse first, with details.
@@ -197,8 +216,11 @@ def build_server(
         event_types=registry,
         score_writer=score_writer,
     )
+    servicers = []
     for service in SERVICES:  # as each domain package registers it (quartet.server.services)
-        service.add_to_server(service.servicer(provided), server)
+        servicer = service.servicer(provided)
+        service.add_to_server(servicer, server)
+        servicers.append((service.descriptor, servicer))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable((*SERVICE_NAMES, health.SERVICE_NAME), server)
@@ -208,11 +230,21 @@ def build_server(
             port = server.add_secure_port(settings.address, credentials)
         else:
             port = server.add_insecure_port(settings.address)
-    except RuntimeError as exc:
+        http_server = None
+        if http_port is None:
+            http_port = settings.http_port or None
+        if http_port is not None:
+            address = f"{settings.host}:{http_port}"
+            sock = http.bind(settings.host, http_port, reuse_port=reuse_port)
+            app = http.application(core, settings, runner, servicers)
+            http_server = http.HttpServer(app, sock, settings.grace_seconds)
+    except (RuntimeError, OSError) as exc:
         event_writer.close()
         score_writer.close()
         checkpointer.close()
         runner.close()
+        if isinstance(exc, OSError):
+            raise PortInUse(f"cannot listen on {address} (HTTP): is the port in use?") from exc
         raise PortInUse(f"cannot listen on {settings.address}: is the port in use?") from exc
     return Server(
         server,
@@ -224,6 +256,7 @@ def build_server(
         registry,
         score_writer,
         authenticator,
+        http_server,
     )
 
 
@@ -331,7 +364,7 @@ def with_secret(settings: Settings) -> Settings:
 
 @contextlib.asynccontextmanager
 async def running(
-    settings: Settings, *, worker: bool = False, upkeep: bool = True
+    settings: Settings, *, worker: bool = False, upkeep: bool = True, http_port: int | None = None
 ) -> AsyncIterator[Server]:
     """Open the database, then start the server; on exit, stop it gracefully. With upkeep,
     also keep the events table (keep_events): one process per server does, not every worker.
@@ -349,7 +382,7 @@ async def running(
     else:
         settings = with_secret(settings)
         database = open_database(settings)
-    server = build_server(settings, database, reuse_port=worker)
+    server = build_server(settings, database, reuse_port=worker, http_port=http_port)
     # Listening before the first load of the caches, so that no change in between is missed.
     async with kept_coherent(database, server.authenticator, server.event_types, server.runner):
         await server.start()

@@ -97,6 +97,12 @@ def _logs_for_people(settings: Settings, verbose: bool) -> None:
     "--workers", type=int, help="server processes sharing the port (QUARTET_WORKERS; cores)"
 )
 @click.option(
+    "--http-port",
+    type=int,
+    help="serve the Connect protocol (curl, browsers) and gRPC-Web on this port "
+    "(QUARTET_HTTP_PORT; 0: none; see docs/http.md)",
+)
+@click.option(
     "--metrics-port",
     type=int,
     help="serve Prometheus metrics over HTTP on this port (QUARTET_METRICS_PORT; 0: none)",

@@ -64,6 +64,17 @@ class ServiceError(Exception):
 
     def to_status(self) -> grpc.Status:
         """This error as a gRPC status carrying google.rpc.Status details in its trailers."""
+        packed = []
+        for detail in self.details():
+            any_detail = any_pb2.Any()
+            any_detail.Pack(detail)
+            packed.append(any_detail)
+        status = status_pb2.Status(code=_CODES[self.code], message=self.message, details=packed)
+        return rpc_status.to_status(status)  # type: ignore[no-any-return]
+
+    def details(self) -> list[Message]:
+        """The google.rpc details every protocol sends with this error: ErrorInfo always, then
+        BadRequest, ResourceInfo and RetryInfo when they apply."""
         details: list[Message] = [
             error_details_pb2.ErrorInfo(
                 reason=error_reason_pb2.ErrorReason.Name(self.reason),
@@ -93,13 +104,7 @@ class ServiceError(Exception):
             retry = error_details_pb2.RetryInfo()
             retry.retry_delay.FromTimedelta(self.retry_delay)
             details.append(retry)
-        packed = []
-        for detail in details:
-            any_detail = any_pb2.Any()
-            any_detail.Pack(detail)
-            packed.append(any_detail)
-        status = status_pb2.Status(code=_CODES[self.code], message=self.message, details=packed)
-        return rpc_status.to_status(status)  # type: ignore[no-any-return]
+        return details
 
 
 class InvalidArgument(ServiceError):

@@ -1,30 +1,19 @@
-"""The one server interceptor: every call's deadline, errors and access-log line, in one place."""
+"""The gRPC server interceptor: each call's deadline, errors and access-log line, by way of the
+protocol-independent `quartet.server.calls.CallCore` that the HTTP port uses too."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool
-from google.protobuf.descriptor import MethodDescriptor
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 
-from quartet import storage
-from quartet.errors.v1 import error_reason_pb2
-from quartet.server import auth, budgets, errors, metrics
-from quartet.server.budgets import Budgets
-from quartet.server.validation import RequestRules
-
-access_log = logging.getLogger("quartet.access")
-_HEALTH = "/grpc.health.v1.Health/"
-logger = logging.getLogger(__name__)
+from quartet.server import errors
+from quartet.server.calls import Aborted, CallCore, CallHolds, Shape, Undecodable, input_type
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # grpc types are generic only in stubs
 
@@ -35,22 +24,14 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     - refuses a request whose bytes do not decode (INVALID_ARGUMENT, REQUEST_UNDECODABLE), before
       authentication and without a traceback: anyone can send such bytes;
     - records its deadline, so that database work queued past it is skipped;
-    - takes its share of the worker's budgets (`quartet.server.budgets`): anonymous calls, streams
-      (per worker and per caller), and the bytes of its reply, all given back when the call ends;
-    - authenticates the caller and checks the method's rule (`quartet.server.auth.policy`);
-    - checks the request (each message of a stream as it arrives) against the field rules its
-      proto declares (`quartet.server.validation`), so that servicers see only valid requests;
-    - turns a `ServiceError` (or a storage error a client caused) into a rich status, a database
-      that cannot be reached into UNAVAILABLE (retryable), and anything unexpected into INTERNAL
-      with a generic message (the traceback goes to the log only);
-    - ends with one access-log line (method, status code, duration, peer, caller) and the
-      Prometheus counts (started, handled by code, latency, in flight).
+    - goes through `CallCore.call`: budgets, authentication, the method's rule, the request's
+      field rules, the mapping of errors to rich statuses, metrics and the access-log line;
+    - gives its budget leases back when gRPC reports the call done (a reply the client has not
+      read yet is still held).
     """
 
-    def __init__(self, authenticator: auth.Authenticator, budgets: Budgets) -> None:
-        self._authenticator = authenticator
-        self._budgets = budgets
-        self._rules = RequestRules()
+    def __init__(self, core: CallCore) -> None:
+        self._core = core
         self._wrapped: dict[str, Handler] = {}
         logging.getLogger("grpc._cython.cygrpc").addFilter(_CLIENT_GONE)
 
@@ -71,16 +52,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, handler: Handler) -> Handler:
         kind = _kind(handler)
         inner = getattr(handler, kind)
-        counts = _MethodMetrics(method, kind)
-        shape = _Shape(
-            streaming_request=kind.startswith("stream"),
-            streaming=kind != "unary_unary",
-            read_only=_read_only(method),
-        )
+        shape = self._core.shape(method, kind)
         if inspect.isasyncgenfunction(inner):
 
             async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                async with self._call(method, context, counts, shape, request):
+                async with self._call(context, shape, request):
                     async for response in inner(self._requests(request, shape), context):
                         yield response
 
@@ -88,10 +64,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         else:
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                async with self._call(method, context, counts, shape, request) as call:
+                async with self._call(context, shape, request) as holds:
                     response = await inner(self._requests(request, shape), context)
                     if response is not None:  # None: a stream written with context.write()
-                        call.hold_reply(response)
+                        holds.hold_reply(response)
                     return response
 
             behaviour = unary
@@ -104,104 +80,43 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     @contextlib.asynccontextmanager
     async def _call(
-        self,
-        method: str,
-        context: grpc.aio.ServicerContext[Any, Any],
-        counts: _MethodMetrics,
-        shape: _Shape,
-        request: Any,
-    ) -> AsyncIterator[_CallHolds]:
-        counts.start()
-        start = time.perf_counter()
+        self, context: grpc.aio.ServicerContext[Any, Any], shape: Shape, request: Any
+    ) -> AsyncIterator[CallHolds]:
         # Read now, not when logging: gRPC core frees the peer string with the transport, and
         # asking a cancelled call for it can crash the process (grpc/grpc#29069, never merged).
         peer = context.peer()
-        code = grpc.StatusCode.OK
-        failure: grpc.Status | None = None
-        caller: auth.Caller | None = None
-        holds = _CallHolds(self._budgets.reply_bytes, context)
+        holds = self._core.new_holds()
+        # The stubs type the callback as a class of their own (types-grpcio); any callable works.
+        # (No reference to the context: a cycle would keep it, and the reply, until the garbage
+        # collector ran.)
+        context.add_done_callback(lambda _: holds.release())  # type: ignore[arg-type]
         try:
-            if isinstance(request, _Undecodable):
-                raise request.error()
-            remaining = context.time_remaining()
-            if remaining is not None:
-                # Each call runs in its own task, so this value lives exactly as long as the call.
-                storage.deadline.set(time.monotonic() + remaining)
-            rule = auth.rule_for(method)
-            metadata = context.invocation_metadata() or ()
-            presented = rule.credentials != "none" and any(
-                k == "authorization" for k, _ in metadata
-            )
-            # A credential is checked holding a signed-in place (checking one may take a
-            # database read), so that made-up credentials can only crowd out signed-in calls;
-            # a call with none (health, login, a sign-up) takes an anonymous place instead.
-            holds.add(self._slot(method, shape, signed_in=presented).take())
-            if presented:
-                caller = await self._authenticator.authenticate(metadata)
-            auth.admit(rule, caller)
-            if shape.streaming and caller is not None:
-                holds.add(self._budgets.streams_per_caller.take(key=str(caller)))
-            if not shape.streaming_request:
-                self._rules.check(request)
-            holds.reply_may_be_refused = shape.read_only
-            yield holds
-        except grpc.aio.AbortError:
-            code = context.code() or grpc.StatusCode.UNKNOWN
-            raise
-        except (asyncio.CancelledError, GeneratorExit):
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            error = as_service_error(exc)
-            if isinstance(error, errors.Internal):
-                logger.exception("unexpected error in %s", method)
-            elif isinstance(error, errors.Unavailable):
-                # One line per call, not a traceback each: an outage fails every call at once.
-                logger.warning("%s: the database is unavailable: %s", method, exc)
-            code = error.code
+            async with self._core.call(
+                shape,
+                peer=peer,
+                metadata=tuple(context.invocation_metadata() or ()),
+                time_remaining=context.time_remaining(),
+                request=None if shape.streaming_request else request,
+                holds=holds,
+            ):
+                try:
+                    yield holds
+                except grpc.aio.AbortError as abort:
+                    raise Aborted(context.code() or grpc.StatusCode.UNKNOWN) from abort
+        except Aborted as aborted:
+            raise aborted.__cause__ from None  # type: ignore[misc]
+        except errors.ServiceError as error:
             failure = error.to_status()
-        finally:
-            holds.settle(context)
-            duration = time.perf_counter() - start
-            counts.finish(code.name, duration)
-            # Logged before the status is sent, so the line exists once the client has its answer.
-            access_log.info(
-                "call",
-                extra={
-                    "method": method,
-                    "code": code.name,
-                    "duration_ms": round(duration * 1000, 3),
-                    "peer": peer,
-                    "caller": str(caller) if caller else "",
-                },
-            )
-        if failure is not None:
             await context.abort(failure.code, failure.details, failure.trailing_metadata)
+        finally:
+            # A cancelled call may end before its done callback could be added.
+            if context.done():
+                holds.release()
 
-    def _requests(self, request: Any, shape: _Shape) -> Any:
-        """The handler's request: a message (checked by _call), or a stream whose messages are
+    def _requests(self, request: Any, shape: Shape) -> Any:
+        """The handler's request: a message (checked by the core), or a stream whose messages are
         checked as they arrive."""
-        return self._checked(request) if shape.streaming_request else request
-
-    async def _checked(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        index = 0
-        async for request in requests:
-            if isinstance(request, _Undecodable):
-                raise request.error()
-            self._rules.check(request, prefix=f"messages[{index}].")
-            index += 1
-            yield request
-
-    def _slot(self, method: str, shape: _Shape, *, signed_in: bool) -> budgets.Pool:
-        """The pool a call takes its place from."""
-        pools = self._budgets
-        if signed_in:
-            return pools.streams if shape.streaming else pools.signed_in_calls
-        if shape.streaming:
-            return pools.anonymous_streams
-        # Health checks have a pool of their own, as Envoy keeps them outside its circuit
-        # breakers: logins waiting for their password hash must not fail a load balancer's probe.
-        return pools.health_checks if method.startswith(_HEALTH) else pools.anonymous_calls
+        return self._core.checked(request) if shape.streaming_request else request
 
 
 class _ClientGone(logging.Filter):
@@ -219,38 +134,6 @@ class _ClientGone(logging.Filter):
 _CLIENT_GONE = _ClientGone()
 
 
-def as_service_error(exc: Exception) -> errors.ServiceError:
-    """The status-carrying error for exc: storage errors are the client's, a database that cannot
-    be reached is UNAVAILABLE, and the rest (programming errors) is INTERNAL."""
-    if isinstance(exc, errors.ServiceError):
-        return exc
-    if isinstance(exc, storage.RecordNotFound):
-        return errors.NotFound(str(exc), resource=(exc.kind, str(exc.key)))
-    if isinstance(exc, storage.RecordExists):
-        return errors.AlreadyExists(str(exc), resource=(exc.kind, str(exc.key)))
-    if isinstance(exc, storage.DeadlineExceeded):
-        return errors.DeadlineExceeded(str(exc))
-    if storage.unavailable(exc):
-        return errors.Unavailable("the database is unavailable; retry later")
-    return errors.Internal("internal error; the server log has the details")
-
-
-_TYPES = {
-    "unary_unary": "unary",
-    "unary_stream": "server_stream",
-    "stream_unary": "client_stream",
-    "stream_stream": "bidi_stream",
-}
-
-
-class _MethodMetrics(metrics.CallMetrics):
-    """One method's Prometheus series, labelled from its path and kind once."""
-
-    def __init__(self, method: str, kind: str) -> None:
-        service, _, name = method.lstrip("/").rpartition("/")
-        super().__init__(service, name, _TYPES[kind])
-
-
 def _kind(handler: Handler) -> str:
     for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
         if getattr(handler, kind) is not None:
@@ -258,100 +141,18 @@ def _kind(handler: Handler) -> str:
     raise ValueError("method handler has no behaviour")
 
 
-@dataclass(frozen=True)
-class _Shape:
-    streaming_request: bool  # the client sends a stream of messages
-    streaming: bool  # either side streams: the call may stay open indefinitely
-    read_only: bool  # the method declares no side effects: refusing its reply loses nothing
-
-
-class _CallHolds:
-    """The budget leases of one call. They are given back when gRPC reports the call done, not
-    when its handler returns: a reply the client has not read yet is still held, and so is the
-    call's place in gRPC's own limit. (No reference to the context: its done callback refers to
-    this object, and a cycle would keep both, and the reply, until the garbage collector ran.)"""
-
-    def __init__(self, reply_bytes: budgets.Pool, context: grpc.aio.ServicerContext[Any, Any]):
-        self._reply_bytes = reply_bytes
-        self._leases: list[budgets.Lease] = []
-        self.reply_may_be_refused = True
-        # The stubs type the callback as a class of their own (types-grpcio); any callable works.
-        context.add_done_callback(lambda _: self.release())  # type: ignore[arg-type]
-
-    def add(self, lease: budgets.Lease) -> None:
-        self._leases.append(lease)
-
-    def hold_reply(self, reply: Message) -> None:
-        """Charge the reply's size to the worker's reply-bytes budget, or refuse it: only a read's
-        reply, since refusing a write's would hide that its work is done (and a new API key's
-        only copy of its secret)."""
-        self.add(self._reply_bytes.take(reply.ByteSize(), force=not self.reply_may_be_refused))
-
-    def settle(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        """At the handler's end: give back now if the call is already over (a cancelled call may
-        end before its done callback could be added)."""
-        if context.done():
-            self.release()
-
-    def release(self) -> None:
-        for lease in self._leases:
-            lease.release()
-        self._leases.clear()
-
-
-@dataclass(frozen=True)
-class _Undecodable:
-    """What the deserializer returns for bytes that do not decode, so that the call answers
-    INVALID_ARGUMENT (gRPC would answer UNKNOWN and log a traceback if it raised)."""
-
-    message_type: str
-
-    def error(self) -> errors.InvalidArgument:
-        return errors.InvalidArgument(
-            f"the request is not a valid {self.message_type} message (its bytes do not decode)",
-            reason=error_reason_pb2.REQUEST_UNDECODABLE,
-            metadata={"message_type": self.message_type},
-        )
-
-
 def _tolerant(
     method: str, deserialize: Callable[[bytes], Any] | None
 ) -> Callable[[bytes], Any] | None:
-    """deserialize, returning an _Undecodable instead of raising DecodeError."""
+    """deserialize, returning an Undecodable instead of raising DecodeError."""
     if deserialize is None:
         return None
-    message_type = _input_type(method)
+    message_type = input_type(method)
 
     def tolerant(raw: bytes) -> Any:
         try:
             return deserialize(raw)
         except DecodeError:
-            return _Undecodable(message_type)
+            return Undecodable(message_type)
 
     return tolerant
-
-
-def _descriptor(method: str) -> MethodDescriptor | None:
-    """The descriptor of a method served, by its path."""
-    service, _, name = method.lstrip("/").rpartition("/")
-    try:
-        return descriptor_pool.Default().FindServiceByName(service).methods_by_name[name]
-    except KeyError:
-        return None
-
-
-def _input_type(method: str) -> str:
-    """The full name of method's request message, from its descriptor (the deserializer may be
-    any function, not only a message class's FromString)."""
-    found = _descriptor(method)
-    return "request" if found is None else str(found.input_type.full_name)
-
-
-def _read_only(method: str) -> bool:
-    """Whether the method declares no side effects; gRPC's own services (health, reflection,
-    which declare nothing) only read."""
-    found = _descriptor(method)
-    if found is None or not found.full_name.startswith("quartet."):
-        return True
-    level = found.GetOptions().idempotency_level
-    return bool(level == descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS)

@@ -42,6 +42,16 @@ class Settings:
     port: int = field(default=50051, metadata={"env": "QUARTET_PORT"})
     # Server processes sharing the port (SO_REUSEPORT); by default one per core available.
     workers: int = field(default_factory=lambda: cpu_count(), metadata={"env": "QUARTET_WORKERS"})
+    # The Connect protocol (JSON or binary over HTTP/1.1 and h2c, GET for reads) and gRPC-Web on
+    # this port, beside gRPC (same host, every worker); 0 serves none. See docs/http.md.
+    http_port: int = field(default=0, metadata={"env": "QUARTET_HTTP_PORT"})
+    # Calls per second (a burst of twice as many allowed) that one publishable key, and one
+    # client address using any publishable key, may make on the HTTP port, per worker: web pages
+    # show the key to anyone, so these bound what a copied key can send.
+    http_calls_per_key: int = field(default=1000, metadata={"env": "QUARTET_HTTP_CALLS_PER_KEY"})
+    http_calls_per_address: int = field(
+        default=20, metadata={"env": "QUARTET_HTTP_CALLS_PER_ADDRESS"}
+    )
     # Prometheus metrics over HTTP on this port (same host); 0 serves none.
     metrics_port: int = field(default=0, metadata={"env": "QUARTET_METRICS_PORT"})
     # Signed-in unary calls handled at once per worker; more are refused with RESOURCE_EXHAUSTED.
@@ -157,8 +167,10 @@ class Settings:
 
     def validated(self) -> Settings:
         """self, or SettingsError naming the first unusable value."""
-        if not 0 <= self.port <= 65535 or not 0 <= self.metrics_port <= 65535:
+        if not all(0 <= port <= 65535 for port in (self.port, self.metrics_port, self.http_port)):
             raise SettingsError("ports must be between 0 and 65535")
+        if self.http_calls_per_key < 1 or self.http_calls_per_address < 1:
+            raise SettingsError("http_calls_per_key and http_calls_per_address must be at least 1")
         if self.workers < 1 or self.max_concurrent_rpcs < 1 or self.max_message_bytes < 1024:
             raise SettingsError(
                 "workers and max_concurrent_rpcs must be at least 1, max_message_bytes 1024"

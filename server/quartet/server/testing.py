@@ -19,6 +19,19 @@ def running_server(settings: Settings, *, port: int = 0) -> Iterator[str]:
 
     The database is opened and migrated first. On exit the server stops with settings' grace.
     """
+    with running_servers(settings, port=port, http_port=None) as (target, _):
+        yield target
+
+
+@contextlib.contextmanager
+def running_servers(
+    settings: Settings, *, port: int = 0, http_port: int | None = 0
+) -> Iterator[tuple[str, str]]:
+    """running_server, also serving the HTTP port (quartet.server.http) on a free port (or
+    `http_port`); yield "host:port" of gRPC and the HTTP base URL ("http://host:port").
+
+    The database is opened and migrated first. On exit the server stops with settings' grace.
+    """
     settings = dataclasses.replace(settings, host="127.0.0.1", port=port)
     started = threading.Event()
     result: dict[str, object] = {}
@@ -27,8 +40,9 @@ def running_server(settings: Settings, *, port: int = 0) -> Iterator[str]:
 
     async def main() -> None:
         try:
-            async with running(settings) as server:
+            async with running(settings, http_port=http_port) as server:
                 result["port"] = server.port
+                result["http_port"] = server.http_port
                 started.set()
                 await stop.wait()
         except Exception as exc:  # reported to the caller of running_server
@@ -45,7 +59,7 @@ def running_server(settings: Settings, *, port: int = 0) -> Iterator[str]:
         loop.close()
         raise result["error"]  # type: ignore[misc]
     try:
-        yield f"127.0.0.1:{result['port']}"
+        yield f"127.0.0.1:{result['port']}", f"http://127.0.0.1:{result['http_port']}"
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join()

@@ -62,6 +62,10 @@ def serve(settings: Settings) -> int:
     database = app.open_database(settings)
     storage.close(database)  # no connection may cross the fork
     settings = dataclasses.replace(settings, port=_claim_port(settings))
+    if settings.http_port:
+        settings = dataclasses.replace(
+            settings, http_port=_claim_port(settings, settings.http_port)
+        )
     cores = pinned_cores(settings.workers)
     pin = cores[0] is not None
     roles = [_Role(index, cpu) for index, cpu in enumerate(cores)]
@@ -70,12 +74,15 @@ def serve(settings: Settings) -> int:
     supervisor = _Supervisor(settings)
     if supervisor.start(roles):
         logger.info(
-            "quartet listening on %s (%d worker%s%s, database %s)",
+            "quartet listening on %s (%d worker%s%s, database %s)%s",
             _address(settings),
             settings.workers,
             "s" if settings.workers > 1 else "",
             ", each pinned to a core" if pin else "",
             storage.redacted(settings.database_url),
+            f"; HTTP (Connect, gRPC-Web) on port {settings.http_port}"
+            if settings.http_port
+            else "",
         )
     return supervisor.run()
 
@@ -325,7 +332,7 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _claim_port(settings: Settings) -> int:
+def _claim_port(settings: Settings, port: int | None = None) -> int:
     """The port to serve on (a free one for port 0), after checking nobody listens on it.
 
     The workers share the port with SO_REUSEPORT, which would also let them share it silently
@@ -336,10 +343,11 @@ def _claim_port(settings: Settings) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # ignore TIME_WAIT leftovers
         try:
-            probe.bind((settings.host, settings.port))
+            probe.bind((settings.host, settings.port if port is None else port))
         except OSError as exc:
+            address = settings.address if port is None else f"{settings.host}:{port}"
             raise app.PortInUse(
-                f"cannot listen on {settings.address}: is the port in use? ({exc.strerror})"
+                f"cannot listen on {address}: is the port in use? ({exc.strerror})"
             ) from None
         return int(probe.getsockname()[1])
 

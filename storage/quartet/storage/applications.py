@@ -25,7 +25,15 @@ class ApiKey(BaseModel):
     secret_hash = peewee.CharField(max_length=64)
     create_time = peewee.DateTimeField(default=utcnow)
     revoke_time = peewee.DateTimeField(null=True)
+    # "secret", or "publishable": a key for web pages, limited to sending events from the
+    # origins listed (one per line) in allowed_origins.
+    kind = peewee.CharField(max_length=16, default="secret")
+    allowed_origins = peewee.TextField(null=True)
     application_id: int
+
+    @property
+    def origins(self) -> list[str]:
+        return self.allowed_origins.split("\n") if self.allowed_origins else []
 
 
 def create_application(name: str, key_id: str, secret_hash: str) -> tuple[Application, ApiKey]:
@@ -40,13 +48,35 @@ def create_application(name: str, key_id: str, secret_hash: str) -> tuple[Applic
     return application, key
 
 
-def add_api_key(application_id: int, key_id: str, secret_hash: str) -> ApiKey:
+def add_api_key(
+    application_id: int,
+    key_id: str,
+    secret_hash: str,
+    *,
+    kind: str = "secret",
+    origins: list[str] | None = None,
+) -> ApiKey:
     with db.atomic():
         if not Application.select().where(Application.id == application_id).exists():
             raise RecordNotFound("application", application_id)
-        key: ApiKey = ApiKey.create(id=key_id, application=application_id, secret_hash=secret_hash)
+        key: ApiKey = ApiKey.create(
+            id=key_id,
+            application=application_id,
+            secret_hash=secret_hash,
+            kind=kind,
+            allowed_origins="\n".join(origins) if origins else None,
+        )
         changes.notify(changes.API_KEYS, key_id)  # a process may cache the id as unknown
         return key
+
+
+def publishable_origins() -> set[str]:
+    """Every origin some valid publishable key allows: what CORS preflights are answered for
+    (a preflight carries no credentials, so it cannot name its key)."""
+    query = ApiKey.select(ApiKey.allowed_origins).where(
+        (ApiKey.kind == "publishable") & ApiKey.revoke_time.is_null()
+    )
+    return {origin for key in query for origin in key.origins}
 
 
 def revoke_api_key(key_id: str) -> ApiKey:

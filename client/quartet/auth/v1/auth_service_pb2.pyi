@@ -48,6 +48,36 @@ ROLE_ADMIN: Role.ValueType  # 3
 """May call every method, including account, application and import administration."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
+class _ApiKeyKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ApiKeyKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ApiKeyKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    API_KEY_KIND_UNSPECIFIED: _ApiKeyKind.ValueType  # 0
+    """Unset: a secret key, as keys were before there were kinds."""
+    API_KEY_KIND_SECRET: _ApiKeyKind.ValueType  # 1
+    """Kept by the application's servers: calls everything an application may."""
+    API_KEY_KIND_PUBLISHABLE: _ApiKeyKind.ValueType  # 2
+    """Meant for web pages, where anyone can read it: only SendEvent and SendEvents for its own
+    application, only over the HTTP port (or with an `origin` header) from the allowed origins,
+    and rate-limited per key and per client address.
+    """
+
+class ApiKeyKind(_ApiKeyKind, metaclass=_ApiKeyKindEnumTypeWrapper):
+    """ApiKeyKind says what an API key may do."""
+
+API_KEY_KIND_UNSPECIFIED: ApiKeyKind.ValueType  # 0
+"""Unset: a secret key, as keys were before there were kinds."""
+API_KEY_KIND_SECRET: ApiKeyKind.ValueType  # 1
+"""Kept by the application's servers: calls everything an application may."""
+API_KEY_KIND_PUBLISHABLE: ApiKeyKind.ValueType  # 2
+"""Meant for web pages, where anyone can read it: only SendEvent and SendEvents for its own
+application, only over the HTTP port (or with an `origin` header) from the allowed origins,
+and rate-limited per key and per client address.
+"""
+Global___ApiKeyKind: _TypeAlias = ApiKeyKind  # noqa: Y015
+
 @_typing.final
 class Account(_message.Message):
     """Account is a person or service that logs in with an email and password."""
@@ -425,10 +455,16 @@ class ApiKey(_message.Message):
     APPLICATION_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     REVOKE_TIME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ALLOWED_ORIGINS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The key's public identifier: the part of the key after "qk_" and before the next "_"."""
     application_id: _builtins.int
     """The application the key belongs to."""
+    kind: Global___ApiKeyKind.ValueType
+    """What the key may do: a secret key acts as its application; a publishable one may only send
+    its application's events, from the allowed origins.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the key was issued."""
@@ -437,6 +473,10 @@ class ApiKey(_message.Message):
     def revoke_time(self) -> _timestamp_pb2.Timestamp:
         """When the key was revoked; unset while it is valid."""
 
+    @_builtins.property
+    def allowed_origins(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """A publishable key's allowed origins (empty for a secret key)."""
+
     def __init__(
         self,
         *,
@@ -444,10 +484,12 @@ class ApiKey(_message.Message):
         application_id: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         revoke_time: _timestamp_pb2.Timestamp | None = ...,
+        kind: Global___ApiKeyKind.ValueType = ...,
+        allowed_origins: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "revoke_time", b"revoke_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_id", b"application_id", "create_time", b"create_time", "id", b"id", "revoke_time", b"revoke_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_origins", b"allowed_origins", "application_id", b"application_id", "create_time", b"create_time", "id", b"id", "kind", b"kind", "revoke_time", b"revoke_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -564,16 +606,29 @@ class CreateApiKeyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     APPLICATION_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ALLOWED_ORIGINS_FIELD_NUMBER: _builtins.int
     application_id: _builtins.int
     """Required. The application's identifier."""
+    kind: Global___ApiKeyKind.ValueType
+    """The key's kind; unset is a secret key."""
+    @_builtins.property
+    def allowed_origins(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The web origins (scheme, host and port, as a browser's `Origin` header sends them, e.g.
+        "https://shop.example.com") a publishable key may be used from: 1 to 20 for a publishable
+        key, none for a secret key.
+        """
+
     def __init__(
         self,
         *,
         application_id: _builtins.int = ...,
+        kind: Global___ApiKeyKind.ValueType = ...,
+        allowed_origins: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_id", b"application_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_origins", b"allowed_origins", "application_id", b"application_id", "kind", b"kind"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -99,6 +99,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     alone); the metadata's "problem_count" says how many there are and "reported_count" how many
     are listed (at most 50, fewer when their text would not fit in gRPC's 8 KiB of trailers).
     """
+    ORIGIN_NOT_ALLOWED: _ErrorReason.ValueType  # 50
+    """A publishable API key was used from a page whose origin (the browser's `Origin` header) is
+    not among the origins its administrator allowed, or without an origin. Sent with status
+    PERMISSION_DENIED, on the call and on its CORS preflight.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the machine-readable causes quartet puts in `google.rpc.ErrorInfo.reason`.
@@ -189,5 +194,10 @@ IMPORT_FILES_INVALID: ErrorReason.ValueType  # 30
 `google.rpc.BadRequest` lists them, each with its field set to `file:line:column` (or to the file
 alone); the metadata's "problem_count" says how many there are and "reported_count" how many
 are listed (at most 50, fewer when their text would not fit in gRPC's 8 KiB of trailers).
+"""
+ORIGIN_NOT_ALLOWED: ErrorReason.ValueType  # 50
+"""A publishable API key was used from a page whose origin (the browser's `Origin` header) is
+not among the origins its administrator allowed, or without an origin. Sent with status
+PERMISSION_DENIED, on the call and on its CORS preflight.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -136,8 +136,9 @@ class Authenticator:
     def __init__(self, issuer: TokenIssuer, runner: DatabaseRunner) -> None:
         self.issuer = issuer
         self._runner = runner
-        # key id -> (secret hash, application id, revoked), for keys that exist
-        self._keys: ExpiringCache[tuple[str, int, bool]] = ExpiringCache(
+        # key id -> (secret hash, application id, revoked, a publishable key's origins), for
+        # keys that exist
+        self._keys: ExpiringCache[tuple[str, int, bool, frozenset[str] | None]] = ExpiringCache(
             KEY_CACHE_SIZE, KEY_CACHE_SECONDS
         )
         # key ids that do not exist
@@ -236,16 +237,21 @@ class Authenticator:
             if found is None:
                 self._missing.put(key_id, True)
                 raise Unauthenticated("the API key is not valid")
-            cached = (found.secret_hash, found.application_id, found.revoke_time is not None)
+            cached = (
+                found.secret_hash,
+                found.application_id,
+                found.revoke_time is not None,
+                frozenset(found.origins) if found.kind == "publishable" else None,
+            )
             self._keys.put(key_id, cached)
-        secret_hash, application_id, revoked = cached
+        secret_hash, application_id, revoked, origins = cached
         if not hmac.compare_digest(secret_hash, hash_api_secret(secret)):
             raise Unauthenticated("the API key is not valid")
         if revoked:
             raise Unauthenticated(
                 "the API key was revoked", reason=error_reason_pb2.CREDENTIALS_REVOKED
             )
-        return Caller("application", application_id, "application")
+        return Caller("application", application_id, "application", origins)
 
     def forget_key(self, key_id: str) -> None:
         """Drop a key from the caches (after it was created or revoked, here or elsewhere)."""

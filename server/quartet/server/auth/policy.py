@@ -31,6 +31,9 @@ class Caller:
     kind: str  # "account" or "application"
     id: int
     role: str  # an account's role, or "application"
+    # A publishable key's allowed origins (None for every other credential): see
+    # admit_publishable.
+    origins: frozenset[str] | None = None
 
     def may(self, grant: str) -> bool:
         return grant in GRANTS.get(self.role, frozenset())
@@ -118,6 +121,33 @@ def check(rule: Rule, caller: Caller | None) -> None:
         raise PermissionDenied(
             f"{caller.kind} with role {caller.role} may not call this method{hint}",
             metadata={"role": caller.role},
+        )
+
+
+# What a publishable key (meant for web pages, where anyone can read it) may call: sending its
+# own application's events, nothing else.
+PUBLISHABLE_METHODS = frozenset(
+    {"/quartet.events.v1.EventService/SendEvent", "/quartet.events.v1.EventService/SendEvents"}
+)
+
+
+def admit_publishable(method: str, caller: Caller | None, origin: str | None) -> None:
+    """Raise unless a publishable key's call is one it may make from an origin its admin allowed.
+    The origin is the browser's `Origin` header: a browser cannot forge it, so it keeps other
+    sites' pages from using the key; it stops no one else, hence the narrow methods and the
+    rate limits of the HTTP port."""
+    if caller is None or caller.origins is None:
+        return
+    if method not in PUBLISHABLE_METHODS:
+        raise PermissionDenied(
+            "a publishable key may only call SendEvent and SendEvents",
+            metadata={"method": method},
+        )
+    if origin is None or origin not in caller.origins:
+        raise PermissionDenied(
+            f"the origin {origin or '(none)'} is not allowed for this publishable key",
+            reason=error_reason_pb2.ORIGIN_NOT_ALLOWED,
+            metadata={"origin": origin or ""},
         )
 
 

@@ -197,9 +197,28 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     async def CreateApiKey(
         self, request: pb.CreateApiKeyRequest, context: Context
     ) -> pb.CreateApiKeyResponse:
+        publishable = request.kind == pb.API_KEY_KIND_PUBLISHABLE
+        origins = list(dict.fromkeys(request.allowed_origins))  # in order, once each
+        violations = Violations()
+        if publishable:
+            violations.check(
+                bool(origins),
+                "allowed_origins",
+                "a publishable key needs at least one origin to be used from",
+            )
+        else:
+            violations.check(
+                not origins, "allowed_origins", "only a publishable key has allowed origins"
+            )
+        violations.raise_if_any()
         full_key, key_id, secret_hash = new_api_key()
         key = await self._db.run(
-            applications.add_api_key, request.application_id, key_id, secret_hash
+            applications.add_api_key,
+            request.application_id,
+            key_id,
+            secret_hash,
+            kind="publishable" if publishable else "secret",
+            origins=origins,
         )
         return pb.CreateApiKeyResponse(key=api_key_message(key), api_key=full_key)
 
@@ -264,7 +283,11 @@ def account_message(account: accounts.Account) -> pb.Account:
 
 def api_key_message(key: applications.ApiKey) -> pb.ApiKey:
     message = pb.ApiKey(
-        id=key.id, application_id=key.application_id, create_time=to_timestamp(key.create_time)
+        id=key.id,
+        application_id=key.application_id,
+        create_time=to_timestamp(key.create_time),
+        kind=pb.API_KEY_KIND_PUBLISHABLE if key.kind == "publishable" else pb.API_KEY_KIND_SECRET,
+        allowed_origins=key.origins,
     )
     if key.revoke_time is not None:
         message.revoke_time.CopyFrom(to_timestamp(key.revoke_time))

@@ -1,0 +1,27 @@
+// Open a page in the system's Chromium and report what it did, for tests/test_browser.py.
+// Usage: node drive.mjs URL flush|close. "flush": print the page's #status once it says how
+// the send went. "close": close the page as soon as it has loaded (its events still queued),
+// then give the browser time to finish the page's keepalive request.
+import { chromium } from "playwright-core";
+
+const [url, mode] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: ["--no-sandbox"],
+});
+try {
+  const page = await browser.newPage();
+  page.on("console", (message) => console.error(`console: ${message.text()}`));
+  await page.goto(url, { waitUntil: "load" });
+  if (mode === "close") {
+    await page.close({ runBeforeUnload: true });
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    console.log("closed");
+  } else {
+    const status = page.locator("#status");
+    await status.filter({ hasNotText: "sending" }).waitFor({ timeout: 15000 });
+    console.log(await status.textContent());
+  }
+} finally {
+  await browser.close();
+}
