@@ -1,7 +1,8 @@
 // Open a page in the system's Chromium and report what it did, for tests/test_browser.py.
 // Usage: node drive.mjs URL flush|close. "flush": print the page's #status once it says how
 // the send went. "close": close the page as soon as it has loaded (its events still queued),
-// then give the browser time to finish the page's keepalive request.
+// then give the browser time (generous: the machine may be loaded) to finish the
+// page's keepalive request, its preflight first.
 import { chromium } from "playwright-core";
 
 const [url, mode] = process.argv.slice(2);
@@ -15,7 +16,7 @@ try {
   await page.goto(url, { waitUntil: "load" });
   if (mode === "close") {
     await page.close({ runBeforeUnload: true });
-    await new Promise((resolve) => setTimeout(resolve, 3000));
+    await new Promise((resolve) => setTimeout(resolve, 8000));
     console.log("closed");
   } else {
     const status = page.locator("#status");

@@ -53,8 +53,7 @@ EXPOSED_HEADERS = "grpc-status, grpc-message, grpc-status-details-bin"
 # How long a browser may reuse a preflight's answer (seconds): origins change rarely.
 PREFLIGHT_MAX_AGE = "7200"
 # A preflight from an origin not seen among the publishable keys reads the keys again, at most
-# this often (seconds), so that a new key's origins work at once and unknown origins cannot make
-# every preflight a query.
+# this often (seconds): see AllowedOrigins.
 ORIGINS_REFRESH_SECONDS = 1.0
 # Clients (keys, addresses) whose rate is tracked at once; the least recently seen go first.
 RATE_KEYS = 10_000
@@ -317,21 +316,29 @@ def _peer(address: str | None) -> str:
 
 
 class AllowedOrigins:
-    """The origins publishable keys allow, read from the database and kept in memory."""
+    """The origins publishable keys allow, read from the database and kept in memory.
+
+    An origin not found is looked up again, by a read that starts after it was asked for, so
+    that a key made a moment ago works at once; the reads are at most one per
+    ORIGINS_REFRESH_SECONDS, shared by every preflight waiting, so unknown origins (anyone can
+    send them) cost a wait, not a query each."""
 
     def __init__(self, runner: DatabaseRunner) -> None:
         self._runner = runner
         self._origins: set[str] = set()
-        self._read = -math.inf
+        self._read = -math.inf  # when the last read started
         self._lock = asyncio.Lock()
 
     async def allows(self, origin: str) -> bool:
         if origin in self._origins:
             return True
+        asked = time.monotonic()
         async with self._lock:
-            if time.monotonic() - self._read >= ORIGINS_REFRESH_SECONDS:
+            if self._read < asked:
+                await asyncio.sleep(max(0.0, self._read + ORIGINS_REFRESH_SECONDS - asked))
+                started = time.monotonic()
                 self._origins = await self._runner.run(applications.publishable_origins)
-                self._read = time.monotonic()
+                self._read = started
         return origin in self._origins
 
 
