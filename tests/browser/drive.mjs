@@ -15,6 +15,22 @@ try {
   page.on("console", (message) => console.error(`console: ${message.text()}`));
   await page.goto(url, { waitUntil: "load" });
   if (mode === "close") {
+    // A page open for a while has already sent a batch, so its browser holds the preflight's
+    // answer. Do the same (an empty batch, refused, stores nothing), then close: the queued
+    // events go only through the page's keepalive request. (A first request of a page that is
+    // its closing one, preflight and all, was lost in about one run in four on PostgreSQL.)
+    await page.evaluate(async () => {
+      const params = new URLSearchParams(location.search);
+      await fetch(`${params.get("quartet")}/quartet.events.v1.EventService/SendEvents`, {
+        method: "POST",
+        headers: {
+          "content-type": "application/json",
+          "connect-protocol-version": "1",
+          authorization: `Bearer ${params.get("key")}`,
+        },
+        body: "{}",
+      }).catch(() => undefined);
+    });
     await page.close({ runBeforeUnload: true });
     await new Promise((resolve) => setTimeout(resolve, 8000));
     console.log("closed");
