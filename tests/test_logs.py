@@ -1,8 +1,15 @@
-"""The log cannot be flooded: repeated warnings of one kind are rate-limited."""
+"""The log cannot be flooded: repeated warnings of one kind are rate-limited; the access log
+is written in blocks, each line as a record would be."""
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
 import logging
+import os
+
+import pytest
 
 from quartet.server import logs
 from quartet.server.logs import RepeatFilter
@@ -53,3 +60,86 @@ def test_the_server_log_handler_rate_limits() -> None:
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
+        logs.access.write_to_logging()
+
+
+class Writes(io.StringIO):
+    """A text stream that records each write, as the log's pipe would see them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.blocks.append(text)
+        return len(text)
+
+
+CALL = {
+    "method": "/quartet.score.v1.ScoreService/GetScore",
+    "code": "OK",
+    "duration_ms": 0.25,
+    "peer": "ipv4:127.0.0.1:5000",
+    "caller": "account:1",
+}
+
+
+def test_access_lines_are_written_in_blocks_and_read_as_records_would() -> None:
+    log, stream = logs.AccessLog(), Writes()
+    log.write_to(stream, logs.JsonFormatter())
+
+    async def calls() -> None:
+        for _ in range(3):
+            log.call(**CALL)
+        assert stream.blocks == []  # not one write per line
+        await asyncio.sleep(logs.AccessLog.FLUSH_SECONDS * 2)
+
+    asyncio.run(calls())
+    assert len(stream.blocks) == 1
+    lines = [json.loads(line) for line in stream.blocks[0].splitlines()]
+    assert len(lines) == 3
+    # The same line the logging handler writes for such a record, but for the time.
+    record = logging.LogRecord("quartet.access", logging.INFO, "", 0, "call", None, None)
+    record.__dict__.update(CALL)
+    expected = json.loads(logs.JsonFormatter().format(record))
+    assert {**lines[0], "time": None} == {**expected, "time": None}
+    assert lines[0]["pid"] == os.getpid()
+
+
+def test_a_burst_of_access_lines_is_written_without_waiting() -> None:
+    log, stream = logs.AccessLog(), Writes()
+    log.write_to(stream, logs.TextFormatter())
+
+    async def burst() -> None:
+        for _ in range(logs.AccessLog.MAX_LINES):
+            log.call(**CALL)
+        assert len(stream.blocks) == 1  # memory stays bounded whatever the call rate
+
+    asyncio.run(burst())
+    assert stream.blocks[0].count("\n") == logs.AccessLog.MAX_LINES
+    assert " INFO    quartet.access call method=/quartet.score" in stream.blocks[0]
+
+
+def test_access_lines_outside_an_event_loop_and_at_warning_level() -> None:
+    log, stream = logs.AccessLog(), Writes()
+    log.write_to(stream, logs.JsonFormatter())
+    log.call(**CALL)  # no loop would flush it later: written at once
+    assert len(stream.blocks) == 1
+    log.write_to(stream, logs.JsonFormatter(), enabled=False)
+    log.call(**CALL)
+    log.flush()
+    assert len(stream.blocks) == 1
+
+
+def test_access_lines_are_records_until_a_stream_is_given(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = logs.AccessLog()
+    with caplog.at_level(logging.INFO, logger="quartet.access"):
+        log.call(**CALL)
+    (record,) = caplog.records
+    assert (record.name, record.getMessage(), record.method) == (  # type: ignore[attr-defined]
+        "quartet.access",
+        "call",
+        CALL["method"],
+    )

@@ -19,7 +19,7 @@ import peewee
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from quartet import storage
-from quartet.server import budgets, events, http, metrics, reflection
+from quartet.server import budgets, events, http, logs, metrics, reflection
 from quartet.server.auth import Authenticator, TokenIssuer
 from quartet.server.calls import CallCore
 from quartet.server.coherence import kept_coherent
@@ -98,6 +98,7 @@ class Server:
         self.checkpointer.close()
         self.runner.close()
         metrics.publish()  # the last second's calls, before the worker exits
+        logs.access.flush()  # and their access-log lines
 
     async def refresh(self) -> str | None:
         """Reload the event types and write to the database; what failed, or None."""

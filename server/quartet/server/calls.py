@@ -6,7 +6,6 @@ each translate their protocol's call into one `CallCore.call`."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -20,11 +19,10 @@ from google.protobuf.message import Message
 
 from quartet import storage
 from quartet.errors.v1 import error_reason_pb2
-from quartet.server import auth, budgets, errors, metrics
+from quartet.server import auth, budgets, errors, logs, metrics
 from quartet.server.budgets import Budgets
 from quartet.server.validation import RequestRules
 
-access_log = logging.getLogger("quartet.access")
 _HEALTH = "/grpc.health.v1.Health/"
 logger = logging.getLogger(__name__)
 
@@ -97,8 +95,7 @@ class CallCore:
             found = self._shapes[method] = Shape.of(method, kind)
         return found
 
-    @contextlib.asynccontextmanager
-    async def call(
+    def call(
         self,
         shape: Shape,
         *,
@@ -108,78 +105,42 @@ class CallCore:
         request: Any,
         holds: CallHolds,
         extra_checks: Callable[[auth.Caller | None], None] | None = None,
-    ) -> AsyncIterator[Outcome]:
-        """Admit the call, run the body, and record how it ended.
+    ) -> Call:
+        """The call, to run its work in: `async with core.call(...) as outcome:` (see `Call`).
 
-        The call's errors leave as a ServiceError (anything unexpected mapped to one, see
-        `as_service_error`), which the protocol turns into its error format. `holds` (from
-        `new_holds`) collects the call's budget leases: the protocol gives them back once it is
-        done with the call. `request` is the decoded message (None for a stream of them, checked
-        by `checked`), or an `Undecodable`. `extra_checks` adds the protocol's own admission
-        rules (the HTTP port's rate limits), run once the caller is known.
+        `holds` (from `new_holds`) collects the call's budget leases: the protocol gives them back
+        once it is done with the call. `request` is the decoded message (None for a stream of
+        them, checked by `checked`), or an `Undecodable`. `extra_checks` adds the protocol's own
+        admission rules (the HTTP port's rate limits), run once the caller is known.
         """
-        counts = shape.counts
-        counts.start()
-        start = time.perf_counter()
-        outcome = Outcome(holds)
-        try:
-            if isinstance(request, Undecodable):
-                raise request.error()
-            if time_remaining is not None:
-                # Each call runs in its own task, so this value lives exactly as long as the call.
-                storage.deadline.set(time.monotonic() + time_remaining)
-            rule = auth.rule_for(shape.method)
-            presented = rule.credentials != "none" and any(
-                k == "authorization" for k, _ in metadata
-            )
-            # A credential is checked holding a signed-in place (checking one may take a
-            # database read), so that made-up credentials can only crowd out signed-in calls;
-            # a call with none (health, login, a sign-up) takes an anonymous place instead.
-            holds.add(self._slot(shape, signed_in=presented).take())
-            if presented:
-                outcome.caller = await self.authenticator.authenticate(metadata)
-            caller = outcome.caller
-            auth.admit(rule, caller)
-            auth.admit_publishable(shape.method, caller, _origin(metadata))
-            if extra_checks is not None:
-                extra_checks(caller)
-            if shape.streaming and caller is not None:
-                holds.add(self.budgets.streams_per_caller.take(key=str(caller)))
-            if not shape.streaming_request:
-                self.rules.check(request)
-            holds.reply_may_be_refused = shape.read_only
-            yield outcome
-        except Aborted as aborted:
-            outcome.code = aborted.code
-            raise
-        except (asyncio.CancelledError, GeneratorExit):
-            outcome.code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            error = as_service_error(exc)
-            if isinstance(error, errors.Internal):
-                logger.exception("unexpected error in %s", shape.method)
-            elif isinstance(error, errors.Unavailable):
-                # One line per call, not a traceback each: an outage fails every call at once.
-                logger.warning("%s: the database is unavailable: %s", shape.method, exc)
-            outcome.code = error.code
-            outcome.failure = error
-        finally:
-            duration = time.perf_counter() - start
-            counts.finish(outcome.code.name, duration)
-            # Logged before the status is sent, so the line exists once the client has its answer.
-            access_log.info(
-                "call",
-                extra={
-                    "method": shape.method,
-                    "code": outcome.code.name,
-                    "duration_ms": round(duration * 1000, 3),
-                    "peer": peer,
-                    "caller": str(outcome.caller) if outcome.caller else "",
-                },
-            )
-        if outcome.failure is not None:
-            raise outcome.failure
+        return Call(self, shape, peer, metadata, time_remaining, request, holds, extra_checks)
+
+    async def _admit(self, call: Call) -> None:
+        """Admit the call, or raise why not."""
+        shape, request, metadata, holds = call.shape, call.request, call.metadata, call.holds
+        if isinstance(request, Undecodable):
+            raise request.error()
+        if call.time_remaining is not None:
+            # Each call runs in its own task, so this value lives exactly as long as the call.
+            storage.deadline.set(time.monotonic() + call.time_remaining)
+        rule = auth.rule_for(shape.method)
+        presented = rule.credentials != "none" and any(k == "authorization" for k, _ in metadata)
+        # A credential is checked holding a signed-in place (checking one may take a database
+        # read), so that made-up credentials can only crowd out signed-in calls; a call with
+        # none (health, login, a sign-up) takes an anonymous place instead.
+        holds.add(self._slot(shape, signed_in=presented).take())
+        caller = None
+        if presented:
+            caller = call.outcome.caller = await self.authenticator.authenticate(metadata)
+        auth.admit(rule, caller)
+        auth.admit_publishable(shape.method, caller, _origin(metadata))
+        if call.extra_checks is not None:
+            call.extra_checks(caller)
+        if shape.streaming and caller is not None:
+            holds.add(self.budgets.streams_per_caller.take(key=str(caller)))
+        if not shape.streaming_request:
+            self.rules.check(request)
+        holds.reply_may_be_refused = shape.read_only
 
     def new_holds(self) -> CallHolds:
         return CallHolds(self.budgets.reply_bytes)
@@ -204,6 +165,90 @@ class CallCore:
         # Health checks have a pool of their own, as Envoy keeps them outside its circuit
         # breakers: logins waiting for their password hash must not fail a load balancer's probe.
         return pools.health_checks if shape.method.startswith(_HEALTH) else pools.anonymous_calls
+
+
+class Call:
+    """One call's passage through the core, as an async context manager. Entering admits the
+    call (budgets, credentials, the method's access rule, the request's field rules) and gives
+    its `Outcome`; leaving records how it ended (metrics, the access-log line). The call's
+    errors, admission's included, leave as a ServiceError (anything unexpected mapped to one by
+    `as_service_error`), which the protocol turns into its error format; a cancellation or an
+    `Aborted` leaves as itself. A class, not an `asynccontextmanager`: every call passes here,
+    and the generator's machinery cost more than the work (docs/performance.md)."""
+
+    __slots__ = (
+        "_start",
+        "core",
+        "extra_checks",
+        "holds",
+        "metadata",
+        "outcome",
+        "peer",
+        "request",
+        "shape",
+        "time_remaining",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        core: CallCore,
+        shape: Shape,
+        peer: str,
+        metadata: Metadata,
+        time_remaining: float | None,
+        request: Any,
+        holds: CallHolds,
+        extra_checks: Callable[[auth.Caller | None], None] | None,
+    ) -> None:
+        self.core, self.shape, self.peer, self.metadata = core, shape, peer, metadata
+        self.time_remaining, self.request, self.holds = time_remaining, request, holds
+        self.extra_checks = extra_checks
+        self.outcome = Outcome(holds)
+        self._start = 0.0
+
+    async def __aenter__(self) -> Outcome:
+        self.shape.counts.start()
+        self._start = time.perf_counter()
+        try:
+            await self.core._admit(self)
+        except BaseException as exc:
+            self._end(exc)
+            raise
+        return self.outcome
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        self._end(exc)
+
+    def _end(self, exc: BaseException | None) -> None:
+        """Record how the call ended; raise the ServiceError it failed with, if any."""
+        outcome, shape = self.outcome, self.shape
+        if isinstance(exc, Aborted):
+            outcome.code = exc.code
+        elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            outcome.code = grpc.StatusCode.CANCELLED
+        elif isinstance(exc, Exception):
+            error = as_service_error(exc)
+            if isinstance(error, errors.Internal):
+                logger.error("unexpected error in %s", shape.method, exc_info=exc)
+            elif isinstance(error, errors.Unavailable):
+                # One line per call, not a traceback each: an outage fails every call at once.
+                logger.warning("%s: the database is unavailable: %s", shape.method, exc)
+            outcome.code = error.code
+            outcome.failure = error
+        duration = time.perf_counter() - self._start
+        code = outcome.code.name
+        shape.counts.finish(code, duration)
+        logs.access.call(
+            method=shape.method,
+            code=code,
+            duration_ms=round(duration * 1000, 3),
+            peer=self.peer,
+            caller=str(outcome.caller) if outcome.caller else "",
+        )
+        if outcome.failure is not None and outcome.failure is not exc:
+            raise outcome.failure from None
 
 
 def _origin(metadata: Metadata) -> str | None:

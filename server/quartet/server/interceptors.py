@@ -3,17 +3,16 @@ protocol-independent `quartet.server.calls.CallCore` that the HTTP port uses too
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from quartet.server import errors
-from quartet.server.calls import Aborted, CallCore, CallHolds, Shape, Undecodable, input_type
+from quartet.server.calls import Aborted, Call, CallCore, CallHolds, Shape, Undecodable, input_type
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # grpc types are generic only in stubs
 
@@ -78,10 +77,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    @contextlib.asynccontextmanager
-    async def _call(
+    def _call(
         self, context: grpc.aio.ServicerContext[Any, Any], shape: Shape, request: Any
-    ) -> AsyncIterator[CallHolds]:
+    ) -> _GrpcCall:
         # Read now, not when logging: gRPC core frees the peer string with the transport, and
         # asking a cancelled call for it can crash the process (grpc/grpc#29069, never merged).
         peer = context.peer()
@@ -90,33 +88,71 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         # (No reference to the context: a cycle would keep it, and the reply, until the garbage
         # collector ran.)
         context.add_done_callback(lambda _: holds.release())  # type: ignore[arg-type]
-        try:
-            async with self._core.call(
-                shape,
-                peer=peer,
-                metadata=tuple(context.invocation_metadata() or ()),
-                time_remaining=context.time_remaining(),
-                request=None if shape.streaming_request else request,
-                holds=holds,
-            ):
-                try:
-                    yield holds
-                except grpc.aio.AbortError as abort:
-                    raise Aborted(context.code() or grpc.StatusCode.UNKNOWN) from abort
-        except Aborted as aborted:
-            raise aborted.__cause__ from None  # type: ignore[misc]
-        except errors.ServiceError as error:
-            failure = error.to_status()
-            await context.abort(failure.code, failure.details, failure.trailing_metadata)
-        finally:
-            # A cancelled call may end before its done callback could be added.
-            if context.done():
-                holds.release()
+        call = self._core.call(
+            shape,
+            peer=peer,
+            metadata=tuple(context.invocation_metadata() or ()),
+            time_remaining=context.time_remaining(),
+            request=None if shape.streaming_request else request,
+            holds=holds,
+        )
+        return _GrpcCall(call, context)
 
     def _requests(self, request: Any, shape: Shape) -> Any:
         """The handler's request: a message (checked by the core), or a stream whose messages are
         checked as they arrive."""
         return self._core.checked(request) if shape.streaming_request else request
+
+
+class _GrpcCall:
+    """`CallCore.call` in gRPC's terms: an abort by the servicer is recorded with its code, and
+    a ServiceError is answered with its rich status. (A class rather than an
+    `asynccontextmanager`, for the same reason as `Call`.)"""
+
+    __slots__ = ("_call", "_context")
+
+    def __init__(self, call: Call, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self._call, self._context = call, context
+
+    async def __aenter__(self) -> CallHolds:
+        try:
+            await self._call.__aenter__()
+        except errors.ServiceError as error:
+            await self._fail(error)
+        except BaseException:
+            self._release()
+            raise
+        return self._call.holds
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if isinstance(exc, grpc.aio.AbortError):  # it goes on, as grpc.aio expects
+            exc = Aborted(self._context.code() or grpc.StatusCode.UNKNOWN)
+        try:
+            await self._call.__aexit__(None if exc is None else type(exc), exc, tb)
+        except errors.ServiceError:
+            pass  # the call's failure, answered below
+        except BaseException:
+            self._release()
+            raise
+        failure = self._call.outcome.failure
+        if failure is not None:
+            await self._fail(failure)
+        self._release()
+
+    async def _fail(self, error: errors.ServiceError) -> None:
+        """Answer the call with error's rich status (context.abort raises AbortError)."""
+        failure = error.to_status()
+        try:
+            await self._context.abort(failure.code, failure.details, failure.trailing_metadata)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        # A cancelled call may end before its done callback could be added.
+        if self._context.done():
+            self._call.holds.release()
 
 
 class _ClientGone(logging.Filter):

@@ -29,7 +29,7 @@ import socket
 import time
 
 from quartet import storage
-from quartet.server import app, metrics
+from quartet.server import app, logs, metrics
 from quartet.server.settings import Settings
 
 logger = logging.getLogger("quartet.server")
@@ -282,6 +282,7 @@ def _worker(settings: Settings, ready: int, cpu: int | None, *, upkeep: bool) ->
     except BaseException:
         logger.exception("worker failed")
     finally:
+        logs.access.flush()
         logging.shutdown()
         os._exit(status)
 
