@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -208,3 +210,23 @@ def schema_drift(database: peewee.Database) -> SchemaDiff:
     assert {index.table for index in diff.add_indexes} == {"event"}
     assert found == declared - {(("id",), True)} | {(("seq", "occur_time"), True)}
     return diff._replace(add_indexes=[])
+
+
+def records(log: list[str]) -> list[dict[str, object]]:
+    """The JSON lines of a server process's log."""
+    return [json.loads(line) for line in list(log) if line.startswith("{")]
+
+
+def serving_pids(log: list[str]) -> set[int]:
+    """The processes that logged a call they handled: the workers. (A worker writes its
+    access-log lines in blocks, within 20 ms of each call: wait_for them.)"""
+    return {int(str(r["pid"])) for r in records(log) if r["logger"] == "quartet.access"}
+
+
+def wait_for(condition: Callable[[], object], what: str, seconds: float = 60.0) -> float:
+    """Poll condition() until true; the seconds it took, or fail naming what never happened."""
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < seconds, f"no {what} within {seconds} s"
+        time.sleep(0.02)
+    return time.monotonic() - start

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -23,7 +22,14 @@ from quartet.server import metrics
 from quartet.server.settings import Settings, cgroup_cpu_limit, cpu_count
 from quartet.server.testing import running_server
 from tests.conftest import SECRET, Principal, mint_token
-from tests.helpers import Background, server_process, table_locked
+from tests.helpers import (
+    Background,
+    records,
+    server_process,
+    serving_pids,
+    table_locked,
+    wait_for,
+)
 
 ENV_SECRET = {"QUARTET_SECRET": SECRET}
 FIELDS: dict[str, Any] = {
@@ -39,10 +45,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def records(log: list[str]) -> list[dict[str, object]]:
-    return [json.loads(line) for line in log if line.startswith("{")]
 
 
 def alive(pid: int) -> bool:
@@ -62,7 +64,7 @@ def test_workers_share_the_port_after_one_migration(tmp_path: Path) -> None:
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=30) == 0
     lines = records(server.log)
-    serving = {r["pid"] for r in lines if r["logger"] == "quartet.access"}
+    serving = serving_pids(server.log)
     assert len(serving) == 2 and server.process.pid not in serving
     assert sum("applied migrations" in str(r["message"]) for r in lines) == 1
     assert not any(alive(int(str(pid))) for pid in serving)
@@ -73,15 +75,11 @@ def test_workers_die_with_a_killed_supervisor(tmp_path: Path) -> None:
     with server_process("--workers", "2", env=env) as server:
         with Client(server.address) as client:
             assert client.health.check()
-        worker = next(
-            int(str(r["pid"])) for r in records(server.log) if r["logger"] == "quartet.access"
-        )
+        wait_for(lambda: serving_pids(server.log), "access-log line")
+        (worker,) = serving_pids(server.log)
         os.kill(server.process.pid, signal.SIGKILL)
         server.process.wait()
-        deadline = time.monotonic() + 10
-        while alive(worker) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not alive(worker)
+        wait_for(lambda: not alive(worker), "end of the worker", 10)
 
 
 def test_metrics_count_every_call_across_workers(tmp_path: Path) -> None:

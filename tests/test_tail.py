@@ -22,8 +22,8 @@ from quartet.server.settings import Settings
 from quartet.server.testing import running_server
 from quartet.storage import accounts
 from tests.conftest import SECRET, Principal, mint_token
-from tests.helpers import server_process
-from tests.test_workers import OWN_CONNECTION, records
+from tests.helpers import records, server_process
+from tests.test_workers import OWN_CONNECTION
 
 CATEGORY = "page interaction"
 # The seed's event types, whose schemas the server registers: (category, name) -> data.

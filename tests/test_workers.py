@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import json
 import os
 import signal
 import socket
@@ -26,7 +25,7 @@ from quartet import storage
 from quartet.client import Client, QuartetError, event
 from quartet.storage import accounts
 from tests.conftest import SECRET, mint_token
-from tests.helpers import server_process
+from tests.helpers import records, server_process, serving_pids, wait_for
 
 FIELDS = {
     "session_id": "e2085be5-9137-4e4e-80b5-f1ffddc25423",
@@ -37,7 +36,6 @@ FIELDS = {
 }
 SENDERS = 4
 SENDS_PER_CONNECTION = 10  # then a fresh connection, which the kernel may give to any worker
-WAIT_SECONDS = 60.0
 SQLITE_PENDING_BYTE = 0x40000000  # the offset of the byte SQLite locks before a write
 # Channels to one target otherwise share one connection, and so one worker.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # generous: the machine may be loaded
@@ -61,24 +59,6 @@ def children(pid: int) -> set[int]:
         if parent == pid and state != "Z":
             found.add(int(stat.parent.name))
     return found
-
-
-def records(log: list[str]) -> list[dict[str, object]]:
-    return [json.loads(line) for line in list(log) if line.startswith("{")]
-
-
-def serving_pids(log: list[str]) -> set[int]:
-    """The processes that logged a call they handled: the workers."""
-    return {int(str(r["pid"])) for r in records(log) if r["logger"] == "quartet.access"}
-
-
-def wait_for(condition: object, what: str, seconds: float = WAIT_SECONDS) -> float:
-    """Poll condition() until true; the seconds it took, or fail naming what never happened."""
-    start = time.monotonic()
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() - start < seconds, f"no {what} within {seconds} s"
-        time.sleep(0.02)
-    return time.monotonic() - start
 
 
 @dataclasses.dataclass
@@ -347,7 +327,7 @@ def test_a_replacement_worker_never_creates_a_deleted_database(tmp_path: Path) -
                     answers.add(("OK", ""))
             if replacement in serving_pids(server.log):
                 break
-        assert replacement in serving_pids(server.log), "no call reached the replacement"
+        wait_for(lambda: replacement in serving_pids(server.log), "call on the replacement", 5)
         # Before, the replacement made an empty database at the path: "no such table", INTERNAL.
         assert answers == {("UNAVAILABLE", "DATABASE_UNAVAILABLE")}, answers
         assert not path.exists()
