@@ -1,7 +1,7 @@
 """What every call gets, whatever protocol carried it (gRPC, Connect, gRPC-Web): the budgets,
 authentication, access rules, request checks, error mapping, metrics and access-log line. The
 gRPC interceptor (`quartet.server.interceptors`) and the HTTP adapter (`quartet.server.http`)
-each translate their protocol's call into one `CallCore.call`."""
+each translate their protocol's call into one `Call`."""
 
 from __future__ import annotations
 
@@ -79,7 +79,8 @@ class Aborted(Exception):
 
 
 class CallCore:
-    """The protocol-independent part of every call; see `call`."""
+    """What every call of a worker shares, whatever protocol carried it: the authenticator, the
+    budgets, the request rules and the methods' shapes. Each call goes through a `Call`."""
 
     def __init__(self, authenticator: auth.Authenticator, budgets: Budgets) -> None:
         self.authenticator = authenticator
@@ -95,53 +96,6 @@ class CallCore:
             found = self._shapes[method] = Shape.of(method, kind)
         return found
 
-    def call(
-        self,
-        shape: Shape,
-        *,
-        peer: str,
-        metadata: Metadata,
-        time_remaining: float | None,
-        request: Any,
-        holds: CallHolds,
-        extra_checks: Callable[[auth.Caller | None], None] | None = None,
-    ) -> Call:
-        """The call, to run its work in: `async with core.call(...) as outcome:` (see `Call`).
-
-        `holds` (from `new_holds`) collects the call's budget leases: the protocol gives them back
-        once it is done with the call. `request` is the decoded message (None for a stream of
-        them, checked by `checked`), or an `Undecodable`. `extra_checks` adds the protocol's own
-        admission rules (the HTTP port's rate limits), run once the caller is known.
-        """
-        return Call(self, shape, peer, metadata, time_remaining, request, holds, extra_checks)
-
-    async def _admit(self, call: Call) -> None:
-        """Admit the call, or raise why not."""
-        shape, request, metadata, holds = call.shape, call.request, call.metadata, call.holds
-        if isinstance(request, Undecodable):
-            raise request.error()
-        if call.time_remaining is not None:
-            # Each call runs in its own task, so this value lives exactly as long as the call.
-            storage.deadline.set(time.monotonic() + call.time_remaining)
-        rule = auth.rule_for(shape.method)
-        presented = rule.credentials != "none" and any(k == "authorization" for k, _ in metadata)
-        # A credential is checked holding a signed-in place (checking one may take a database
-        # read), so that made-up credentials can only crowd out signed-in calls; a call with
-        # none (health, login, a sign-up) takes an anonymous place instead.
-        holds.add(self._slot(shape, signed_in=presented).take())
-        caller = None
-        if presented:
-            caller = call.outcome.caller = await self.authenticator.authenticate(metadata)
-        auth.admit(rule, caller)
-        auth.admit_publishable(shape.method, caller, _origin(metadata))
-        if call.extra_checks is not None:
-            call.extra_checks(caller)
-        if shape.streaming and caller is not None:
-            holds.add(self.budgets.streams_per_caller.take(key=str(caller)))
-        if not shape.streaming_request:
-            self.rules.check(request)
-        holds.reply_may_be_refused = shape.read_only
-
     def new_holds(self) -> CallHolds:
         return CallHolds(self.budgets.reply_bytes)
 
@@ -155,7 +109,7 @@ class CallCore:
             index += 1
             yield request
 
-    def _slot(self, shape: Shape, *, signed_in: bool) -> budgets.Pool:
+    def slot(self, shape: Shape, *, signed_in: bool) -> budgets.Pool:
         """The pool a call takes its place from."""
         pools = self.budgets
         if signed_in:
@@ -187,19 +141,25 @@ class Call:
         "request",
         "shape",
         "time_remaining",
-    )  # fmt: skip
+    )
 
     def __init__(
         self,
         core: CallCore,
         shape: Shape,
+        *,
         peer: str,
         metadata: Metadata,
         time_remaining: float | None,
         request: Any,
         holds: CallHolds,
-        extra_checks: Callable[[auth.Caller | None], None] | None,
+        extra_checks: Callable[[auth.Caller | None], None] | None = None,
     ) -> None:
+        """`holds` (from `core.new_holds`) collects the call's budget leases: the protocol gives
+        them back once it is done with the call. `request` is the decoded message (None for a
+        stream of them, checked by `core.checked`), or an `Undecodable`. `extra_checks` adds the
+        protocol's own admission rules (the HTTP port's rate limits), run once the caller is
+        known."""
         self.core, self.shape, self.peer, self.metadata = core, shape, peer, metadata
         self.time_remaining, self.request, self.holds = time_remaining, request, holds
         self.extra_checks = extra_checks
@@ -210,11 +170,40 @@ class Call:
         self.shape.counts.start()
         self._start = time.perf_counter()
         try:
-            await self.core._admit(self)
+            await self._admit()
         except BaseException as exc:
             self._end(exc)
             raise
         return self.outcome
+
+    async def _admit(self) -> None:
+        """Admit the call, or raise why not."""
+        core, shape, request, metadata, holds = (
+            self.core, self.shape, self.request, self.metadata, self.holds
+        )  # fmt: skip
+        if isinstance(request, Undecodable):
+            raise request.error()
+        if self.time_remaining is not None:
+            # Each call runs in its own task, so this value lives exactly as long as the call.
+            storage.deadline.set(time.monotonic() + self.time_remaining)
+        rule = auth.rule_for(shape.method)
+        presented = rule.credentials != "none" and any(k == "authorization" for k, _ in metadata)
+        # A credential is checked holding a signed-in place (checking one may take a database
+        # read), so that made-up credentials can only crowd out signed-in calls; a call with
+        # none (health, login, a sign-up) takes an anonymous place instead.
+        holds.add(core.slot(shape, signed_in=presented).take())
+        caller = None
+        if presented:
+            caller = self.outcome.caller = await core.authenticator.authenticate(metadata)
+        auth.admit(rule, caller)
+        auth.admit_publishable(shape.method, caller, _origin(metadata))
+        if self.extra_checks is not None:
+            self.extra_checks(caller)
+        if shape.streaming and caller is not None:
+            holds.add(core.budgets.streams_per_caller.take(key=str(caller)))
+        if not shape.streaming_request:
+            core.rules.check(request)
+        holds.reply_may_be_refused = shape.read_only
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: object

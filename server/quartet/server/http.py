@@ -37,7 +37,7 @@ from protobuf.wkt import Any as ConnectAny
 
 from quartet.errors.v1 import error_reason_pb2
 from quartet.server import auth, errors
-from quartet.server.calls import CallCore, Shape, Undecodable
+from quartet.server.calls import Call, CallCore, Shape, Undecodable
 from quartet.server.settings import Settings
 from quartet.storage import DatabaseRunner, applications
 
@@ -270,7 +270,8 @@ class HttpAdapter:
                 self._per_key.take(str(caller))
 
         try:
-            async with self._core.call(
+            async with Call(
+                self._core,
                 shape,
                 peer=peer,
                 metadata=metadata,

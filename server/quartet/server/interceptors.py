@@ -23,8 +23,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     - refuses a request whose bytes do not decode (INVALID_ARGUMENT, REQUEST_UNDECODABLE), before
       authentication and without a traceback: anyone can send such bytes;
     - records its deadline, so that database work queued past it is skipped;
-    - goes through `CallCore.call`: budgets, authentication, the method's rule, the request's
-      field rules, the mapping of errors to rich statuses, metrics and the access-log line;
+    - goes through a `quartet.server.calls.Call`: budgets, authentication, the method's rule,
+      the request's field rules, the mapping of errors to rich statuses, metrics and the
+      access-log line;
     - gives its budget leases back when gRPC reports the call done (a reply the client has not
       read yet is still held).
     """
@@ -88,7 +89,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         # (No reference to the context: a cycle would keep it, and the reply, until the garbage
         # collector ran.)
         context.add_done_callback(lambda _: holds.release())  # type: ignore[arg-type]
-        call = self._core.call(
+        call = Call(
+            self._core,
             shape,
             peer=peer,
             metadata=tuple(context.invocation_metadata() or ()),
@@ -105,7 +107,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
 
 class _GrpcCall:
-    """`CallCore.call` in gRPC's terms: an abort by the servicer is recorded with its code, and
+    """A `Call` in gRPC's terms: an abort by the servicer is recorded with its code, and
     a ServiceError is answered with its rich status. (A class rather than an
     `asynccontextmanager`, for the same reason as `Call`.)"""
 
