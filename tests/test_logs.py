@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import select
 
 import pytest
 
@@ -75,6 +76,12 @@ class Writes(io.StringIO):
         return len(text)
 
 
+@pytest.fixture(autouse=True)
+def access_enabled(caplog: pytest.LogCaptureFixture) -> None:
+    """The access logger enabled for INFO, as `logs.configure` leaves it in a server."""
+    caplog.set_level(logging.INFO, logger="quartet.access")
+
+
 CALL = {
     "method": "/quartet.score.v1.ScoreService/GetScore",
     "code": "OK",
@@ -106,18 +113,23 @@ def test_access_lines_are_written_in_blocks_and_read_as_records_would() -> None:
     assert lines[0]["pid"] == os.getpid()
 
 
-def test_a_burst_of_access_lines_is_written_without_waiting() -> None:
+def test_a_burst_of_access_lines_is_written_in_blocks_a_pipe_keeps_whole() -> None:
     log, stream = logs.AccessLog(), Writes()
     log.write_to(stream, logs.TextFormatter())
 
     async def burst() -> None:
-        for _ in range(logs.AccessLog.MAX_LINES):
+        for _ in range(100):
             log.call(**CALL)
-        assert len(stream.blocks) == 1  # memory stays bounded whatever the call rate
+        # Written without waiting, each block whole lines and small enough that workers sharing
+        # a pipe never interleave inside one (the kernel writes up to PIPE_BUF bytes whole).
+        assert len(stream.blocks) > 1
+        assert all(len(block.encode()) <= select.PIPE_BUF for block in stream.blocks)
 
     asyncio.run(burst())
-    assert stream.blocks[0].count("\n") == logs.AccessLog.MAX_LINES
-    assert " INFO    quartet.access call method=/quartet.score" in stream.blocks[0]
+    log.flush()  # the last lines, as a stopping server writes them
+    text = "".join(stream.blocks)
+    assert text.count("\n") == 100 and all(block.endswith("\n") for block in stream.blocks)
+    assert " INFO    quartet.access call method=/quartet.score" in text
 
 
 def test_access_lines_outside_an_event_loop_and_at_warning_level() -> None:
@@ -125,10 +137,36 @@ def test_access_lines_outside_an_event_loop_and_at_warning_level() -> None:
     log.write_to(stream, logs.JsonFormatter())
     log.call(**CALL)  # no loop would flush it later: written at once
     assert len(stream.blocks) == 1
-    log.write_to(stream, logs.JsonFormatter(), enabled=False)
-    log.call(**CALL)
+    access = logging.getLogger("quartet.access")
+    level = access.level
+    access.setLevel(logging.WARNING)
+    try:
+        log.call(**CALL)
+    finally:
+        access.setLevel(level)
     log.flush()
     assert len(stream.blocks) == 1
+
+
+def test_a_flush_left_pending_on_a_finished_event_loop_does_not_strand_later_lines() -> None:
+    log, stream = logs.AccessLog(), Writes()
+    log.write_to(stream, logs.JsonFormatter())
+
+    async def one_call() -> None:
+        log.call(**CALL)
+
+    asyncio.run(one_call())  # its loop ends before the flush comes due
+    asyncio.run(one_call())
+    log.flush()  # what the first loop's timer would have done
+    lines = "".join(stream.blocks).splitlines()
+    assert len(lines) == 2
+
+    async def later_call() -> None:
+        log.call(**CALL)
+        await asyncio.sleep(logs.AccessLog.FLUSH_SECONDS * 2)
+        assert len("".join(stream.blocks).splitlines()) == 3  # flushed on this loop's own timer
+
+    asyncio.run(later_call())
 
 
 def test_access_lines_are_records_until_a_stream_is_given(

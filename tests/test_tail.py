@@ -22,7 +22,7 @@ from quartet.server.settings import Settings
 from quartet.server.testing import running_server
 from quartet.storage import accounts
 from tests.conftest import SECRET, Principal, mint_token
-from tests.helpers import records, server_process
+from tests.helpers import records, server_process, wait_for
 from tests.test_workers import OWN_CONNECTION
 
 CATEGORY = "page interaction"
@@ -230,7 +230,7 @@ def test_a_tail_receives_events_every_worker_stores(database_url: str) -> None:
                         app.events.send(message)
                         sent_ids.append(message.id)
                 assert ids(received(tail, len(sent_ids))) == sent_ids
-        assert len(sending_workers(server.log)) == 2
+        wait_for(lambda: len(sending_workers(server.log)) == 2, "SendEvent on both workers", 5)
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=60) == 0
 

@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import logging
 import os
+import select
 import sys
 import threading
 import time
@@ -14,6 +15,8 @@ from itertools import islice
 from typing import Any, Protocol, TextIO
 
 import orjson
+
+logger = logging.getLogger(__name__)
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is a field.
 # A record's own attributes come first in its __dict__, so the fields are found after them
@@ -36,7 +39,7 @@ def configure(level: str = "INFO", fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    access.write_to(sys.stderr, formatter, enabled=ACCESS.isEnabledFor(logging.INFO))
+    access.write_to(sys.stderr, formatter)
 
 
 def fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -48,7 +51,13 @@ class LineFormatter(Protocol):
     """What the access log needs of a formatter: a line from its parts, as for a record."""
 
     def line(
-        self, created: float, level: str, logger: str, pid: int | None, message: str, **fields: Any
+        self,
+        created: float,
+        level: str,
+        logger: str,
+        pid: int | None,
+        message: str,
+        fields: dict[str, Any],
     ) -> str: ...
 
 
@@ -65,11 +74,17 @@ class JsonFormatter(logging.Formatter):
             extra["error"] = self.formatException(record.exc_info)
         message = record.getMessage()
         return self.line(
-            record.created, record.levelname, record.name, record.process, message, **extra
+            record.created, record.levelname, record.name, record.process, message, extra
         )
 
     def line(
-        self, created: float, level: str, logger: str, pid: int | None, message: str, **fields: Any
+        self,
+        created: float,
+        level: str,
+        logger: str,
+        pid: int | None,
+        message: str,
+        fields: dict[str, Any],
     ) -> str:
         line = {"time": self._time(created), "level": level, "logger": logger, "pid": pid}
         line["message"] = message
@@ -94,14 +109,20 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         text = self.line(
-            record.created, record.levelname, record.name, None, message, **fields(record)
+            record.created, record.levelname, record.name, None, message, fields(record)
         )
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text
 
     def line(
-        self, created: float, level: str, logger: str, pid: int | None, message: str, **fields: Any
+        self,
+        created: float,
+        level: str,
+        logger: str,
+        pid: int | None,
+        message: str,
+        fields: dict[str, Any],
     ) -> str:
         time = datetime.datetime.fromtimestamp(created).strftime("%H:%M:%S.%f")[:-3]
         extra = " ".join(f"{k}={v}" for k, v in fields.items())
@@ -160,59 +181,85 @@ class AccessLog:
     write it, but built without `logging`'s machinery and written in blocks, as Envoy's and
     nginx's (`buffer=`, `flush=`) access logs are: going through `logging` and writing each line
     on its own cost a small call a sixth of its throughput (docs/performance.md). A line is
-    written at most `FLUSH_SECONDS` after its call ended (sooner once `MAX_LINES` wait), and
-    when the server stops; a worker killed outright loses at most that much.
+    written at most `FLUSH_SECONDS` after its call ended (while the event loop runs), sooner
+    when a block would pass `BLOCK_BYTES`, and when the server stops; a worker killed outright
+    loses at most that much. A block is at most what the kernel writes to a pipe in one piece,
+    so that workers sharing stderr never interleave inside each other's lines.
 
     Until `write_to` gives it a stream (as `configure` does for a server), each line is a
     `logging` record of `quartet.access` with the fields as attributes, for whoever embeds the
-    server (tests read them with pytest's caplog).
+    server (tests read them with pytest's caplog). Either way the line is written only while
+    the `quartet.access` logger is enabled for INFO.
     """
 
     FLUSH_SECONDS = 0.02
-    MAX_LINES = 256
+    BLOCK_BYTES = select.PIPE_BUF
 
     def __init__(self) -> None:
         self._stream: TextIO | None = None
         self._formatter: LineFormatter | None = None
-        self._enabled = True
+        self._lock = threading.Lock()  # lines may come from several event loops' threads
         self._lines: list[str] = []
+        self._bytes = 0
+        self._timer: asyncio.TimerHandle | None = None  # the pending flush
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._pid = os.getpid()
 
-    def write_to(self, stream: TextIO, formatter: LineFormatter, *, enabled: bool = True) -> None:
+    def write_to(self, stream: TextIO, formatter: LineFormatter) -> None:
         self.flush()
-        self._stream, self._formatter, self._enabled = stream, formatter, enabled
+        self._stream, self._formatter = stream, formatter
 
     def write_to_logging(self) -> None:
         """Go back to a `logging` record per line, as before `write_to`."""
         self.flush()
         self._stream = self._formatter = None
-        self._enabled = True
 
     def call(self, **fields: Any) -> None:
         """Log one call's fields (method, code, duration_ms, peer, caller)."""
-        if self._formatter is None:
+        if not ACCESS.isEnabledFor(logging.INFO):
+            return
+        formatter = self._formatter
+        if formatter is None:
             ACCESS.info("call", extra=fields)
             return
-        if not self._enabled:
+        try:
+            line = formatter.line(time.time(), "INFO", ACCESS.name, self._pid, "call", fields)
+        except Exception:  # a field that does not format: never fail a call for its log line
+            logger.warning("an access-log line could not be formatted", exc_info=True)
             return
-        lines = self._lines
-        lines.append(
-            self._formatter.line(time.time(), "INFO", ACCESS.name, self._pid, "call", **fields)
-        )
-        if len(lines) == 1:
-            try:
-                asyncio.get_running_loop().call_later(self.FLUSH_SECONDS, self.flush)
-            except RuntimeError:  # no event loop in this thread: nothing would flush it later
-                self.flush()
-        elif len(lines) >= self.MAX_LINES:
+        full = None
+        with self._lock:
+            if self._bytes + len(line) >= self.BLOCK_BYTES:
+                full = self._take()
+            self._lines.append(line)
+            self._bytes += len(line) + 1
+        if full:
+            self._write(full)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop in this thread: nothing would flush it later
             self.flush()
+            return
+        if self._timer is None or self._timer_loop is not loop:
+            self._timer, self._timer_loop = loop.call_later(self.FLUSH_SECONDS, self.flush), loop
 
     def flush(self) -> None:
         """Write the lines logged so far, in one block."""
-        if not self._lines or self._stream is None:
-            return
-        block = "\n".join(self._lines) + "\n"
+        self._timer = None
+        with self._lock:
+            block = self._take()
+        if block:
+            self._write(block)
+
+    def _take(self) -> str:
+        block = "".join(f"{line}\n" for line in self._lines)
         self._lines.clear()
+        self._bytes = 0
+        return block
+
+    def _write(self, block: str) -> None:
+        if self._stream is None:
+            return
         try:
             self._stream.write(block)
             self._stream.flush()
@@ -220,9 +267,12 @@ class AccessLog:
             pass
 
     def forked(self) -> None:
-        """In a new child process: its own pid, and none of the parent's lines."""
+        """In a new child process: its own pid, no lines of the parent's, no parent's timer."""
         self._pid = os.getpid()
-        self._lines.clear()  # the parent writes its own
+        self._lock = threading.Lock()
+        self._lines.clear()
+        self._bytes = 0
+        self._timer = self._timer_loop = None
 
 
 access = AccessLog()
