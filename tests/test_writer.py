@@ -116,6 +116,9 @@ def test_the_checkpointer_keeps_the_log_from_growing(database: peewee.Database) 
             time.sleep(0.002)
     finally:
         checkpointer.close()
-    assert largest < written / 4, (largest, written)
+    # Without the checkpointer the log would hold all that was written (the connections do not
+    # checkpoint themselves); with it, a fraction, even when a loaded machine delays the child
+    # process by some of the commits (CI once saw 30% of what was written).
+    assert largest < written / 2, (largest, written)
     with database.connection_context():
         assert database.execute_sql("SELECT count(*) FROM blob").fetchone() == (300,)  # type: ignore[no-untyped-call]
