@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from itertools import islice
-from typing import Any, Protocol, TextIO
+from typing import Any, NamedTuple, Protocol, TextIO
 
 import orjson
 
@@ -47,18 +47,21 @@ def fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in islice(vars(record).items(), _OWN, None) if k not in _STANDARD}
 
 
+class LineParts(NamedTuple):
+    """What a line shows, whether it comes from a `logging` record or from the access log."""
+
+    created: float  # seconds since the epoch
+    level: str
+    logger: str
+    pid: int | None
+    message: str
+    fields: dict[str, Any]
+
+
 class LineFormatter(Protocol):
     """What the access log needs of a formatter: a line from its parts, as for a record."""
 
-    def line(
-        self,
-        created: float,
-        level: str,
-        logger: str,
-        pid: int | None,
-        message: str,
-        fields: dict[str, Any],
-    ) -> str: ...
+    def line(self, parts: LineParts) -> str: ...
 
 
 class JsonFormatter(logging.Formatter):
@@ -74,21 +77,18 @@ class JsonFormatter(logging.Formatter):
             extra["error"] = self.formatException(record.exc_info)
         message = record.getMessage()
         return self.line(
-            record.created, record.levelname, record.name, record.process, message, extra
+            LineParts(record.created, record.levelname, record.name, record.process, message, extra)
         )
 
-    def line(
-        self,
-        created: float,
-        level: str,
-        logger: str,
-        pid: int | None,
-        message: str,
-        fields: dict[str, Any],
-    ) -> str:
-        line = {"time": self._time(created), "level": level, "logger": logger, "pid": pid}
-        line["message"] = message
-        line.update(fields)
+    def line(self, parts: LineParts) -> str:
+        line: dict[str, Any] = {
+            "time": self._time(parts.created),
+            "level": parts.level,
+            "logger": parts.logger,
+            "pid": parts.pid,
+            "message": parts.message,
+        }
+        line.update(parts.fields)
         return orjson.dumps(line, default=str).decode()
 
     def _time(self, created: float) -> str:
@@ -109,24 +109,16 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         text = self.line(
-            record.created, record.levelname, record.name, None, message, fields(record)
+            LineParts(record.created, record.levelname, record.name, None, message, fields(record))
         )
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text
 
-    def line(
-        self,
-        created: float,
-        level: str,
-        logger: str,
-        pid: int | None,
-        message: str,
-        fields: dict[str, Any],
-    ) -> str:
-        time = datetime.datetime.fromtimestamp(created).strftime("%H:%M:%S.%f")[:-3]
-        extra = " ".join(f"{k}={v}" for k, v in fields.items())
-        return f"{time} {level:<7} {logger} {message} {extra}".rstrip()
+    def line(self, parts: LineParts) -> str:
+        time = datetime.datetime.fromtimestamp(parts.created).strftime("%H:%M:%S.%f")[:-3]
+        extra = " ".join(f"{k}={v}" for k, v in parts.fields.items())
+        return f"{time} {parts.level:<7} {parts.logger} {parts.message} {extra}".rstrip()
 
 
 class RepeatFilter(logging.Filter):
@@ -223,7 +215,8 @@ class AccessLog:
             ACCESS.info("call", extra=fields)
             return
         try:
-            line = formatter.line(time.time(), "INFO", ACCESS.name, self._pid, "call", fields)
+            parts = LineParts(time.time(), "INFO", ACCESS.name, self._pid, "call", fields)
+            line = formatter.line(parts)
         except Exception:  # a field that does not format: never fail a call for its log line
             logger.warning("an access-log line could not be formatted", exc_info=True)
             return
