@@ -28,7 +28,7 @@ from quartet.client import Client, EventsNotSent, QuartetError, event
 from quartet.events.v1 import event_service_pb2 as pb
 from quartet.events.v1 import event_service_pb2_grpc
 from quartet.server.auth.tokens import new_api_key
-from quartet.server.events.registry import register_file
+from quartet.server.events.registry import Registry, register_file
 from quartet.server.settings import Settings
 from quartet.server.testing import running_server
 from quartet.storage import applications, events
@@ -1002,6 +1002,23 @@ def test_concurrent_registrations_each_get_their_own_version(client: Client, app
     # The server validates with the latest version, whichever registration finished last.
     sent = app.events.send(pageview(category="video", name="play", data={"video_id": "v"}))
     assert sent.event.schema_version == 18
+
+
+def test_a_reload_read_before_a_registration_never_takes_its_version_back() -> None:
+    """A reload announced by registration 17 may read the types before 18 commits, and finish
+    after this process answered (and added) 18: the validating schema stays 18."""
+
+    def version(n: int) -> events.EventType:
+        return events.EventType(
+            category="video", name="play", version=n, schema=json.dumps({**VIDEO, "title": str(n)})
+        )
+
+    registry = Registry()
+    registry.update([version(17)])
+    registry.add(version(18))
+    registry.update([version(17)])
+    schema = registry.get("video", "play")
+    assert schema is not None and schema.version == 18 and schema.document["title"] == "18"
 
 
 @pytest.mark.parametrize(

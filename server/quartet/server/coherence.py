@@ -66,7 +66,7 @@ class Coherence:
                 # The health watch reloads them as soon as the database is back.
                 logger.warning("cannot reload the event types after a change: %s", exc)
                 return
-            self._registry.replace(rows)
+            self._registry.update(rows)
             if not self._reload_again:
                 return
 

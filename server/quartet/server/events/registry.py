@@ -183,12 +183,12 @@ class Registry:
         self._missing: dict[tuple[str, str], float] = {}  # type -> until when it counts missing
         self._clock = clock
 
-    def replace(self, rows: Iterable[events.EventType]) -> None:
-        """Use exactly these event types from now on."""
-        self._schemas = {
-            (row.category, row.name): Schema.compile(row.version, json.loads(row.schema))
-            for row in rows
-        }
+    def update(self, rows: Iterable[events.EventType]) -> None:
+        """Use these event types (a reload of every type's latest version) from now on, and look
+        up again those found missing. A type never goes back to an earlier version: the rows may
+        have been read before a registration this process has already answered (and added)."""
+        for row in rows:
+            self.add(row)
         self._missing.clear()
 
     def unknown(self, named: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
