@@ -36,7 +36,7 @@ from quartet.server.pagination import encode_page_token
 from quartet.server.services import SERVICE_NAMES
 from quartet.server.settings import Settings
 from quartet.server.testing import running_server
-from quartet.storage import applications
+from quartet.storage import accounts, applications
 from tests.conftest import SECRET, Principal, mint_token
 from tests.helpers import Background, server_process, table_locked
 
@@ -578,6 +578,65 @@ def test_api_key_cache_is_bounded_and_made_up_keys_do_not_evict_real_ones(
     asyncio.run(calls())
     assert runner.lookups == 1 + 500  # the real key once, each made-up id once
     assert len(checker._missing) == 50 and len(checker._keys) == 1
+
+
+class ChangedWhileRead:
+    """Stands in for the DatabaseRunner: the first lookup returns the row as it was before a
+    change that commits, and is announced, while the lookup is under way; later ones the row as
+    it is after."""
+
+    def __init__(self, before: object, after: object) -> None:
+        self.before, self.after = before, after
+        self.announce: Callable[[], None] = lambda: None
+        self.lookups = 0
+
+    async def run(self, fn: Callable[..., Any], key: object) -> object:
+        self.lookups += 1
+        if self.lookups > 1:
+            return self.after
+        self.announce()
+        return self.before
+
+
+@pytest.mark.parametrize("change", ["key revoked", "account disabled"])
+def test_a_credential_changed_while_being_looked_up_is_not_remembered_as_it_was(
+    change: str,
+) -> None:
+    full_key, key_id, secret_hash = new_api_key()
+    now = datetime.datetime.now()
+    if change == "key revoked":
+        key = applications.ApiKey(id=key_id, application_id=7, secret_hash=secret_hash)
+        revoked = applications.ApiKey(
+            id=key_id, application_id=7, secret_hash=secret_hash, revoke_time=now
+        )
+        runner = ChangedWhileRead(key, revoked)
+        header = [("authorization", f"Bearer {full_key}")]
+        caller, refused = Caller("application", 7, "application"), "revoked"
+    else:
+        account = accounts.Account(id=3, email="a@example.com", role="admin")
+        runner = ChangedWhileRead(account, accounts.Account(id=3, role="admin", disable_time=now))
+        header = [("authorization", f"Bearer {mint_token(3, 'admin')}")]
+        caller, refused = Caller("account", 3, "admin"), "disabled"
+    checker = Authenticator(
+        TokenIssuer(SECRET, datetime.timedelta(minutes=1), datetime.timedelta(days=1)),
+        runner,  # type: ignore[arg-type]
+    )
+
+    def announce() -> None:  # as quartet.server.coherence does, for either change
+        checker.forget_key(key_id)
+        checker.forget_account(3)
+
+    runner.announce = announce
+
+    async def calls() -> None:
+        # The call under way when the change committed passes, as if it had come first...
+        assert (await checker.authenticate(header)) == caller
+        # ...but what it read is not kept: the next call looks again and is refused.
+        with pytest.raises(Unauthenticated, match=refused):
+            await checker.authenticate(header)
+
+    asyncio.run(calls())
+    assert runner.lookups == 2
 
 
 def test_expiring_cache_forgets_after_its_time() -> None:

@@ -54,6 +54,11 @@ class ExpiringCache(Generic[V]):
 
     Every entry lives equally long and a put moves its key to the end, so the entries are in
     expiry order and the expired ones are dropped from the front, cheaply, on every put.
+
+    `generation` counts the entries dropped on purpose (pop, clear: a change was announced). A
+    value read from the database is put with the generation taken before the read, and not kept
+    if anything was dropped meanwhile: the read may have seen the row before the change (a key
+    looked up while it was being revoked would otherwise be accepted until it expired).
     """
 
     def __init__(
@@ -63,6 +68,7 @@ class ExpiringCache(Generic[V]):
         self.seconds = seconds
         self._clock = clock
         self._items: collections.OrderedDict[str, tuple[float, V]] = collections.OrderedDict()
+        self.generation = 0
 
     def get(self, key: str) -> V | None:
         item = self._items.get(key)
@@ -73,7 +79,10 @@ class ExpiringCache(Generic[V]):
             return None
         return item[1]
 
-    def put(self, key: str, value: V) -> None:
+    def put(self, key: str, value: V, since: int | None = None) -> None:
+        """Keep value for key; unless since (a generation) is given and has passed."""
+        if since is not None and since != self.generation:
+            return
         now = self._clock()
         self._items.pop(key, None)
         self._items[key] = (now + self.seconds, value)
@@ -83,9 +92,11 @@ class ExpiringCache(Generic[V]):
                 break
 
     def pop(self, key: str) -> None:
+        self.generation += 1
         self._items.pop(key, None)
 
     def clear(self) -> None:
+        self.generation += 1
         self._items.clear()
 
     def __len__(self) -> int:
@@ -183,9 +194,10 @@ class Authenticator:
         key = str(account_id)
         state = self._accounts.get(key)
         if state is None:
+            since = self._accounts.generation
             found = await self._runner.run(accounts.find_account_by_id, account_id)
             state = (None, False) if found is None else (found.role, found.disable_time is not None)
-            self._accounts.put(key, state)
+            self._accounts.put(key, state, since)
         role, disabled = state
         if role is None:
             raise account_gone()
@@ -233,9 +245,10 @@ class Authenticator:
         if cached is None:
             if self._missing.get(key_id):
                 raise Unauthenticated("the API key is not valid")
+            since = (self._keys.generation, self._missing.generation)
             found = await self._runner.run(applications.find_api_key, key_id)
             if found is None:
-                self._missing.put(key_id, True)
+                self._missing.put(key_id, True, since[1])
                 raise Unauthenticated("the API key is not valid")
             cached = (
                 found.secret_hash,
@@ -243,7 +256,7 @@ class Authenticator:
                 found.revoke_time is not None,
                 frozenset(found.origins) if found.kind == "publishable" else None,
             )
-            self._keys.put(key_id, cached)
+            self._keys.put(key_id, cached, since[0])
         secret_hash, application_id, revoked, origins = cached
         if not hmac.compare_digest(secret_hash, hash_api_secret(secret)):
             raise Unauthenticated("the API key is not valid")
