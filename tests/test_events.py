@@ -1004,21 +1004,47 @@ def test_concurrent_registrations_each_get_their_own_version(client: Client, app
     assert sent.event.schema_version == 18
 
 
+def video_play(version: int) -> events.EventType:
+    """The row of version `version` of video/play, its schema titled with its version."""
+    schema = json.dumps({**VIDEO, "title": str(version)})
+    return events.EventType(category="video", name="play", version=version, schema=schema)
+
+
 def test_a_reload_read_before_a_registration_never_takes_its_version_back() -> None:
     """A reload announced by registration 17 may read the types before 18 commits, and finish
     after this process answered (and added) 18: the validating schema stays 18."""
-
-    def version(n: int) -> events.EventType:
-        return events.EventType(
-            category="video", name="play", version=n, schema=json.dumps({**VIDEO, "title": str(n)})
-        )
-
     registry = Registry()
-    registry.update([version(17)])
-    registry.add(version(18))
-    registry.update([version(17)])
+    registry.update([video_play(17)], registry.generation)
+    since = registry.generation  # the reload starts reading
+    registry.add(video_play(18))
+    registry.update([video_play(17)], since)
     schema = registry.get("video", "play")
     assert schema is not None and schema.version == 18 and schema.document["title"] == "18"
+
+
+def test_a_reload_nothing_happened_during_is_taken_as_it_is() -> None:
+    """A database restored to an earlier state is followed: types gone, versions lower."""
+    registry = Registry()
+    registry.update([video_play(17)], registry.generation)
+    compiled = registry.get("video", "play")
+    registry.update([video_play(17)], registry.generation)
+    assert registry.get("video", "play") is compiled  # the same schema is not compiled again
+    registry.update([video_play(3)], registry.generation)
+    schema = registry.get("video", "play")
+    assert schema is not None and schema.version == 3 and schema.document["title"] == "3"
+    registry.update([], registry.generation)
+    assert registry.get("video", "play") is None
+
+
+def test_a_type_registered_while_it_was_looked_up_is_not_remembered_as_missing() -> None:
+    registry = Registry()
+    asked = registry.unknown([("video", "play")])
+    since = registry.generation  # the lookup starts reading: nothing yet
+    registry.forget_missing()  # video/play registered elsewhere, and announced
+    registry.learn(asked, [], since)
+    assert registry.unknown([("video", "play")]) == [("video", "play")]  # looked up again
+    registry.learn(asked, [], registry.generation)  # a lookup after it, and nothing found
+    assert registry.unknown([("video", "play")]) == []
 
 
 @pytest.mark.parametrize(

@@ -103,7 +103,8 @@ class Server:
     async def refresh(self) -> str | None:
         """Reload the event types and write to the database; what failed, or None."""
         try:
-            self.event_types.update(await self.runner.run(latest_event_types))
+            since = self.event_types.generation
+            self.event_types.update(await self.runner.run(latest_event_types), since)
             await self.runner.run(storage.probe_writes, self.runner.database)
         except Exception as exc:
             return str(exc) or type(exc).__name__

@@ -58,6 +58,7 @@ class Coherence:
     async def _reload(self) -> None:
         while True:
             self._reload_again = False
+            since = self._registry.generation
             try:
                 rows = await self._runner.run(latest_event_types)
             except Exception as exc:
@@ -66,7 +67,7 @@ class Coherence:
                 # The health watch reloads them as soon as the database is back.
                 logger.warning("cannot reload the event types after a change: %s", exc)
                 return
-            self._registry.update(rows)
+            self._registry.update(rows, since)
             if not self._reload_again:
                 return
 

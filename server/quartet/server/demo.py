@@ -95,7 +95,7 @@ def fill(
         )
         filled.api_key = full_key
         registry = Registry()
-        registry.update(events.latest_event_types())
+        registry.update(events.latest_event_types(), since=registry.generation)
         checker = EventChecker(registry, Policy(False, datetime.timedelta(seconds=60), 65536))
         now = utcnow()
         batch: list[events.NewEvent | events.Rejection] = []

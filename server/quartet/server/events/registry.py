@@ -176,20 +176,32 @@ MISSING_SIZE = 10_000
 
 class Registry:
     """The latest schema of every event type, by (category, name), and the types recently looked
-    up and not found."""
+    up and not found.
+
+    Lookups and reloads read the database while registrations (here or announced from
+    elsewhere) go on, so each takes `generation` before it reads and hands it back with what it
+    read: a read older than a change this registry has seen since must not undo that change."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._schemas: dict[tuple[str, str], Schema] = {}
         self._missing: dict[tuple[str, str], float] = {}  # type -> until when it counts missing
         self._clock = clock
+        self.generation = 0  # advanced by every change of a schema, and by forgetting missing ones
 
-    def update(self, rows: Iterable[events.EventType]) -> None:
-        """Use these event types (a reload of every type's latest version) from now on, and look
-        up again those found missing. A type never goes back to an earlier version: the rows may
-        have been read before a registration this process has already answered (and added)."""
-        for row in rows:
-            self.add(row)
+    def update(self, rows: Iterable[events.EventType], since: int) -> None:
+        """Use these event types, every type's latest version read after `since`, from now on,
+        and look up again those found missing. If the registry changed meanwhile, the rows may
+        predate that change (a registration this process answered while they were read), so they
+        only add newer versions; else they are taken as they are (the database may have been
+        restored to an earlier state). A schema already compiled is reused."""
+        if since == self.generation:
+            known = self._schemas
+            self._schemas = {(row.category, row.name): _compiled(row, known) for row in rows}
+        else:
+            for row in rows:
+                self.add(row)
         self._missing.clear()
+        self.generation += 1
 
     def unknown(self, named: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """Those of these types (category, name) that are neither known nor recently found
@@ -205,10 +217,17 @@ class Registry:
             found.add(key)
         return sorted(found)
 
-    def learn(self, asked: Iterable[tuple[str, str]], rows: Iterable[events.EventType]) -> None:
-        """Use the rows a lookup of the types `asked` found; remember the rest as missing."""
+    def learn(
+        self, asked: Iterable[tuple[str, str]], rows: Iterable[events.EventType], since: int
+    ) -> None:
+        """Use the rows a lookup of the types `asked`, read after `since`, found; remember the
+        rest as missing, unless the registry changed meanwhile (one of them may have been
+        registered and announced while the lookup ran)."""
+        unchanged = since == self.generation
         for row in rows:
             self.add(row)
+        if not unchanged:
+            return
         until = self._clock() + MISSING_SECONDS
         for key in asked:
             if key not in self._schemas:
@@ -219,19 +238,28 @@ class Registry:
     def forget_missing(self) -> None:
         """Look every type up again (one was registered somewhere)."""
         self._missing.clear()
+        self.generation += 1
 
     def add(self, row: events.EventType) -> None:
         """Use this version from now on, unless a later one is known already (concurrent
         registrations may finish in any order)."""
         known = self._schemas.get((row.category, row.name))
         if known is None or known.version < row.version:
-            self._schemas[(row.category, row.name)] = Schema.compile(
-                row.version, json.loads(row.schema)
-            )
-        self._missing.pop((row.category, row.name), None)
+            self._schemas[(row.category, row.name)] = _compiled(row, {})
+            self._missing.pop((row.category, row.name), None)
+            self.generation += 1
 
     def get(self, category: str, name: str) -> Schema | None:
         return self._schemas.get((category, name))
+
+
+def _compiled(row: events.EventType, known: dict[tuple[str, str], Schema]) -> Schema:
+    """The row's schema: the one known already if it is the same version of the same document."""
+    document = json.loads(row.schema)
+    schema = known.get((row.category, row.name))
+    if schema is not None and schema.version == row.version and schema.document == document:
+        return schema
+    return Schema.compile(row.version, document)
 
 
 def register_file(database: peewee.Database, path: Path) -> list[events.EventType]:

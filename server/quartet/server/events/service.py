@@ -442,8 +442,9 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         (registry.MISSING_SECONDS), unless a registration is announced meanwhile."""
         unknown = self._registry.unknown((event.category, event.name) for event in sent)
         if unknown:
+            since = self._registry.generation
             found = await self._db.read(events.latest_event_types_named, unknown)
-            self._registry.learn(unknown, found)
+            self._registry.learn(unknown, found, since)
 
     def _check_all(
         self, sent: Sequence[pb.Event], application_id: int
