@@ -473,3 +473,35 @@ def test_connections_set_aside_during_a_fault_are_closed_once_it_clears(
         wait_for(lambda: serving(client, SCORES), timeout=10)
         assert client.scores.create(1).value == 2
     print(f"set-aside connections closed {closed:.2f} s after the files became writable")
+
+
+def test_a_file_created_between_the_checks_looks_is_not_taken_for_one_that_cannot_be_written(
+    migrated_sqlite_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check looks twice (can it be written? does it exist?). SQLite's first connection
+    creates -shm: created between the two looks, it was reported as a file that cannot be written,
+    and a server once started unavailable for it (CI, test_a_decodable_request_is_still_served)."""
+    path, _ = sqlite_database(migrated_sqlite_template, tmp_path / "data")
+    shm = Path(f"{path}-shm")
+    shm.unlink(missing_ok=True)
+    database = storage.open_database(f"sqlite:///{path}")
+    looks = 0
+    access = os.access
+
+    def access_then_create(target: str, mode: int) -> bool:
+        """access(), then the file created right after it looked, as another thread would."""
+        nonlocal looks
+        answer = access(target, mode)
+        if target == str(shm) and not shm.exists():
+            looks += 1
+            shm.touch()
+        return answer
+
+    monkeypatch.setattr(os, "access", access_then_create)
+    storage.check_files(database)
+    assert looks == 1  # the check met the race
+    monkeypatch.undo()
+    with immutable([shm]):  # and a file that cannot be written still is one
+        with pytest.raises(storage.DatabaseUnavailable, match="-shm cannot be written"):
+            storage.check_files(database)
+    storage.close(database)

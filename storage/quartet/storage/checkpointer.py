@@ -85,11 +85,21 @@ def checkpoint(connection: sqlite3.Connection, path: str, restart_pages: int) ->
     return not busy
 
 
+def writable_or_missing(path: str) -> bool:
+    """Whether path can be written or does not exist (SQLite creates its -wal and -shm files
+    when it needs them). W_OK fails for an immutable file and on a read-only file system, even
+    as root, and for a missing file: one that appears between the two looks (the -shm the first
+    connection creates) is looked at again, not taken for a file that cannot be written."""
+    for _ in range(3):
+        if os.access(path, os.W_OK) or not os.path.lexists(path):
+            return True
+    return False
+
+
 def _writable(path: str) -> bool:
-    """Whether the database, its log, its shared memory and its directory can be written (as
-    quartet.storage.database's check_files: W_OK fails for immutable files, even as root)."""
+    """Whether the database, its log, its shared memory and its directory can be written."""
     paths = [path, f"{path}-wal", f"{path}-shm", os.path.dirname(os.path.abspath(path))]
-    return all(os.access(p, os.W_OK) or not os.path.lexists(p) for p in paths)
+    return all(writable_or_missing(p) for p in paths)
 
 
 def _check_writable(path: str) -> None:

@@ -24,7 +24,7 @@ from playhouse.db_url import parse
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
 from quartet.storage.base import db
-from quartet.storage.checkpointer import BUSY_TIMEOUT_MS
+from quartet.storage.checkpointer import BUSY_TIMEOUT_MS, writable_or_missing
 from quartet.storage.errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
@@ -225,8 +225,7 @@ class _SqliteDatabase(PooledSqliteDatabase, _SqliteConnections):  # type: ignore
         if writing:
             paths += [self.database, self._log_path, self._directory]
         for path in paths:
-            # W_OK also fails for an immutable file and on a read-only file system, even as root.
-            if not os.access(path, os.W_OK) and os.path.lexists(path):
+            if not writable_or_missing(path):
                 raise DatabaseUnavailable(f"the SQLite database file {path} cannot be written")
 
     def _check_identity(self) -> None:
