@@ -223,6 +223,15 @@ def serving_pids(log: list[str]) -> set[int]:
     return {int(str(r["pid"])) for r in records(log) if r["logger"] == "quartet.access"}
 
 
+def sending_workers(log: list[str]) -> set[int]:
+    """The workers that logged a SendEvent call."""
+    return {
+        int(str(r["pid"]))
+        for r in records(log)
+        if r["logger"] == "quartet.access" and str(r["method"]).endswith("/SendEvent")
+    }
+
+
 def wait_for(condition: Callable[[], object], what: str, seconds: float = 60.0) -> float:
     """Poll condition() until true; the seconds it took, or fail naming what never happened."""
     start = time.monotonic()

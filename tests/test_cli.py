@@ -26,7 +26,7 @@ from quartet.events.v1.event_service_pb2 import Event
 from quartet.server.settings import Settings
 from quartet.server.testing import running_server
 from tests.conftest import Principal, mint_token
-from tests.helpers import QUARTET, server_process
+from tests.helpers import QUARTET, sending_workers, server_process
 
 PASSWORD = "correct horse battery"
 SESSION = "e2085be5-9137-4e4e-80b5-f1ffddc25423"
@@ -548,7 +548,7 @@ def test_tail_receives_what_any_worker_stores(tmp_path: Path, home: dict[str, st
                     )
                     sender.events.send(sent[-1])
                 time.sleep(0.05)  # each worker writes its access log every 20 ms
-                pids = {json.loads(line)["pid"] for line in list(server.log) if "SendEvent" in line}
+                pids = sending_workers(server.log)
             assert process.stdout is not None
             printed = [json.loads(process.stdout.readline())["id"] for _ in sent]
         finally:

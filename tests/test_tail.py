@@ -22,7 +22,7 @@ from quartet.server.settings import Settings
 from quartet.server.testing import running_server
 from quartet.storage import accounts
 from tests.conftest import SECRET, Principal, mint_token
-from tests.helpers import records, server_process, wait_for
+from tests.helpers import sending_workers, server_process, wait_for
 from tests.test_workers import OWN_CONNECTION
 
 CATEGORY = "page interaction"
@@ -233,12 +233,3 @@ def test_a_tail_receives_events_every_worker_stores(database_url: str) -> None:
         wait_for(lambda: len(sending_workers(server.log)) == 2, "SendEvent on both workers", 5)
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=60) == 0
-
-
-def sending_workers(log: list[str]) -> set[int]:
-    """The workers that logged a SendEvent call."""
-    return {
-        int(str(r["pid"]))
-        for r in records(log)
-        if r["logger"] == "quartet.access" and str(r["method"]).endswith("/SendEvent")
-    }
