@@ -159,6 +159,8 @@ def server_process(*args: str, env: dict[str, str] | None = None) -> Iterator[Se
 # The `quartet` command as installed (a console script beside the interpreter): run it as a user
 # would. Missing, it fails the tests that use it.
 QUARTET = [str(Path(sys.executable).parent / "quartet")]
+# Channels to one target otherwise share one connection, and so one worker.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
 def run_on_terminal(command: list[str], env: dict[str, str]) -> tuple[str, str]:
@@ -217,18 +219,15 @@ def records(log: list[str]) -> list[dict[str, object]]:
     return [json.loads(line) for line in list(log) if line.startswith("{")]
 
 
-def serving_pids(log: list[str]) -> set[int]:
-    """The processes that logged a call they handled: the workers. (A worker writes its
-    access-log lines in blocks, within 20 ms of each call: wait_for them.)"""
-    return {int(str(r["pid"])) for r in records(log) if r["logger"] == "quartet.access"}
-
-
-def sending_workers(log: list[str]) -> set[int]:
-    """The workers that logged a SendEvent call."""
+def serving_pids(log: list[str], method: str | None = None) -> set[int]:
+    """The processes that logged a call they handled (of `method`, e.g. "SendEvent", if named):
+    the workers. (A worker writes its access-log lines in blocks, within 20 ms of each call:
+    wait_for them.)"""
     return {
         int(str(r["pid"]))
         for r in records(log)
-        if r["logger"] == "quartet.access" and str(r["method"]).endswith("/SendEvent")
+        if r["logger"] == "quartet.access"
+        and (method is None or str(r["method"]).endswith(f"/{method}"))
     }
 
 

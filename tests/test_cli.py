@@ -26,7 +26,7 @@ from quartet.events.v1.event_service_pb2 import Event
 from quartet.server.settings import Settings
 from quartet.server.testing import running_server
 from tests.conftest import Principal, mint_token
-from tests.helpers import QUARTET, sending_workers, server_process
+from tests.helpers import OWN_CONNECTION, QUARTET, server_process, serving_pids
 
 PASSWORD = "correct horse battery"
 SESSION = "e2085be5-9137-4e4e-80b5-f1ffddc25423"
@@ -532,11 +532,10 @@ def test_tail_receives_what_any_worker_stores(tmp_path: Path, home: dict[str, st
             time.sleep(2)  # the command has started following
             sent: list[Event] = []
             pids: set[int] = set()
-            own_connection = [("grpc.use_local_subchannel_pool", 1)]
             # Each on a connection of its own, which the kernel gives either worker at random:
             # sent until both have stored some (ten were all given one worker once in CI).
             while len(pids) < 2 and len(sent) < 60:
-                with Client(server.address, token=key["api_key"], options=own_connection) as sender:
+                with Client(server.address, token=key["api_key"], options=OWN_CONNECTION) as sender:
                     sent.append(
                         event(
                             session_id=SESSION,
@@ -548,7 +547,7 @@ def test_tail_receives_what_any_worker_stores(tmp_path: Path, home: dict[str, st
                     )
                     sender.events.send(sent[-1])
                 time.sleep(0.05)  # each worker writes its access log every 20 ms
-                pids = sending_workers(server.log)
+                pids = serving_pids(server.log, "SendEvent")
             assert process.stdout is not None
             printed = [json.loads(process.stdout.readline())["id"] for _ in sent]
         finally:

@@ -22,8 +22,7 @@ from quartet.server.settings import Settings
 from quartet.server.testing import running_server
 from quartet.storage import accounts
 from tests.conftest import SECRET, Principal, mint_token
-from tests.helpers import sending_workers, server_process, wait_for
-from tests.test_workers import OWN_CONNECTION
+from tests.helpers import OWN_CONNECTION, server_process, serving_pids, wait_for
 
 CATEGORY = "page interaction"
 # The seed's event types, whose schemas the server registers: (category, name) -> data.
@@ -224,12 +223,14 @@ def test_a_tail_receives_events_every_worker_stores(database_url: str) -> None:
             with client.events.tail(session_id=session) as tail:
                 # Fresh connections, which the kernel spreads over the workers, until both
                 # stored some of the events: whichever serves the tail, the other stored some.
-                while len(sending_workers(server.log)) < 2 and len(sent_ids) < 200:
+                while len(serving_pids(server.log, "SendEvent")) < 2 and len(sent_ids) < 200:
                     with Client(server.address, token=key, options=OWN_CONNECTION) as app:
                         message = sent(session)
                         app.events.send(message)
                         sent_ids.append(message.id)
                 assert ids(received(tail, len(sent_ids))) == sent_ids
-        wait_for(lambda: len(sending_workers(server.log)) == 2, "SendEvent on both workers", 5)
+        wait_for(
+            lambda: len(serving_pids(server.log, "SendEvent")) == 2, "SendEvent on both workers", 5
+        )
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=60) == 0

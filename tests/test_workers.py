@@ -25,7 +25,7 @@ from quartet import storage
 from quartet.client import Client, QuartetError, event
 from quartet.storage import accounts
 from tests.conftest import SECRET, mint_token
-from tests.helpers import records, server_process, serving_pids, wait_for
+from tests.helpers import OWN_CONNECTION, records, server_process, serving_pids, wait_for
 
 FIELDS = {
     "session_id": "e2085be5-9137-4e4e-80b5-f1ffddc25423",
@@ -37,8 +37,6 @@ FIELDS = {
 SENDERS = 4
 SENDS_PER_CONNECTION = 10  # then a fresh connection, which the kernel may give to any worker
 SQLITE_PENDING_BYTE = 0x40000000  # the offset of the byte SQLite locks before a write
-# Channels to one target otherwise share one connection, and so one worker.
-OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # generous: the machine may be loaded
 
 
 def free_port() -> int:
