@@ -26,6 +26,7 @@ from quartet.cli.output import (
 )
 from quartet.cli.session import (
     api_command,
+    closed_on_interrupt,
     connection_options,
     limit_option,
     limited,
@@ -396,7 +397,7 @@ def tail(
         after_event_id=after_event_id or "",
         timeout=state.timeout,  # none by default: until interrupted
     )
-    with followed:
+    with followed, closed_on_interrupt(followed.close):
         for event in followed:
             if state.format == "json":
                 line = json.dumps(as_dict(event), ensure_ascii=False)

@@ -3,7 +3,10 @@ output format, and the one Client, opened on first use and closed when the comma
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +61,30 @@ class Session:
 
 def session() -> Session:
     return click.get_current_context().ensure_object(Session)
+
+
+@contextlib.contextmanager
+def closed_on_interrupt(close_stream: Callable[[], None]) -> Iterator[None]:
+    """Ctrl-C calls close_stream, from a thread of its own, and is raised as KeyboardInterrupt once
+    the block has ended, rather than wherever the main thread was. Raised inside gRPC's wait
+    for a stream's next message, it could land between CPython's Condition.wait releasing its
+    lock and the code that takes it back, and the command died of "cannot release un-acquired
+    lock" with a traceback instead of saying "interrupted". A second Ctrl-C interrupts at once."""
+    interrupted = False
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        nonlocal interrupted
+        interrupted = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        threading.Thread(target=close_stream, daemon=True).start()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def _setter(attribute: str, convert: Callable[[Any], Any] = lambda v: v) -> Callable[..., None]:
